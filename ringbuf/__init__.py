@@ -1,0 +1,33 @@
+"""
+A multi-producer shared-memory ring of fixed-width numpy records.
+"""
+
+from __future__ import annotations
+
+from ringbuf.exceptions import (
+    LanesExhausted,
+    RecordDtypeError,
+    RingCorrupt,
+    RingError,
+    RingExists,
+    RingNameError,
+    RingNotFound,
+)
+from ringbuf.ring import Batch, LaneState, Ring, Window, unlink
+from ringbuf.writer import RingWriter
+
+__all__ = [
+    "Batch",
+    "LaneState",
+    "LanesExhausted",
+    "RecordDtypeError",
+    "Ring",
+    "RingCorrupt",
+    "RingError",
+    "RingExists",
+    "RingNameError",
+    "RingNotFound",
+    "RingWriter",
+    "Window",
+    "unlink",
+]

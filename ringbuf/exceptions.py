@@ -1,0 +1,44 @@
+"""
+Exceptions raised by ringbuf: one base, each subclass also a built-in category.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "LanesExhausted",
+    "RecordDtypeError",
+    "RingCorrupt",
+    "RingError",
+    "RingExists",
+    "RingNameError",
+    "RingNotFound",
+]
+
+
+class RingError(Exception):
+    """Base of every error ringbuf raises."""
+
+
+class RingNameError(RingError, ValueError):
+    """A ring name is unsafe (path separators, odd characters) or too long."""
+
+
+class RingNotFound(RingError, FileNotFoundError):
+    """No segment exists under that name: create the ring first."""
+
+
+class RingExists(RingError, FileExistsError):
+    """A segment already exists under that name: attach to it instead."""
+
+
+class RecordDtypeError(RingError, TypeError):
+    """A record or dtype does not match the ring's record dtype."""
+
+
+class RingCorrupt(RingError, ValueError):
+    """The segment header is damaged or of another layout version."""
+
+
+class LanesExhausted(RingError, RuntimeError):
+    """Every lane is held by a live producer: create the ring with more lanes."""
+

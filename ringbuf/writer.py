@@ -1,0 +1,205 @@
+"""
+The producer: one lane per process, written without locks or syscalls.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ringbuf import _lanelock, _layout
+from ringbuf.exceptions import LanesExhausted, RecordDtypeError, RingError
+
+if TYPE_CHECKING:
+    from ringbuf.ring import Ring
+
+
+class RingWriter:
+    """Writes records into a lane that this process alone holds.
+
+    The lane is claimed at construction and again, lazily, in a forked
+    child (which must never write into its parent's lane).  ``put`` and
+    ``put_many`` never block on another process: a full lane drops the
+    record and counts it in the lane's ``dropped`` word.  An in-process
+    ``threading.Lock`` keeps threads of one process from interleaving.
+    """
+
+    _lane: int | None = None
+    _lock_fd: int = -1
+    _closed: bool = False
+
+    def __init__(self, ring: Ring) -> None:
+        self.ring = ring
+        self.dtype = ring.dtype
+        self._capacity = ring.geometry.capacity_records
+        self._record_bytes = ring.geometry.record_bytes
+        # The ring's own views: closing the ring releases them.
+        self._words = ring._live_words()
+        self._bytes = ring._live_bytes()
+        self._thread_lock = threading.Lock()
+        self._claim()
+        method = weakref.WeakMethod(self._after_fork_in_child)
+
+        def reinit() -> None:
+            bound = method()
+            if bound is not None:
+                bound()
+
+        os.register_at_fork(after_in_child=reinit)
+
+    @property
+    def lane(self) -> int | None:
+        """The lane this process holds, None until the first write in a child."""
+        return self._lane
+
+    def put(self, record: Any) -> bool:
+        """Store one record; return False (and count it) if the lane is full.
+
+        Args:
+            record: an ``np.void`` of the ring's dtype, or any contiguous
+                bytes-like object of exactly the record size.
+
+        Raises:
+            RecordDtypeError: the record has the wrong size or dtype.
+            LanesExhausted: (forked child only) no lane was free to claim.
+            RingError: the writer is closed.
+        """
+        with self._thread_lock:
+            if self._lane is None:
+                self._ensure_lane()
+            head = self._head
+            words = self._words
+            if head - words[self._tail_word] >= self._capacity:
+                words[self._dropped_word] += 1
+                return False
+            start = self._slots_offset + (head % self._capacity) * self._record_bytes
+            try:
+                self._bytes[start : start + self._record_bytes] = record
+            except (TypeError, ValueError):
+                self._bytes[start : start + self._record_bytes] = self._as_bytes(
+                    record
+                )
+            # x86-64 (TSO) commits stores in program order: a reader that
+            # sees the new head also sees the slot bytes written above.
+            # Other architectures would need a release fence here.
+            head += 1
+            words[self._head_word] = head
+            self._head = head
+            return True
+
+    def put_many(self, records: npt.NDArray[np.void]) -> int:
+        """Store a batch in order; return how many fit (the rest are dropped).
+
+        Args:
+            records: a 1-D array of the ring's dtype.
+
+        Raises:
+            RecordDtypeError: ``records`` is not a 1-D array of that dtype.
+        """
+        if not isinstance(records, np.ndarray) or records.dtype != self.dtype:
+            raise RecordDtypeError(
+                f"put_many needs a numpy array of the ring's dtype, got "
+                f"{getattr(records, 'dtype', type(records).__name__)}"
+            )
+        if records.ndim != 1:
+            raise RecordDtypeError(
+                f"put_many needs a 1-D array, got shape {records.shape}"
+            )
+        with self._thread_lock:
+            self._ensure_lane()
+            assert self._lane is not None
+            head, words, cap = self._head, self._words, self._capacity
+            free = cap - (head - words[self._tail_word])
+            count = min(len(records), free)
+            slots = self.ring._slots[self._lane]
+            start = head % cap
+            first = min(count, cap - start)
+            slots[start : start + first] = records[:first]
+            slots[: count - first] = records[first:count]
+            if count < len(records):
+                words[self._dropped_word] += len(records) - count
+            # Same ordering argument as in put: slots before head.
+            head += count
+            words[self._head_word] = head
+            self._head = head
+            return count
+
+    def close(self) -> None:
+        """Give the lane back (its pending records stay). Idempotent."""
+        with self._thread_lock:
+            if self._lane is not None and not self._closed:
+                self._words[self._lane_word + _layout.L_OWNER_PID] = 0
+            self._release()
+            self._closed = True
+
+    def __enter__(self) -> RingWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- lane ownership --------------------------------------------------
+
+    def _ensure_lane(self) -> None:
+        if self._lane is None:
+            self._claim()
+
+    def _claim(self) -> None:
+        if self._closed:
+            raise RingError("this RingWriter is closed: create a new one")
+        from ringbuf.ring import _lock_path
+
+        fd = _lanelock.open_file(_lock_path(self.ring.name))
+        for lane in range(self.ring.geometry.lanes):
+            if _lanelock.try_lock(fd, lane):
+                break
+        else:
+            os.close(fd)
+            raise LanesExhausted(
+                f"all {self.ring.geometry.lanes} lanes of ring "
+                f"{self.ring.name!r} are held by live producers: recreate "
+                "the ring with more lanes, or run fewer producer processes"
+            )
+        base = self.ring.geometry.lane_offset(lane) // 8
+        self._lock_fd = fd
+        self._lane_word = base
+        self._head_word = base + _layout.L_HEAD
+        self._tail_word = base + _layout.L_TAIL
+        self._dropped_word = base + _layout.L_DROPPED
+        self._slots_offset = self.ring.geometry.slots_offset(lane)
+        # A previous owner may have died; its published records stay and
+        # numbering continues after them, so seq never repeats.
+        self._head = self._words[self._head_word]
+        self._words[base + _layout.L_OWNER_PID] = os.getpid()
+        self._words[base + _layout.L_CLAIMS] += 1
+        self._lane = lane
+
+    def _release(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+        self._lock_fd = -1
+        self._lane = None
+
+    def _after_fork_in_child(self) -> None:
+        # The child shares the parent's lock descriptor: closing our copy
+        # leaves the parent's lock in place, and the child claims anew.
+        self._thread_lock = threading.Lock()
+        self._release()
+
+    def _as_bytes(self, record: Any) -> memoryview:
+        if isinstance(record, (np.void, np.ndarray)):
+            if record.dtype != self.dtype or record.size != 1:
+                raise RecordDtypeError(
+                    f"record dtype {record.dtype} (size {record.size}) does "
+                    f"not match the ring's {self.dtype}"
+                )
+            return memoryview(np.ascontiguousarray(record).view(np.uint8))
+        raise RecordDtypeError(
+            f"a record must be {self._record_bytes} bytes or an np.void of "
+            f"the ring's dtype, got {type(record).__name__}"
+        )

@@ -1,0 +1,59 @@
+"""
+Fixtures shared by every test: unique ring names, rings that clean up, and
+a reaper for any child process a test left behind.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import psutil
+import pytest
+from hypothesis import settings
+
+import ringbuf
+
+settings.register_profile("livemon", deadline=None, max_examples=60)
+settings.load_profile("livemon")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def reap_children() -> Iterator[None]:
+    """Kill and reap whatever child processes the test run leaves behind."""
+    yield
+    children = [
+        child
+        for child in psutil.Process().children(recursive=True)
+        if "resource_tracker" not in " ".join(child.cmdline())
+    ]
+    for child in children:
+        child.kill()
+    psutil.wait_procs(children, timeout=5)
+
+
+@pytest.fixture
+def ring_name() -> Iterator[str]:
+    """A fresh ring name; whatever was created under it is unlinked after."""
+    name = f"lmtest-{uuid.uuid4().hex[:12]}"
+    yield name
+    ringbuf.unlink(name)
+    ringbuf.unlink(name + ".labels")
+
+
+@pytest.fixture
+def make_ring(ring_name: str) -> Iterator[Callable[..., ringbuf.Ring]]:
+    """Create rings under ``ring_name``; close them all after the test."""
+    made: list[ringbuf.Ring] = []
+
+    def make(
+        dtype: np.dtype[np.void], lanes: int = 4, capacity: int = 64
+    ) -> ringbuf.Ring:
+        ring = ringbuf.Ring.create(ring_name, dtype, lanes, capacity)
+        made.append(ring)
+        return ring
+
+    yield make
+    for ring in made:
+        ring.close()
