@@ -1,5 +1,6 @@
 """
-Create, attach and unlink POSIX shared-memory segments that outlive their users.
+Create, attach and unlink POSIX shared-memory segments that outlive
+their users.
 
 Python 3.11's resource tracker unlinks a segment when any process that merely
 attached to it exits (CPython gh-82300).  The workaround lives here and only
@@ -26,7 +27,9 @@ def _untracked(shm: shared_memory.SharedMemory) -> shared_memory.SharedMemory:
     return shm
 
 
-def create(name: str, size_bytes: int, mode: int) -> shared_memory.SharedMemory:
+def create(
+    name: str, size_bytes: int, mode: int
+) -> shared_memory.SharedMemory:
     """Create a zero-filled segment with permission bits ``mode``.
 
     Raises:
@@ -73,4 +76,6 @@ def _open(name: str, *, create: bool, size: int) -> shared_memory.SharedMemory:
         return shared_memory.SharedMemory(
             name, create=create, size=size, track=False
         )
-    return _untracked(shared_memory.SharedMemory(name, create=create, size=size))
+    return _untracked(
+        shared_memory.SharedMemory(name, create=create, size=size)
+    )

@@ -1,5 +1,6 @@
 """
-Exceptions raised by ringbuf: one base, each subclass also a built-in category.
+Exceptions raised by ringbuf: one base, each subclass also a built-in
+category.
 """
 
 from __future__ import annotations
@@ -40,5 +41,4 @@ class RingCorrupt(RingError, ValueError):
 
 
 class LanesExhausted(RingError, RuntimeError):
-    """Every lane is held by a live producer: create the ring with more lanes."""
-
+    """Every lane is held by a live producer: create a ring with more lanes."""

@@ -7,6 +7,7 @@ consumer's side: pending records, advancing tails, the recent window.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import time
@@ -17,7 +18,12 @@ import numpy.typing as npt
 
 from ringbuf import _lanelock, _layout, _shm
 from ringbuf._layout import Geometry
-from ringbuf.exceptions import RecordDtypeError, RingCorrupt, RingExists, RingNotFound
+from ringbuf.exceptions import (
+    RecordDtypeError,
+    RingCorrupt,
+    RingExists,
+    RingNotFound,
+)
 
 if TYPE_CHECKING:
     from multiprocessing.shared_memory import SharedMemory
@@ -386,10 +392,8 @@ def unlink(name: str) -> bool:
         RingNameError: unsafe name.
     """
     _layout.validate_name(name)
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(_lock_path(name))
-    except FileNotFoundError:
-        pass
     return _shm.unlink(name)
 
 

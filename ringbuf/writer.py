@@ -54,7 +54,7 @@ class RingWriter:
 
     @property
     def lane(self) -> int | None:
-        """The lane this process holds, None until the first write in a child."""
+        """The lane this process holds; None in a child until it writes."""
         return self._lane
 
     def put(self, record: Any) -> bool:
@@ -77,12 +77,15 @@ class RingWriter:
             if head - words[self._tail_word] >= self._capacity:
                 words[self._dropped_word] += 1
                 return False
-            start = self._slots_offset + (head % self._capacity) * self._record_bytes
+            start = (
+                self._slots_offset
+                + (head % self._capacity) * self._record_bytes
+            )
             try:
                 self._bytes[start : start + self._record_bytes] = record
             except (TypeError, ValueError):
-                self._bytes[start : start + self._record_bytes] = self._as_bytes(
-                    record
+                self._bytes[start : start + self._record_bytes] = (
+                    self._as_bytes(record)
                 )
             # x86-64 (TSO) commits stores in program order: a reader that
             # sees the new head also sees the slot bytes written above.

@@ -34,7 +34,7 @@ ALLOWED = {
 
 
 def imported_third_party(module: str) -> set[str]:
-    """Import ``module`` in a fresh interpreter; return top-level non-stdlib."""
+    """Import ``module`` afresh; return the non-stdlib packages it loaded."""
     out = subprocess.run(
         [sys.executable, "-c", _PROBE.format(module=module)],
         capture_output=True,

@@ -28,14 +28,15 @@ def checksum(records: npt.NDArray[np.void]) -> npt.NDArray[np.uint64]:
     return acc
 
 
-def make_records(producer: int, start: int, count: int) -> npt.NDArray[np.void]:
+def make_records(
+    producer: int, start: int, count: int
+) -> npt.NDArray[np.void]:
     """Records ``start .. start+count-1`` of ``producer``, checksummed."""
     records = np.zeros(count, TEST_DTYPE)
     records["producer"] = producer
     records["index"] = np.arange(start, start + count, dtype=np.uint64)
     records["payload"] = (
-        records["index"][:, None] * np.arange(1, 7, dtype=np.uint64)
-        + producer
+        records["index"][:, None] * np.arange(1, 7, dtype=np.uint64) + producer
     )
     records["checksum"] = checksum(records)
     return records

@@ -119,8 +119,10 @@ class TestExactlyOnce:
         )
         for worker in workers:
             worker.join(timeout=30)
-        reports = {p: (lane, stored) for p, lane, stored in
-                   (results.get(timeout=10) for _ in workers)}
+        reports = {
+            p: (lane, stored)
+            for p, lane, stored in (results.get(timeout=10) for _ in workers)
+        }
 
         received = np.concatenate([b.records for b in batches])
         assert intact(received)
@@ -133,8 +135,11 @@ class TestExactlyOnce:
             assert len(mine) == count
             assert np.all(np.diff(mine["index"].astype(np.int64)) > 0)
             seqs = np.concatenate(
-                [np.arange(b.first_seq, b.end_seq) for b in batches
-                 if b.lane == lane]
+                [
+                    np.arange(b.first_seq, b.end_seq)
+                    for b in batches
+                    if b.lane == lane
+                ]
             )
             assert np.array_equal(seqs, np.arange(len(seqs)))
 

@@ -45,10 +45,12 @@ class TestCreateAttach:
 
     def test_open_creates_then_attaches(self, ring_name):
         """open() is attach-or-create; geometry only counts at creation."""
-        with ringbuf.Ring.open(ring_name, TEST_DTYPE, 2, 8) as first:
-            with ringbuf.Ring.open(ring_name, TEST_DTYPE, 9, 99) as second:
-                assert second.epoch == first.epoch
-                assert second.lanes == 2
+        with (
+            ringbuf.Ring.open(ring_name, TEST_DTYPE, 2, 8) as first,
+            ringbuf.Ring.open(ring_name, TEST_DTYPE, 9, 99) as second,
+        ):
+            assert second.epoch == first.epoch
+            assert second.lanes == 2
 
     def test_create_twice_is_refused(self, make_ring):
         """A second create names the problem and the fix."""
@@ -73,8 +75,10 @@ class TestCreateAttach:
         """The fingerprint covers field names and types, not just size."""
         ring = make_ring(TEST_DTYPE)
         renamed = np.dtype(
-            [(n if n != "index" else "idx", TEST_DTYPE[n]) for n in
-             TEST_DTYPE.names]
+            [
+                (n if n != "index" else "idx", TEST_DTYPE[n])
+                for n in TEST_DTYPE.names
+            ]
         )
         assert renamed.itemsize == TEST_DTYPE.itemsize
         with pytest.raises(ringbuf.RecordDtypeError):

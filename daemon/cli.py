@@ -1,0 +1,246 @@
+"""
+The ``livemon-daemon`` command: start, stop, status, demo.
+
+Only argument parsing and error translation live here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+
+import ringbuf
+from daemon import drain, proc
+from daemon.exceptions import DaemonError
+from livemon.config import Config, load_config
+from livemon.exceptions import ConfigError
+
+F = TypeVar("F", bound=Callable[..., Any])
+EXIT_NOT_RUNNING = 3  # LSB: "program is not running"
+
+
+def config_options(command: F) -> F:
+    """Add the options every subcommand shares (flags beat LIVEMON_*)."""
+    for option in reversed(
+        [
+            click.option(
+                "--ring", help="Ring name (env LIVEMON_RING; default livemon)."
+            ),
+            click.option(
+                "--db",
+                help="Database path (env LIVEMON_DB; default in the "
+                "state directory).",
+            ),
+            click.option(
+                "--config",
+                "config_file",
+                type=click.Path(dir_okay=False),
+                help="TOML config file (env LIVEMON_CONFIG).",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+@contextmanager
+def errors_for_people() -> Iterator[None]:
+    """Turn expected failures into messages and exit codes, no traceback."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except (DaemonError, ringbuf.RingError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def resolve(
+    ring: str | None, db: str | None, config_file: str | None, **more: Any
+) -> tuple[Config, dict[str, Any]]:
+    """Resolve the configuration; return it and the explicit flags."""
+    overrides = {"ring": ring, "db": db, "config": config_file, **more}
+    with errors_for_people():
+        return load_config(overrides), overrides
+
+
+def flags_for_child(overrides: dict[str, Any]) -> list[str]:
+    """The explicit flags, to hand on to a detached daemon."""
+    argv = []
+    for name, flag in (
+        ("ring", "--ring"),
+        ("db", "--db"),
+        ("config", "--config"),
+        ("synchronous", "--synchronous"),
+    ):
+        if overrides.get(name) is not None:
+            argv += [flag, str(overrides[name])]
+    return argv
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="livemon")
+def cli() -> None:
+    """Drain livemon's shared-memory ring into one SQLite database."""
+
+
+@cli.command()
+@config_options
+@click.option(
+    "--foreground",
+    is_flag=True,
+    help="Stay attached (for systemd and containers).",
+)
+@click.option(
+    "--synchronous",
+    type=click.Choice(["NORMAL", "FULL"]),
+    help="SQLite synchronous mode (env LIVEMON_SYNCHRONOUS).",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for a detached daemon to be ready.",
+)
+def start(
+    ring: str | None,
+    db: str | None,
+    config_file: str | None,
+    foreground: bool,
+    synchronous: str | None,
+    timeout_s: float,
+) -> None:
+    """Start the daemon (detached unless --foreground)."""
+    config, overrides = resolve(ring, db, config_file, synchronous=synchronous)
+    with errors_for_people():
+        if foreground:
+            logging.basicConfig(
+                level=logging.INFO,
+                format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            )
+            raise SystemExit(drain.Service(overrides).run())
+        process = proc.start_detached(
+            config, flags_for_child(overrides), timeout_s
+        )
+    click.echo(
+        f"livemon daemon started (pid {process.pid}), ring {config.ring!r}, "
+        f"database {config.db}, log {config.log_file}"
+    )
+
+
+@cli.command()
+@config_options
+@click.option(
+    "--timeout",
+    "timeout_s",
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for the final drain.",
+)
+def stop(
+    ring: str | None, db: str | None, config_file: str | None, timeout_s: float
+) -> None:
+    """Stop the daemon: SIGTERM, then wait for it to drain and exit."""
+    config, _ = resolve(ring, db, config_file)
+    with errors_for_people():
+        pid = proc.stop(config, timeout_s)
+    click.echo(f"livemon daemon (pid {pid}) stopped")
+
+
+@cli.command()
+@config_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable.")
+def status(
+    ring: str | None, db: str | None, config_file: str | None, as_json: bool
+) -> None:
+    """Show whether the daemon runs, and its figures (exit 3 if not)."""
+    config, _ = resolve(ring, db, config_file)
+    process = proc.Pidfile(config.pidfile).process()
+    report = {
+        "running": process is not None,
+        "ring": config.ring,
+        "db": config.db,
+        "pidfile": config.pidfile,
+    }
+    if process is not None:
+        with process.oneshot():
+            report.update(
+                pid=process.pid,
+                uptime_s=round(time.time() - process.create_time(), 1),
+                rss_bytes=process.memory_info().rss,
+                cpu_percent=process.cpu_percent(interval=0.1),
+            )
+        report.update(proc.read_status(config) or {})
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        click.echo(_status_text(report))
+    if process is None:
+        raise SystemExit(EXIT_NOT_RUNNING)
+
+
+def _status_text(report: dict[str, Any]) -> str:
+    if not report["running"]:
+        return (
+            f"livemon daemon: not running (ring {report['ring']!r}, "
+            f"database {report['db']})"
+        )
+    fill = report.get("ring_fill") or [0.0]
+    size = report.get("db_size_bytes")
+    lines = [
+        f"livemon daemon: running, pid {report['pid']}, up "
+        f"{report['uptime_s']:.0f} s, {report['rss_bytes'] / 2**20:.1f} MiB, "
+        f"{report['cpu_percent']:.0f}% CPU",
+        f"  ring      {report['ring']!r}: lanes in use "
+        f"{report.get('lanes_in_use', '?')}/{report.get('lanes', '?')}, "
+        f"fill max {max(fill):.1%}",
+        f"  drained   {report.get('drained', 0)} "
+        f"({report.get('drain_per_s', 0)}/s), lag "
+        f"{report.get('lag_records', 0)}, dropped {report.get('dropped', 0)}",
+        f"  database  {report['db']}"
+        + (f" ({size / 2**20:.1f} MiB)" if size is not None else ""),
+    ]
+    if report.get("last_error"):
+        lines.append(f"  TROUBLE   {report['last_error']} (retrying)")
+    return "\n".join(lines)
+
+
+@cli.command()
+@config_options
+@click.option(
+    "--coordinators",
+    default=4,
+    show_default=True,
+    help="Coordinator processes to start.",
+)
+@click.option(
+    "--requests",
+    default=5000,
+    show_default=True,
+    help="Requests each coordinator routes.",
+)
+def demo(
+    ring: str | None,
+    db: str | None,
+    config_file: str | None,
+    coordinators: int,
+    requests: int,
+) -> None:
+    """Run the whole pipeline once: daemon, coordinators, what landed."""
+    from daemon import demo as demo_run
+
+    config, overrides = resolve(ring, db, config_file)
+    with errors_for_people():
+        demo_run.run(
+            config,
+            flags_for_child(overrides),
+            coordinators,
+            requests,
+            echo=click.echo,
+        )

@@ -1,0 +1,364 @@
+"""
+The drain loop: ring to SQLite, exactly once, and the daemon's lifetime
+(signals, readiness, status, health, upkeep).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import ringbuf
+from daemon import proc
+from daemon.exceptions import DaemonError
+from daemon.notify import Notifier
+from daemon.store import Store
+from livemon.config import Config, load_config
+from livemon.exceptions import ConfigError
+from livemon.monitor import open_rings
+
+logger = logging.getLogger("livemon.daemon")
+
+STATUS_INTERVAL_S = 1.0
+CHECKPOINT_INTERVAL_S = 2.0
+OPTIMIZE_INTERVAL_S = 3600.0
+MAX_BACKOFF_S = 5.0
+STOP_DEADLINE_S = 20.0
+
+
+class Drainer:
+    """Moves records from the rings into the store, then advances tails.
+
+    Labels are read after the events' heads are fixed, so every label an
+    event refers to is committed with it or before it.  Tails advance
+    only after the commit: a crash in between replays the batch, and the
+    store ignores what it already holds.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        events: ringbuf.Ring,
+        labels: ringbuf.Ring,
+        open_store: Callable[[], Store],
+    ) -> None:
+        self.config = config
+        self.events = events
+        self.labels = labels
+        self._open_store = open_store
+        self.store: Store | None = None
+        self.drained = 0
+        self.batch_latency_ms: float | None = None
+        self.last_error: str | None = None
+        self._backoff_s = 0.0
+        self._retry_at = 0.0
+
+    def drain_once(self) -> int:
+        """Commit what is pending now; return the records moved.
+
+        Raises:
+            sqlite3.Error, DaemonError: the store failed; nothing was
+                advanced, the records stay in the ring.
+        """
+        store = self._store()
+        if store is None:
+            return 0
+        per_lane = max(1, self.config.batch_records // self.events.lanes)
+        events = [
+            self.events.pending(lane, per_lane)
+            for lane in range(self.events.lanes)
+        ]
+        events = [b for b in events if len(b.records)]
+        labels = [
+            self.labels.pending(lane) for lane in range(self.labels.lanes)
+        ]
+        labels = [b for b in labels if len(b.records)]
+        if not events and not labels:
+            return 0
+        started = time.perf_counter()
+        store.write(self.events.epoch, labels, events)
+        for batch in labels:
+            self.labels.advance(batch.lane, batch.end_seq)
+        for batch in events:
+            self.events.advance(batch.lane, batch.end_seq)
+        self.batch_latency_ms = (time.perf_counter() - started) * 1e3
+        moved = sum(len(b.records) for b in events)
+        self.drained += moved
+        return moved
+
+    def step(self) -> int:
+        """``drain_once``, turning database trouble into a retry later."""
+        try:
+            moved = self.drain_once()
+        except (sqlite3.Error, DaemonError, OSError) as exc:
+            self._trouble(exc)
+            return 0
+        if self.store is not None:
+            self.last_error = None
+            self._backoff_s = 0.0
+        return moved
+
+    def lanes(self) -> list[ringbuf.LaneState]:
+        """Every event lane's counters."""
+        return [self.events.lane_state(i) for i in range(self.events.lanes)]
+
+    def close(self) -> None:
+        """Close the store. Idempotent."""
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def _store(self) -> Store | None:
+        if self.store is None and time.monotonic() >= self._retry_at:
+            try:
+                self.store = self._open_store()
+            except (sqlite3.Error, DaemonError, OSError) as exc:
+                self._trouble(exc)
+        return self.store
+
+    def _trouble(self, exc: BaseException) -> None:
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self._backoff_s = min(max(0.1, 2 * self._backoff_s), MAX_BACKOFF_S)
+        self._retry_at = time.monotonic() + self._backoff_s
+        logger.warning(
+            "database unavailable (%s); records stay in the ring, retrying "
+            "in %.1f s",
+            self.last_error,
+            self._backoff_s,
+        )
+        self.close()  # reopen afresh: a read-only or broken handle stays so
+
+
+class Service:
+    """The daemon process: locks, pidfile, rings, drain loop, upkeep."""
+
+    def __init__(
+        self,
+        overrides: Mapping[str, Any],
+        notifier: Notifier | None = None,
+    ) -> None:
+        self._overrides = dict(overrides)
+        self.config = load_config(self._overrides)
+        self.stop_event = threading.Event()
+        self.notifier = notifier or Notifier()
+        self._reload = False
+        self._started = time.time()
+        self._rate = 0.0
+        self._next: dict[str, float] = {}
+
+    def run(self) -> int:
+        """Run until SIGTERM or SIGINT; return the exit status."""
+        config = self.config
+        lock = proc.InstanceLock(config)
+        lock.acquire()
+        pidfile = proc.Pidfile(config.pidfile)
+        events, labels = open_rings(config)
+        drainer = Drainer(
+            config,
+            events,
+            labels,
+            lambda: Store(
+                config.db, synchronous=config.synchronous, mode=config.mode
+            ),
+        )
+        try:
+            pidfile.write(config.mode)
+            self._install_signals()
+            drainer.step()  # open the store now, so readiness means it
+            self._publish(drainer, ready=True)
+            self.notifier.ready(self._summary(drainer))
+            logger.info(
+                "draining ring %r into %s (pid %d)",
+                config.ring,
+                config.db,
+                os.getpid(),
+            )
+            self._loop(drainer)
+            self.notifier.stopping()
+            self._final_drain(drainer)
+            return 0
+        finally:
+            drainer.close()
+            events.close()
+            labels.close()
+            pidfile.remove_if_mine()
+            _remove(proc.status_path(config))
+            lock.release()
+            self.notifier.close()
+
+    def _loop(self, drainer: Drainer) -> None:
+        while not self.stop_event.is_set():
+            moved = drainer.step()
+            self._upkeep(drainer)
+            if moved < self.config.batch_records // 2:
+                self.stop_event.wait(self.config.batch_interval_s)
+
+    def _final_drain(self, drainer: Drainer) -> None:
+        deadline = time.monotonic() + STOP_DEADLINE_S
+        while time.monotonic() < deadline:
+            moved = drainer.step()
+            if drainer.last_error is not None:
+                time.sleep(
+                    0.1
+                )  # the database may come back before the deadline
+            elif moved == 0:
+                break
+        left = sum(s.pending for s in drainer.lanes())
+        logger.info(
+            "stopped after draining %d records; %d left in the ring%s",
+            drainer.drained,
+            left,
+            f" ({drainer.last_error})" if drainer.last_error else "",
+        )
+
+    def _due(self, what: str, every_s: float) -> bool:
+        now = time.monotonic()
+        if now < self._next.get(what, 0.0):
+            return False
+        self._next[what] = now + every_s
+        return True
+
+    def _upkeep(self, drainer: Drainer) -> None:
+        self.notifier.watchdog()
+        if self._reload:
+            self._reload = False
+            self._reread_config(drainer)
+        if self._due("status", STATUS_INTERVAL_S):
+            self._publish(drainer, ready=True)
+            self.notifier.status(self._summary(drainer))
+        store = drainer.store
+        if store is None:
+            return
+        try:
+            if self._due("checkpoint", CHECKPOINT_INTERVAL_S):
+                store.checkpoint()
+            if self._due("health", self.config.health_interval_s):
+                self._add_health(drainer, store)
+            if self._due("optimize", OPTIMIZE_INTERVAL_S):
+                store.optimize()
+        except sqlite3.Error as exc:
+            drainer._trouble(exc)
+
+    def _figures(self, drainer: Drainer) -> dict[str, Any]:
+        lanes = drainer.lanes()
+        capacity = drainer.events.capacity_records
+        fill = [round(s.pending / capacity, 4) for s in lanes]
+        return {
+            "pid": os.getpid(),
+            "ring": self.config.ring,
+            "db": self.config.db,
+            "started_at": self._started,
+            "drained": drainer.drained,
+            "drain_per_s": round(self._rate, 1),
+            "dropped": sum(s.dropped for s in lanes),
+            "lag_records": sum(s.pending for s in lanes),
+            "lanes_in_use": sum(s.owned for s in lanes),
+            "lanes": len(lanes),
+            "ring_fill": fill,
+            "batch_latency_ms": drainer.batch_latency_ms,
+            "db_size_bytes": drainer.store.size_bytes()
+            if drainer.store
+            else None,
+            "last_error": drainer.last_error,
+        }
+
+    def _publish(self, drainer: Drainer, *, ready: bool) -> None:
+        now = time.monotonic()
+        last_time, last_drained = (
+            self._next.get("rate_t", now),
+            self._next.get("rate_n", 0.0),
+        )
+        if now > last_time:
+            self._rate = (drainer.drained - last_drained) / (now - last_time)
+        self._next["rate_t"], self._next["rate_n"] = now, drainer.drained
+        figures = self._figures(drainer)
+        figures["ready"] = ready
+        proc.write_atomic(
+            proc.status_path(self.config),
+            json.dumps(figures),
+            self.config.mode,
+        )
+
+    def _summary(self, drainer: Drainer) -> str:
+        f = self._figures(drainer)
+        trouble = f"; DB TROUBLE: {f['last_error']}" if f["last_error"] else ""
+        return (
+            f"drained {f['drained']} ({f['drain_per_s']}/s), lag "
+            f"{f['lag_records']}, dropped {f['dropped']}, lanes "
+            f"{f['lanes_in_use']}/{f['lanes']}{trouble}"
+        )
+
+    def _add_health(self, drainer: Drainer, store: Store) -> None:
+        f = self._figures(drainer)
+        store.add_health(
+            timestamp_ns=time.time_ns(),
+            drained=f["drained"],
+            dropped=f["dropped"],
+            lanes_in_use=f["lanes_in_use"],
+            ring_fill_max=max(f["ring_fill"]),
+            ring_fill_json=json.dumps(f["ring_fill"]),
+            lag_records=f["lag_records"],
+            drain_per_s=f["drain_per_s"],
+            batch_latency_ms=f["batch_latency_ms"],
+            db_size_bytes=store.size_bytes(),
+            last_error=f["last_error"],
+        )
+
+    def _install_signals(self) -> None:
+        def stop(signum: int, frame: object) -> None:
+            self.stop_event.set()  # the loop does the rest, outside the handler
+
+        def reload(signum: int, frame: object) -> None:
+            self._reload = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, reload)
+        # A file-size limit must fail a write (SQLite reports it), not kill us.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    def _reread_config(self, drainer: Drainer) -> None:
+        reopen_log(self.config.log_file)
+        try:
+            fresh = load_config(self._overrides)
+        except ConfigError as exc:
+            logger.error("SIGHUP: configuration not reloaded: %s", exc)
+            return
+        fixed = ("ring", "db", "lanes", "capacity_records", "pidfile")
+        changed = [
+            k for k in fixed if getattr(fresh, k) != getattr(self.config, k)
+        ]
+        if changed:
+            logger.warning(
+                "SIGHUP: %s change only on restart", ", ".join(changed)
+            )
+        self.config = drainer.config = fresh
+        logger.info("SIGHUP: configuration reread, log reopened")
+
+
+def reopen_log(path: str) -> None:
+    """Point stdout and stderr at ``path`` again (after log rotation).
+
+    Only when stderr is a regular file (a detached daemon's log); under
+    systemd it is the journal, in a terminal a tty: both are left alone.
+    """
+    if not stat.S_ISREG(os.fstat(2).st_mode):
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

@@ -1,0 +1,218 @@
+"""
+Process control: the pidfile, the one-daemon-per-ring-and-database locks,
+finding the running daemon by identity, starting it detached, stopping it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import psutil
+
+from daemon.exceptions import (
+    AlreadyRunning,
+    NotRunning,
+    StartFailed,
+    StopTimedOut,
+)
+from livemon.config import Config
+
+_CREATE_TIME_TOLERANCE_S = 0.05
+
+
+def write_atomic(path: str, text: str, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``text`` so readers never see half a file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w") as file:
+            file.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def status_path(config: Config) -> str:
+    """Where the running daemon publishes its live figures."""
+    return config.pidfile + ".status.json"
+
+
+class Pidfile:
+    """A pidfile holding the daemon's identity: pid and process start time.
+
+    A pid alone can be reused by an unrelated process after a crash; the
+    start time (from psutil) makes the identity unambiguous.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def write(self, mode: int = 0o600) -> None:
+        """Record this process as the daemon (mkstemp plus rename)."""
+        me = psutil.Process()
+        write_atomic(self.path, f"{me.pid}\n{me.create_time():.6f}\n", mode)
+
+    def read(self) -> tuple[int, float] | None:
+        """Return (pid, create_time), or None if absent or unreadable."""
+        try:
+            with open(self.path) as file:
+                pid_text, time_text = file.read().split()[:2]
+            return int(pid_text), float(time_text)
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def process(self) -> psutil.Process | None:
+        """The live process the pidfile names, or None if it is stale."""
+        identity = self.read()
+        if identity is None:
+            return None
+        pid, created = identity
+        try:
+            process = psutil.Process(pid)
+            same = abs(process.create_time() - created) < (
+                _CREATE_TIME_TOLERANCE_S
+            )
+        except psutil.Error:
+            return None
+        return process if same and process.is_running() else None
+
+    def remove_if_mine(self) -> None:
+        """Remove the pidfile if it still names this process."""
+        identity = self.read()
+        if identity is not None and identity[0] == os.getpid():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+
+class InstanceLock:
+    """Exclusive locks on the ring and on the database, held for life.
+
+    Two daemons on one ring would steal each other's records; two on one
+    database would fight over the write lock.  The kernel drops the locks
+    when the process dies, so a crash never leaves a stale lock.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self._paths = [
+            f"/dev/shm/{config.ring}.daemon",
+            config.db + ".daemon.lock",
+        ]
+        self._fds: list[int] = []
+        self._pidfile = Pidfile(config.pidfile)
+
+    def acquire(self) -> None:
+        """Take both locks.
+
+        Raises:
+            AlreadyRunning: another daemon holds one; stop it first.
+        """
+        for path in self._paths:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                self.release()
+                holder = self._pidfile.read()
+                who = f" (pid {holder[0]})" if holder else ""
+                raise AlreadyRunning(
+                    f"a livemon daemon{who} already holds {path}: stop it "
+                    "with 'livemon-daemon stop', or use another --ring/--db"
+                ) from None
+            self._fds.append(fd)
+
+    def release(self) -> None:
+        """Drop the locks. Idempotent."""
+        while self._fds:
+            os.close(self._fds.pop())
+
+
+def read_status(config: Config) -> dict[str, Any] | None:
+    """The running daemon's last published figures, if any."""
+    try:
+        with open(status_path(config)) as file:
+            data: dict[str, Any] = json.load(file)
+            return data
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def start_detached(
+    config: Config, argv: list[str], timeout_s: float = 30.0
+) -> psutil.Process:
+    """Start ``python -m daemon start --foreground`` in its own session.
+
+    Its output goes to ``config.log_file``.  Returns once the daemon has
+    published a ready status.
+
+    Raises:
+        AlreadyRunning: a live daemon already owns the pidfile.
+        StartFailed: the daemon exited or was not ready in time.
+    """
+    running = Pidfile(config.pidfile).process()
+    if running is not None:
+        raise AlreadyRunning(
+            f"livemon daemon already running (pid {running.pid}): "
+            "'livemon-daemon status' shows it"
+        )
+    os.makedirs(os.path.dirname(config.log_file) or ".", exist_ok=True)
+    with open(config.log_file, "ab") as log:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "daemon", "start", "--foreground", *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise StartFailed(
+                f"the daemon exited with status {child.returncode}: see "
+                f"{config.log_file}"
+            )
+        status = read_status(config)
+        if status and status.get("pid") == child.pid and status.get("ready"):
+            return psutil.Process(child.pid)
+        time.sleep(0.05)
+    child.terminate()
+    raise StartFailed(
+        f"the daemon did not become ready in {timeout_s:.0f} s: see "
+        f"{config.log_file}"
+    )
+
+
+def stop(config: Config, timeout_s: float = 30.0) -> int:
+    """Send SIGTERM to the daemon and wait for its final drain.
+
+    Returns the pid stopped.
+
+    Raises:
+        NotRunning: no live daemon matches the pidfile.
+        StopTimedOut: it did not exit within ``timeout_s``.
+    """
+    process = Pidfile(config.pidfile).process()
+    if process is None:
+        raise NotRunning(f"no livemon daemon is running ({config.pidfile})")
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except psutil.TimeoutExpired:
+        raise StopTimedOut(
+            f"daemon pid {process.pid} did not stop within {timeout_s:.0f} s;"
+            " it may still be draining: wait, or kill it (no data is lost)"
+        ) from None
+    return int(process.pid)

@@ -1,0 +1,207 @@
+"""
+The daemon's one write connection to the unified SQLite database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import pathlib
+import sqlite3
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from daemon.exceptions import DatabaseCorrupt
+from livemon import schema
+from livemon.record import RECORD_DTYPE
+from ringbuf import Batch
+
+BUSY_TIMEOUT_MS = 1000
+CHECKPOINT_BUSY_TIMEOUT_MS = 50
+
+_EVENT_COLUMNS = (*schema.IDENTITY_COLUMNS, *schema.event_columns())
+_INSERT_EVENTS = (
+    f"INSERT OR IGNORE INTO events ({', '.join(_EVENT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_EVENT_COLUMNS))})"
+)
+_INSERT_LABELS = "INSERT OR IGNORE INTO labels (label_id, text) VALUES (?, ?)"
+
+
+def event_rows(epoch: int, batch: Batch) -> Iterator[tuple[Any, ...]]:
+    """Turn a batch of ``RECORD_DTYPE`` records into ``events`` rows.
+
+    Columns are converted whole by numpy (``tolist``) and zipped, so no
+    Python code runs per field of per record.
+    """
+    records = batch.records
+    columns: list[Iterable[Any]] = [
+        itertools.repeat(epoch, len(records)),
+        itertools.repeat(batch.lane, len(records)),
+        range(batch.first_seq, batch.end_seq),
+    ]
+    for name in RECORD_DTYPE.names or ():
+        values = records[name]
+        if values.ndim == 2:
+            columns += [values[:, i].tolist() for i in range(values.shape[1])]
+        else:
+            columns.append(values.tolist())
+    return zip(*columns, strict=True)
+
+
+def label_rows(
+    records: npt.NDArray[np.void],
+) -> Iterator[tuple[int, str]]:
+    """Turn ``LABEL_DTYPE`` records into ``(label_id, text)`` rows."""
+    for label, length, text in zip(
+        records["label_id"].tolist(),
+        records["length"].tolist(),
+        records["text"],
+        strict=True,
+    ):
+        yield label, text[:length].tobytes().decode(errors="replace")
+
+
+class Store:
+    """The unified database, opened for writing: WAL, migrated, checked.
+
+    Args:
+        path: the database file (created with ``mode`` if missing).
+        synchronous: ``NORMAL`` (default) or ``FULL``.
+        mode: permission bits for a new database file.
+
+    Raises:
+        DatabaseCorrupt: ``PRAGMA quick_check`` found damage.
+        sqlite3.Error: the file cannot be opened or migrated.
+    """
+
+    _db: sqlite3.Connection | None = None
+
+    def __init__(
+        self, path: str, *, synchronous: str = "NORMAL", mode: int = 0o600
+    ) -> None:
+        self.path = path
+        _create_file(path, mode)
+        db = sqlite3.connect(path, isolation_level=None, timeout=0)
+        try:
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if db.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
+                raise sqlite3.OperationalError(f"{path}: cannot enable WAL")
+            db.execute(f"PRAGMA synchronous = {synchronous}")
+            problems = [row[0] for row in db.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                raise DatabaseCorrupt(
+                    f"{path} is damaged ({'; '.join(problems[:3])}): "
+                    "restore it from a backup or move it aside; the daemon "
+                    "will not write to it"
+                )
+            schema.apply_migrations(db)
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+        self._depth = 0
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection (for reads in tests and tools)."""
+        if self._db is None:
+            raise ValueError(f"store {self.path} is closed")
+        return self._db
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[sqlite3.Connection]:
+        """One transaction; nested calls become savepoints."""
+        db = self.db
+        depth = self._depth
+        db.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT s{depth}")
+        self._depth += 1
+        try:
+            yield db
+        except BaseException:
+            self._depth = depth
+            if depth == 0:
+                db.execute("ROLLBACK")
+            else:
+                db.execute(f"ROLLBACK TO s{depth}")
+                db.execute(f"RELEASE s{depth}")
+            raise
+        self._depth = depth
+        db.execute("COMMIT" if depth == 0 else f"RELEASE s{depth}")
+
+    def write(
+        self,
+        epoch: int,
+        labels: list[Batch],
+        events: list[Batch],
+    ) -> int:
+        """Insert label and event batches in one transaction.
+
+        Records already stored (same epoch, lane, seq) are ignored, so a
+        batch replayed after a crash adds nothing.  Returns rows inserted.
+        """
+        with self.atomic() as db:
+            for batch in labels:
+                db.executemany(_INSERT_LABELS, label_rows(batch.records))
+            before = db.total_changes
+            for batch in events:
+                db.executemany(_INSERT_EVENTS, event_rows(epoch, batch))
+            return db.total_changes - before
+
+    def add_health(self, **values: Any) -> None:
+        """Append one ``health`` row (column names as keywords)."""
+        names = ", ".join(values)
+        marks = ", ".join("?" * len(values))
+        with self.atomic() as db:
+            db.execute(
+                f"INSERT INTO health ({names}) VALUES ({marks})",
+                tuple(values.values()),
+            )
+
+    def checkpoint(self) -> tuple[int, int, int]:
+        """Checkpoint and truncate the WAL, waiting for readers only briefly.
+
+        Busy readers starve SQLite's automatic checkpoints and the WAL
+        grows without bound; a TRUNCATE checkpoint with a short busy
+        timeout bounds it without stalling the writer for long.  Returns
+        SQLite's (busy, wal pages, pages checkpointed).
+        """
+        db = self.db
+        db.execute(f"PRAGMA busy_timeout = {CHECKPOINT_BUSY_TIMEOUT_MS}")
+        try:
+            row = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        return (int(row[0]), int(row[1]), int(row[2]))
+
+    def optimize(self) -> None:
+        """Let SQLite refresh the statistics its query planner uses."""
+        self.db.execute("PRAGMA optimize")
+
+    def size_bytes(self) -> int:
+        """Size of the database file plus its WAL."""
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(FileNotFoundError):
+                total += os.path.getsize(self.path + suffix)
+        return total
+
+    def close(self) -> None:
+        """Optimize and close the connection. Idempotent."""
+        if self._db is None:
+            return
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA optimize")
+        self._db.close()
+        self._db = None
+
+
+def _create_file(path: str, mode: int) -> None:
+    parent = pathlib.Path(path).parent
+    parent.mkdir(parents=True, exist_ok=True, mode=0o700 | (mode & 0o070))
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode))
+        os.chmod(path, mode)  # the umask may have narrowed it

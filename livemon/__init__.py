@@ -1,0 +1,38 @@
+"""
+Live, near-zero-overhead monitoring for a multi-agent coordinator.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from livemon.config import Config, load_config
+from livemon.exceptions import (
+    ConfigError,
+    InvalidField,
+    LivemonError,
+    MonitoringUnavailable,
+)
+from livemon.monitor import Counters, Monitor, RequestContext
+from livemon.record import LABEL_DTYPE, RECORD_DTYPE, EventType
+
+try:
+    __version__ = version("livemon")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "0+unknown"
+
+__all__ = [
+    "LABEL_DTYPE",
+    "RECORD_DTYPE",
+    "Config",
+    "ConfigError",
+    "Counters",
+    "EventType",
+    "InvalidField",
+    "LivemonError",
+    "Monitor",
+    "MonitoringUnavailable",
+    "RequestContext",
+    "__version__",
+    "load_config",
+]

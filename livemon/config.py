@@ -1,0 +1,194 @@
+"""
+Settings shared by coordinators and the daemon, so both find the same ring.
+
+Each setting comes from, in order: an explicit argument (a CLI flag), the
+``LIVEMON_<NAME>`` environment variable, the TOML file named by ``config`` or
+``LIVEMON_CONFIG`` (keys at top level or under ``[livemon]``), the default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+
+from livemon.exceptions import ConfigError
+
+DB_FILENAME = "unified_monitoring.db"
+
+
+def default_state_dir(env: Mapping[str, str] = os.environ) -> pathlib.Path:
+    """Where the database lives by default.
+
+    systemd's ``StateDirectory=`` (``$STATE_DIRECTORY``) when run by it,
+    else ``$XDG_STATE_HOME/livemon``, else ``~/.local/state/livemon``.
+    """
+    if env.get("STATE_DIRECTORY"):
+        return pathlib.Path(env["STATE_DIRECTORY"].split(":")[0])
+    base = env.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return pathlib.Path(base) / "livemon"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Every livemon setting, validated.
+
+    Attributes:
+        ring: shared-memory ring name (events; labels use ``<ring>.labels``).
+        db: path of the unified SQLite database.
+        lanes: producer processes that can write at once.
+        capacity_records: event slots per lane.
+        label_capacity_records: label slots per lane.
+        group_access: make the ring and database group read-writable.
+        synchronous: SQLite ``synchronous`` mode, NORMAL or FULL.
+        batch_records: most records the daemon commits in one transaction.
+        batch_interval_s: longest the daemon waits before committing.
+        health_interval_s: how often the daemon writes a health row.
+        pidfile: the daemon's pidfile (default: beside the database).
+        log_file: the daemon's log file when detached (default: beside it).
+    """
+
+    ring: str = "livemon"
+    db: str = ""
+    lanes: int = 16
+    capacity_records: int = 16384
+    label_capacity_records: int = 256
+    group_access: bool = False
+    synchronous: str = "NORMAL"
+    batch_records: int = 20000
+    batch_interval_s: float = 0.25
+    health_interval_s: float = 5.0
+    pidfile: str = ""
+    log_file: str = ""
+
+    def __post_init__(self) -> None:
+        from ringbuf._layout import validate_name
+        from ringbuf.exceptions import RingNameError
+
+        try:
+            validate_name(self.ring)
+        except RingNameError as exc:
+            raise ConfigError(f"ring: {exc}") from exc
+        for name, low in (
+            ("lanes", 1),
+            ("capacity_records", 2),
+            ("label_capacity_records", 2),
+            ("batch_records", 1),
+        ):
+            if getattr(self, name) < low:
+                raise ConfigError(f"{name} must be at least {low}")
+        if self.lanes > 4096:
+            raise ConfigError("lanes must be at most 4096")
+        for name in ("batch_interval_s", "health_interval_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.synchronous not in ("NORMAL", "FULL"):
+            raise ConfigError("synchronous must be NORMAL or FULL")
+        state = default_state_dir()
+        if not self.db:
+            object.__setattr__(self, "db", str(state / DB_FILENAME))
+        db_dir = pathlib.Path(self.db).parent
+        if not self.pidfile:
+            object.__setattr__(self, "pidfile", str(db_dir / "daemon.pid"))
+        if not self.log_file:
+            object.__setattr__(self, "log_file", str(db_dir / "daemon.log"))
+
+    @property
+    def labels_ring(self) -> str:
+        """Name of the ring that carries label texts."""
+        return self.ring + ".labels"
+
+    @property
+    def mode(self) -> int:
+        """Permission bits for the ring, lock files and database."""
+        return 0o660 if self.group_access else 0o600
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def load_config(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    env: Mapping[str, str] = os.environ,
+) -> Config:
+    """Resolve every setting: overrides, then environment, file, default.
+
+    Args:
+        overrides: explicit values (None means "not given"); the key
+            ``config`` names a TOML file.
+        env: the environment to read ``LIVEMON_*`` from.
+
+    Raises:
+        ConfigError: an unknown key, a value of the wrong type, an
+            unreadable or invalid TOML file; the message names it.
+    """
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    path = given.pop("config", None) or env.get("LIVEMON_CONFIG")
+    values: dict[str, Any] = _read_file(path) if path else {}
+    for name in _FIELDS:
+        raw = env.get("LIVEMON_" + name.upper())
+        if raw is not None and raw != "":
+            values[name] = _from_text(name, raw)
+    for name, value in given.items():
+        if name not in _FIELDS:
+            raise ConfigError(f"unknown setting {name!r}")
+        values[name] = value
+    for name, value in values.items():
+        _check_type(name, value)
+    return Config(**values)
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not TOML: {exc}") from exc
+    table = data.get("livemon", data)
+    unknown = sorted(set(table) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(
+            f"config file {path}: unknown keys {unknown}; "
+            f"known keys are {sorted(_FIELDS)}"
+        )
+    return dict(table)
+
+
+def _from_text(name: str, raw: str) -> Any:
+    kind = _FIELDS[name].type
+    try:
+        if kind == "bool":
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes")
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ConfigError(
+            f"LIVEMON_{name.upper()}={raw!r} is not a valid {kind}"
+        ) from None
+    return raw
+
+
+def _check_type(name: str, value: Any) -> None:
+    kind = _FIELDS[name].type
+    expected: tuple[type, ...] = {
+        "bool": (bool,),
+        "int": (int,),
+        "float": (int, float),
+        "str": (str,),
+    }[str(kind)]
+    if not isinstance(value, expected) or (
+        kind != "bool" and isinstance(value, bool)
+    ):
+        raise ConfigError(
+            f"{name} must be a {kind}, not {type(value).__name__}"
+        )

@@ -1,0 +1,208 @@
+"""
+``Coordinator``: the seed's CoordinatorAgent with monitoring built in.
+
+``route`` classifies the query and selects agents through pluggable
+objects; ``complete`` records execution, quality and acceptance.  One
+record per request, written by ``complete``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from livemon.context import RequestContext
+from livemon.monitor import Monitor
+
+
+@dataclasses.dataclass(frozen=True)
+class Intent:
+    """What the query is about."""
+
+    category: str
+    domains: tuple[str, ...] = ()
+    complexity: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """Which agents to use, how, and how sure the selector is."""
+
+    agents: tuple[str, ...]
+    strategy: str
+    confidence: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """What came back from running the agents.
+
+    ``accepted`` None means "detect it": accepted when the agents used
+    are the ones suggested.
+    """
+
+    agents_used: tuple[str, ...]
+    success: bool
+    execution_time_ms: float | None = None
+    error: str | BaseException | None = None
+    quality_score: float | None = None
+    task_completed: bool | None = None
+    code_valid: bool | None = None
+    tests_passed: bool | None = None
+    token_count: int | None = None
+    context_size_kb: float | None = None
+    accepted: bool | None = None
+    override_reason: str | None = None
+
+
+@dataclasses.dataclass
+class RoutingDecision:
+    """``route``'s answer; hand it back to ``complete``."""
+
+    query: str
+    intent: Intent
+    selection: Selection
+    context: RequestContext
+
+    @property
+    def agents(self) -> tuple[str, ...]:
+        """The agents chosen."""
+        return self.selection.agents
+
+
+class Classifier(Protocol):
+    """Turns a query into an ``Intent``."""
+
+    def classify(self, query: str) -> Intent: ...
+
+
+class Selector(Protocol):
+    """Chooses agents for an intent."""
+
+    def select(self, intent: Intent, query: str) -> Selection: ...
+
+
+DEFAULT_KEYWORDS: Mapping[str, Sequence[str]] = {
+    "code": ("code", "bug", "function", "python", "test", "refactor"),
+    "data": ("sql", "query", "table", "csv", "database"),
+    "security": ("vulnerability", "auth", "password", "cve"),
+    "writing": ("write", "document", "summary", "email"),
+}
+DEFAULT_AGENTS: Mapping[str, Sequence[str]] = {
+    "code": ("coder", "reviewer"),
+    "data": ("data_analyst",),
+    "security": ("security_auditor", "coder"),
+    "writing": ("writer",),
+    "general": ("generalist",),
+}
+
+
+class KeywordClassifier:
+    """Category by keyword count; domains are every category that matched.
+
+    Ties go to the first category listed; no match is ``general``.
+    Complexity grows with the query's length (1 per 20 words, 1..10).
+    """
+
+    def __init__(
+        self, keywords: Mapping[str, Sequence[str]] = DEFAULT_KEYWORDS
+    ) -> None:
+        self.keywords = {k: tuple(v) for k, v in keywords.items()}
+
+    def classify(self, query: str) -> Intent:
+        words = query.lower().split()
+        hits = {
+            category: sum(word in words for word in keys)
+            for category, keys in self.keywords.items()
+        }
+        matched = tuple(c for c, n in hits.items() if n)
+        best = max(matched, key=lambda c: hits[c]) if matched else "general"
+        return Intent(best, matched, min(10, 1 + len(words) // 20))
+
+
+class TableSelector:
+    """Agents from a category table; parallel when more than one.
+
+    Confidence is the share of the query's matched domains that the
+    chosen category covers, floored at 0.5.
+    """
+
+    def __init__(
+        self, agents: Mapping[str, Sequence[str]] = DEFAULT_AGENTS
+    ) -> None:
+        self.agents = {k: tuple(v) for k, v in agents.items()}
+
+    def select(self, intent: Intent, query: str) -> Selection:
+        agents = self.agents.get(intent.category) or self.agents["general"]
+        share = 1.0 / len(intent.domains) if intent.domains else 0.5
+        return Selection(
+            agents,
+            "parallel" if len(agents) > 1 else "single",
+            max(0.5, share),
+        )
+
+
+class Coordinator:
+    """Routes queries to agents and monitors every request inline.
+
+    Args:
+        monitor: where records go (default: a ``Monitor()`` from config).
+        classifier: has ``classify(query) -> Intent``.
+        selector: has ``select(intent, query) -> Selection``.
+    """
+
+    def __init__(
+        self,
+        monitor: Monitor | None = None,
+        classifier: Classifier | None = None,
+        selector: Selector | None = None,
+    ) -> None:
+        self.monitor = monitor if monitor is not None else Monitor()
+        self.classifier = classifier or KeywordClassifier()
+        self.selector = selector or TableSelector()
+
+    def route(self, query: str) -> RoutingDecision:
+        """Classify, select agents, and start the request's record."""
+        context = self.monitor.begin(query)
+        intent = self.classifier.classify(query)
+        context.log_intent(
+            category=intent.category,
+            domains=list(intent.domains),
+            complexity=intent.complexity,
+        )
+        selection = self.selector.select(intent, query)
+        context.log_routing(
+            suggested_agents=list(selection.agents),
+            strategy=selection.strategy,
+            confidence=selection.confidence,
+        )
+        return RoutingDecision(query, intent, selection, context)
+
+    def complete(self, decision: RoutingDecision, result: Result) -> bool:
+        """Record execution, quality and acceptance; write the record.
+
+        Returns whether the record reached the ring.
+        """
+        context = decision.context
+        context.log_execution(
+            actual_agents=list(result.agents_used),
+            execution_time_ms=result.execution_time_ms,
+            success=result.success,
+            error=result.error,
+            token_count=result.token_count,
+            context_size_kb=result.context_size_kb,
+        )
+        context.log_quality(
+            score=result.quality_score,
+            task_completed=result.task_completed,
+            code_valid=result.code_valid,
+            tests_passed=result.tests_passed,
+        )
+        accepted = result.accepted
+        if accepted is None:
+            accepted = set(result.agents_used) == set(decision.agents)
+        context.log_acceptance(
+            accepted=accepted, override_reason=result.override_reason
+        )
+        return context.end()

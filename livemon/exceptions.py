@@ -1,0 +1,42 @@
+"""
+Exceptions raised by livemon: one base, each subclass also a built-in
+category.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "InvalidField",
+    "LivemonError",
+    "MonitoringUnavailable",
+]
+
+
+class LivemonError(Exception):
+    """Base of every error livemon raises."""
+
+
+class ConfigError(LivemonError, ValueError):
+    """A configuration value or file is wrong; the message names it."""
+
+
+class MonitoringUnavailable(LivemonError, RuntimeError):
+    """(strict mode) The ring cannot be reached or written."""
+
+
+class InvalidField(LivemonError, ValueError):
+    """(strict mode) A value given to a ``log_*`` call is not acceptable.
+
+    Attributes:
+        field: the keyword argument that was wrong.
+        reason: what was wrong with it and what is expected.
+    """
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[InvalidField], tuple[str, str]]:
+        return (InvalidField, (self.field, self.reason))

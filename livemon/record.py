@@ -1,0 +1,150 @@
+"""
+The request record and the label record: fixed-width numpy dtypes, and how
+text becomes a 64-bit label id.
+
+Unknown values are explicit: NaN for floats, -1 for tri-state flags and
+counts, label id 0 for "no text".  Lists are fixed arrays of label ids,
+padded with 0.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import struct
+
+import numpy as np
+
+MAX_AGENTS = 8
+MAX_DOMAINS = 8
+MAX_NAME_BYTES = 256
+MAX_TEXT_BYTES = 4096
+NO_LABEL = 0
+UNKNOWN_FLAG = -1
+UNKNOWN_COUNT = -1
+
+
+class EventType(enum.IntEnum):
+    """What a record describes; ``REQUEST`` holds all of one request."""
+
+    REQUEST = 0
+    ROUTING = 1
+    EXECUTION = 2
+    QUALITY = 3
+
+
+_LIST_FIELDS = {
+    "intent_domains": MAX_DOMAINS,
+    "suggested_agents": MAX_AGENTS,
+    "actual_agents": MAX_AGENTS,
+}
+
+RECORD_DTYPE = np.dtype(
+    [
+        ("timestamp_ns", "<i8"),
+        ("request_id", "<i8"),
+        ("pid", "<u4"),
+        ("event_type", "<u1"),
+        ("query_hash", "<i8"),
+        ("query_category", "<i8"),
+        ("query_complexity", "<i2"),
+        ("intent_category", "<i8"),
+        ("routing_strategy", "<i8"),
+        ("confidence", "<f8"),
+        ("accepted", "<i1"),
+        ("override_reason", "<i8"),
+        ("execution_time_ms", "<f8"),
+        ("success", "<i1"),
+        ("error", "<i8"),
+        ("quality_score", "<f8"),
+        ("task_completed", "<i1"),
+        ("code_valid", "<i1"),
+        ("tests_passed", "<i1"),
+        ("token_count", "<i8"),
+        ("context_size_kb", "<f8"),
+        ("overhead_ns", "<i8"),
+        # Lists last: the hot path appends their cached packed bytes.
+        ("intent_domains", "<i8", (MAX_DOMAINS,)),
+        ("suggested_agents", "<i8", (MAX_AGENTS,)),
+        ("actual_agents", "<i8", (MAX_AGENTS,)),
+    ]
+)
+"""One request (or one stage of it), packed without padding."""
+
+LABEL_DTYPE = np.dtype(
+    [
+        ("label_id", "<i8"),
+        ("length", "<u2"),
+        ("text", "u1", (MAX_TEXT_BYTES,)),
+    ]
+)
+"""The text behind a label id, UTF-8, ``length`` bytes of ``text``."""
+
+_STRUCT_CODES = {
+    "i8": "q",
+    "u4": "I",
+    "u1": "B",
+    "i2": "h",
+    "f8": "d",
+    "i1": "b",
+}
+
+
+def _struct_for(dtype: np.dtype[np.void]) -> struct.Struct:
+    codes = []
+    for name in dtype.names or ():
+        field = dtype.fields[name][0]  # type: ignore[index]
+        base, shape = field.base, field.shape
+        count = int(np.prod(shape)) if shape else 1
+        codes.append(f"{count}{_STRUCT_CODES[base.str[1:]]}")
+    return struct.Struct("<" + "".join(codes))
+
+
+_SCALAR_FIELDS = [n for n in RECORD_DTYPE.names or () if n not in _LIST_FIELDS]
+SCALARS_STRUCT = _struct_for(RECORD_DTYPE[_SCALAR_FIELDS])
+"""Packs the scalar fields, in order; the three id lists follow as bytes.
+
+Measured here: packing with ``struct`` takes ~1.3 us where assigning the
+same tuple to a numpy record takes ~4.5 us, so the hot path packs bytes
+laid out exactly as ``RECORD_DTYPE`` (a test holds the two together).
+"""
+
+LIST_STRUCTS = {n: struct.Struct(f"<{n}q") for n in (MAX_AGENTS, MAX_DOMAINS)}
+"""Packs one padded list of label ids."""
+
+assert list(RECORD_DTYPE.names or ())[-3:] == list(_LIST_FIELDS)
+assert SCALARS_STRUCT.size + 8 * sum(_LIST_FIELDS.values()) == (
+    RECORD_DTYPE.itemsize
+)
+
+
+def label_id(text: str) -> int:
+    """Return the stable, non-zero signed 64-bit id of ``text``."""
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True) or 1
+
+
+def fit_text(text: str, limit_bytes: int = MAX_TEXT_BYTES) -> str:
+    """Return ``text``, or a prefix with a visible marker if it is too long.
+
+    The result encodes to at most ``limit_bytes`` of UTF-8.
+    """
+    if len(text) * 4 <= limit_bytes:  # UTF-8 needs at most 4 bytes a char
+        return text
+    data = text.encode()
+    if len(data) <= limit_bytes:
+        return text
+    marker = f"...[truncated, {len(data)} bytes in all]"
+    keep = limit_bytes - len(marker.encode())
+    return data[:keep].decode(errors="ignore") + marker
+
+
+def label_record(text: str) -> bytes:
+    """Return a packed ``LABEL_DTYPE`` record for a text that fits."""
+    data = text.encode()
+    return _LABEL_HEAD.pack(label_id(text), len(data)) + data.ljust(
+        MAX_TEXT_BYTES, b"\0"
+    )
+
+
+_LABEL_HEAD = struct.Struct("<qH")

@@ -1,0 +1,243 @@
+"""
+The unified database's schema, as ordered, named migrations recorded in the
+database, and the ``monitoring_events`` view with exactly the seed's columns.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+from livemon.record import RECORD_DTYPE
+
+MIGRATIONS_TABLE = "_livemon_migrations"
+IDENTITY_COLUMNS = ("epoch", "lane", "seq")
+
+
+def event_columns() -> list[str]:
+    """The ``events`` columns after the identity, in ``RECORD_DTYPE`` order.
+
+    A list field ``name`` of n label ids becomes columns ``name_0..n-1``.
+    """
+    return [name for name, _ in _typed_event_columns()]
+
+
+def _typed_event_columns() -> list[tuple[str, str]]:
+    columns = []
+    for name in RECORD_DTYPE.names or ():
+        field = RECORD_DTYPE[name]
+        sql_type = "REAL" if field.base.kind == "f" else "INTEGER"
+        if field.shape:
+            columns += [
+                (f"{name}_{i}", sql_type) for i in range(field.shape[0])
+            ]
+        else:
+            columns.append((name, sql_type))
+    return columns
+
+
+def _run(db: sqlite3.Connection, script: str) -> None:
+    # executescript() would COMMIT first; a migration must stay inside its
+    # own transaction, so statements run one by one.
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _list_json(alias: str, field: str) -> str:
+    """SQL for a JSON array of the texts behind a list field's label ids."""
+    count = RECORD_DTYPE[field].shape[0]
+    values = " UNION ALL ".join(
+        f"SELECT {i} AS pos, {alias}.{field}_{i} AS label_id"
+        for i in range(count)
+    )
+    return (
+        "(SELECT json_group_array(text) FROM (SELECT l.text FROM "
+        f"({values}) AS v JOIN labels AS l ON l.label_id = v.label_id "
+        "ORDER BY v.pos))"
+    )
+
+
+def _label_text(alias: str, column: str) -> str:
+    return f"(SELECT text FROM labels WHERE label_id = {alias}.{column})"
+
+
+def _create_events(db: sqlite3.Connection) -> None:
+    columns = ",\n            ".join(
+        f"{name} {sql_type}" for name, sql_type in _typed_event_columns()
+    )
+    _run(
+        db,
+        f"""
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            epoch INTEGER NOT NULL,
+            lane INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            {columns}
+        );
+        CREATE UNIQUE INDEX idx_events_identity ON events(epoch, lane, seq);
+        CREATE INDEX idx_timestamp ON events(timestamp_ns);
+        CREATE INDEX idx_query_hash ON events(query_hash);
+        CREATE INDEX idx_event_type ON events(event_type);
+        CREATE TABLE labels (
+            label_id INTEGER PRIMARY KEY,
+            text TEXT NOT NULL
+        );
+        CREATE TABLE health (
+            id INTEGER PRIMARY KEY,
+            timestamp_ns INTEGER NOT NULL,
+            drained INTEGER NOT NULL,
+            dropped INTEGER NOT NULL,
+            lanes_in_use INTEGER NOT NULL,
+            ring_fill_max REAL NOT NULL,
+            ring_fill_json TEXT NOT NULL,
+            lag_records INTEGER NOT NULL,
+            drain_per_s REAL NOT NULL,
+            batch_latency_ms REAL,
+            db_size_bytes INTEGER NOT NULL,
+            last_error TEXT
+        );
+        CREATE INDEX idx_health_timestamp ON health(timestamp_ns);
+        """,
+    )
+
+
+def _create_monitoring_events_view(db: sqlite3.Connection) -> None:
+    flag = "NULLIF(e.{0}, -1) AS {0}"
+    _run(
+        db,
+        f"""
+        CREATE VIEW monitoring_events AS
+        SELECT
+            e.id AS id,
+            strftime('%Y-%m-%d %H:%M:%f', e.timestamp_ns / 1e9, 'unixepoch')
+                AS timestamp,
+            CASE e.event_type WHEN 0 THEN 'request' WHEN 1 THEN 'routing'
+                WHEN 2 THEN 'execution' WHEN 3 THEN 'quality' END
+                AS event_type,
+            printf('%016x', e.query_hash) AS query_hash,
+            {_label_text("e", "query_category")} AS query_category,
+            NULLIF(e.query_complexity, -1) AS query_complexity,
+            {_label_text("e", "intent_category")} AS intent_category,
+            {_list_json("e", "intent_domains")} AS intent_domains,
+            {_list_json("e", "suggested_agents")} AS suggested_agents,
+            {_label_text("e", "routing_strategy")} AS routing_strategy,
+            e.confidence AS confidence,
+            {_list_json("e", "actual_agents")} AS actual_agents,
+            {flag.format("accepted")},
+            {_label_text("e", "override_reason")} AS override_reason,
+            e.execution_time_ms AS execution_time_ms,
+            {flag.format("success")},
+            {_label_text("e", "error")} AS error,
+            e.quality_score AS quality_score,
+            {flag.format("task_completed")},
+            {flag.format("code_valid")},
+            {flag.format("tests_passed")},
+            NULLIF(e.token_count, -1) AS token_count,
+            e.context_size_kb AS context_size_kb
+        FROM events AS e;
+        """,
+    )
+
+
+def _create_feedback_tables(db: sqlite3.Connection) -> None:
+    _run(
+        db,
+        """
+        CREATE TABLE alerts (
+            id INTEGER PRIMARY KEY,
+            epoch INTEGER NOT NULL,
+            lane INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            timestamp_ns INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            statistic REAL,
+            threshold REAL,
+            samples INTEGER,
+            window_records INTEGER,
+            message TEXT NOT NULL
+        );
+        CREATE UNIQUE INDEX idx_alerts_identity ON alerts(epoch, lane, seq);
+        CREATE TABLE adjustments (
+            id INTEGER PRIMARY KEY,
+            epoch INTEGER NOT NULL,
+            lane INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            timestamp_ns INTEGER NOT NULL,
+            action TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            old_value REAL,
+            new_value REAL,
+            statistic REAL,
+            samples INTEGER,
+            window_records INTEGER
+        );
+        CREATE UNIQUE INDEX idx_adjustments_identity
+            ON adjustments(epoch, lane, seq);
+        """,
+    )
+
+
+MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
+    ("0001_events_labels_health", _create_events),
+    ("0002_monitoring_events_view", _create_monitoring_events_view),
+    ("0003_alerts_adjustments", _create_feedback_tables),
+]
+"""Every schema change, in order; a name is never reused or reordered."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def applied(db: sqlite3.Connection) -> list[str]:
+    """Names of the migrations recorded in ``db``, oldest first."""
+    exists = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+        (MIGRATIONS_TABLE,),
+    ).fetchone()
+    if not exists:
+        return []
+    return [
+        name
+        for (name,) in db.execute(
+            f"SELECT name FROM {MIGRATIONS_TABLE} ORDER BY id"
+        )
+    ]
+
+
+def pending(db: sqlite3.Connection) -> list[str]:
+    """Names of the migrations not yet applied to ``db``."""
+    done = set(applied(db))
+    return [name for name, _ in MIGRATIONS if name not in done]
+
+
+def apply_migrations(db: sqlite3.Connection) -> list[str]:
+    """Apply every pending migration, each in its own transaction.
+
+    ``db`` must be in autocommit mode (``isolation_level=None``).  Returns
+    the names applied.  Safe to call from several processes at once: the
+    migration runs under ``BEGIN IMMEDIATE`` and rechecks what is applied.
+    """
+    db.execute(
+        f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} ("
+        "id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, "
+        "applied_at TEXT NOT NULL DEFAULT (datetime('now')))"
+    )
+    done = []
+    for name, migrate in MIGRATIONS:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if name in applied(db):
+                db.execute("ROLLBACK")
+                continue
+            migrate(db)
+            db.execute(
+                f"INSERT INTO {MIGRATIONS_TABLE} (name) VALUES (?)", (name,)
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        done.append(name)
+    return done
