@@ -72,14 +72,9 @@ def resolve(
 def flags_for_child(overrides: dict[str, Any]) -> list[str]:
     """The explicit flags, to hand on to a detached daemon."""
     argv = []
-    for name, flag in (
-        ("ring", "--ring"),
-        ("db", "--db"),
-        ("config", "--config"),
-        ("synchronous", "--synchronous"),
-    ):
+    for name in ("ring", "db", "config", "synchronous"):
         if overrides.get(name) is not None:
-            argv += [flag, str(overrides[name])]
+            argv += [f"--{name}", str(overrides[name])]
     return argv
 
 

@@ -5,6 +5,7 @@ coordinator processes against it, stop it, and show what landed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -70,10 +71,8 @@ def run(
         f"({dropped} dropped)"
     )
     if started:
-        try:
+        with contextlib.suppress(NotRunning):  # it died: nothing to stop
             proc.stop(config)
-        except NotRunning:
-            pass
         echo("stopped the daemon after its final drain")
     show(config.db, echo)
 

@@ -315,7 +315,7 @@ class Service:
 
     def _install_signals(self) -> None:
         def stop(signum: int, frame: object) -> None:
-            self.stop_event.set()  # the loop does the rest, outside the handler
+            self.stop_event.set()  # the loop drains and exits, not here
 
         def reload(signum: int, frame: object) -> None:
             self._reload = True

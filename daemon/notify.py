@@ -41,7 +41,7 @@ class Notifier:
         return self._socket is not None
 
     def send(self, *assignments: str) -> bool:
-        """Send ``KEY=value`` lines; False if there is no socket or it failed."""
+        """Send ``KEY=value`` lines; False without a socket or on failure."""
         if self._socket is None:
             return False
         try:

@@ -139,6 +139,8 @@ def load_config(
         values[name] = value
     for name, value in values.items():
         _check_type(name, value)
+    if not values.get("db"):
+        values["db"] = str(default_state_dir(env) / DB_FILENAME)
     return Config(**values)
 
 

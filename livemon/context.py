@@ -415,8 +415,9 @@ class RequestContext:
     def _number(self, field: str, value: Any, high: float) -> float:
         if value is None:
             return _NAN
-        if (type(value) is float or type(value) is int) and 0 <= value <= high:
-            return value  # NaN fails the comparison above
+        number = type(value) is float or type(value) is int
+        if number and 0 <= value <= high and value != _INF:
+            return float(value)  # NaN fails the comparisons above
         bound = "in [0, 1]" if high == 1.0 else "finite and >= 0"
         return float(
             self._bad(

@@ -1,0 +1,410 @@
+"""
+Monitor and RequestContext: one exact record per request, failures counted
+and never raised (unless strict), fork safety, independent processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import subprocess
+import sys
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import ringbuf
+from livemon import InvalidField, Monitor, MonitoringUnavailable
+from livemon.config import load_config
+from livemon.context import query_hash
+from livemon.coordinator import Coordinator, Result
+from livemon.record import LABEL_DTYPE, MAX_AGENTS, MAX_TEXT_BYTES
+from tests.livemon.helpers import events_in, labels_in, names
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+
+
+@pytest.fixture
+def monitor(ring_name):
+    """A monitor on a fresh ring, closed after the test."""
+    with Monitor(ring_name) as mon:
+        yield mon
+
+
+@pytest.fixture
+def strict(ring_name):
+    """A strict monitor on a fresh ring."""
+    with Monitor(ring_name, strict=True) as mon:
+        yield mon
+
+
+def full_request(monitor, query="fix my code"):
+    """Log every stage of one request."""
+    with monitor.request(query, category="support") as ctx:
+        ctx.log_intent(
+            category="code", domains=["python", "sql"], complexity=4
+        )
+        ctx.log_routing(
+            suggested_agents=["coder", "reviewer"],
+            strategy="parallel",
+            confidence=0.8,
+        )
+        ctx.log_execution(
+            actual_agents=["coder"],
+            execution_time_ms=12.5,
+            success=True,
+            token_count=321,
+            context_size_kb=2.5,
+        )
+        ctx.log_quality(
+            score=0.9, task_completed=True, code_valid=True, tests_passed=False
+        )
+        ctx.log_acceptance(accepted=False, override_reason="user chose")
+    return ctx
+
+
+class TestRecord:
+    def test_every_field_arrives_exactly(self, monitor, ring_name):
+        """One request, one record; numbers and texts as logged."""
+        ctx = full_request(monitor)
+        (event,) = events_in(ring_name)
+        labels = labels_in(ring_name)
+        assert event["request_id"] == ctx.request_id
+        assert event["pid"] == os.getpid()
+        assert event["query_hash"] == query_hash("fix my code")
+        assert labels[event["query_category"]] == "support"
+        assert labels[event["intent_category"]] == "code"
+        assert names(event["intent_domains"], labels) == ["python", "sql"]
+        assert names(event["suggested_agents"], labels) == [
+            "coder",
+            "reviewer",
+        ]
+        assert names(event["actual_agents"], labels) == ["coder"]
+        assert labels[event["routing_strategy"]] == "parallel"
+        assert labels[event["override_reason"]] == "user chose"
+        assert (event["query_complexity"], event["token_count"]) == (4, 321)
+        assert (event["confidence"], event["quality_score"]) == (0.8, 0.9)
+        assert (event["execution_time_ms"], event["context_size_kb"]) == (
+            12.5,
+            2.5,
+        )
+        flags = [
+            event[f]
+            for f in (
+                "accepted",
+                "success",
+                "task_completed",
+                "code_valid",
+                "tests_passed",
+            )
+        ]
+        assert flags == [0, 1, 1, 1, 0]
+        assert event["error"] == 0
+        assert 0 < event["overhead_ns"] < 10**9
+        assert monitor.counters.recorded == 1
+
+    def test_nothing_logged_is_unknown_not_zero(self, monitor, ring_name):
+        """Unlogged floats are NaN, flags and counts -1, labels 0."""
+        monitor.begin("q").end()
+        (event,) = events_in(ring_name)
+        for field in (
+            "confidence",
+            "execution_time_ms",
+            "quality_score",
+            "context_size_kb",
+        ):
+            assert math.isnan(event[field])
+        for field in (
+            "accepted",
+            "success",
+            "task_completed",
+            "code_valid",
+            "tests_passed",
+            "token_count",
+            "query_complexity",
+        ):
+            assert event[field] == -1
+        assert event["intent_category"] == 0
+        assert not event["suggested_agents"].any()
+
+    def test_exception_in_the_block_is_recorded_and_propagates(
+        self, monitor, ring_name
+    ):
+        """The request's exception becomes its error; routing sees it."""
+        with pytest.raises(KeyError), monitor.request("q"):
+            raise KeyError("agent missing")
+        (event,) = events_in(ring_name)
+        assert (
+            labels_in(ring_name)[event["error"]] == "KeyError: 'agent missing'"
+        )
+        assert event["success"] == 0
+
+    def test_end_twice_writes_once(self, monitor, ring_name):
+        """The split form: begin ... end; a second end does nothing."""
+        ctx = monitor.begin("q")
+        assert ctx.end() is True
+        assert ctx.end() is False
+        assert len(events_in(ring_name)) == 1
+
+    def test_long_error_is_truncated_visibly(self, monitor, ring_name):
+        """Errors up to 4 KiB are exact; longer ones carry a marker."""
+        exact = "e" * (MAX_TEXT_BYTES - 10)
+        with monitor.request("a") as ctx:
+            ctx.log_execution(error=exact)
+        with monitor.request("b") as ctx:
+            ctx.log_execution(error="x" * 10_000)
+        first, second = events_in(ring_name)
+        labels = labels_in(ring_name)
+        assert labels[first["error"]] == exact
+        assert labels[second["error"]].startswith("x" * 1000)
+        assert "truncated, 10000 bytes" in labels[second["error"]]
+
+    def test_each_label_is_sent_once_per_process(self, monitor, ring_name):
+        """Repeated texts go to the labels ring only the first time."""
+        for _ in range(5):
+            full_request(monitor)
+        with ringbuf.Ring.attach(ring_name + ".labels", LABEL_DTYPE) as ring:
+            sent = sum(ring.lane_state(i).head for i in range(ring.lanes))
+        assert sent == len(labels_in(ring_name)) == 8
+
+
+BAD_CALLS = [
+    ("log_intent", {"category": 7}, "category"),
+    ("log_intent", {"category": ""}, "category"),
+    ("log_intent", {"category": "x" * 300}, "category"),
+    ("log_intent", {"domains": "python"}, "domains"),
+    ("log_intent", {"complexity": -1}, "complexity"),
+    ("log_intent", {"complexity": True}, "complexity"),
+    ("log_routing", {"confidence": 1.5}, "confidence"),
+    ("log_routing", {"confidence": float("nan")}, "confidence"),
+    ("log_routing", {"confidence": "high"}, "confidence"),
+    (
+        "log_routing",
+        {"suggested_agents": ["a"] * (MAX_AGENTS + 1)},
+        "suggested_agents",
+    ),
+    ("log_routing", {"suggested_agents": [1, 2]}, "suggested_agents"),
+    ("log_execution", {"execution_time_ms": -3.0}, "execution_time_ms"),
+    (
+        "log_execution",
+        {"execution_time_ms": float("inf")},
+        "execution_time_ms",
+    ),
+    ("log_execution", {"success": "yes"}, "success"),
+    ("log_execution", {"error": 42}, "error"),
+    ("log_execution", {"token_count": 1.5}, "token_count"),
+    ("log_quality", {"score": -0.1}, "score"),
+    ("log_quality", {"tests_passed": 1}, "tests_passed"),
+    ("log_acceptance", {"override_reason": b"bytes"}, "override_reason"),
+    ("log_acceptance", {"acepted": True}, "acepted"),
+]
+
+
+class TestValidation:
+    @pytest.mark.parametrize(("method", "kwargs", "field"), BAD_CALLS)
+    def test_strict_names_the_field(self, strict, method, kwargs, field):
+        """Strict mode: a typed error naming the field, at the call."""
+        ctx = strict.begin("q")
+        with pytest.raises(InvalidField) as info:
+            getattr(ctx, method)(**kwargs)
+        assert info.value.field == field
+        assert isinstance(info.value, ValueError)
+
+    @pytest.mark.parametrize(("method", "kwargs", "field"), BAD_CALLS)
+    def test_lenient_stores_unknown_and_counts(
+        self, monitor, ring_name, method, kwargs, field
+    ):
+        """Default mode: the request goes on; the value is unknown."""
+        with monitor.request("q") as ctx:
+            getattr(ctx, method)(**kwargs)
+        (event,) = events_in(ring_name)
+        assert monitor.counters.invalid >= 1
+        assert monitor.counters.recorded == 1
+        for column in ("confidence", "execution_time_ms", "quality_score"):
+            value = event[column]
+            assert math.isnan(value) or 0 <= value < float("inf")
+
+    def test_invalid_field_pickles(self):
+        """The error crosses process boundaries intact."""
+        import pickle
+
+        error = pickle.loads(pickle.dumps(InvalidField("score", "too big")))
+        assert (error.field, error.reason) == ("score", "too big")
+
+    # One monitor serves every example; each reads back its own record.
+    @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(
+        confidence=st.one_of(
+            st.none(),
+            st.floats(),
+            st.integers(),
+            st.text(max_size=3),
+            st.booleans(),
+        ),
+        score=st.one_of(st.none(), st.floats(), st.integers()),
+        ms=st.one_of(st.none(), st.floats(), st.integers()),
+    )
+    def test_numbers_are_stored_only_when_valid(
+        self, monitor, ring_name, confidence, score, ms
+    ):
+        """Property: a stored number is the value given, else NaN."""
+        with monitor.request("q") as ctx:
+            ctx.log_routing(confidence=confidence)
+            ctx.log_quality(score=score)
+            ctx.log_execution(execution_time_ms=ms)
+        event = events_in(ring_name)[-1]
+
+        def expected(value, high):
+            ok = (
+                type(value) in (int, float)
+                and not isinstance(value, bool)
+                and 0 <= value <= high
+            )
+            return float(value) if ok else None
+
+        for column, value, high in (
+            ("confidence", confidence, 1.0),
+            ("quality_score", score, 1.0),
+            ("execution_time_ms", ms, sys.float_info.max),
+        ):
+            want = expected(value, high)
+            if want is None:
+                assert math.isnan(event[column])
+            else:
+                assert event[column] == want
+
+
+class TestFailuresNeverBreakRouting:
+    def test_full_ring_drops_and_counts(self, ring_name):
+        """With no daemon draining, a full lane drops, never blocks."""
+        config = load_config({"ring": ring_name, "capacity_records": 4})
+        with Monitor(config=config) as mon:
+            results = [mon.begin("q").end() for _ in range(6)]
+            assert results == [True] * 4 + [False] * 2
+            assert (mon.counters.recorded, mon.counters.dropped) == (4, 2)
+
+    def test_full_ring_raises_in_strict_mode(self, ring_name):
+        """Strict mode turns the drop into MonitoringUnavailable."""
+        config = load_config({"ring": ring_name, "capacity_records": 2})
+        with Monitor(config=config, strict=True) as mon:
+            mon.begin("q").end()
+            mon.begin("q").end()
+            with pytest.raises(MonitoringUnavailable, match="full"):
+                mon.begin("q").end()
+
+    def test_no_free_lane_is_counted_not_raised(self, ring_name):
+        """A ring whose lanes are all taken: requests still complete."""
+        config = load_config({"ring": ring_name, "lanes": 1})
+        with Monitor(config=config) as first, Monitor(config=config) as second:
+            assert first.available and not second.available
+            with second.request("q") as ctx:
+                ctx.log_routing(confidence=0.5)
+            assert second.counters.unavailable == 1
+            with pytest.raises(MonitoringUnavailable, match="lanes"):
+                Monitor(config=config, strict=True)
+
+    def test_ring_of_another_layout_is_unavailable(self, ring_name):
+        """A foreign segment under our name does not break the caller."""
+        other = ringbuf.Ring.create(ring_name, [("x", "<u8")], 1, 4)
+        try:
+            with Monitor(ring_name) as mon:
+                assert mon.begin("q").end() is False
+                assert mon.counters.unavailable == 1
+        finally:
+            other.close()
+
+
+def child_records(monitor, out) -> None:
+    """In a forked child: record one request, report lane and pid."""
+    full_request(monitor, "from child")
+    out.put((monitor._events.lane, os.getpid()))
+
+
+class TestProcesses:
+    def test_forked_child_records_on_its_own_lane(self, monitor, ring_name):
+        """Parent and child both record; labels are re-announced."""
+        full_request(monitor, "from parent")
+        ctx = multiprocessing.get_context("fork")
+        out = ctx.Queue()
+        proc = ctx.Process(target=child_records, args=(monitor, out))
+        proc.start()
+        child_lane, child_pid = out.get(timeout=30)
+        proc.join(timeout=10)
+        assert child_lane != monitor._events.lane
+        full_request(monitor, "parent again")
+        events = events_in(ring_name)
+        assert sorted(events["pid"].tolist()) == sorted(
+            [os.getpid(), os.getpid(), child_pid]
+        )
+        with ringbuf.Ring.attach(ring_name + ".labels", LABEL_DTYPE) as ring:
+            assert ring.lane_state(child_lane).head == 8
+        assert len(set(events["request_id"].tolist())) == 3
+
+    def test_independent_processes_write_concurrently(self, ring_name):
+        """Coordinator processes started on their own share one ring."""
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "livemon.demo",
+                    "--ring",
+                    ring_name,
+                    "--requests",
+                    "500",
+                    "--seed",
+                    str(seed),
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=ROOT,
+            )
+            for seed in range(3)
+        ]
+        counters = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+        assert all(p.returncode == 0 for p in procs)
+        events = events_in(ring_name)
+        assert len(events) == sum(c["recorded"] for c in counters) == 1500
+        assert len(set(events["pid"].tolist())) == 3
+        labels = labels_in(ring_name)
+        for column in ("intent_category", "routing_strategy"):
+            assert all(int(i) in labels for i in events[column])
+
+
+class TestCoordinator:
+    def test_route_and_complete_record_one_request(self, monitor, ring_name):
+        """route() classifies and selects; complete() writes the record."""
+        coordinator = Coordinator(monitor)
+        decision = coordinator.route("please fix this python bug")
+        assert decision.intent.category == "code"
+        assert decision.agents == ("coder", "reviewer")
+        assert coordinator.complete(
+            decision,
+            Result(
+                agents_used=("coder",),
+                success=True,
+                execution_time_ms=40.0,
+                quality_score=0.7,
+                override_reason="reviewer busy",
+            ),
+        )
+        (event,) = events_in(ring_name)
+        labels = labels_in(ring_name)
+        assert event["accepted"] == 0
+        assert labels[event["override_reason"]] == "reviewer busy"
+        assert names(event["suggested_agents"], labels) == [
+            "coder",
+            "reviewer",
+        ]
+
+    def test_acceptance_is_detected(self, monitor, ring_name):
+        """Using exactly the suggested agents counts as accepted."""
+        coordinator = Coordinator(monitor)
+        decision = coordinator.route("summary email please")
+        coordinator.complete(
+            decision, Result(agents_used=decision.agents, success=True)
+        )
+        assert events_in(ring_name)[0]["accepted"] == 1
