@@ -158,10 +158,15 @@ class Service:
     def run(self) -> int:
         """Run until SIGTERM or SIGINT; return the exit status."""
         config = self.config
-        lock = proc.InstanceLock(config)
-        lock.acquire()
-        pidfile = proc.Pidfile(config.pidfile)
         events, labels = open_rings(config)
+        lock = proc.InstanceLock(config, events)
+        try:
+            lock.acquire()
+        except BaseException:
+            events.close()
+            labels.close()
+            raise
+        pidfile = proc.Pidfile(config.pidfile)
         drainer = Drainer(
             config,
             events,

@@ -18,12 +18,14 @@ from typing import Any
 
 import psutil
 
+import ringbuf
 from daemon.exceptions import (
     AlreadyRunning,
     NotRunning,
     StartFailed,
     StopTimedOut,
 )
+from daemon.store import create_file
 from livemon.config import Config
 
 _CREATE_TIME_TOLERANCE_S = 0.05
@@ -32,6 +34,7 @@ _CREATE_TIME_TOLERANCE_S = 0.05
 def write_atomic(path: str, text: str, mode: int = 0o600) -> None:
     """Replace ``path`` with ``text`` so readers never see half a file."""
     directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
     try:
         with os.fdopen(fd, "w") as file:
@@ -97,20 +100,17 @@ class Pidfile:
 
 
 class InstanceLock:
-    """Exclusive locks on the ring and on the database, held for life.
+    """The one-daemon rule: the ring's consumer lock and a database lock.
 
     Two daemons on one ring would steal each other's records; two on one
-    database would fight over the write lock.  The kernel drops the locks
-    when the process dies, so a crash never leaves a stale lock.
+    database would fight over its write lock.  The kernel drops both
+    locks when the process dies, so a crash never leaves a stale lock.
     """
 
-    def __init__(self, config: Config) -> None:
-        self._paths = [
-            f"/dev/shm/{config.ring}.daemon",
-            config.db + ".daemon.lock",
-        ]
-        self._fds: list[int] = []
-        self._pidfile = Pidfile(config.pidfile)
+    def __init__(self, config: Config, ring: ringbuf.Ring) -> None:
+        self._config = config
+        self._ring = ring
+        self._fd = -1
 
     def acquire(self) -> None:
         """Take both locks.
@@ -118,26 +118,33 @@ class InstanceLock:
         Raises:
             AlreadyRunning: another daemon holds one; stop it first.
         """
-        for path in self._paths:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                self.release()
-                holder = self._pidfile.read()
-                who = f" (pid {holder[0]})" if holder else ""
-                raise AlreadyRunning(
-                    f"a livemon daemon{who} already holds {path}: stop it "
-                    "with 'livemon-daemon stop', or use another --ring/--db"
-                ) from None
-            self._fds.append(fd)
+        if not self._ring.lock_consumer():
+            self._refuse(f"ring {self._config.ring!r}")
+        # flock() on the database file itself: independent of SQLite's
+        # fcntl() locks on Linux, and it needs no writable directory, so a
+        # database on a read-only filesystem is locked, then retried.
+        create_file(self._config.db, self._config.mode)
+        fd = os.open(self._config.db, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            self._refuse(f"database {self._config.db}")
+        self._fd = fd
 
     def release(self) -> None:
-        """Drop the locks. Idempotent."""
-        while self._fds:
-            os.close(self._fds.pop())
+        """Drop the database lock (the ring's goes with ``ring.close``)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _refuse(self, what: str) -> None:
+        holder = Pidfile(self._config.pidfile).read()
+        who = f" (pid {holder[0]})" if holder else ""
+        raise AlreadyRunning(
+            f"another livemon daemon{who} already drains {what}: stop it "
+            "with 'livemon-daemon stop', or use another --ring/--db"
+        )
 
 
 def read_status(config: Config) -> dict[str, Any] | None:

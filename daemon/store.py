@@ -84,7 +84,7 @@ class Store:
         self, path: str, *, synchronous: str = "NORMAL", mode: int = 0o600
     ) -> None:
         self.path = path
-        _create_file(path, mode)
+        create_file(path, mode)
         db = sqlite3.connect(path, isolation_level=None, timeout=0)
         try:
             db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -99,6 +99,15 @@ class Store:
                     "will not write to it"
                 )
             schema.apply_migrations(db)
+        except sqlite3.OperationalError:
+            db.close()
+            raise  # locked, read-only, full: trouble that may pass
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise DatabaseCorrupt(
+                f"{path} is damaged ({exc}): restore it from a backup or "
+                "move it aside; the daemon will not write to it"
+            ) from exc
         except BaseException:
             db.close()
             raise
@@ -199,7 +208,14 @@ class Store:
         self._db = None
 
 
-def _create_file(path: str, mode: int) -> None:
+def create_file(path: str, mode: int) -> None:
+    """Create an empty database file with ``mode`` (and its directory).
+
+    Raises:
+        OSError: the directory is not writable (read-only, permissions).
+    """
+    if os.path.exists(path):
+        return
     parent = pathlib.Path(path).parent
     parent.mkdir(parents=True, exist_ok=True, mode=0o700 | (mode & 0o070))
     with contextlib.suppress(FileExistsError):

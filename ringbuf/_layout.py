@@ -20,6 +20,7 @@ CACHE_LINE_BYTES = 64
 HEADER_BYTES = 128
 LANE_HEADER_BYTES = 2 * CACHE_LINE_BYTES
 MAX_NAME_CHARS = 200
+CONSUMER_LOCK_BYTE = 1 << 32  # in the lock file, past every lane's byte
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 
 # Header words (u64 each, little-endian), see the Ring docstring.

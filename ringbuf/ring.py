@@ -98,7 +98,8 @@ class Ring:
     ``seq % capacity`` and its identity is ``(epoch, lane, seq)``.
 
     Lane ownership is an OFD byte-range lock on byte ``lane`` of the lock
-    file ``/dev/shm/<name>.lanes``; no lock is taken to write or read.
+    file ``/dev/shm/<name>.lanes``, the consumer's on byte ``2**32``; no
+    lock is taken to write or read.
     """
 
     _shm: SharedMemory | None = None
@@ -351,6 +352,14 @@ class Ring:
             np.concatenate(lanes),
             np.concatenate(seqs),
         )
+
+    def lock_consumer(self) -> bool:
+        """Become this ring's only consumer; False if another process is.
+
+        Two consumers would advance each other's tails and lose records.
+        The lock is held until ``close`` or the process dies.
+        """
+        return _lanelock.try_lock(self._probe_fd(), _layout.CONSUMER_LOCK_BYTE)
 
     # -- internals -------------------------------------------------------
 

@@ -1,0 +1,148 @@
+"""
+Running the real daemon and real coordinator processes in tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
+
+
+class DaemonRun:
+    """One ``livemon-daemon start --foreground`` process and its files."""
+
+    def __init__(self, env: dict[str, str], process: subprocess.Popen[str]):
+        self.env = env
+        self.process = process
+        self.db = env["LIVEMON_DB"]
+        self.status_file = env["LIVEMON_PIDFILE"] + ".status.json"
+
+    def status(self) -> dict:
+        """The daemon's published figures ({} before the first)."""
+        try:
+            with open(self.status_file) as file:
+                return json.load(file)
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def wait_until(self, predicate: Callable[[], bool], timeout_s=30.0):
+        """Poll ``predicate`` until true; fail the test on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            assert self.process.poll() is None or predicate(), (
+                f"daemon exited with {self.process.returncode}: "
+                f"{self.process.stderr.read() if self.process.stderr else ''}"
+            )
+            time.sleep(0.05)
+        raise AssertionError(f"timed out after {timeout_s} s waiting")
+
+    def count(self, sql="SELECT count(*) FROM events") -> int:
+        """Run a counting query on the database (0 if it has no table)."""
+        try:
+            with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True) as db:
+                return int(db.execute(sql).fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0
+
+    def stop(self, sig=signal.SIGTERM, timeout_s=30.0) -> int:
+        """Signal the daemon and wait for it; return its exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=timeout_s)
+
+
+@pytest.fixture
+def daemon_env(tmp_path, ring_name) -> dict[str, str]:
+    """Environment for daemon and coordinators: own ring, db, state."""
+    env = dict(os.environ)
+    env.update(
+        LIVEMON_RING=ring_name,
+        LIVEMON_DB=str(tmp_path / "state" / "unified_monitoring.db"),
+        LIVEMON_PIDFILE=str(tmp_path / "state" / "daemon.pid"),
+        LIVEMON_BATCH_INTERVAL_S="0.05",
+        LIVEMON_HEALTH_INTERVAL_S="0.5",
+        PYTHONPATH=str(ROOT),
+    )
+    return env
+
+
+@pytest.fixture
+def start_daemon(daemon_env) -> Iterator[Callable[..., DaemonRun]]:
+    """Start real daemons; whatever is left running is killed after."""
+    runs: list[DaemonRun] = []
+
+    def start(env=None, wait_ready=True, **popen) -> DaemonRun:
+        env = env or daemon_env
+        process = subprocess.Popen(
+            [sys.executable, "-m", "daemon", "start", "--foreground"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            **popen,
+        )
+        run = DaemonRun(env, process)
+        runs.append(run)
+        if wait_ready:
+            run.wait_until(
+                lambda: (
+                    run.status().get("pid") == process.pid
+                    and run.status().get("ready")
+                )
+            )
+        return run
+
+    yield start
+    for run in runs:
+        if run.process.poll() is None:
+            run.process.kill()
+        run.process.wait(timeout=30)
+        for stream in (run.process.stdout, run.process.stderr):
+            if stream:
+                stream.close()
+
+
+def coordinators(env, count, requests, first_seed=0):
+    """Start ``count`` independent coordinator processes (livemon.demo)."""
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "livemon.demo",
+                "--requests",
+                str(requests),
+                "--seed",
+                str(seed),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for seed in range(first_seed, first_seed + count)
+    ]
+
+
+def recorded(processes, timeout_s=300) -> int:
+    """Wait for coordinators; return how many records they stored."""
+    total = 0
+    for process in processes:
+        out, _ = process.communicate(timeout=timeout_s)
+        assert process.returncode == 0
+        counters = json.loads(out)
+        assert counters["failed"] == counters["unavailable"] == 0
+        total += counters["recorded"]
+    return total
