@@ -138,14 +138,27 @@ def start(
     show_default=True,
     help="Seconds to wait for the final drain.",
 )
+@click.option(
+    "--unlink",
+    is_flag=True,
+    help="Then remove the ring's shared memory (no coordinator may be "
+    "attached).",
+)
 def stop(
-    ring: str | None, db: str | None, config_file: str | None, timeout_s: float
+    ring: str | None,
+    db: str | None,
+    config_file: str | None,
+    timeout_s: float,
+    unlink: bool,
 ) -> None:
     """Stop the daemon: SIGTERM, then wait for it to drain and exit."""
     config, _ = resolve(ring, db, config_file)
     with errors_for_people():
         pid = proc.stop(config, timeout_s)
-    click.echo(f"livemon daemon (pid {pid}) stopped")
+        click.echo(f"livemon daemon (pid {pid}) stopped")
+        if unlink:
+            proc.unlink_rings(config)
+            click.echo(f"removed ring {config.ring!r}")
 
 
 @cli.command()
@@ -207,30 +220,38 @@ def _status_text(report: dict[str, Any]) -> str:
 
 
 @cli.command()
-@config_options
+@click.option(
+    "--ring", default="livemon-demo", show_default=True, help="Ring name."
+)
+@click.option(
+    "--db",
+    default="livemon-demo/unified_monitoring.db",
+    show_default=True,
+    help="Database path.",
+)
 @click.option(
     "--coordinators",
+    type=click.IntRange(1, 64),
     default=4,
     show_default=True,
     help="Coordinator processes to start.",
 )
 @click.option(
     "--requests",
+    type=click.IntRange(1, 10_000_000),
     default=5000,
     show_default=True,
     help="Requests each coordinator routes.",
 )
-def demo(
-    ring: str | None,
-    db: str | None,
-    config_file: str | None,
-    coordinators: int,
-    requests: int,
-) -> None:
-    """Run the whole pipeline once: daemon, coordinators, what landed."""
+def demo(ring: str, db: str, coordinators: int, requests: int) -> None:
+    """Run the whole pipeline once: daemon, coordinators, what landed.
+
+    Uses its own ring and database (not your LIVEMON_* settings), and
+    removes the ring at the end.
+    """
     from daemon import demo as demo_run
 
-    config, overrides = resolve(ring, db, config_file)
+    config, overrides = resolve(ring, db, None)
     with errors_for_people():
         demo_run.run(
             config,

@@ -73,7 +73,8 @@ def run(
     if started:
         with contextlib.suppress(NotRunning):  # it died: nothing to stop
             proc.stop(config)
-        echo("stopped the daemon after its final drain")
+        proc.unlink_rings(config)
+        echo("stopped the daemon after its final drain, removed the ring")
     show(config.db, echo)
 
 

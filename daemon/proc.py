@@ -21,12 +21,14 @@ import psutil
 import ringbuf
 from daemon.exceptions import (
     AlreadyRunning,
+    DaemonError,
     NotRunning,
     StartFailed,
     StopTimedOut,
 )
 from daemon.store import create_file
 from livemon.config import Config
+from livemon.record import LABEL_DTYPE, RECORD_DTYPE
 
 _CREATE_TIME_TOLERANCE_S = 0.05
 
@@ -223,3 +225,37 @@ def stop(config: Config, timeout_s: float = 30.0) -> int:
             " it may still be draining: wait, or kill it (no data is lost)"
         ) from None
     return int(process.pid)
+
+
+def unlink_rings(config: Config) -> None:
+    """Remove the events and labels rings once nothing is left in them.
+
+    Raises:
+        DaemonError: a coordinator still holds a lane, or records are
+            still pending (start the daemon again to drain them).
+    """
+    rings = []
+    for name, dtype in (
+        (config.ring, RECORD_DTYPE),
+        (config.labels_ring, LABEL_DTYPE),
+    ):
+        with contextlib.suppress(ringbuf.RingNotFound):
+            rings.append(ringbuf.Ring.attach(name, dtype))
+    try:
+        for ring in rings:
+            states = [ring.lane_state(i) for i in range(ring.lanes)]
+            if any(s.owned for s in states):
+                raise DaemonError(
+                    f"ring {ring.name!r} is still used by a coordinator: "
+                    "stop the coordinators first"
+                )
+            if any(s.pending for s in states):
+                raise DaemonError(
+                    f"ring {ring.name!r} still holds records: start the "
+                    "daemon again to drain them"
+                )
+    finally:
+        for ring in rings:
+            ring.close()
+    for ring in rings:
+        ring.unlink()

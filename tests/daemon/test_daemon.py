@@ -99,8 +99,10 @@ class TestDatabaseTrouble:
     def catch_up_after(self, daemon, sent_before_fix, fix):
         """Trouble is reported and data waits in the ring; then fixed."""
         daemon.wait_until(
-            lambda: daemon.status().get("last_error")
-            and daemon.status()["lag_records"] > 0
+            lambda: (
+                daemon.status().get("last_error")
+                and daemon.status()["lag_records"] > 0
+            )
         )
         assert daemon.count() < sent_before_fix
         assert daemon.process.poll() is None  # no crash loop
