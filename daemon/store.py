@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import pathlib
 import sqlite3
@@ -17,7 +18,7 @@ import numpy.typing as npt
 
 from daemon.exceptions import DatabaseCorrupt
 from livemon import schema
-from livemon.record import RECORD_DTYPE
+from livemon.record import LIST_FIELDS, NO_LABEL, RECORD_DTYPE, list_label_id
 from ringbuf import Batch
 
 BUSY_TIMEOUT_MS = 1000
@@ -29,13 +30,20 @@ _INSERT_EVENTS = (
     f"VALUES ({', '.join('?' * len(_EVENT_COLUMNS))})"
 )
 _INSERT_LABELS = "INSERT OR IGNORE INTO labels (label_id, text) VALUES (?, ?)"
+# A list label is rewritten when a name it lacked has arrived since.
+_REPLACE_LABELS = (
+    "INSERT OR REPLACE INTO labels (label_id, text) VALUES (?, ?)"
+)
 
 
-def event_rows(epoch: int, batch: Batch) -> Iterator[tuple[Any, ...]]:
+def event_rows(
+    epoch: int, batch: Batch, lists: ListLabels
+) -> Iterator[tuple[Any, ...]]:
     """Turn a batch of ``RECORD_DTYPE`` records into ``events`` rows.
 
     Columns are converted whole by numpy (``tolist``) and zipped, so no
-    Python code runs per field of per record.
+    Python code runs per field of per record; each list of label ids
+    becomes the id of its list label (see ``ListLabels``).
     """
     records = batch.records
     columns: list[Iterable[Any]] = [
@@ -44,25 +52,84 @@ def event_rows(epoch: int, batch: Batch) -> Iterator[tuple[Any, ...]]:
         range(batch.first_seq, batch.end_seq),
     ]
     for name in RECORD_DTYPE.names or ():
-        values = records[name]
-        if values.ndim == 2:
-            columns += [values[:, i].tolist() for i in range(values.shape[1])]
+        if name in LIST_FIELDS:
+            columns.append(lists.column(records[name]))
         else:
-            columns.append(values.tolist())
+            columns.append(records[name].tolist())
     return zip(*columns, strict=True)
 
 
-def label_rows(
-    records: npt.NDArray[np.void],
-) -> Iterator[tuple[int, str]]:
+class ListLabels:
+    """Stores each distinct list of label ids once, as a JSON-array label.
+
+    Lists are few (combinations of agents and domains), so the work is per
+    distinct list per batch, found with one vectorized ``np.unique``.
+    """
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self._known: dict[bytes, int] = {}
+        self._texts: dict[int, str] = {}
+        self.new: list[tuple[int, str]] = []
+
+    def learn(self, rows: Iterable[tuple[int, str]]) -> None:
+        """Remember label texts written in this batch."""
+        self._texts.update(rows)
+
+    def column(self, ids: npt.NDArray[np.int64]) -> list[int]:
+        """The list label id of each row of ``ids`` (int64[n, k])."""
+        if not len(ids):
+            return []
+        distinct, inverse = np.unique(ids, axis=0, return_inverse=True)
+        labels = np.empty(len(distinct), np.int64)
+        for j, row in enumerate(distinct):
+            key = row.tobytes()
+            label = self._known.get(key)
+            if label is None:
+                label = self._add(row.tolist(), key)
+            labels[j] = label
+        result: list[int] = labels[inverse.reshape(-1)].tolist()
+        return result
+
+    def _add(self, ids: list[int], key: bytes) -> int:
+        label = list_label_id(ids)
+        if label == NO_LABEL:
+            self._known[key] = label
+            return label
+        texts = [self._text(i) for i in ids if i]
+        known = [t for t in texts if t is not None]
+        self.new.append(
+            (
+                label,
+                json.dumps(known, ensure_ascii=False, separators=(",", ":")),
+            )
+        )
+        if len(known) == len(texts):
+            self._known[key] = label  # complete: never written again
+        return label
+
+    def _text(self, label: int) -> str | None:
+        text = self._texts.get(label)
+        if text is None:
+            row = self._db.execute(
+                "SELECT text FROM labels WHERE label_id = ?", (label,)
+            ).fetchone()
+            if row is not None:
+                text = self._texts[label] = row[0]
+        return text
+
+
+def label_rows(records: npt.NDArray[np.void]) -> list[tuple[int, str]]:
     """Turn ``LABEL_DTYPE`` records into ``(label_id, text)`` rows."""
-    for label, length, text in zip(
-        records["label_id"].tolist(),
-        records["length"].tolist(),
-        records["text"],
-        strict=True,
-    ):
-        yield label, text[:length].tobytes().decode(errors="replace")
+    return [
+        (label, text[:length].tobytes().decode(errors="replace"))
+        for label, length, text in zip(
+            records["label_id"].tolist(),
+            records["length"].tolist(),
+            records["text"],
+            strict=True,
+        )
+    ]
 
 
 class Store:
@@ -113,6 +180,7 @@ class Store:
             raise
         self._db = db
         self._depth = 0
+        self._lists = ListLabels(db)
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -154,11 +222,19 @@ class Store:
         """
         with self.atomic() as db:
             for batch in labels:
-                db.executemany(_INSERT_LABELS, label_rows(batch.records))
-            before = db.total_changes
+                rows = label_rows(batch.records)
+                db.executemany(_INSERT_LABELS, rows)
+                self._lists.learn(rows)
+            inserted = 0
             for batch in events:
-                db.executemany(_INSERT_EVENTS, event_rows(epoch, batch))
-            return db.total_changes - before
+                before = db.total_changes
+                db.executemany(
+                    _INSERT_EVENTS, event_rows(epoch, batch, self._lists)
+                )
+                inserted += db.total_changes - before
+            db.executemany(_REPLACE_LABELS, self._lists.new)
+            self._lists.new.clear()
+            return inserted
 
     def add_health(self, **values: Any) -> None:
         """Append one ``health`` row (column names as keywords)."""

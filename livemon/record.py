@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import struct
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -33,7 +34,7 @@ class EventType(enum.IntEnum):
     QUALITY = 3
 
 
-_LIST_FIELDS = {
+LIST_FIELDS: dict[str, int] = {
     "intent_domains": MAX_DOMAINS,
     "suggested_agents": MAX_AGENTS,
     "actual_agents": MAX_AGENTS,
@@ -100,7 +101,7 @@ def _struct_for(dtype: np.dtype[np.void]) -> struct.Struct:
     return struct.Struct("<" + "".join(codes))
 
 
-_SCALAR_FIELDS = [n for n in RECORD_DTYPE.names or () if n not in _LIST_FIELDS]
+_SCALAR_FIELDS = [n for n in RECORD_DTYPE.names or () if n not in LIST_FIELDS]
 SCALARS_STRUCT = _struct_for(RECORD_DTYPE[_SCALAR_FIELDS])
 """Packs the scalar fields, in order; the three id lists follow as bytes.
 
@@ -112,8 +113,8 @@ laid out exactly as ``RECORD_DTYPE`` (a test holds the two together).
 LIST_STRUCTS = {n: struct.Struct(f"<{n}q") for n in (MAX_AGENTS, MAX_DOMAINS)}
 """Packs one padded list of label ids."""
 
-assert list(RECORD_DTYPE.names or ())[-3:] == list(_LIST_FIELDS)
-assert SCALARS_STRUCT.size + 8 * sum(_LIST_FIELDS.values()) == (
+assert list(RECORD_DTYPE.names or ())[-3:] == list(LIST_FIELDS)
+assert SCALARS_STRUCT.size + 8 * sum(LIST_FIELDS.values()) == (
     RECORD_DTYPE.itemsize
 )
 
@@ -122,6 +123,20 @@ def label_id(text: str) -> int:
     """Return the stable, non-zero signed 64-bit id of ``text``."""
     digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little", signed=True) or 1
+
+
+def list_label_id(ids: Iterable[int]) -> int:
+    """Return the id under which a list of label ids is stored as one label.
+
+    The database keeps each distinct list once, as a JSON array of its
+    texts; its id depends on the ids alone (in order, zeros ignored) and
+    lives in a hash domain of its own, apart from text ids.
+    """
+    data = b"".join(i.to_bytes(8, "little", signed=True) for i in ids if i)
+    if not data:
+        return NO_LABEL
+    digest = hashlib.blake2b(data, digest_size=8, person=b"livemon-list")
+    return int.from_bytes(digest.digest(), "little", signed=True) or 1
 
 
 def fit_text(text: str, limit_bytes: int = MAX_TEXT_BYTES) -> str:

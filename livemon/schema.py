@@ -17,23 +17,18 @@ IDENTITY_COLUMNS = ("epoch", "lane", "seq")
 def event_columns() -> list[str]:
     """The ``events`` columns after the identity, in ``RECORD_DTYPE`` order.
 
-    A list field ``name`` of n label ids becomes columns ``name_0..n-1``.
+    A list field (a fixed array of label ids in the record) is one column
+    holding the label id of the whole list, whose text is a JSON array:
+    three narrow columns instead of 24 cost a third less per insert.
     """
     return [name for name, _ in _typed_event_columns()]
 
 
 def _typed_event_columns() -> list[tuple[str, str]]:
-    columns = []
-    for name in RECORD_DTYPE.names or ():
-        field = RECORD_DTYPE[name]
-        sql_type = "REAL" if field.base.kind == "f" else "INTEGER"
-        if field.shape:
-            columns += [
-                (f"{name}_{i}", sql_type) for i in range(field.shape[0])
-            ]
-        else:
-            columns.append((name, sql_type))
-    return columns
+    return [
+        (name, "REAL" if RECORD_DTYPE[name].base.kind == "f" else "INTEGER")
+        for name in RECORD_DTYPE.names or ()
+    ]
 
 
 def _run(db: sqlite3.Connection, script: str) -> None:
@@ -44,22 +39,12 @@ def _run(db: sqlite3.Connection, script: str) -> None:
             db.execute(statement)
 
 
-def _list_json(alias: str, field: str) -> str:
-    """SQL for a JSON array of the texts behind a list field's label ids."""
-    count = RECORD_DTYPE[field].shape[0]
-    values = " UNION ALL ".join(
-        f"SELECT {i} AS pos, {alias}.{field}_{i} AS label_id"
-        for i in range(count)
-    )
-    return (
-        "(SELECT json_group_array(text) FROM (SELECT l.text FROM "
-        f"({values}) AS v JOIN labels AS l ON l.label_id = v.label_id "
-        "ORDER BY v.pos))"
-    )
-
-
 def _label_text(alias: str, column: str) -> str:
     return f"(SELECT text FROM labels WHERE label_id = {alias}.{column})"
+
+
+def _list_text(alias: str, column: str) -> str:
+    return f"COALESCE({_label_text(alias, column)}, '[]')"
 
 
 def _create_events(db: sqlite3.Connection) -> None:
@@ -120,11 +105,11 @@ def _create_monitoring_events_view(db: sqlite3.Connection) -> None:
             {_label_text("e", "query_category")} AS query_category,
             NULLIF(e.query_complexity, -1) AS query_complexity,
             {_label_text("e", "intent_category")} AS intent_category,
-            {_list_json("e", "intent_domains")} AS intent_domains,
-            {_list_json("e", "suggested_agents")} AS suggested_agents,
+            {_list_text("e", "intent_domains")} AS intent_domains,
+            {_list_text("e", "suggested_agents")} AS suggested_agents,
             {_label_text("e", "routing_strategy")} AS routing_strategy,
             e.confidence AS confidence,
-            {_list_json("e", "actual_agents")} AS actual_agents,
+            {_list_text("e", "actual_agents")} AS actual_agents,
             {flag.format("accepted")},
             {_label_text("e", "override_reason")} AS override_reason,
             e.execution_time_ms AS execution_time_ms,

@@ -343,7 +343,8 @@ class Ring:
             records = self._copy(lane, low, head)
             # A producer now at head' may be writing seq head' into the
             # slot of seq head' - cap: keep only seqs it cannot have touched.
-            first_safe = max(low, w[head_word] - cap + 1)
+            # (A producer that lapped the whole copy leaves nothing safe.)
+            first_safe = min(head, max(low, w[head_word] - cap + 1))
             parts.append(records[first_safe - low :])
             lanes.append(np.full(head - first_safe, lane, np.uint32))
             seqs.append(np.arange(first_safe, head, dtype=np.uint64))

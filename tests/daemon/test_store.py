@@ -16,7 +16,13 @@ import ringbuf
 from daemon.exceptions import DatabaseCorrupt
 from daemon.store import Store
 from livemon import schema
-from livemon.record import LABEL_DTYPE, RECORD_DTYPE, label_record
+from livemon.record import (
+    LABEL_DTYPE,
+    LIST_FIELDS,
+    RECORD_DTYPE,
+    label_record,
+    list_label_id,
+)
 
 SEED_COLUMNS = [
     "id",
@@ -246,20 +252,15 @@ class TestRoundTrip:
             f"SELECT {columns} FROM events WHERE epoch = ? ORDER BY seq",
             (ring.epoch,),
         ).fetchall()
-        back = np.zeros(len(rows), RECORD_DTYPE)
-        flat = [np.nan if v is None else v for row in rows for v in row]
-        back_bytes = np.array(flat, dtype=object).reshape(len(rows), -1)
-        column = 0
-        for name in RECORD_DTYPE.names:
-            width = (
-                RECORD_DTYPE[name].shape[0] if RECORD_DTYPE[name].shape else 1
-            )
-            values = back_bytes[:, column : column + width]
-            back[name] = values.astype(RECORD_DTYPE[name].base).reshape(
-                back[name].shape
-            )
-            column += width
-        assert back.tobytes() == batch.tobytes()
+        assert len(rows) == len(batch)
+        for row, record in zip(rows, batch, strict=True):
+            for name, value in zip(RECORD_DTYPE.names, row, strict=True):
+                if name in LIST_FIELDS:
+                    assert value == list_label_id(record[name].tolist())
+                elif value is None:  # NaN is stored as NULL
+                    assert math.isnan(record[name])
+                else:
+                    assert value == record[name].item()
         writer.close()
         ring.close()
         ring.unlink()
