@@ -70,17 +70,20 @@ class ListLabels:
         self._db = db
         self._known: dict[bytes, int] = {}
         self._texts: dict[int, str] = {}
+        self._missing: set[int] = set()  # not in the database (yet)
         self.new: list[tuple[int, str]] = []
 
     def learn(self, rows: Iterable[tuple[int, str]]) -> None:
         """Remember label texts written in this batch."""
-        self._texts.update(rows)
+        for label, text in rows:
+            self._texts[label] = text
+            self._missing.discard(label)
 
     def column(self, ids: npt.NDArray[np.int64]) -> list[int]:
         """The list label id of each row of ``ids`` (int64[n, k])."""
         if not len(ids):
             return []
-        distinct, inverse = np.unique(ids, axis=0, return_inverse=True)
+        distinct, inverse = _distinct_rows(ids)
         labels = np.empty(len(distinct), np.int64)
         for j, row in enumerate(distinct):
             key = row.tobytes()
@@ -110,11 +113,13 @@ class ListLabels:
 
     def _text(self, label: int) -> str | None:
         text = self._texts.get(label)
-        if text is None:
+        if text is None and label not in self._missing:
             row = self._db.execute(
                 "SELECT text FROM labels WHERE label_id = ?", (label,)
             ).fetchone()
-            if row is not None:
+            if row is None:
+                self._missing.add(label)
+            else:
                 text = self._texts[label] = row[0]
         return text
 
@@ -130,6 +135,26 @@ def label_rows(records: npt.NDArray[np.void]) -> list[tuple[int, str]]:
             strict=True,
         )
     ]
+
+
+def _distinct_rows(
+    ids: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.intp]]:
+    """Distinct rows of ``ids`` and, per row, the index of its distinct row.
+
+    ``np.unique(axis=0)`` sorts rows as structured values (~50 ms for 20k
+    rows here); hashing each row to one u64 and sorting those is ~20x
+    faster.  A hash collision is caught by the check and falls back.
+    """
+    with np.errstate(over="ignore"):
+        keys = np.zeros(len(ids), np.uint64)
+        for column in ids.T.view(np.uint64):
+            keys = (keys ^ column) * np.uint64(0x9E3779B97F4A7C15)
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    distinct = ids[first]
+    if not np.array_equal(distinct[inverse], ids):
+        distinct, inverse = np.unique(ids, axis=0, return_inverse=True)
+    return distinct, inverse.reshape(-1)
 
 
 class Store:

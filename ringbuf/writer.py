@@ -120,10 +120,11 @@ class RingWriter:
             free = cap - (head - words[self._tail_word])
             count = min(len(records), free)
             slots = self.ring._slots[self._lane]
+            raw = np.ascontiguousarray(records).view(self.ring._raw)
             start = head % cap
             first = min(count, cap - start)
-            slots[start : start + first] = records[:first]
-            slots[: count - first] = records[first:count]
+            slots[start : start + first] = raw[:first]
+            slots[: count - first] = raw[first:count]
             if count < len(records):
                 words[self._dropped_word] += len(records) - count
             # Same ordering argument as in put: slots before head.
