@@ -61,6 +61,7 @@ class Drainer:
         self.last_error: str | None = None
         self._backoff_s = 0.0
         self._retry_at = 0.0
+        self._first_lane = 0
 
     def drain_once(self) -> int:
         """Commit what is pending now; return the records moved.
@@ -72,12 +73,7 @@ class Drainer:
         store = self._store()
         if store is None:
             return 0
-        per_lane = max(1, self.config.batch_records // self.events.lanes)
-        events = [
-            self.events.pending(lane, per_lane)
-            for lane in range(self.events.lanes)
-        ]
-        events = [b for b in events if len(b.records)]
+        events = self._pending_events()
         labels = [
             self.labels.pending(lane) for lane in range(self.labels.lanes)
         ]
@@ -94,6 +90,22 @@ class Drainer:
         moved = sum(len(b.records) for b in events)
         self.drained += moved
         return moved
+
+    def _pending_events(self) -> list[ringbuf.Batch]:
+        # Up to batch_records in all; the first lane rotates so that a busy
+        # lane cannot starve the others.
+        lanes = self.events.lanes
+        self._first_lane = (self._first_lane + 1) % lanes
+        room = self.config.batch_records
+        batches = []
+        for i in range(lanes):
+            if room == 0:
+                break
+            batch = self.events.pending((self._first_lane + i) % lanes, room)
+            if len(batch.records):
+                batches.append(batch)
+                room -= len(batch.records)
+        return batches
 
     def step(self) -> int:
         """``drain_once``, turning database trouble into a retry later."""

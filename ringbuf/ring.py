@@ -400,7 +400,7 @@ class Ring:
     def _copy_into(
         self, out: npt.NDArray[np.void], lane: int, low: int, high: int
     ) -> None:
-        """Copy seqs ``low..high-1`` of a lane, raw, to the start of ``out``."""
+        """Copy seqs ``low..high-1`` of a lane, raw, to the head of ``out``."""
         slots = self._slots[lane]
         cap = self.geometry.capacity_records
         start, count = low % cap, high - low
