@@ -144,6 +144,27 @@ class TestExactlyOnce:
             assert np.array_equal(seqs, np.arange(len(seqs)))
 
 
+@pytest.mark.stress
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_many_producers_long_run(make_ring, method):
+    """Eight producers x 250,000 records through a small ring."""
+    ring = make_ring(TEST_DTYPE, lanes=8, capacity=1024)
+    medium = _Medium(method)
+    results = medium.results_queue()
+    workers = [
+        medium.start(produce, ring.name, p, 250_000, results) for p in range(8)
+    ]
+    batches = drain_until(ring, lambda: not any(w.is_alive() for w in workers))
+    for worker in workers:
+        worker.join(timeout=60)
+    stored = sum(results.get(timeout=10)[2] for _ in workers)
+    received = np.concatenate([b.records for b in batches])
+    dropped = sum(ring.lane_state(i).dropped for i in range(ring.lanes))
+    assert intact(received)
+    assert len(received) == stored
+    assert stored + dropped == 8 * 250_000
+
+
 class TestKilledProcesses:
     @pytest.mark.parametrize("method", ["fork", "spawn"])
     def test_sigkilled_producer_leaves_no_partial_record(
