@@ -21,8 +21,8 @@ def ring_name() -> Iterator[str]:
     """A fresh ring name, unlinked (with its labels ring) afterwards."""
     name = f"lmbench-{uuid.uuid4().hex[:12]}"
     yield name
-    ringbuf.unlink(name)
-    ringbuf.unlink(name + ".labels")
+    for suffix in ("", ".labels", ".feedback"):
+        ringbuf.unlink(name + suffix)
 
 
 @pytest.fixture

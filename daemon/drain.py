@@ -24,6 +24,7 @@ from daemon.notify import Notifier
 from daemon.store import Store
 from livemon.config import Config, load_config
 from livemon.exceptions import ConfigError
+from livemon.feedback import open_feedback_ring
 from livemon.monitor import open_rings
 
 logger = logging.getLogger("livemon.daemon")
@@ -50,10 +51,12 @@ class Drainer:
         events: ringbuf.Ring,
         labels: ringbuf.Ring,
         open_store: Callable[[], Store],
+        feedback: ringbuf.Ring | None = None,
     ) -> None:
         self.config = config
         self.events = events
         self.labels = labels
+        self.feedback = feedback
         self._open_store = open_store
         self.store: Store | None = None
         self.drained = 0
@@ -74,22 +77,35 @@ class Drainer:
         if store is None:
             return 0
         events = self._pending_events()
-        labels = [
-            self.labels.pending(lane) for lane in range(self.labels.lanes)
-        ]
-        labels = [b for b in labels if len(b.records)]
-        if not events and not labels:
+        feedback = self._pending_all(self.feedback)
+        # Labels last: every label an event or action refers to was
+        # published before it, so it is in this read.
+        labels = self._pending_all(self.labels)
+        if not events and not labels and not feedback:
             return 0
         started = time.perf_counter()
-        store.write(self.events.epoch, labels, events)
+        feedback_epoch = self.feedback.epoch if self.feedback else 0
+        store.write(
+            self.events.epoch, labels, events, (feedback_epoch, feedback)
+        )
         for batch in labels:
             self.labels.advance(batch.lane, batch.end_seq)
         for batch in events:
             self.events.advance(batch.lane, batch.end_seq)
+        for batch in feedback:
+            assert self.feedback is not None
+            self.feedback.advance(batch.lane, batch.end_seq)
         self.batch_latency_ms = (time.perf_counter() - started) * 1e3
         moved = sum(len(b.records) for b in events)
         self.drained += moved
         return moved
+
+    @staticmethod
+    def _pending_all(ring: ringbuf.Ring | None) -> list[ringbuf.Batch]:
+        if ring is None:
+            return []
+        batches = [ring.pending(lane) for lane in range(ring.lanes)]
+        return [b for b in batches if len(b.records)]
 
     def _pending_events(self) -> list[ringbuf.Batch]:
         # Up to batch_records in all; the first lane rotates so that a busy
@@ -171,13 +187,18 @@ class Service:
         """Run until SIGTERM or SIGINT; return the exit status."""
         config = self.config
         events, labels = open_rings(config)
+        rings = (events, labels)
         lock = proc.InstanceLock(config, events)
         try:
             lock.acquire()
+            feedback = open_feedback_ring(
+                config.feedback_ring, config.lanes, config.mode
+            )
         except BaseException:
             events.close()
             labels.close()
             raise
+        rings += (feedback,)
         pidfile = proc.Pidfile(config.pidfile)
         drainer = Drainer(
             config,
@@ -186,6 +207,7 @@ class Service:
             lambda: Store(
                 config.db, synchronous=config.synchronous, mode=config.mode
             ),
+            feedback,
         )
         try:
             pidfile.write(config.mode)
@@ -205,8 +227,8 @@ class Service:
             return 0
         finally:
             drainer.close()
-            events.close()
-            labels.close()
+            for ring in rings:
+                ring.close()
             pidfile.remove_if_mine()
             _remove(proc.status_path(config))
             lock.release()

@@ -28,7 +28,7 @@ from daemon.exceptions import (
 )
 from daemon.store import create_file
 from livemon.config import Config
-from livemon.record import LABEL_DTYPE, RECORD_DTYPE
+from livemon.record import FEEDBACK_DTYPE, LABEL_DTYPE, RECORD_DTYPE
 
 _CREATE_TIME_TOLERANCE_S = 0.05
 
@@ -238,6 +238,7 @@ def unlink_rings(config: Config) -> None:
     for name, dtype in (
         (config.ring, RECORD_DTYPE),
         (config.labels_ring, LABEL_DTYPE),
+        (config.feedback_ring, FEEDBACK_DTYPE),
     ):
         with contextlib.suppress(ringbuf.RingNotFound):
             rings.append(ringbuf.Ring.attach(name, dtype))

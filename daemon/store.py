@@ -18,7 +18,14 @@ import numpy.typing as npt
 
 from daemon.exceptions import DatabaseCorrupt
 from livemon import schema
-from livemon.record import LIST_FIELDS, NO_LABEL, RECORD_DTYPE, list_label_id
+from livemon.record import (
+    ALERT_ACTIONS,
+    LIST_FIELDS,
+    NO_LABEL,
+    RECORD_DTYPE,
+    FeedbackAction,
+    list_label_id,
+)
 from ringbuf import Batch
 
 BUSY_TIMEOUT_MS = 1000
@@ -31,6 +38,15 @@ _INSERT_EVENTS = (
     f"INSERT OR IGNORE INTO events ({', '.join(_EVENT_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(_EVENT_COLUMNS))})"
 )
+_FEEDBACK_COLUMNS = (
+    "epoch, lane, seq, timestamp_ns, pid, action, subject, old_value, "
+    "new_value, statistic, threshold, samples, window_records, message"
+)
+_INSERT_FEEDBACK = {
+    table: f"INSERT OR IGNORE INTO {table} ({_FEEDBACK_COLUMNS}) "
+    f"VALUES ({', '.join('?' * 14)})"
+    for table in ("alerts", "adjustments")
+}
 _INSERT_LABELS = "INSERT OR IGNORE INTO labels (label_id, text) VALUES (?, ?)"
 # A list label is rewritten when a name it lacked has arrived since.
 _REPLACE_LABELS = (
@@ -124,6 +140,22 @@ class ListLabels:
             else:
                 text = self._texts[label] = row[0]
         return text
+
+
+def feedback_rows(
+    epoch: int, batch: Batch
+) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """Split a FEEDBACK_DTYPE batch into ``alerts`` and ``adjustments``."""
+    records = batch.records
+    seqs = range(batch.first_seq, batch.end_seq)
+    rows: dict[str, list[tuple[Any, ...]]] = {"alerts": [], "adjustments": []}
+    for seq, r in zip(seqs, records.tolist(), strict=True):
+        action = FeedbackAction(r[2])
+        table = "alerts" if action in ALERT_ACTIONS else "adjustments"
+        rows[table].append(
+            (epoch, batch.lane, seq, r[0], r[1], action.name.lower(), *r[3:])
+        )
+    return list(rows.items())
 
 
 def label_rows(records: npt.NDArray[np.void]) -> list[tuple[int, str]]:
@@ -246,11 +278,19 @@ class Store:
         epoch: int,
         labels: list[Batch],
         events: list[Batch],
+        feedback: tuple[int, list[Batch]] = (0, []),
     ) -> int:
-        """Insert label and event batches in one transaction.
+        """Insert labels, events and feedback in one transaction.
+
+        Args:
+            epoch: the events ring's epoch (part of each event's identity).
+            labels: LABEL_DTYPE batches.
+            events: RECORD_DTYPE batches.
+            feedback: the feedback ring's epoch and FEEDBACK_DTYPE batches,
+                stored as ``alerts`` or ``adjustments``.
 
         Records already stored (same epoch, lane, seq) are ignored, so a
-        batch replayed after a crash adds nothing.  Returns rows inserted.
+        batch replayed after a crash adds nothing.  Returns events inserted.
         """
         with self.atomic() as db:
             for batch in labels:
@@ -266,6 +306,10 @@ class Store:
                 inserted += db.total_changes - before
             db.executemany(_REPLACE_LABELS, self._lists.new)
             self._lists.new.clear()
+            feedback_epoch, feedback_batches = feedback
+            for batch in feedback_batches:
+                for table, rows in feedback_rows(feedback_epoch, batch):
+                    db.executemany(_INSERT_FEEDBACK[table], rows)
             return inserted
 
     def add_health(self, **values: Any) -> None:

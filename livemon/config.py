@@ -102,6 +102,11 @@ class Config:
         return self.ring + ".labels"
 
     @property
+    def feedback_ring(self) -> str:
+        """Name of the ring that carries feedback actions and alerts."""
+        return self.ring + ".feedback"
+
+    @property
     def mode(self) -> int:
         """Permission bits for the ring, lock files and database."""
         return 0o660 if self.group_access else 0o600

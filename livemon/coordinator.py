@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from livemon.context import RequestContext
+from livemon.feedback import FeedbackLoop
 from livemon.monitor import Monitor
 
 
@@ -78,9 +79,11 @@ class Classifier(Protocol):
 
 
 class Selector(Protocol):
-    """Chooses agents for an intent."""
+    """Chooses agents for an intent, and names stand-ins for them."""
 
     def select(self, intent: Intent, query: str) -> Selection: ...
+
+    def alternatives(self, intent: Intent) -> Sequence[str]: ...
 
 
 DEFAULT_KEYWORDS: Mapping[str, Sequence[str]] = {
@@ -125,13 +128,23 @@ class TableSelector:
     """Agents from a category table; parallel when more than one.
 
     Confidence is the share of the query's matched domains that the
-    chosen category covers, floored at 0.5.
+    chosen category covers, floored at 0.5.  ``alternatives`` (default:
+    the generalist) stand in for demoted agents and broaden low-confidence
+    routes.
     """
 
     def __init__(
-        self, agents: Mapping[str, Sequence[str]] = DEFAULT_AGENTS
+        self,
+        agents: Mapping[str, Sequence[str]] = DEFAULT_AGENTS,
+        alternatives: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.agents = {k: tuple(v) for k, v in agents.items()}
+        self._alternatives = {
+            k: tuple(v) for k, v in (alternatives or {}).items()
+        }
+
+    def alternatives(self, intent: Intent) -> Sequence[str]:
+        return self._alternatives.get(intent.category, self.agents["general"])
 
     def select(self, intent: Intent, query: str) -> Selection:
         agents = self.agents.get(intent.category) or self.agents["general"]
@@ -157,10 +170,12 @@ class Coordinator:
         monitor: Monitor | None = None,
         classifier: Classifier | None = None,
         selector: Selector | None = None,
+        feedback: FeedbackLoop | None = None,
     ) -> None:
         self.monitor = monitor if monitor is not None else Monitor()
         self.classifier = classifier or KeywordClassifier()
         self.selector = selector or TableSelector()
+        self.feedback = feedback
 
     def route(self, query: str) -> RoutingDecision:
         """Classify, select agents, and start the request's record."""
@@ -172,12 +187,56 @@ class Coordinator:
             complexity=intent.complexity,
         )
         selection = self.selector.select(intent, query)
+        if self.feedback is not None:
+            self.feedback.maybe_update()
+            selection = self._adjusted(intent, selection, context.request_id)
         context.log_routing(
             suggested_agents=list(selection.agents),
             strategy=selection.strategy,
             confidence=selection.confidence,
         )
         return RoutingDecision(query, intent, selection, context)
+
+    def _adjusted(
+        self, intent: Intent, selection: Selection, request_id: int
+    ) -> Selection:
+        """Apply the feedback loop's adjustments to a selection.
+
+        Demoted agents give way to a stand-in, slow agents leave parallel
+        fan-outs, confidence is scaled by the agents' multipliers, and a
+        route below its category's threshold is broadened.  A small
+        exploration share of requests routes unchanged, so a demoted
+        agent keeps the traffic it needs to show it has recovered.
+        """
+        feedback = self.feedback
+        assert feedback is not None
+        if feedback.explores(request_id):
+            return selection
+        demoted = feedback.confidence_multiplier
+        spare = [
+            a
+            for a in self.selector.alternatives(intent)
+            if a not in selection.agents
+            and demoted(a) == 1.0
+            and not feedback.is_capped(a)
+        ]
+        agents = [
+            spare.pop(0) if demoted(a) < 1.0 and spare else a
+            for a in selection.agents
+        ]
+        if len(agents) > 1:
+            agents = [
+                a for a in agents if not feedback.is_capped(a)
+            ] or agents[:1]
+        confidence = selection.confidence * min(demoted(a) for a in agents)
+        if confidence < feedback.threshold(intent.category):
+            agents += spare[:1]
+        if tuple(agents) == selection.agents and (
+            confidence == selection.confidence
+        ):
+            return selection
+        strategy = "parallel" if len(agents) > 1 else "single"
+        return Selection(tuple(agents), strategy, confidence)
 
     def complete(self, decision: RoutingDecision, result: Result) -> bool:
         """Record execution, quality and acceptance; write the record.

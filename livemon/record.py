@@ -72,6 +72,42 @@ RECORD_DTYPE = np.dtype(
 )
 """One request (or one stage of it), packed without padding."""
 
+FEEDBACK_DTYPE = np.dtype(
+    [
+        ("timestamp_ns", "<i8"),
+        ("pid", "<u4"),
+        ("action", "<u1"),
+        ("subject", "<i8"),
+        ("old_value", "<f8"),
+        ("new_value", "<f8"),
+        ("statistic", "<f8"),
+        ("threshold", "<f8"),
+        ("samples", "<i8"),
+        ("window_records", "<i8"),
+        ("message", "<i8"),
+    ]
+)
+"""One feedback action or alert, with the statistic behind it.
+
+``subject`` and ``message`` are label ids; ``action`` a ``FeedbackAction``.
+"""
+
+
+class FeedbackAction(enum.IntEnum):
+    """What the feedback loop did; ``QUALITY_ALERT`` is stored as an alert."""
+
+    AGENT_CONFIDENCE = 1
+    CATEGORY_THRESHOLD = 2
+    QUALITY_ALERT = 3
+    QUALITY_RECOVERED = 4
+    PARALLEL_CAP = 5
+
+
+ALERT_ACTIONS = (
+    FeedbackAction.QUALITY_ALERT,
+    FeedbackAction.QUALITY_RECOVERED,
+)
+
 LABEL_DTYPE = np.dtype(
     [
         ("label_id", "<i8"),
@@ -91,7 +127,8 @@ _STRUCT_CODES = {
 }
 
 
-def _struct_for(dtype: np.dtype[np.void]) -> struct.Struct:
+def struct_for(dtype: np.dtype[np.void]) -> struct.Struct:
+    """A ``struct.Struct`` that packs a flat tuple into ``dtype``'s bytes."""
     codes = []
     for name in dtype.names or ():
         field = dtype.fields[name][0]  # type: ignore[index]
@@ -102,7 +139,7 @@ def _struct_for(dtype: np.dtype[np.void]) -> struct.Struct:
 
 
 _SCALAR_FIELDS = [n for n in RECORD_DTYPE.names or () if n not in LIST_FIELDS]
-SCALARS_STRUCT = _struct_for(RECORD_DTYPE[_SCALAR_FIELDS])
+SCALARS_STRUCT = struct_for(RECORD_DTYPE[_SCALAR_FIELDS])
 """Packs the scalar fields, in order; the three id lists follow as bytes.
 
 Measured here: packing with ``struct`` takes ~1.3 us where assigning the

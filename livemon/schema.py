@@ -127,40 +127,45 @@ def _create_monitoring_events_view(db: sqlite3.Connection) -> None:
 
 
 def _create_feedback_tables(db: sqlite3.Connection) -> None:
-    _run(
-        db,
-        """
-        CREATE TABLE alerts (
+    common = """
             id INTEGER PRIMARY KEY,
             epoch INTEGER NOT NULL,
             lane INTEGER NOT NULL,
             seq INTEGER NOT NULL,
             timestamp_ns INTEGER NOT NULL,
-            kind TEXT NOT NULL,
-            subject TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            action TEXT NOT NULL,
+            subject INTEGER NOT NULL,
+            old_value REAL,
+            new_value REAL,
             statistic REAL,
             threshold REAL,
             samples INTEGER,
             window_records INTEGER,
-            message TEXT NOT NULL
-        );
+            message INTEGER
+    """
+    texts = """
+            strftime('%Y-%m-%d %H:%M:%f', t.timestamp_ns / 1e9, 'unixepoch')
+                AS timestamp,
+            t.pid, t.action,
+            (SELECT text FROM labels WHERE label_id = t.subject) AS subject,
+            t.old_value, t.new_value, t.statistic, t.threshold, t.samples,
+            t.window_records,
+            (SELECT text FROM labels WHERE label_id = t.message) AS message
+    """
+    _run(
+        db,
+        f"""
+        CREATE TABLE alerts ({common});
         CREATE UNIQUE INDEX idx_alerts_identity ON alerts(epoch, lane, seq);
-        CREATE TABLE adjustments (
-            id INTEGER PRIMARY KEY,
-            epoch INTEGER NOT NULL,
-            lane INTEGER NOT NULL,
-            seq INTEGER NOT NULL,
-            timestamp_ns INTEGER NOT NULL,
-            action TEXT NOT NULL,
-            subject TEXT NOT NULL,
-            old_value REAL,
-            new_value REAL,
-            statistic REAL,
-            samples INTEGER,
-            window_records INTEGER
-        );
+        CREATE INDEX idx_alerts_timestamp ON alerts(timestamp_ns);
+        CREATE TABLE adjustments ({common});
         CREATE UNIQUE INDEX idx_adjustments_identity
             ON adjustments(epoch, lane, seq);
+        CREATE INDEX idx_adjustments_timestamp ON adjustments(timestamp_ns);
+        CREATE VIEW alert_log AS SELECT t.id, {texts} FROM alerts AS t;
+        CREATE VIEW adjustment_log AS
+            SELECT t.id, {texts} FROM adjustments AS t;
         """,
     )
 

@@ -38,8 +38,8 @@ def ring_name() -> Iterator[str]:
     """A fresh ring name; whatever was created under it is unlinked after."""
     name = f"lmtest-{uuid.uuid4().hex[:12]}"
     yield name
-    ringbuf.unlink(name)
-    ringbuf.unlink(name + ".labels")
+    for suffix in ("", ".labels", ".feedback"):
+        ringbuf.unlink(name + suffix)
 
 
 @pytest.fixture

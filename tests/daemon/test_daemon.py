@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import psutil
 import pytest
 
@@ -233,3 +234,54 @@ class TestCli:
         assert result.returncode == code
         assert message in result.stderr
         assert "Traceback" not in result.stderr
+
+
+class TestFeedbackStored:
+    def test_actions_and_alerts_land_with_their_texts(
+        self, start_daemon, daemon_env
+    ):
+        """Every feedback action becomes a row with the statistic behind it."""
+        from livemon import Monitor
+        from livemon.feedback import FeedbackLoop
+        from tests.livemon.test_feedback import requests
+
+        daemon = start_daemon()
+        with Monitor(daemon_env["LIVEMON_RING"]) as monitor:
+            agent = monitor.intern("flaky_agent")
+            writer = monitor._rings[0].writer()
+            records = requests(120, success=0.4, quality=0.6, agent=agent)
+            records["intent_category"] = monitor.intern("code")
+            before = requests(400, quality=0.95, agent=agent)
+            before["intent_category"] = monitor.intern("code")
+            before["timestamp_ns"] -= 1000
+            writer.put_many(np.concatenate([before, records]))
+            loop = FeedbackLoop(monitor)
+            actions = loop.update()
+            writer.close()
+            loop.close()
+        assert len(actions) >= 2
+        daemon.wait_until(
+            lambda: (
+                daemon.count("SELECT count(*) FROM adjustments")
+                + daemon.count("SELECT count(*) FROM alerts")
+                == len(actions)
+            )
+        )
+        assert daemon.stop() == 0
+        with sqlite3.connect(daemon.db) as db:
+            row = db.execute(
+                "SELECT action, subject, old_value, new_value, samples "
+                "FROM adjustment_log WHERE action = 'agent_confidence'"
+            ).fetchone()
+            assert row == (
+                "agent_confidence",
+                "flaky_agent",
+                1.0,
+                pytest.approx(0.9),
+                100,
+            )
+            alert = db.execute(
+                "SELECT action, subject, message FROM alert_log"
+            ).fetchone()
+            assert alert[:2] == ("quality_alert", "code")
+            assert "quality regression" in alert[2]
