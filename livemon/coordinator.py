@@ -188,7 +188,8 @@ class Coordinator:
         )
         selection = self.selector.select(intent, query)
         if self.feedback is not None:
-            self.feedback.maybe_update()
+            if not self.feedback.running:
+                self.feedback.maybe_update()
             selection = self._adjusted(intent, selection, context.request_id)
         context.log_routing(
             suggested_agents=list(selection.agents),
@@ -225,9 +226,11 @@ class Coordinator:
             for a in selection.agents
         ]
         if len(agents) > 1:
-            agents = [
-                a for a in agents if not feedback.is_capped(a)
-            ] or agents[:1]
+            # Latency is known per request, not per agent: when every agent
+            # of a fan-out looks slow, a stand-in is the better bet.
+            agents = [a for a in agents if not feedback.is_capped(a)] or (
+                spare[:1] or agents[:1]
+            )
         confidence = selection.confidence * min(demoted(a) for a in agents)
         if confidence < feedback.threshold(intent.category):
             agents += spare[:1]

@@ -15,6 +15,7 @@ import sys
 
 from livemon.config import load_config
 from livemon.coordinator import Coordinator, Result, RoutingDecision
+from livemon.feedback import FeedbackLoop
 from livemon.monitor import Monitor
 
 QUERIES = (
@@ -60,10 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config({"ring": args.ring, "config": args.config})
     rng = random.Random(args.seed)
     with Monitor(config=config) as monitor:
-        coordinator = Coordinator(monitor)
+        feedback = FeedbackLoop(monitor)
+        feedback.start()
+        coordinator = Coordinator(monitor, feedback=feedback)
         for _ in range(args.requests):
             decision = coordinator.route(rng.choice(QUERIES))
             coordinator.complete(decision, simulate(decision, rng))
+        feedback.close()
         print(json.dumps(dataclasses.asdict(monitor.counters)))
     return 0
 

@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 
@@ -42,7 +43,7 @@ class Policy:
     baseline: int = 1000
     window_per_lane: int = 2048
     window_s: float | None = None
-    interval_s: float = 1.0
+    interval_s: float = 0.5
     min_samples: int = 30
     z: float = 1.96
     success_threshold: float = 0.80
@@ -99,9 +100,10 @@ class FeedbackLoop:
     """Adjusts one coordinator's routing from the shared recent window.
 
     Every coordinator process reads the same window, so processes with
-    the same history reach the same decisions without talking.  ``update``
-    is rate-limited to once per ``policy.interval_s``, keeping ``route``
-    in microseconds.
+    the same history reach the same decisions without talking.  ``start``
+    runs ``update`` every ``policy.interval_s`` in a background thread, so
+    no request pays for it (a window costs milliseconds); without the
+    thread, ``route`` calls ``maybe_update``, rate-limited the same way.
 
     Args:
         monitor: the process's monitor (its ring is the window's source).
@@ -130,6 +132,42 @@ class FeedbackLoop:
         self.last_stats: WindowStats | None = None
         self._writer: ringbuf.RingWriter | None = None
         self._ring: ringbuf.Ring | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.failures = 0
+
+    @property
+    def running(self) -> bool:
+        """Whether the background thread is updating (not in a fork child)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Update in a background thread from now on. Idempotent."""
+        if self.running:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._run, name="livemon-feedback", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> bool:
+        """Stop the thread; return whether it ended within ``timeout_s``."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return True
+        thread.join(timeout_s)
+        return not thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.policy.interval_s):
+            try:
+                self.update()
+            except (ringbuf.RingError, ValueError, OSError):
+                # Monitoring never breaks routing: count, keep going.
+                self.failures += 1
+                logger.exception("feedback update failed")
 
     # -- what route() asks ----------------------------------------------------
 
@@ -391,7 +429,8 @@ class FeedbackLoop:
         return self._writer
 
     def close(self) -> None:
-        """Give back the feedback lane. Idempotent."""
+        """Stop the thread, give back the feedback lane. Idempotent."""
+        self.stop()
         if self._writer is not None:
             self._writer.close()
             self._writer = None

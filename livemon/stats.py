@@ -95,20 +95,38 @@ def wilson(
     return centre - half, centre + half
 
 
+_COLUMNS = (
+    "actual_agents",
+    "success",
+    "execution_time_ms",
+    "intent_category",
+    "accepted",
+    "quality_score",
+)
+
+
 def time_ordered(
     records: npt.NDArray[np.void], since_ns: int | None = None
-) -> npt.NDArray[np.void]:
-    """Records sorted by timestamp (lanes interleave), optionally recent only.
+) -> dict[str, npt.NDArray[np.generic]]:
+    """The columns the statistics need, in time order (lanes interleave).
+
+    Columns are reordered one by one: reordering the structured records
+    themselves copies field by field, ~10x slower.
 
     Args:
         records: RECORD_DTYPE[n].
         since_ns: drop records older than this (the "last T seconds").
     """
-    ordered = records[np.argsort(records["timestamp_ns"], kind="stable")]
+    times = records["timestamp_ns"]
+    order = np.argsort(times)  # ties are rare and their order irrelevant
     if since_ns is not None:
-        start = int(np.searchsorted(ordered["timestamp_ns"], since_ns))
-        ordered = ordered[start:]
-    return ordered
+        order = order[times[order] >= since_ns]
+    # Copy each column out in storage order first (a sequential read), then
+    # reorder the small contiguous copy: gathering straight from 316-byte
+    # strided records in time order misses the cache on every element.
+    return {
+        name: np.ascontiguousarray(records[name])[order] for name in _COLUMNS
+    }
 
 
 def last_per_group(
@@ -117,7 +135,7 @@ def last_per_group(
     """Masks of each group's newest ``recent`` rows and the ``baseline``
     rows before them; rows must be in time order.
     """
-    order = np.argsort(group, kind="stable")  # time order kept per group
+    order = _stable_order(group)  # time order kept within each group
     counts = np.bincount(group)
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
     sorted_group = group[order]
@@ -156,14 +174,14 @@ def feedback_stats(
     """
     ordered = time_ordered(records, since_ns)
     return WindowStats(
-        records=len(ordered),
+        records=len(ordered["success"]),
         agents=_agent_stats(ordered, recent, z),
         categories=_category_stats(ordered, recent, baseline, z),
     )
 
 
 def _agent_stats(
-    records: npt.NDArray[np.void], recent: int, z: float
+    records: dict[str, npt.NDArray[np.generic]], recent: int, z: float
 ) -> dict[int, AgentStats]:
     agents = records["actual_agents"]
     used = agents != 0
@@ -219,11 +237,18 @@ def _agent_stats(
 
 
 def _category_stats(
-    records: npt.NDArray[np.void], recent: int, baseline: int, z: float
+    columns: dict[str, npt.NDArray[np.generic]],
+    recent: int,
+    baseline: int,
+    z: float,
 ) -> dict[int, CategoryStats]:
-    records = records[records["intent_category"] != 0]
-    if not len(records):
+    present = columns["intent_category"] != 0
+    if not present.any():
         return {}
+    records = {
+        name: columns[name][present]
+        for name in ("intent_category", "accepted", "quality_score")
+    }
     keys, group = np.unique(records["intent_category"], return_inverse=True)
     group = group.reshape(-1)
     is_recent, is_baseline = last_per_group(group, recent, baseline)
@@ -284,6 +309,17 @@ def _mean_sd(
     return mean, sd, counts
 
 
+def _stable_order(group: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
+    """Stable argsort of small group numbers.
+
+    numpy radix-sorts 16-bit integers (linear time) where a stable sort of
+    int64 is a merge sort: ~5x faster for a window of 10,000 here.
+    """
+    if len(group) and group.max() < 2**16:
+        return np.argsort(group.astype(np.uint16), kind="stable")
+    return np.argsort(group, kind="stable")
+
+
 def _group_percentiles(
     group: npt.NDArray[np.intp],
     values: npt.NDArray[np.float64],
@@ -291,7 +327,8 @@ def _group_percentiles(
     percents: tuple[float, ...],
 ) -> list[npt.NDArray[np.float64]]:
     """Per-group percentiles, interpolated as ``np.percentile`` does."""
-    order = np.lexsort((values, group))
+    by_value = np.argsort(values)
+    order = by_value[_stable_order(group[by_value])]
     ordered = values[order]
     counts = np.bincount(group, minlength=groups)
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))

@@ -6,6 +6,7 @@ not just below it or on too few samples, and recovers with hysteresis.
 from __future__ import annotations
 
 import multiprocessing
+import time
 
 import numpy as np
 import pytest
@@ -271,4 +272,23 @@ class TestRouting:
                 for i in range(1, 2001)
             )
             assert 60 < kept < 140
+            loop.close()
+
+
+class TestBackgroundThread:
+    def test_thread_updates_without_route_paying(self, ring_name):
+        """start(): decisions appear while nobody calls update()."""
+        with Monitor(ring_name) as monitor:
+            writer = monitor._rings[0].writer()
+            writer.put_many(requests(100, success=0.3))
+            loop = FeedbackLoop(monitor, Policy(interval_s=0.01))
+            loop.start()
+            assert loop.running
+            deadline = time.monotonic() + 10
+            while AGENT not in loop.multipliers:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            assert loop.stop(timeout_s=5) and not loop.running
+            assert loop.failures == 0
+            writer.close()
             loop.close()
