@@ -187,7 +187,7 @@ class Service:
         """Run until SIGTERM or SIGINT; return the exit status."""
         config = self.config
         events, labels = open_rings(config)
-        rings = (events, labels)
+        rings: tuple[ringbuf.Ring, ...] = (events, labels)
         lock = proc.InstanceLock(config, events)
         try:
             lock.acquire()

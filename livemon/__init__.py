@@ -7,13 +7,14 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from livemon.config import Config, load_config
+from livemon.context import RequestContext
 from livemon.exceptions import (
     ConfigError,
     InvalidField,
     LivemonError,
     MonitoringUnavailable,
 )
-from livemon.monitor import Counters, Monitor, RequestContext
+from livemon.monitor import Counters, Monitor
 from livemon.record import LABEL_DTYPE, RECORD_DTYPE, EventType
 
 try:

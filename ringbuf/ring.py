@@ -112,8 +112,9 @@ class Ring:
         self.name: str = shm.name
         self.dtype = dtype
         self.geometry = geometry
-        self._words = shm.buf.cast("Q")
-        header = np.frombuffer(shm.buf, "<u8", _layout.HEADER_WORDS)
+        buf = _buffer(shm)
+        self._words = buf.cast("Q")
+        header = np.frombuffer(buf, "<u8", _layout.HEADER_WORDS)
         self.epoch = int(header[_layout.H_EPOCH])
         self.created_ns = int(header[_layout.H_CREATED_NS])
         # Slots as opaque fixed-size bytes: numpy copies those with one
@@ -383,7 +384,7 @@ class Ring:
     def _live_bytes(self) -> memoryview:
         self._live_words()
         assert self._shm is not None
-        return self._shm.buf
+        return _buffer(self._shm)
 
     def _lane_word(self, lane: int) -> int:
         if not 0 <= lane < self.geometry.lanes:
@@ -438,13 +439,22 @@ def _structured(dtype: npt.DTypeLike) -> np.dtype[np.void]:
     return record_dtype
 
 
+def _buffer(shm: SharedMemory) -> memoryview:
+    buf = shm.buf
+    if buf is None:  # only after close()
+        raise ValueError(f"shared memory {shm.name!r} is closed")
+    return buf
+
+
 def _read_geometry(shm: SharedMemory, dtype: np.dtype[np.void]) -> Geometry:
     deadline = time.monotonic() + _ATTACH_WAIT_S
     while True:
         if shm.size < _layout.HEADER_BYTES:
             header = None
         else:
-            header = np.frombuffer(shm.buf, "<u8", _layout.HEADER_WORDS).copy()
+            header = np.frombuffer(
+                _buffer(shm), "<u8", _layout.HEADER_WORDS
+            ).copy()
         if header is not None and header[_layout.H_CHECKSUM] == (
             _layout.header_checksum(header)
         ):

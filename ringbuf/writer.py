@@ -30,6 +30,7 @@ class RingWriter:
     """
 
     _lane: int | None = None
+    _head: int = 0
     _lock_fd: int = -1
     _closed: bool = False
 
@@ -118,7 +119,7 @@ class RingWriter:
             assert self._lane is not None
             head, words, cap = self._head, self._words, self._capacity
             free = cap - (head - words[self._tail_word])
-            count = min(len(records), free)
+            count = int(min(len(records), free))
             slots = self.ring._slots[self._lane]
             raw = np.ascontiguousarray(records).view(self.ring._raw)
             start = head % cap
@@ -202,7 +203,7 @@ class RingWriter:
                     f"record dtype {record.dtype} (size {record.size}) does "
                     f"not match the ring's {self.dtype}"
                 )
-            return memoryview(np.ascontiguousarray(record).view(np.uint8))
+            return np.ascontiguousarray(record).view(np.uint8).data
         raise RecordDtypeError(
             f"a record must be {self._record_bytes} bytes or an np.void of "
             f"the ring's dtype, got {type(record).__name__}"
