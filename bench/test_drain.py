@@ -13,10 +13,11 @@ import pytest
 
 import ringbuf
 from daemon.drain import Drainer
-from daemon.store import _INSERT_EVENTS, Store, event_rows
+from daemon.store import Store
 from livemon.config import load_config
 from livemon.monitor import open_rings
 from livemon.record import RECORD_DTYPE
+from livemon.rows import INSERT_EVENTS, event_rows
 
 pytestmark = pytest.mark.benchmark(group="drain")
 
@@ -82,7 +83,7 @@ def test_raw_executemany_baseline(benchmark, record, tmp_path):
             first[0] += BATCH
             started = time.perf_counter()
             with store.atomic() as db:
-                db.executemany(_INSERT_EVENTS, rows)
+                db.executemany(INSERT_EVENTS, rows)
             elapsed[0] += time.perf_counter() - started
 
     elapsed = [0.0]

@@ -5,190 +5,21 @@ The daemon's one write connection to the unified SQLite database.
 from __future__ import annotations
 
 import contextlib
-import itertools
-import json
 import os
 import pathlib
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
-
-import numpy as np
-import numpy.typing as npt
 
 from daemon.exceptions import DatabaseCorrupt
 from livemon import schema
-from livemon.record import (
-    ALERT_ACTIONS,
-    LIST_FIELDS,
-    NO_LABEL,
-    RECORD_DTYPE,
-    FeedbackAction,
-    list_label_id,
-)
+from livemon.rows import ListLabels, insert_records
 from ringbuf import Batch
 
 BUSY_TIMEOUT_MS = 1000
 PAGE_BYTES = 16384
 CACHE_KIB = 65536
 CHECKPOINT_BUSY_TIMEOUT_MS = 50
-
-_EVENT_COLUMNS = (*schema.IDENTITY_COLUMNS, *schema.event_columns())
-_INSERT_EVENTS = (
-    f"INSERT OR IGNORE INTO events ({', '.join(_EVENT_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(_EVENT_COLUMNS))})"
-)
-_FEEDBACK_COLUMNS = (
-    "epoch, lane, seq, timestamp_ns, pid, action, subject, old_value, "
-    "new_value, statistic, threshold, samples, window_records, message"
-)
-_INSERT_FEEDBACK = {
-    table: f"INSERT OR IGNORE INTO {table} ({_FEEDBACK_COLUMNS}) "
-    f"VALUES ({', '.join('?' * 14)})"
-    for table in ("alerts", "adjustments")
-}
-_INSERT_LABELS = "INSERT OR IGNORE INTO labels (label_id, text) VALUES (?, ?)"
-# A list label is rewritten when a name it lacked has arrived since.
-_REPLACE_LABELS = (
-    "INSERT OR REPLACE INTO labels (label_id, text) VALUES (?, ?)"
-)
-
-
-def event_rows(
-    epoch: int, batch: Batch, lists: ListLabels
-) -> Iterator[tuple[Any, ...]]:
-    """Turn a batch of ``RECORD_DTYPE`` records into ``events`` rows.
-
-    Columns are converted whole by numpy (``tolist``) and zipped, so no
-    Python code runs per field of per record; each list of label ids
-    becomes the id of its list label (see ``ListLabels``).
-    """
-    records = batch.records
-    columns: list[Iterable[Any]] = [
-        itertools.repeat(epoch, len(records)),
-        itertools.repeat(batch.lane, len(records)),
-        range(batch.first_seq, batch.end_seq),
-    ]
-    for name in RECORD_DTYPE.names or ():
-        if name in LIST_FIELDS:
-            columns.append(lists.column(records[name]))
-        else:
-            columns.append(records[name].tolist())
-    return zip(*columns, strict=True)
-
-
-class ListLabels:
-    """Stores each distinct list of label ids once, as a JSON-array label.
-
-    Lists are few (combinations of agents and domains), so the work is per
-    distinct list per batch, found with one vectorized ``np.unique``.
-    """
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-        self._known: dict[bytes, int] = {}
-        self._texts: dict[int, str] = {}
-        self._missing: set[int] = set()  # not in the database (yet)
-        self.new: list[tuple[int, str]] = []
-
-    def learn(self, rows: Iterable[tuple[int, str]]) -> None:
-        """Remember label texts written in this batch."""
-        for label, text in rows:
-            self._texts[label] = text
-            self._missing.discard(label)
-
-    def column(self, ids: npt.NDArray[np.int64]) -> list[int]:
-        """The list label id of each row of ``ids`` (int64[n, k])."""
-        if not len(ids):
-            return []
-        distinct, inverse = _distinct_rows(ids)
-        labels = np.empty(len(distinct), np.int64)
-        for j, row in enumerate(distinct):
-            key = row.tobytes()
-            label = self._known.get(key)
-            if label is None:
-                label = self._add(row.tolist(), key)
-            labels[j] = label
-        result: list[int] = labels[inverse.reshape(-1)].tolist()
-        return result
-
-    def _add(self, ids: list[int], key: bytes) -> int:
-        label = list_label_id(ids)
-        if label == NO_LABEL:
-            self._known[key] = label
-            return label
-        texts = [self._text(i) for i in ids if i]
-        known = [t for t in texts if t is not None]
-        self.new.append(
-            (
-                label,
-                json.dumps(known, ensure_ascii=False, separators=(",", ":")),
-            )
-        )
-        if len(known) == len(texts):
-            self._known[key] = label  # complete: never written again
-        return label
-
-    def _text(self, label: int) -> str | None:
-        text = self._texts.get(label)
-        if text is None and label not in self._missing:
-            row = self._db.execute(
-                "SELECT text FROM labels WHERE label_id = ?", (label,)
-            ).fetchone()
-            if row is None:
-                self._missing.add(label)
-            else:
-                text = self._texts[label] = row[0]
-        return text
-
-
-def feedback_rows(
-    epoch: int, batch: Batch
-) -> list[tuple[str, list[tuple[Any, ...]]]]:
-    """Split a FEEDBACK_DTYPE batch into ``alerts`` and ``adjustments``."""
-    records = batch.records
-    seqs = range(batch.first_seq, batch.end_seq)
-    rows: dict[str, list[tuple[Any, ...]]] = {"alerts": [], "adjustments": []}
-    for seq, r in zip(seqs, records.tolist(), strict=True):
-        action = FeedbackAction(r[2])
-        table = "alerts" if action in ALERT_ACTIONS else "adjustments"
-        rows[table].append(
-            (epoch, batch.lane, seq, r[0], r[1], action.name.lower(), *r[3:])
-        )
-    return list(rows.items())
-
-
-def label_rows(records: npt.NDArray[np.void]) -> list[tuple[int, str]]:
-    """Turn ``LABEL_DTYPE`` records into ``(label_id, text)`` rows."""
-    return [
-        (label, text[:length].tobytes().decode(errors="replace"))
-        for label, length, text in zip(
-            records["label_id"].tolist(),
-            records["length"].tolist(),
-            records["text"],
-            strict=True,
-        )
-    ]
-
-
-def _distinct_rows(
-    ids: npt.NDArray[np.int64],
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.intp]]:
-    """Distinct rows of ``ids`` and, per row, the index of its distinct row.
-
-    ``np.unique(axis=0)`` sorts rows as structured values (~50 ms for 20k
-    rows here); hashing each row to one u64 and sorting those is ~20x
-    faster.  A hash collision is caught by the check and falls back.
-    """
-    with np.errstate(over="ignore"):
-        keys = np.zeros(len(ids), np.uint64)
-        for column in ids.T.view(np.uint64):
-            keys = (keys ^ column) * np.uint64(0x9E3779B97F4A7C15)
-    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    distinct = ids[first]
-    if not np.array_equal(distinct[inverse], ids):
-        distinct, inverse = np.unique(ids, axis=0, return_inverse=True)
-    return distinct, inverse.reshape(-1)
 
 
 class Store:
@@ -293,24 +124,9 @@ class Store:
         batch replayed after a crash adds nothing.  Returns events inserted.
         """
         with self.atomic() as db:
-            for batch in labels:
-                rows = label_rows(batch.records)
-                db.executemany(_INSERT_LABELS, rows)
-                self._lists.learn(rows)
-            inserted = 0
-            for batch in events:
-                before = db.total_changes
-                db.executemany(
-                    _INSERT_EVENTS, event_rows(epoch, batch, self._lists)
-                )
-                inserted += db.total_changes - before
-            db.executemany(_REPLACE_LABELS, self._lists.new)
-            self._lists.new.clear()
-            feedback_epoch, feedback_batches = feedback
-            for batch in feedback_batches:
-                for table, rows in feedback_rows(feedback_epoch, batch):
-                    db.executemany(_INSERT_FEEDBACK[table], rows)
-            return inserted
+            return insert_records(
+                db, self._lists, epoch, labels, events, feedback
+            )
 
     def add_health(self, **values: Any) -> None:
         """Append one ``health`` row (column names as keywords)."""
