@@ -8,6 +8,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "InvalidField",
+    "LegacyError",
     "LivemonError",
     "MonitoringUnavailable",
 ]
@@ -19,6 +20,10 @@ class LivemonError(Exception):
 
 class ConfigError(LivemonError, ValueError):
     """A configuration value or file is wrong; the message names it."""
+
+
+class LegacyError(LivemonError, ValueError):
+    """A legacy database cannot be migrated; the message says what to do."""
 
 
 class MonitoringUnavailable(LivemonError, RuntimeError):

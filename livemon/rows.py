@@ -47,19 +47,25 @@ REPLACE_LABELS = "INSERT OR REPLACE INTO labels (label_id, text) VALUES (?, ?)"
 
 
 def event_rows(
-    epoch: int, batch: Batch, lists: ListLabels
+    epoch: int,
+    batch: Batch,
+    lists: ListLabels,
+    seqs: Iterable[int] | None = None,
 ) -> Iterator[tuple[Any, ...]]:
     """Turn a batch of ``RECORD_DTYPE`` records into ``events`` rows.
 
     Columns are converted whole by numpy (``tolist``) and zipped, so no
     Python code runs per field of per record; each list of label ids
     becomes the id of its list label (see ``ListLabels``).
+
+    Args:
+        seqs: each record's seq, when not consecutive from ``first_seq``.
     """
     records = batch.records
     columns: list[Iterable[Any]] = [
         itertools.repeat(epoch, len(records)),
         itertools.repeat(batch.lane, len(records)),
-        range(batch.first_seq, batch.end_seq),
+        range(batch.first_seq, batch.end_seq) if seqs is None else seqs,
     ]
     for name in RECORD_DTYPE.names or ():
         if name in LIST_FIELDS:
@@ -197,18 +203,34 @@ def insert_records(
     batch replayed after a crash adds nothing.  Returns events inserted.
     """
     for batch in labels:
-        rows = label_rows(batch.records)
-        db.executemany(INSERT_LABELS, rows)
-        lists.learn(rows)
-    inserted = 0
-    for batch in events:
-        before = db.total_changes
-        db.executemany(INSERT_EVENTS, event_rows(epoch, batch, lists))
-        inserted += db.total_changes - before
-    db.executemany(REPLACE_LABELS, lists.new)
-    lists.new.clear()
+        insert_labels(db, lists, label_rows(batch.records))
+    inserted = sum(insert_events(db, lists, epoch, batch) for batch in events)
     feedback_epoch, feedback_batches = feedback
     for batch in feedback_batches:
         for table, rows in feedback_rows(feedback_epoch, batch):
             db.executemany(INSERT_FEEDBACK[table], rows)
     return inserted
+
+
+def insert_labels(
+    db: sqlite3.Connection, lists: ListLabels, rows: list[tuple[int, str]]
+) -> None:
+    """Insert label texts (ignoring known ids) and remember them."""
+    db.executemany(INSERT_LABELS, rows)
+    lists.learn(rows)
+
+
+def insert_events(
+    db: sqlite3.Connection,
+    lists: ListLabels,
+    epoch: int,
+    batch: Batch,
+    seqs: Iterable[int] | None = None,
+) -> int:
+    """Insert a batch of events (and new list labels); return rows added."""
+    before = db.total_changes
+    db.executemany(INSERT_EVENTS, event_rows(epoch, batch, lists, seqs))
+    added = db.total_changes - before
+    db.executemany(REPLACE_LABELS, lists.new)
+    lists.new.clear()
+    return added

@@ -27,6 +27,7 @@ print(json.dumps(third_party))
 ALLOWED = {
     "ringbuf": {"ringbuf", "numpy"},
     "livemon": {"livemon", "ringbuf", "numpy"},
+    "livemon.cli": {"livemon", "ringbuf", "numpy", "click"},
     "daemon": {"daemon", "livemon", "ringbuf", "numpy", "psutil"},
     "daemon.cli": {"daemon", "livemon", "ringbuf", "numpy", "click", "psutil"},
 }

@@ -1,0 +1,155 @@
+"""
+The ``livemon`` command for people: migrate legacy databases, back up the
+unified one.  Only parsing and error translation live here.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import click
+
+from livemon.config import load_config
+from livemon.exceptions import ConfigError, LivemonError
+from livemon.legacy import LAYOUTS, load_mapping
+from livemon.migrate import TableReport, migrate
+
+
+@contextmanager
+def errors_for_people() -> Iterator[None]:
+    """Expected failures become messages and exit codes, no traceback."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except LivemonError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def database(db: str | None, config_file: str | None) -> str:
+    """The unified database path from flags, LIVEMON_*, config file."""
+    with errors_for_people():
+        return load_config({"db": db, "config": config_file}).db
+
+
+db_option = click.option(
+    "--db",
+    help="Unified database (env LIVEMON_DB; default in the state directory).",
+)
+config_option = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="TOML config file (env LIVEMON_CONFIG).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="livemon")
+def cli() -> None:
+    """livemon: live monitoring for a multi-agent coordinator."""
+
+
+@cli.command(name="migrate")
+@click.argument(
+    "sources", nargs=-1, required=True, type=click.Path(dir_okay=False)
+)
+@db_option
+@config_option
+@click.option(
+    "--mapping",
+    type=click.Path(dir_okay=False),
+    help="TOML file naming other tables and columns.",
+)
+@click.option("--dry-run", is_flag=True, help="Report without writing.")
+@click.option(
+    "--archive-dir",
+    type=click.Path(file_okay=False),
+    help="Where legacy copies go (default: legacy-archive/ beside "
+    "the database).",
+)
+def migrate_command(
+    sources: tuple[str, ...],
+    db: str | None,
+    config_file: str | None,
+    mapping: str | None,
+    dry_run: bool,
+    archive_dir: str | None,
+) -> None:
+    """Migrate legacy SQLite databases (routing_decisions.db,
+    quality_metrics.db, agent_performance.db) into the unified one.
+
+    Exits 1 when anything does not reconcile.
+    """
+    path = database(db, config_file)
+    with errors_for_people():
+        layouts = load_mapping(mapping) if mapping else LAYOUTS
+        reports = migrate(
+            path,
+            list(sources),
+            layouts=layouts,
+            dry_run=dry_run,
+            archive_dir=archive_dir,
+        )
+    for report in reports:
+        click.echo(_report_text(report, dry_run))
+    if not all(r.reconciled for r in reports):
+        raise click.ClickException("migration did not reconcile (see above)")
+    verb = "would migrate" if dry_run else "migrated into"
+    click.echo(
+        f"{verb} {path}: "
+        f"{sum(r.migrated for r in reports)} rows, "
+        f"{sum(r.added for r in reports)} new"
+    )
+
+
+def _report_text(report: TableReport, dry_run: bool) -> str:
+    lines = [
+        f"{report.path} [{report.table}, {report.kind}]: read {report.read}, "
+        f"migrated {report.migrated} ({report.added} new), rejected "
+        f"{sum(report.rejected.values())}"
+    ]
+    for reason, count in sorted(report.rejected.items()):
+        lines.append(f"    rejected {count:>7}  {reason}")
+    for check in report.checks:
+        mark = "ok " if check.ok else "MISMATCH"
+        lines.append(
+            f"    {mark:<8} {check.name}: source {check.source:g}, "
+            f"database {check.destination:g}"
+        )
+    if report.archived_to:
+        lines.append(f"    archived to {report.archived_to} (read-only)")
+    elif not dry_run:
+        lines.append("    not archived: the migration did not reconcile")
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("destination", type=click.Path(dir_okay=False))
+@db_option
+@config_option
+def backup(destination: str, db: str | None, config_file: str | None) -> None:
+    """Copy the unified database online (safe while the daemon writes)."""
+    path = database(db, config_file)
+    if not os.path.isfile(path):
+        raise click.ClickException(f"{path}: no such database")
+    if os.path.exists(destination):
+        raise click.UsageError(f"{destination} exists: name a new file")
+    try:
+        with sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, timeout=5
+        ) as source:
+            target = sqlite3.connect(destination)
+            source.backup(target, pages=1024)
+            verdict = target.execute("PRAGMA integrity_check").fetchone()[0]
+            target.close()
+    except sqlite3.Error as exc:
+        raise click.ClickException(f"backup of {path} failed: {exc}") from exc
+    if verdict != "ok":
+        raise click.ClickException(
+            f"the copy fails integrity_check: {verdict}"
+        )
+    click.echo(f"backed up {path} to {destination} (integrity_check ok)")

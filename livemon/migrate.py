@@ -1,0 +1,360 @@
+"""
+``livemon migrate``: legacy databases into the unified one, validated,
+reconciled, idempotent, and archived.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime
+import hashlib
+import math
+import os
+import pathlib
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from livemon import schema
+from livemon.exceptions import LegacyError
+from livemon.legacy import (
+    LAYOUTS,
+    Layout,
+    Rejected,
+    RowConverter,
+    legacy_epoch,
+)
+from livemon.record import RECORD_DTYPE
+from livemon.rows import ListLabels, insert_events, insert_labels
+from ringbuf import Batch
+
+CHUNK_ROWS = 20_000
+BUSY_TIMEOUT_MS = 5000
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """One aggregate compared between the source and the destination."""
+
+    name: str
+    source: float
+    destination: float
+
+    @property
+    def ok(self) -> bool:
+        """Equal, to float rounding (NaN equals NaN: nothing on both sides)."""
+        if math.isnan(self.source) or math.isnan(self.destination):
+            return math.isnan(self.source) and math.isnan(self.destination)
+        return math.isclose(
+            self.source, self.destination, rel_tol=1e-9, abs_tol=1e-6
+        )
+
+
+@dataclasses.dataclass
+class TableReport:
+    """What happened to one legacy table."""
+
+    path: str
+    kind: str
+    table: str
+    read: int = 0
+    migrated: int = 0
+    added: int = 0
+    rejected: collections.Counter[str] = dataclasses.field(
+        default_factory=collections.Counter
+    )
+    checks: list[Check] = dataclasses.field(default_factory=list)
+    archived_to: str | None = None
+
+    @property
+    def reconciled(self) -> bool:
+        """Every row accounted for and every aggregate equal."""
+        accounted = self.read == self.migrated + sum(self.rejected.values())
+        return accounted and all(check.ok for check in self.checks)
+
+
+@dataclasses.dataclass
+class _Source:
+    path: str
+    layout: Layout
+    columns: dict[str, str]  # unified field -> legacy column present
+    epoch: int
+
+
+def migrate(
+    db_path: str,
+    sources: list[str],
+    *,
+    layouts: dict[str, Layout] | None = None,
+    dry_run: bool = False,
+    archive_dir: str | None = None,
+) -> list[TableReport]:
+    """Migrate legacy databases into the unified database at ``db_path``.
+
+    Every source is opened and recognised before anything is written, so a
+    bad source leaves the unified database unchanged.  Rows are written in
+    transactions of ``CHUNK_ROWS`` (the daemon waits at most that long);
+    a second run adds nothing.  Sources are archived (copied, checksummed,
+    read-only) only when every table reconciles.
+
+    Raises:
+        LegacyError: a source is missing, locked, not SQLite, corrupt, or
+            of an unknown layout; the message names it and what to do.
+    """
+    known = layouts or LAYOUTS
+    found = [table for path in sources for table in _recognise(path, known)]
+    reports = []
+    db = None if dry_run else open_unified(db_path)
+    try:
+        for source in found:
+            reports.append(_migrate_table(db, source))
+        if db is not None and all(r.reconciled for r in reports):
+            stamp = datetime.datetime.now(datetime.UTC).strftime(
+                "%Y%m%dT%H%M%SZ"
+            )
+            directory = archive_dir or str(
+                pathlib.Path(db_path).parent / "legacy-archive"
+            )
+            archived = {
+                path: archive(path, directory, stamp)
+                for path in dict.fromkeys(s.path for s in found)
+            }
+            for report in reports:
+                report.archived_to = archived[report.path]
+    finally:
+        if db is not None:
+            db.close()
+    return reports
+
+
+def open_unified(path: str) -> sqlite3.Connection:
+    """Open (creating and migrating) the unified database for writing."""
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, isolation_level=None, timeout=0)
+    db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    db.execute("PRAGMA journal_mode = WAL")
+    schema.apply_migrations(db)
+    return db
+
+
+def archive(path: str, directory: str, stamp: str) -> str:
+    """Copy a legacy database consistently, checksum it, make both read-only.
+
+    The original is never touched.  Returns the copy's path.
+    """
+    os.makedirs(directory, exist_ok=True)
+    name = pathlib.Path(path).stem
+    target = os.path.join(directory, f"{name}.{stamp}.db")
+    with _open_legacy(path) as source, sqlite3.connect(target) as copy:
+        source.backup(copy)
+    copy.close()
+    digest = hashlib.sha256(pathlib.Path(target).read_bytes()).hexdigest()
+    checksum = target + ".sha256"
+    pathlib.Path(checksum).write_text(
+        f"{digest}  {os.path.basename(target)}\n"
+    )
+    for item in (target, checksum):
+        os.chmod(item, 0o444)
+    return target
+
+
+def _open_legacy(path: str) -> sqlite3.Connection:
+    if not os.path.isfile(path):
+        raise LegacyError(f"{path}: no such file; check the path")
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
+    return db
+
+
+def _recognise(path: str, layouts: dict[str, Layout]) -> list[_Source]:
+    db = _open_legacy(path)
+    try:
+        try:
+            check = db.execute("PRAGMA quick_check").fetchall()
+            tables = {
+                name: sql
+                for name, sql in db.execute(
+                    "SELECT name, sql FROM sqlite_master WHERE type = 'table'"
+                )
+            }
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc):
+                raise LegacyError(
+                    f"{path} is locked by another process: stop the logger "
+                    "that writes it, then run migrate again"
+                ) from exc
+            raise LegacyError(f"{path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise LegacyError(
+                f"{path} is not a readable SQLite database ({exc}): "
+                "check the file, or restore it from a backup"
+            ) from exc
+        if check != [("ok",)]:
+            raise LegacyError(
+                f"{path} is corrupt ({check[0][0]}): restore it from a "
+                "backup before migrating"
+            )
+        found = []
+        for layout in layouts.values():
+            if layout.table not in tables:
+                continue
+            present = {
+                r[1]
+                for r in db.execute(f'PRAGMA table_info("{layout.table}")')
+            }
+            missing = [
+                f for f in layout.required if layout.columns[f] not in present
+            ]
+            if missing:
+                raise LegacyError(
+                    f"{path}: table {layout.table} lacks the columns for "
+                    f"{missing}; name them in a --mapping file"
+                )
+            columns = {f: c for f, c in layout.columns.items() if c in present}
+            first = db.execute(
+                f'SELECT * FROM "{layout.table}" ORDER BY rowid LIMIT 1'
+            ).fetchone()
+            epoch = legacy_epoch(layout, tables[layout.table], first or ())
+            found.append(_Source(path, layout, columns, epoch))
+    finally:
+        db.close()
+    if not found:
+        raise LegacyError(
+            f"{path}: unknown layout (tables {sorted(tables)}); expected one "
+            f"of {sorted(x.table for x in layouts.values())}, or give a "
+            "--mapping file (docs/migration.md)"
+        )
+    return found
+
+
+class _Totals:
+    """Source-side aggregates of the rows that were migrated."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.execution_ms = 0.0
+        self.tokens = 0
+        self.quality: dict[str, list[float]] = {}
+
+    def add(self, records: np.ndarray, categories: list[str | None]) -> None:
+        self.count += len(records)
+        ms = records["execution_time_ms"]
+        self.execution_ms += float(ms[~np.isnan(ms)].sum())
+        tokens = records["token_count"]
+        self.tokens += int(tokens[tokens >= 0].sum())
+        for category, score in zip(
+            categories, records["quality_score"], strict=True
+        ):
+            if not math.isnan(score):
+                sums = self.quality.setdefault(category or "", [0.0, 0])
+                sums[0] += float(score)
+                sums[1] += 1
+
+
+def _migrate_table(
+    db: sqlite3.Connection | None, source: _Source
+) -> TableReport:
+    layout = source.layout
+    report = TableReport(source.path, layout.kind, layout.table)
+    converter = RowConverter(layout)
+    totals = _Totals()
+    lists = ListLabels(db) if db is not None else None
+    for rows in _read(source):
+        packed, seqs, categories = [], [], []
+        for rowid, row in rows:
+            try:
+                packed.append(converter.convert(rowid, row))
+            except Rejected as reason:
+                report.rejected[str(reason).split(":")[0]] += 1
+                continue
+            seqs.append(rowid)
+            categories.append(row.get("query_category"))
+        report.read += len(rows)
+        records = np.frombuffer(b"".join(packed), RECORD_DTYPE)
+        totals.add(records, categories)
+        report.migrated += len(records)
+        if db is None or lists is None:
+            continue
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            insert_labels(db, lists, list(converter.labels.items()))
+            report.added += insert_events(
+                db,
+                lists,
+                source.epoch,
+                Batch(layout.lane, 0, records),
+                seqs,
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        converter.labels.clear()
+    if db is not None:
+        report.checks = _compare(db, source, totals)
+    return report
+
+
+def _read(source: _Source) -> Iterator[list[tuple[int, dict[str, Any]]]]:
+    fields = list(source.columns)
+    columns = ", ".join(f'"{source.columns[f]}"' for f in fields)
+    db = _open_legacy(source.path)
+    try:
+        cursor = db.execute(
+            f'SELECT rowid, {columns} FROM "{source.layout.table}" '
+            "ORDER BY rowid"
+        )
+        while chunk := cursor.fetchmany(CHUNK_ROWS):
+            yield [
+                (row[0], dict(zip(fields, row[1:], strict=True)))
+                for row in chunk
+            ]
+    finally:
+        db.close()
+
+
+def _compare(
+    db: sqlite3.Connection, source: _Source, totals: _Totals
+) -> list[Check]:
+    where = "WHERE e.epoch = ? AND e.lane = ?"
+    key = (source.epoch, source.layout.lane)
+    count, ms, tokens = db.execute(
+        "SELECT count(*), total(execution_time_ms), "
+        "total(CASE WHEN token_count >= 0 THEN token_count END) "
+        f"FROM events AS e {where}",
+        key,
+    ).fetchone()
+    checks = [
+        Check("rows", totals.count, count),
+        Check("sum execution_time_ms", totals.execution_ms, ms),
+        Check("sum token_count", totals.tokens, tokens),
+    ]
+    stored = {
+        category or "": (total, n)
+        for category, total, n in db.execute(
+            "SELECT l.text, total(e.quality_score), count(e.quality_score) "
+            "FROM events AS e LEFT JOIN labels AS l "
+            f"ON l.label_id = e.query_category {where} "
+            "GROUP BY e.query_category",
+            key,
+        )
+        if n
+    }
+    for category in sorted(set(stored) | set(totals.quality)):
+        mean = {
+            side: (sums[0] / sums[1]) if sums else math.nan
+            for side, sums in (
+                ("source", totals.quality.get(category)),
+                ("destination", stored.get(category)),
+            )
+        }
+        checks.append(
+            Check(
+                f"mean quality [{category or 'no category'}]",
+                mean["source"],
+                mean["destination"],
+            )
+        )
+    return checks
