@@ -64,5 +64,8 @@ def pytest_terminal_summary(terminalreporter) -> None:
         base = _RESULTS.get(_BASELINES.get(name, ""))
         if base:
             ratio = base["median_us"] / result["median_us"]
-            line += f"  {ratio:.1f}x faster than {_BASELINES[name]}"
+            if ratio >= 1:
+                line += f"  {ratio:.1f}x faster than {_BASELINES[name]}"
+            else:
+                line += f"  {1 / ratio:.1f}x slower than {_BASELINES[name]}"
         write(line)

@@ -183,7 +183,9 @@ class RowConverter:
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
-        self.labels: dict[int, str] = {}
+        self.labels: dict[int, str] = {}  # new since the caller took them
+        self._ids: dict[str, int] = {}
+        self._lists: dict[tuple[str, Any], bytes] = {}
 
     def convert(self, rowid: int, row: dict[str, Any]) -> bytes:
         """Pack one row as RECORD_DTYPE bytes.
@@ -219,11 +221,19 @@ class RowConverter:
             _number("context_size_kb", get("context_size_kb"), math.inf),
             0,
         )
-        lists = b"".join(
-            LIST_STRUCTS[size].pack(*self._names(field, get(field), size))
-            for field, size in LIST_FIELDS.items()
+        return SCALARS_STRUCT.pack(*scalars) + b"".join(
+            [self._packed_list(field, get(field)) for field in LIST_FIELDS]
         )
-        return SCALARS_STRUCT.pack(*scalars) + lists
+
+    def _packed_list(self, field: str, value: Any) -> bytes:
+        # Lists repeat (a few combinations of agents): parse each once.
+        key = (field, value)
+        packed = self._lists.get(key)
+        if packed is None:
+            size = LIST_FIELDS[field]
+            packed = LIST_STRUCTS[size].pack(*self._names(field, value, size))
+            self._lists[key] = packed
+        return packed
 
     def _name(self, field: str, value: Any) -> int:
         if value is None or value == "":
@@ -255,8 +265,10 @@ class RowConverter:
         return ids + [NO_LABEL] * (size - len(ids))
 
     def _label(self, text: str) -> int:
-        label = label_id(text)
-        self.labels[label] = text
+        label = self._ids.get(text)
+        if label is None:
+            label = self._ids[text] = label_id(text)
+            self.labels[label] = text
         return label
 
 

@@ -1,0 +1,51 @@
+"""
+Migration rate of 1,000,000 legacy rows, against reading the same rows
+from the legacy file (the floor any migration pays), in one run.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from livemon.migrate import migrate
+from tests.livemon import legacy_fixtures as fx
+
+pytestmark = pytest.mark.benchmark(group="migrate")
+
+ROWS = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def legacy_file(tmp_path_factory):
+    """An agent_performance.db of a million rows (built once)."""
+    path = tmp_path_factory.mktemp("legacy") / "agent_performance.db"
+    fx.performance_db(path, good=ROWS)
+    return str(path)
+
+
+def test_read_baseline(benchmark, record, legacy_file):
+    """SELECT every row of the legacy table (baseline)."""
+
+    def read():
+        with sqlite3.connect(legacy_file) as db:
+            return sum(
+                1 for _ in db.execute("SELECT * FROM agent_performance")
+            )
+
+    assert benchmark.pedantic(read, rounds=1) == ROWS + 3
+    record(benchmark, items=ROWS)
+
+
+def test_migrate_million_rows(benchmark, record, legacy_file, tmp_path):
+    """livemon migrate of 1,000,000 rows, with validation and reconciling."""
+    reports = benchmark.pedantic(
+        migrate,
+        args=(str(tmp_path / "unified.db"), [legacy_file]),
+        rounds=1,
+    )
+    (report,) = reports
+    assert report.reconciled and report.migrated == ROWS
+    result = record(benchmark, items=ROWS, baseline="test_read_baseline")
+    print(f"\nmigration: {1e6 / result['median_us']:,.0f} rows/s")
