@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,6 +19,8 @@ import click
 import ringbuf
 from daemon import drain, proc
 from daemon.exceptions import DaemonError
+from daemon.retention import Retention
+from daemon.store import Store
 from livemon.config import Config, load_config
 from livemon.exceptions import ConfigError
 
@@ -217,6 +220,43 @@ def _status_text(report: dict[str, Any]) -> str:
     if report.get("last_error"):
         lines.append(f"  TROUBLE   {report['last_error']} (retrying)")
     return "\n".join(lines)
+
+
+@cli.command()
+@config_options
+@click.option(
+    "--older-than-days",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Override retention_days (env LIVEMON_RETENTION_DAYS).",
+)
+def retain(
+    ring: str | None,
+    db: str | None,
+    config_file: str | None,
+    older_than_days: float | None,
+) -> None:
+    """Move old events to monthly archives now (the daemon does it hourly).
+
+    Safe while the daemon runs: each batch is copied and checked in the
+    archive before it is deleted from the database.
+    """
+    config, _ = resolve(ring, db, config_file, retention_days=older_than_days)
+    with errors_for_people():
+        store = Store(config.db, mode=config.mode)
+        try:
+            report = Retention(
+                store, config.retention_days, config.archive_dir
+            ).run()
+        except sqlite3.Error as exc:
+            raise DaemonError(f"retention stopped: {exc}") from exc
+        finally:
+            store.close()
+    for path, rows in sorted(report.moved.items()):
+        click.echo(f"moved {rows} events to {path}")
+    click.echo(
+        f"{report.total} events older than {config.retention_days:g} days "
+        "moved"
+    )
 
 
 @cli.command()

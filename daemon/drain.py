@@ -21,6 +21,7 @@ import ringbuf
 from daemon import proc
 from daemon.exceptions import DaemonError
 from daemon.notify import Notifier
+from daemon.retention import Retention
 from daemon.store import Store
 from livemon.config import Config, load_config
 from livemon.exceptions import ConfigError
@@ -32,6 +33,7 @@ logger = logging.getLogger("livemon.daemon")
 STATUS_INTERVAL_S = 1.0
 CHECKPOINT_INTERVAL_S = 2.0
 OPTIMIZE_INTERVAL_S = 3600.0
+RETENTION_CHECK_S = 3600.0
 MAX_BACKOFF_S = 5.0
 STOP_DEADLINE_S = 20.0
 
@@ -179,6 +181,8 @@ class Service:
         self.stop_event = threading.Event()
         self.notifier = notifier or Notifier()
         self._reload = False
+        self._retention: Retention | None = None
+        self._retaining = False
         self._started = time.time()
         self._rate = 0.0
         self._next: dict[str, float] = {}
@@ -284,8 +288,21 @@ class Service:
                 self._add_health(drainer, store)
             if self._due("optimize", OPTIMIZE_INTERVAL_S):
                 store.optimize()
+            self._retain(store)
         except sqlite3.Error as exc:
             drainer._trouble(exc)
+
+    def _retain(self, store: Store) -> None:
+        # One batch per loop turn, so draining goes on while old rows move.
+        if not (self._retaining or self._due("retention", RETENTION_CHECK_S)):
+            return
+        if self._retention is None or self._retention.store is not store:
+            self._retention = Retention(
+                store, self.config.retention_days, self.config.archive_dir
+            )
+        self._retaining = self._retention.step() is not None
+        if not self._retaining:
+            store.db.execute("PRAGMA incremental_vacuum")
 
     def _figures(self, drainer: Drainer) -> dict[str, Any]:
         lanes = drainer.lanes()

@@ -49,6 +49,8 @@ class Store:
             # into the five b-trees of events from ~65k to ~95k rows/s.
             # (page_size only applies to a new, empty database.)
             db.execute(f"PRAGMA page_size = {PAGE_BYTES}")
+            # Space freed by retention is given back by incremental_vacuum.
+            db.execute("PRAGMA auto_vacuum = INCREMENTAL")
             db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             if db.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
                 raise sqlite3.OperationalError(f"{path}: cannot enable WAL")

@@ -49,6 +49,9 @@ class Config:
         health_interval_s: how often the daemon writes a health row.
         pidfile: the daemon's pidfile (default: beside the database).
         log_file: the daemon's log file when detached (default: beside it).
+        retention_days: events older than this move to monthly archives.
+        archive_dir: where those archives go (default: archive/ beside
+            the database).
     """
 
     ring: str = "livemon"
@@ -63,6 +66,8 @@ class Config:
     health_interval_s: float = 5.0
     pidfile: str = ""
     log_file: str = ""
+    retention_days: float = 90.0
+    archive_dir: str = ""
 
     def __post_init__(self) -> None:
         from ringbuf._layout import validate_name
@@ -82,7 +87,11 @@ class Config:
                 raise ConfigError(f"{name} must be at least {low}")
         if self.lanes > 4096:
             raise ConfigError("lanes must be at most 4096")
-        for name in ("batch_interval_s", "health_interval_s"):
+        for name in (
+            "batch_interval_s",
+            "health_interval_s",
+            "retention_days",
+        ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive")
         if self.synchronous not in ("NORMAL", "FULL"):
@@ -95,6 +104,8 @@ class Config:
             object.__setattr__(self, "pidfile", str(db_dir / "daemon.pid"))
         if not self.log_file:
             object.__setattr__(self, "log_file", str(db_dir / "daemon.log"))
+        if not self.archive_dir:
+            object.__setattr__(self, "archive_dir", str(db_dir / "archive"))
 
     @property
     def labels_ring(self) -> str:
