@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 
+import ringbuf
 from bench import simulation
 from livemon.record import RECORD_DTYPE
 from livemon.stats import feedback_stats
@@ -71,11 +72,10 @@ def test_effectiveness(benchmark, ring_name):
     def simulate():
         for feedback in (False, True):
             runs[feedback] = simulation.run(
-                f"{ring_name}-{int(feedback)}",
-                20_000,
-                feedback,
-                change_at=5_000,
+                ring_name, 20_000, feedback, change_at=5_000
             )
+            for suffix in ("", ".labels", ".feedback"):
+                ringbuf.unlink(ring_name + suffix)  # a fresh ring each run
 
     benchmark.pedantic(simulate, rounds=1)
     without, with_loop = runs[False], runs[True]
@@ -97,11 +97,6 @@ def test_effectiveness(benchmark, ring_name):
     assert with_loop.success_rate > without.success_rate
     assert with_loop.data_latency_ms < without.data_latency_ms
     assert {"coder", "analyst_a"} <= set(with_loop.first_action)
-    for suffix in ("-0", "-1"):
-        import ringbuf
-
-        for ring in ("", ".labels", ".feedback"):
-            ringbuf.unlink(f"{ring_name}{suffix}{ring}")
 
 
 def test_stable_workload_does_not_flap(benchmark, ring_name):
