@@ -120,3 +120,51 @@ def test_drain_with_two_producers(benchmark, record, producers, tmp_path):
     count = drainer.store.db.execute("SELECT count(*) FROM events").fetchone()
     assert count[0] == drainer.drained >= 3 * PER_ROUND
     drainer.close()
+
+
+@pytest.mark.parametrize(
+    "retention",
+    [False, True],
+    ids=lambda on: f"retention={'on' if on else 'off'}",
+)
+def test_drain_with_old_rows(
+    benchmark, record, producers, tmp_path, retention
+):
+    """Drain into a database holding 300,000 rows older than 90 days,
+    with and without retention moving them out meanwhile."""
+    from daemon.retention import DAEMON_SHARE, NS_PER_DAY, Retention
+
+    config, events, labels = producers
+    path = str(tmp_path / "retained.db")
+    store = Store(path)
+    old = realistic_records(BATCH, 11)
+    old["timestamp_ns"] -= 200 * NS_PER_DAY
+    for start in range(0, 300_000, BATCH):
+        store.write(99, [], [ringbuf.Batch(0, start, old)])
+    store.close()
+    drainer = Drainer(config, events, labels, lambda: Store(path))
+    drainer.drain_once()  # opens the store
+    mover = Retention(drainer.store, 90, str(tmp_path / "archive"))
+
+    def drain_round():
+        drained = 0
+        while drained < PER_ROUND:
+            drained += drainer.drain_once()
+            if retention:
+                mover.step_within(DAEMON_SHARE)  # as the daemon's loop does
+
+    benchmark.pedantic(drain_round, rounds=6)
+    baseline = "test_drain_with_old_rows[retention=off]" if retention else None
+    result = record(benchmark, items=PER_ROUND, baseline=baseline)
+    moved = (
+        300_000
+        - drainer.store.db.execute(
+            "SELECT count(*) FROM events WHERE epoch = 99"
+        ).fetchone()[0]
+    )
+    print(
+        f"\ndrain: {1e6 / result['median_us']:,.0f} records/s, "
+        f"{moved:,} old rows moved meanwhile"
+    )
+    assert (moved > 0) == retention
+    drainer.close()

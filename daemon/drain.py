@@ -21,7 +21,7 @@ import ringbuf
 from daemon import proc
 from daemon.exceptions import DaemonError
 from daemon.notify import Notifier
-from daemon.retention import Retention
+from daemon.retention import DAEMON_SHARE, Retention
 from daemon.store import Store
 from livemon.config import Config, load_config
 from livemon.exceptions import ConfigError
@@ -293,14 +293,14 @@ class Service:
             drainer._trouble(exc)
 
     def _retain(self, store: Store) -> None:
-        # One batch per loop turn, so draining goes on while old rows move.
+        # A batch now and then, so draining goes on while old rows move.
         if not (self._retaining or self._due("retention", RETENTION_CHECK_S)):
             return
         if self._retention is None or self._retention.store is not store:
             self._retention = Retention(
                 store, self.config.retention_days, self.config.archive_dir
             )
-        self._retaining = self._retention.step() is not None
+        self._retaining = self._retention.step_within(DAEMON_SHARE)
         if not self._retaining:
             store.db.execute("PRAGMA incremental_vacuum")
 

@@ -6,6 +6,7 @@ database per month, a batch at a time, without loss or duplication.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import sqlite3
 import time
@@ -14,8 +15,8 @@ from daemon.store import Store
 from livemon import schema
 
 BATCH_ROWS = 5000
+DAEMON_SHARE = 0.03  # of the daemon's time that retention may take
 NS_PER_DAY = 86_400 * 10**9
-_MONTH = "strftime('%Y-%m', timestamp_ns / 1e9, 'unixepoch')"
 
 
 @dataclasses.dataclass
@@ -41,10 +42,19 @@ class Retention:
     """
 
     def __init__(
-        self, store: Store, older_than_days: float, archive_dir: str
+        self,
+        store: Store,
+        older_than_days: float,
+        archive_dir: str,
+        batch_rows: int = BATCH_ROWS,
     ) -> None:
-        if older_than_days <= 0:
-            raise ValueError("older_than_days must be positive")
+        if older_than_days <= 0 or batch_rows < 1:
+            raise ValueError(
+                "older_than_days must be positive, batch_rows at least 1"
+            )
+        self.batch_rows = batch_rows
+        self._prepared: set[str] = set()
+        self._resume_at = 0.0
         self.store = store
         self.older_than_days = older_than_days
         self.archive_dir = archive_dir
@@ -59,20 +69,22 @@ class Retention:
         db = self.store.db
         cutoff = self.cutoff_ns(now_ns)
         row = db.execute(
-            f"SELECT {_MONTH} FROM events WHERE timestamp_ns < ? "
-            "ORDER BY timestamp_ns LIMIT 1",
+            "SELECT min(timestamp_ns) FROM events WHERE timestamp_ns < ?",
             (cutoff,),
         ).fetchone()
-        if row is None:
+        if row[0] is None:
             return None
-        month = row[0]
-        path = os.path.join(self.archive_dir, f"events-{month}.db")
+        month_start, month_end = _month_of(row[0])
+        path = os.path.join(
+            self.archive_dir, f"events-{_month_name(month_start)}.db"
+        )
+        # A range on the timestamp index: the oldest rows of that month.
         ids = [
             r[0]
             for r in db.execute(
-                "SELECT id FROM events WHERE timestamp_ns < ? "
-                f"AND {_MONTH} = ? ORDER BY id LIMIT ?",
-                (cutoff, month, BATCH_ROWS),
+                "SELECT id FROM events WHERE timestamp_ns >= ? "
+                "AND timestamp_ns < ? ORDER BY timestamp_ns LIMIT ?",
+                (month_start, min(month_end, cutoff), self.batch_rows),
             )
         ]
         self._copy(path, ids)
@@ -80,6 +92,21 @@ class Retention:
         with self.store.atomic():
             db.execute(f"DELETE FROM events WHERE id IN ({marks})", ids)
         return path, len(ids)
+
+    def step_within(self, share: float, now_ns: int | None = None) -> bool:
+        """Move a batch unless that would take more than ``share`` of the
+        time; return whether work may remain.
+
+        The daemon calls this every loop turn: a busy drain keeps at least
+        ``1 - share`` of the time, while old rows keep moving.
+        """
+        if time.monotonic() < self._resume_at:
+            return True
+        started = time.monotonic()
+        moved = self.step(now_ns)
+        spent = time.monotonic() - started
+        self._resume_at = time.monotonic() + spent * (1 - share) / share
+        return moved is not None
 
     def run(self, now_ns: int | None = None) -> RetentionReport:
         """Move every due event (the CLI's on-demand pass)."""
@@ -92,18 +119,21 @@ class Retention:
         return report
 
     def _copy(self, path: str, ids: list[int]) -> None:
-        os.makedirs(self.archive_dir, exist_ok=True)
-        archive = sqlite3.connect(path, isolation_level=None)
-        try:
-            archive.execute("PRAGMA journal_mode = WAL")
-            archive.execute("PRAGMA synchronous = FULL")  # before deleting
-            schema.apply_migrations(archive)
-        finally:
-            archive.close()
+        if path not in self._prepared:
+            os.makedirs(self.archive_dir, exist_ok=True)
+            archive = sqlite3.connect(path, isolation_level=None)
+            try:
+                archive.execute("PRAGMA journal_mode = WAL")
+                schema.apply_migrations(archive)
+            finally:
+                archive.close()
+            self._prepared.add(path)
         db = self.store.db
         marks = ",".join("?" * len(ids))
         db.execute("ATTACH DATABASE ? AS archive", (path,))
         try:
+            # Durable in the archive before anything is deleted here.
+            db.execute("PRAGMA archive.synchronous = FULL")
             db.execute("BEGIN IMMEDIATE")
             try:
                 db.execute(
@@ -132,3 +162,16 @@ class Retention:
                 f"archive {path} holds {held} of {len(ids)} rows just "
                 "copied; nothing was deleted"
             )
+
+
+def _month_of(timestamp_ns: int) -> tuple[int, int]:
+    """The UTC calendar month holding ``timestamp_ns``: [start, end) in ns."""
+    moment = datetime.datetime.fromtimestamp(timestamp_ns / 1e9, datetime.UTC)
+    start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end = (start + datetime.timedelta(days=32)).replace(day=1)
+    return int(start.timestamp()) * 10**9, int(end.timestamp()) * 10**9
+
+
+def _month_name(start_ns: int) -> str:
+    moment = datetime.datetime.fromtimestamp(start_ns / 1e9, datetime.UTC)
+    return moment.strftime("%Y-%m")
