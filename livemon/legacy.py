@@ -13,17 +13,20 @@ import hashlib
 import json
 import math
 import tomllib
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from livemon.context import query_hash
 from livemon.exceptions import LegacyError
 from livemon.record import (
     LIST_FIELDS,
-    LIST_STRUCTS,
     MAX_NAME_BYTES,
     NO_LABEL,
-    SCALARS_STRUCT,
+    RECORD_DTYPE,
     EventType,
     fit_text,
     label_id,
@@ -171,121 +174,258 @@ def legacy_epoch(
     return int.from_bytes(digest.digest(), "little") >> 1
 
 
-class Rejected(ValueError):
-    """A legacy row that cannot be migrated; the message is the reason."""
+Reject = Callable[[Any, str], None]
+"""Marks a row (an index) or rows (a boolean mask) rejected, with a reason."""
 
 
-class RowConverter:
-    """Turns legacy rows (dicts of unified field -> value) into records.
+class ChunkConverter:
+    """Turns a chunk of legacy rows into records, one column at a time.
 
-    Collects the label texts it meets, to be stored with the records.
+    Each column is converted with numpy where its values allow (numbers,
+    ISO timestamps) and value by value otherwise; texts and lists are
+    converted once per distinct value.  A row with any bad value is
+    rejected with the first reason found.  Collects the label texts met.
     """
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
         self.labels: dict[int, str] = {}  # new since the caller took them
-        self._ids: dict[str, int] = {}
-        self._lists: dict[tuple[str, Any], bytes] = {}
+        self.texts: dict[int, str] = {}  # every label id met -> its text
+        self._ids: dict[tuple[bool, Any], int] = {}  # (name?, value) -> id
+        self._lists: dict[tuple[str, Any], npt.NDArray[np.int64] | str] = {}
 
-    def convert(self, rowid: int, row: dict[str, Any]) -> bytes:
-        """Pack one row as RECORD_DTYPE bytes.
+    def convert(
+        self, rowids: list[int], columns: dict[str, list[Any]]
+    ) -> tuple[npt.NDArray[np.void], npt.NDArray[np.int64], list[str | None]]:
+        """Return the good rows' records and rowids, and each row's reason
+        for rejection (None when it was kept).
 
-        Raises:
-            Rejected: a missing required field or an invalid value.
+        Args:
+            rowids: the rows' rowids, in order.
+            columns: unified field -> the rows' values (absent: unknown).
         """
+        n = len(rowids)
+        reasons: list[str | None] = [None] * n
+        records = np.zeros(n, RECORD_DTYPE)
+        records["request_id"] = rowids
+        records["event_type"] = int(self.layout.event_type)
+
+        def reject(bad: int | npt.NDArray[np.bool_], reason: str) -> None:
+            """Reject row ``bad``, or the rows the mask ``bad`` marks."""
+            rows = [bad] if isinstance(bad, int) else np.flatnonzero(bad)
+            for i in rows:
+                if reasons[i] is None:
+                    reasons[i] = reason
+
         for field in self.layout.required:
-            if row.get(field) is None:
-                raise Rejected(f"missing {field}")
-        get = row.get
-        scalars = (
-            _timestamp_ns(get("timestamp")),
-            rowid,
-            0,
-            int(self.layout.event_type),
-            _query_hash(get("query_hash")),
-            self._name("query_category", get("query_category")),
-            -1,
-            self._name("intent_category", get("intent_category")),
-            self._name("routing_strategy", get("routing_strategy")),
-            _number("confidence", get("confidence"), 1.0),
-            _flag("accepted", get("accepted")),
-            self._text(get("override_reason")),
-            _number("execution_time_ms", get("execution_time_ms"), math.inf),
-            _flag("success", get("success")),
-            self._text(get("error")),
-            _number("quality_score", get("quality_score"), 1.0),
-            _flag("task_completed", get("task_completed")),
-            _flag("code_valid", get("code_valid")),
-            _flag("tests_passed", get("tests_passed")),
-            _count("token_count", get("token_count")),
-            _number("context_size_kb", get("context_size_kb"), math.inf),
-            0,
-        )
-        return SCALARS_STRUCT.pack(*scalars) + b"".join(
-            [self._packed_list(field, get(field)) for field in LIST_FIELDS]
-        )
-
-    def _packed_list(self, field: str, value: Any) -> bytes:
-        # Lists repeat (a few combinations of agents): parse each once.
-        key = (field, value)
-        packed = self._lists.get(key)
-        if packed is None:
-            size = LIST_FIELDS[field]
-            packed = LIST_STRUCTS[size].pack(*self._names(field, value, size))
-            self._lists[key] = packed
-        return packed
-
-    def _name(self, field: str, value: Any) -> int:
-        if value is None or value == "":
-            return NO_LABEL
-        if not isinstance(value, str) or len(value.encode()) > MAX_NAME_BYTES:
-            raise Rejected(
-                f"{field} is not a name of at most {MAX_NAME_BYTES} bytes"
+            values = columns.get(field, [None] * n)
+            reject(
+                np.array([v is None or v == "" for v in values]),
+                f"missing {field}",
             )
-        return self._label(value)
+        unknown: list[Any] = [None] * n
 
-    def _text(self, value: Any) -> int:
+        def get(field: str) -> list[Any]:
+            return columns.get(field, unknown)
+
+        records["timestamp_ns"] = _timestamps(get("timestamp"), reject)
+        records["query_hash"] = [_query_hash(v) for v in get("query_hash")]
+        for field in ("query_category", "intent_category", "routing_strategy"):
+            records[field] = self._labels(field, get(field), reject, name=True)
+        for field in ("override_reason", "error"):
+            records[field] = self._labels(
+                field, get(field), reject, name=False
+            )
+        for field, high in (
+            ("confidence", 1.0),
+            ("quality_score", 1.0),
+            ("execution_time_ms", math.inf),
+            ("context_size_kb", math.inf),
+        ):
+            records[field] = _numbers(field, get(field), high, reject)
+        for field in (
+            "accepted",
+            "success",
+            "task_completed",
+            "code_valid",
+            "tests_passed",
+        ):
+            records[field] = _flags(field, get(field), reject)
+        records["token_count"] = _counts(
+            "token_count", get("token_count"), reject
+        )
+        records["query_complexity"] = -1
+        for field, size in LIST_FIELDS.items():
+            records[field] = self._list(field, get(field), size, reject)
+        good = np.array([r is None for r in reasons], bool)
+        raw = np.dtype(f"V{RECORD_DTYPE.itemsize}")
+        kept = records.view(raw)[good].view(
+            RECORD_DTYPE
+        )  # memcpy, not per field
+        return kept, np.asarray(rowids, np.int64)[good], reasons
+
+    def _labels(
+        self, field: str, values: list[Any], reject: Reject, *, name: bool
+    ) -> npt.NDArray[np.int64]:
+        # Texts repeat: each distinct value is converted once.
+        distinct = {
+            value: self._cached_label(field, value, name)
+            for value in set(values)
+        }
+        return np.array(_rejecting(values, distinct, 0, reject), np.int64)
+
+    def _cached_label(self, field: str, value: Any, name: bool) -> int | str:
+        cached = self._ids.get((name, value))
+        return self._label_of(field, value, name) if cached is None else cached
+
+    def _label_of(self, field: str, value: Any, name: bool) -> int | str:
         if value is None or value == "":
             return NO_LABEL
-        return self._label(fit_text(str(value)))
+        if name and (
+            not isinstance(value, str) or len(value.encode()) > MAX_NAME_BYTES
+        ):
+            return f"{field} is not a name of at most {MAX_NAME_BYTES} bytes"
+        text = value if name else fit_text(str(value))
+        label = label_id(text)
+        if label not in self.texts:
+            self.texts[label] = self.labels[label] = text
+        if isinstance(value, str):
+            self._ids[(name, value)] = label
+        return label
 
-    def _names(self, field: str, value: Any, size: int) -> list[int]:
+    def _list(
+        self, field: str, values: list[Any], size: int, reject: Reject
+    ) -> npt.NDArray[np.int64]:
+        distinct = {}
+        for value in set(values):
+            key = (field, value)
+            row = self._lists.get(key)
+            if row is None:
+                row = self._lists[key] = self._parse_list(field, value, size)
+            distinct[value] = row
+        rows = _rejecting(values, distinct, np.zeros(size, np.int64), reject)
+        return np.array(rows, np.int64).reshape(len(values), size)
+
+    def _parse_list(
+        self, field: str, value: Any, size: int
+    ) -> npt.NDArray[np.int64] | str:
         if value is None or value == "":
-            names: list[Any] = []
-        elif field in self.layout.single_names:
-            names = [value]
+            return np.zeros(size, np.int64)
+        if field in self.layout.single_names:
+            names: Any = [value]
         else:
             try:
                 names = json.loads(value)
             except (TypeError, ValueError):
-                raise Rejected(f"{field} is not a JSON array") from None
+                return f"{field} is not a JSON array"
         if not isinstance(names, list) or len(names) > size:
-            raise Rejected(f"{field} must list at most {size} names")
-        ids = [self._name(field, name) for name in names]
-        return ids + [NO_LABEL] * (size - len(ids))
-
-    def _label(self, text: str) -> int:
-        label = self._ids.get(text)
-        if label is None:
-            label = self._ids[text] = label_id(text)
-            self.labels[label] = text
-        return label
+            return f"{field} must list at most {size} names"
+        ids = [self._label_of(field, n, True) for n in names]
+        if any(isinstance(i, str) for i in ids):
+            return f"{field} holds a bad name"
+        return np.array([*ids, *[NO_LABEL] * (size - len(ids))], np.int64)
 
 
-def _timestamp_ns(value: Any) -> int:
+def _rejecting(
+    values: list[Any], distinct: dict[Any, Any], instead: Any, reject: Reject
+) -> list[Any]:
+    """Each value's conversion from ``distinct``; where that is a reason
+    (a str), reject the row and put ``instead``."""
+    reasons = {v: d for v, d in distinct.items() if isinstance(d, str)}
+    if not reasons:
+        return [distinct[v] for v in values]
+    for i, value in enumerate(values):
+        if value in reasons:
+            reject(i, reasons[value])
+    return [instead if v in reasons else distinct[v] for v in values]
+
+
+def _timestamps(values: list[Any], reject: Reject) -> npt.NDArray[np.int64]:
+    """ISO texts (UTC unless an offset is given) or Unix seconds, in ns."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # offsets: numpy warns, we parse
+            kinds = set(map(type, values))
+            if kinds == {str}:
+                parsed = np.array(values, dtype="datetime64[us]")
+                return parsed.astype(np.int64) * 1000
+            if all(
+                isinstance(v, (int, float)) and not isinstance(v, bool)
+                for v in values
+            ):
+                seconds = np.array(values, dtype=np.float64)
+                if ((seconds > 0) & (seconds < 2**33)).all():
+                    return (seconds * 1e9).astype(np.int64)
+    except (ValueError, TypeError, DeprecationWarning):
+        pass  # some value is not plain: one by one below
+    result = np.zeros(len(values), np.int64)
+    for i, value in enumerate(values):
+        stamp = _timestamp_ns(value)
+        if stamp is None:
+            reject(i, "bad timestamp")
+        else:
+            result[i] = stamp
+    return result
+
+
+def _timestamp_ns(value: Any) -> int | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if math.isfinite(value) and 0 < value < 2**33:
-            return int(value * 1e9)
-        raise Rejected(f"bad timestamp {value!r}")
-    if isinstance(value, str):
-        try:
-            moment = datetime.datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise Rejected(f"bad timestamp {value!r}") from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=datetime.UTC)  # SQLite's habit
-        return int(moment.timestamp() * 1e6) * 1000
-    raise Rejected(f"bad timestamp {value!r}")
+        return int(value * 1e9) if 0 < value < 2**33 else None
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return int(moment.timestamp() * 1e6) * 1000
+
+
+_NUMBER_TYPES = {int, float, type(None)}
+
+
+def _as_floats(
+    field: str, values: list[Any], reject: Reject
+) -> npt.NDArray[np.float64]:
+    if set(map(type, values)) <= _NUMBER_TYPES:
+        return np.array(values, dtype=np.float64)  # None becomes NaN
+    numbers = np.full(len(values), np.nan)
+    for i, value in enumerate(values):
+        if type(value) in _NUMBER_TYPES:
+            numbers[i] = np.nan if value is None else value
+        else:
+            reject(i, f"{field} is not a number")
+    return numbers
+
+
+def _numbers(
+    field: str, values: list[Any], high: float, reject: Reject
+) -> npt.NDArray[np.float64]:
+    numbers = _as_floats(field, values, reject)
+    ok = np.isnan(numbers) | (
+        (numbers >= 0) & (numbers <= high) & (numbers != np.inf)
+    )
+    reject(~ok, f"{field} out of range")
+    return np.where(ok, numbers, np.nan)
+
+
+def _flags(
+    field: str, values: list[Any], reject: Reject
+) -> npt.NDArray[np.int8]:
+    numbers = _as_floats(field, values, reject)
+    ok = np.isnan(numbers) | (numbers == 0) | (numbers == 1)
+    reject(~ok, f"{field} is not 0, 1 or NULL")
+    return np.where(np.isnan(numbers) | ~ok, -1, numbers).astype(np.int8)
+
+
+def _counts(
+    field: str, values: list[Any], reject: Reject
+) -> npt.NDArray[np.int64]:
+    numbers = _as_floats(field, values, reject)
+    ok = np.isnan(numbers) | ((numbers >= 0) & (numbers == np.round(numbers)))
+    reject(~ok, f"{field} is not a count")
+    return np.where(np.isnan(numbers) | ~ok, -1, numbers).astype(np.int64)
 
 
 def _query_hash(value: Any) -> int:
@@ -299,29 +439,3 @@ def _query_hash(value: Any) -> int:
     if raw >= 2**64:
         return query_hash(text)
     return raw - 2**64 if raw >= 2**63 else raw
-
-
-def _number(field: str, value: Any, high: float) -> float:
-    if value is None:
-        return math.nan
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise Rejected(f"{field} is not a number: {value!r}")
-    if not (0 <= value <= high and value != math.inf):
-        raise Rejected(f"{field} out of range: {value!r}")
-    return float(value)
-
-
-def _flag(field: str, value: Any) -> int:
-    if value is None:
-        return -1
-    if value in (0, 1) and not isinstance(value, float):
-        return int(value)
-    raise Rejected(f"{field} is not 0, 1 or NULL: {value!r}")
-
-
-def _count(field: str, value: Any) -> int:
-    if value is None:
-        return -1
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    raise Rejected(f"{field} is not a count: {value!r}")

@@ -20,14 +20,7 @@ import numpy as np
 
 from livemon import schema
 from livemon.exceptions import LegacyError
-from livemon.legacy import (
-    LAYOUTS,
-    Layout,
-    Rejected,
-    RowConverter,
-    legacy_epoch,
-)
-from livemon.record import RECORD_DTYPE
+from livemon.legacy import LAYOUTS, ChunkConverter, Layout, legacy_epoch
 from livemon.rows import ListLabels, insert_events, insert_labels
 from ringbuf import Batch
 
@@ -238,19 +231,27 @@ class _Totals:
         self.tokens = 0
         self.quality: dict[str, list[float]] = {}
 
-    def add(self, records: np.ndarray, categories: list[str | None]) -> None:
+    def add(self, records: np.ndarray, texts: dict[int, str]) -> None:
         self.count += len(records)
         ms = records["execution_time_ms"]
         self.execution_ms += float(ms[~np.isnan(ms)].sum())
         tokens = records["token_count"]
         self.tokens += int(tokens[tokens >= 0].sum())
-        for category, score in zip(
-            categories, records["quality_score"], strict=True
+        scores = records["quality_score"]
+        known = ~np.isnan(scores)
+        categories, group = np.unique(
+            records["query_category"][known], return_inverse=True
+        )
+        sums = np.bincount(
+            group.reshape(-1), weights=scores[known], minlength=len(categories)
+        )
+        counts = np.bincount(group.reshape(-1), minlength=len(categories))
+        for category, total, n in zip(
+            categories.tolist(), sums, counts, strict=True
         ):
-            if not math.isnan(score):
-                sums = self.quality.setdefault(category or "", [0.0, 0])
-                sums[0] += float(score)
-                sums[1] += 1
+            entry = self.quality.setdefault(texts.get(category, ""), [0.0, 0])
+            entry[0] += float(total)
+            entry[1] += int(n)
 
 
 def _migrate_table(
@@ -258,22 +259,14 @@ def _migrate_table(
 ) -> TableReport:
     layout = source.layout
     report = TableReport(source.path, layout.kind, layout.table)
-    converter = RowConverter(layout)
+    converter = ChunkConverter(layout)
     totals = _Totals()
     lists = ListLabels(db) if db is not None else None
-    for rows in _read(source):
-        packed, seqs, categories = [], [], []
-        for rowid, row in rows:
-            try:
-                packed.append(converter.convert(rowid, row))
-            except Rejected as reason:
-                report.rejected[str(reason).split(":")[0]] += 1
-                continue
-            seqs.append(rowid)
-            categories.append(row.get("query_category"))
-        report.read += len(rows)
-        records = np.frombuffer(b"".join(packed), RECORD_DTYPE)
-        totals.add(records, categories)
+    for rowids, columns in _read(source):
+        records, seqs, reasons = converter.convert(rowids, columns)
+        report.read += len(rowids)
+        report.rejected.update(r for r in reasons if r is not None)
+        totals.add(records, converter.texts)
         report.migrated += len(records)
         if db is None or lists is None:
             continue
@@ -285,7 +278,7 @@ def _migrate_table(
                 lists,
                 source.epoch,
                 Batch(layout.lane, 0, records),
-                seqs,
+                seqs.tolist(),
             )
             db.execute("COMMIT")
         except BaseException:
@@ -297,7 +290,9 @@ def _migrate_table(
     return report
 
 
-def _read(source: _Source) -> Iterator[list[tuple[int, dict[str, Any]]]]:
+def _read(
+    source: _Source,
+) -> Iterator[tuple[list[int], dict[str, list[Any]]]]:
     fields = list(source.columns)
     columns = ", ".join(f'"{source.columns[f]}"' for f in fields)
     db = _open_legacy(source.path)
@@ -307,10 +302,8 @@ def _read(source: _Source) -> Iterator[list[tuple[int, dict[str, Any]]]]:
             "ORDER BY rowid"
         )
         while chunk := cursor.fetchmany(CHUNK_ROWS):
-            yield [
-                (row[0], dict(zip(fields, row[1:], strict=True)))
-                for row in chunk
-            ]
+            rowids, *values = map(list, zip(*chunk, strict=True))
+            yield rowids, dict(zip(fields, values, strict=True))
     finally:
         db.close()
 

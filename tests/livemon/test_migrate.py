@@ -85,7 +85,7 @@ class TestMigrate:
         """Bad timestamp, out of range, missing field: each counted."""
         reports = {r.kind: r for r in migrate(unified, paths(legacy))}
         assert set(reports["routing"].rejected) == {
-            "bad timestamp 'yesterday-ish'",
+            "bad timestamp",
             "confidence out of range",
             "missing suggested_agents",
             "suggested_agents is not a JSON array",
