@@ -46,11 +46,6 @@ def try_lock(fd: int, lane: int) -> bool:
     return True
 
 
-def unlock(fd: int, lane: int) -> None:
-    """Release the lock on ``lane`` held through ``fd``."""
-    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, lane))
-
-
 def is_locked(fd: int, lane: int) -> bool:
     """Tell whether another descriptor holds ``lane`` (takes no lock)."""
     answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _flock(fcntl.F_WRLCK, lane))
