@@ -184,7 +184,8 @@ class Service:
         self._retention: Retention | None = None
         self._retaining = False
         self._started = time.time()
-        self._rate = 0.0
+        self._rate = 0.0  # records drained per second, between publications
+        self._rate_since = (time.monotonic(), 0)
         self._next: dict[str, float] = {}
 
     def run(self) -> int:
@@ -329,13 +330,10 @@ class Service:
 
     def _publish(self, drainer: Drainer, *, ready: bool) -> None:
         now = time.monotonic()
-        last_time, last_drained = (
-            self._next.get("rate_t", now),
-            self._next.get("rate_n", 0.0),
-        )
+        last_time, last_drained = self._rate_since
         if now > last_time:
             self._rate = (drainer.drained - last_drained) / (now - last_time)
-        self._next["rate_t"], self._next["rate_n"] = now, drainer.drained
+        self._rate_since = (now, drainer.drained)
         figures = self._figures(drainer)
         figures["ready"] = ready
         proc.write_atomic(
