@@ -41,24 +41,7 @@ def run(
     if started:
         daemon = proc.start_detached(config, daemon_argv)
         echo(f"started livemon daemon (pid {daemon.pid}), db {config.db}")
-    ring_args = ["--ring", config.ring]
-    workers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "livemon.demo",
-                *ring_args,
-                "--requests",
-                str(requests),
-                "--seed",
-                str(seed),
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for seed in range(coordinators)
-    ]
+    workers = start_coordinators(coordinators, requests, ring=config.ring)
     sent = 0
     dropped = 0
     for worker in workers:
@@ -76,6 +59,36 @@ def run(
         proc.unlink_rings(config)
         echo("stopped the daemon after its final drain, removed the ring")
     show(config.db, echo)
+
+
+def start_coordinators(
+    count: int,
+    requests: int,
+    *,
+    ring: str | None = None,
+    env: dict[str, str] | None = None,
+) -> list[subprocess.Popen[str]]:
+    """Start ``count`` independent coordinator processes (livemon.demo),
+    seeded 0..count-1; each prints its counters as JSON when done."""
+    ring_args = ["--ring", ring] if ring else []
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "livemon.demo",
+                *ring_args,
+                "--requests",
+                str(requests),
+                "--seed",
+                str(seed),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for seed in range(count)
+    ]
 
 
 def show(db_path: str, echo: Callable[[str], None] = print) -> None:

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from daemon.demo import start_coordinators
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 
 
@@ -115,25 +117,9 @@ def start_daemon(daemon_env) -> Iterator[Callable[..., DaemonRun]]:
                 stream.close()
 
 
-def coordinators(env, count, requests, first_seed=0):
+def coordinators(env, count, requests):
     """Start ``count`` independent coordinator processes (livemon.demo)."""
-    return [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "livemon.demo",
-                "--requests",
-                str(requests),
-                "--seed",
-                str(seed),
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for seed in range(first_seed, first_seed + count)
-    ]
+    return start_coordinators(count, requests, env=env)
 
 
 def recorded(processes, timeout_s=300) -> int:
