@@ -218,8 +218,7 @@ class Service:
             pidfile.write(config.mode)
             self._install_signals()
             drainer.step()  # open the store now, so readiness means it
-            self._publish(drainer, ready=True)
-            self.notifier.ready(self._summary(drainer))
+            self.notifier.ready(self._publish(drainer))
             logger.info(
                 "draining ring %r into %s (pid %d)",
                 config.ring,
@@ -277,8 +276,7 @@ class Service:
             self._reload = False
             self._reread_config(drainer)
         if self._due("status", STATUS_INTERVAL_S):
-            self._publish(drainer, ready=True)
-            self.notifier.status(self._summary(drainer))
+            self.notifier.status(self._publish(drainer))
         store = drainer.store
         if store is None:
             return
@@ -328,28 +326,21 @@ class Service:
             "last_error": drainer.last_error,
         }
 
-    def _publish(self, drainer: Drainer, *, ready: bool) -> None:
+    def _publish(self, drainer: Drainer) -> str:
+        """Write the status file read by ``status``; return a STATUS= line."""
         now = time.monotonic()
         last_time, last_drained = self._rate_since
         if now > last_time:
             self._rate = (drainer.drained - last_drained) / (now - last_time)
         self._rate_since = (now, drainer.drained)
         figures = self._figures(drainer)
-        figures["ready"] = ready
+        figures["ready"] = True
         proc.write_atomic(
             proc.status_path(self.config),
             json.dumps(figures),
             self.config.mode,
         )
-
-    def _summary(self, drainer: Drainer) -> str:
-        f = self._figures(drainer)
-        trouble = f"; DB TROUBLE: {f['last_error']}" if f["last_error"] else ""
-        return (
-            f"drained {f['drained']} ({f['drain_per_s']}/s), lag "
-            f"{f['lag_records']}, dropped {f['dropped']}, lanes "
-            f"{f['lanes_in_use']}/{f['lanes']}{trouble}"
-        )
+        return _summary(figures)
 
     def _add_health(self, drainer: Drainer, store: Store) -> None:
         f = self._figures(drainer)
@@ -397,6 +388,15 @@ class Service:
             )
         self.config = drainer.config = fresh
         logger.info("SIGHUP: configuration reread, log reopened")
+
+
+def _summary(f: dict[str, Any]) -> str:
+    trouble = f"; DB TROUBLE: {f['last_error']}" if f["last_error"] else ""
+    return (
+        f"drained {f['drained']} ({f['drain_per_s']}/s), lag "
+        f"{f['lag_records']}, dropped {f['dropped']}, lanes "
+        f"{f['lanes_in_use']}/{f['lanes']}{trouble}"
+    )
 
 
 def reopen_log(path: str) -> None:

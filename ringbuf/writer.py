@@ -72,7 +72,7 @@ class RingWriter:
         """
         with self._thread_lock:
             if self._lane is None:
-                self._ensure_lane()
+                self._claim()  # first write in a forked child
             head = self._head
             words = self._words
             if head - words[self._tail_word] >= self._capacity:
@@ -115,7 +115,8 @@ class RingWriter:
                 f"put_many needs a 1-D array, got shape {records.shape}"
             )
         with self._thread_lock:
-            self._ensure_lane()
+            if self._lane is None:
+                self._claim()
             assert self._lane is not None
             head, words, cap = self._head, self._words, self._capacity
             free = cap - (head - words[self._tail_word])
@@ -149,10 +150,6 @@ class RingWriter:
         self.close()
 
     # -- lane ownership --------------------------------------------------
-
-    def _ensure_lane(self) -> None:
-        if self._lane is None:
-            self._claim()
 
     def _claim(self) -> None:
         if self._closed:
