@@ -17,7 +17,7 @@ from daemon.store import Store
 from livemon.config import load_config
 from livemon.monitor import open_rings
 from livemon.record import RECORD_DTYPE
-from livemon.rows import INSERT_EVENTS, event_rows
+from livemon.rows import INSERT_EVENTS, event_rows, list_columns
 
 pytestmark = pytest.mark.benchmark(group="drain")
 
@@ -79,7 +79,9 @@ def test_raw_executemany_baseline(benchmark, record, tmp_path):
     def insert_round():
         for _ in range(PER_ROUND // BATCH):
             batch = ringbuf.Batch(0, first[0], records)
-            rows = list(event_rows(1, batch, store._lists))
+            rows = list(
+                event_rows(1, batch, list_columns(batch.records, store._lists))
+            )
             first[0] += BATCH
             started = time.perf_counter()
             with store.atomic() as db:

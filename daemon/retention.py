@@ -12,7 +12,7 @@ import sqlite3
 import time
 
 from daemon.store import Store
-from livemon import schema
+from livemon import rollup, schema
 
 BATCH_ROWS = 5000
 DAEMON_SHARE = 0.03  # of the daemon's time that retention may take
@@ -79,18 +79,18 @@ class Retention:
             self.archive_dir, f"events-{_month_name(month_start)}.db"
         )
         # A range on the timestamp index: the oldest rows of that month.
-        ids = [
-            r[0]
-            for r in db.execute(
-                "SELECT id FROM events WHERE timestamp_ns >= ? "
-                "AND timestamp_ns < ? ORDER BY timestamp_ns LIMIT ?",
-                (month_start, min(month_end, cutoff), self.batch_rows),
-            )
-        ]
-        self._copy(path, ids)
+        rows = db.execute(
+            "SELECT id, timestamp_ns FROM events WHERE timestamp_ns >= ? "
+            "AND timestamp_ns < ? ORDER BY timestamp_ns LIMIT ?",
+            (month_start, min(month_end, cutoff), self.batch_rows),
+        ).fetchall()
+        ids = [r[0] for r in rows]
+        span = (rows[0][1], rows[-1][1])
+        self._copy(path, ids, span)
         marks = ",".join("?" * len(ids))
         with self.store.atomic():
             db.execute(f"DELETE FROM events WHERE id IN ({marks})", ids)
+            rollup.rebuild_hours(db, *span)
         return path, len(ids)
 
     def step_within(self, share: float, now_ns: int | None = None) -> bool:
@@ -118,7 +118,7 @@ class Retention:
             self.store.db.execute("PRAGMA incremental_vacuum")
         return report
 
-    def _copy(self, path: str, ids: list[int]) -> None:
+    def _copy(self, path: str, ids: list[int], span: tuple[int, int]) -> None:
         if path not in self._prepared:
             os.makedirs(self.archive_dir, exist_ok=True)
             archive = sqlite3.connect(path, isolation_level=None)
@@ -162,6 +162,15 @@ class Retention:
                 f"archive {path} holds {held} of {len(ids)} rows just "
                 "copied; nothing was deleted"
             )
+        # The archive answers reports too; a crash before this line is
+        # healed by the next pass, which copies the same rows again.
+        archive = sqlite3.connect(path, isolation_level=None)
+        try:
+            archive.execute("BEGIN")
+            rollup.rebuild_hours(archive, *span)
+            archive.execute("COMMIT")
+        finally:
+            archive.close()  # without COMMIT: rolled back
 
 
 def _month_of(timestamp_ns: int) -> tuple[int, int]:

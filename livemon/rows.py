@@ -10,13 +10,13 @@ from __future__ import annotations
 import itertools
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from livemon import schema
+from livemon import rollup, schema
 from livemon.record import (
     ALERT_ACTIONS,
     LIST_FIELDS,
@@ -46,19 +46,26 @@ INSERT_LABELS = "INSERT OR IGNORE INTO labels (label_id, text) VALUES (?, ?)"
 REPLACE_LABELS = "INSERT OR REPLACE INTO labels (label_id, text) VALUES (?, ?)"
 
 
+def list_columns(
+    records: npt.NDArray[np.void], lists: ListLabels
+) -> dict[str, npt.NDArray[np.int64]]:
+    """The list label id of each record's lists, per list field."""
+    return {name: lists.column(records[name]) for name in LIST_FIELDS}
+
+
 def event_rows(
     epoch: int,
     batch: Batch,
-    lists: ListLabels,
+    list_ids: Mapping[str, npt.NDArray[np.int64]],
     seqs: Iterable[int] | None = None,
 ) -> Iterator[tuple[Any, ...]]:
     """Turn a batch of ``RECORD_DTYPE`` records into ``events`` rows.
 
     Columns are converted whole by numpy (``tolist``) and zipped, so no
-    Python code runs per field of per record; each list of label ids
-    becomes the id of its list label (see ``ListLabels``).
+    Python code runs per field of per record.
 
     Args:
+        list_ids: from ``list_columns``: each list field as list label ids.
         seqs: each record's seq, when not consecutive from ``first_seq``.
     """
     records = batch.records
@@ -68,10 +75,8 @@ def event_rows(
         range(batch.first_seq, batch.end_seq) if seqs is None else seqs,
     ]
     for name in RECORD_DTYPE.names or ():
-        if name in LIST_FIELDS:
-            columns.append(lists.column(records[name]))
-        else:
-            columns.append(records[name].tolist())
+        column = list_ids[name] if name in LIST_FIELDS else records[name]
+        columns.append(column.tolist())
     return zip(*columns, strict=True)
 
 
@@ -95,10 +100,10 @@ class ListLabels:
             self._texts[label] = text
             self._missing.discard(label)
 
-    def column(self, ids: npt.NDArray[np.int64]) -> list[int]:
+    def column(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
         """The list label id of each row of ``ids`` (int64[n, k])."""
         if not len(ids):
-            return []
+            return np.empty(0, np.int64)
         distinct, inverse = _distinct_rows(ids)
         labels = np.empty(len(distinct), np.int64)
         for j, row in enumerate(distinct):
@@ -107,8 +112,7 @@ class ListLabels:
             if label is None:
                 label = self._add(row.tolist(), key)
             labels[j] = label
-        result: list[int] = labels[inverse.reshape(-1)].tolist()
-        return result
+        return labels[inverse.reshape(-1)]
 
     def _add(self, ids: list[int], key: bytes) -> int:
         label = list_label_id(ids)
@@ -227,10 +231,17 @@ def insert_events(
     batch: Batch,
     seqs: Iterable[int] | None = None,
 ) -> int:
-    """Insert a batch of events (and new list labels); return rows added."""
+    """Insert a batch of events (and new list labels), keeping the rollups
+    in step; return rows added."""
+    last_id = rollup.last_event_id(db)
+    list_ids = list_columns(batch.records, lists)
     before = db.total_changes
-    db.executemany(INSERT_EVENTS, event_rows(epoch, batch, lists, seqs))
+    db.executemany(INSERT_EVENTS, event_rows(epoch, batch, list_ids, seqs))
     added = db.total_changes - before
+    if added == len(batch.records):
+        rollup.add_records(db, batch.records, list_ids["actual_agents"])
+    elif added:  # a replay after a crash: only the rows SQLite kept count
+        rollup.add_events_after(db, last_id)
     db.executemany(REPLACE_LABELS, lists.new)
     lists.new.clear()
     return added

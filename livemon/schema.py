@@ -8,6 +8,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
+from livemon import rollup
 from livemon.record import RECORD_DTYPE
 
 MIGRATIONS_TABLE = "_livemon_migrations"
@@ -170,10 +171,16 @@ def _create_feedback_tables(db: sqlite3.Connection) -> None:
     )
 
 
+def _create_rollups(db: sqlite3.Connection) -> None:
+    _run(db, rollup.CREATE_TABLES)
+    rollup.add_events_after(db, after_id=0)  # the events stored so far
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_events_labels_health", _create_events),
     ("0002_monitoring_events_view", _create_monitoring_events_view),
     ("0003_alerts_adjustments", _create_feedback_tables),
+    ("0004_hourly_rollups", _create_rollups),
 ]
 """Every schema change, in order; a name is never reused or reordered."""
 

@@ -17,6 +17,7 @@ import pytest
 import ringbuf
 from daemon.retention import NS_PER_DAY, Retention
 from daemon.store import Store
+from livemon import rollup
 from livemon.record import LABEL_DTYPE, RECORD_DTYPE, label_record
 from tests.daemon.conftest import ROOT, coordinators, recorded
 
@@ -35,6 +36,23 @@ def identities(path, where="") -> set[tuple[int, int, int]]:
     """The (epoch, lane, seq) of every event in a database file."""
     with sqlite3.connect(path) as db:
         return set(db.execute(f"SELECT epoch, lane, seq FROM events {where}"))
+
+
+def rolled_up(path) -> list[tuple[int, int]]:
+    """Records per hour, as the rollups have them."""
+    with sqlite3.connect(path) as db:
+        return db.execute(
+            "SELECT hour, sum(requests) FROM rollup GROUP BY hour ORDER BY 1"
+        ).fetchall()
+
+
+def counted(path) -> list[tuple[int, int]]:
+    """Records per hour, counted in the events table."""
+    with sqlite3.connect(path) as db:
+        return db.execute(
+            f"SELECT timestamp_ns / {rollup.NS_PER_HOUR}, count(*) "
+            "FROM events GROUP BY 1 ORDER BY 1"
+        ).fetchall()
 
 
 @pytest.fixture
@@ -67,6 +85,9 @@ class TestRetention:
         archived = set().union(*(identities(a) for a in archives))
         assert archived == old
         assert identities(store.path) == before - old
+        for path in [store.path, *archives]:  # reports see what is there
+            assert rolled_up(path) == counted(path)
+            assert counted(path)
         with sqlite3.connect(archives[0]) as db:
             assert db.execute("SELECT text FROM labels").fetchone() == (
                 "coder",
@@ -81,18 +102,18 @@ class TestRetention:
     def test_crash_between_copy_and_delete(self, store, tmp_path):
         """Rows copied but not deleted are neither lost nor doubled."""
         retention = Retention(store, 90, str(tmp_path / "archive"))
-        ids = [
-            r[0]
-            for r in store.db.execute(
-                "SELECT id FROM events ORDER BY id LIMIT 50"
-            )
-        ]
+        rows = store.db.execute(
+            "SELECT id, timestamp_ns FROM events ORDER BY id LIMIT 50"
+        ).fetchall()
         path = str(tmp_path / "archive" / "events-2026-05.db")
-        retention._copy(path, ids)  # ... and the process dies here
+        span = (rows[0][1], rows[-1][1])
+        retention._copy(path, [r[0] for r in rows], span)  # ... and dies
         retention.run(NOW)
         archives = glob.glob(str(tmp_path / "archive" / "events-*.db"))
         assert sum(len(identities(a)) for a in archives) == 300
         assert len(identities(store.path)) == 200
+        for path in [store.path, *archives]:
+            assert rolled_up(path) == counted(path)
 
     def test_nothing_due(self, store, tmp_path):
         """A pass with nothing old moves nothing and creates no archive."""

@@ -1,5 +1,6 @@
 """
-Reading back what a Monitor wrote: events and label texts from the rings.
+Reading back what a Monitor wrote (events and label texts from the rings),
+and synthetic request records for tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 import ringbuf
-from livemon.record import LABEL_DTYPE, RECORD_DTYPE
+from livemon.record import LABEL_DTYPE, RECORD_DTYPE, label_id
 
 
 def labels_in(ring_name: str) -> dict[int, str]:
@@ -32,3 +33,63 @@ def events_in(ring_name: str) -> npt.NDArray[np.void]:
 def names(ids: npt.NDArray[np.int64], labels: dict[int, str]) -> list[str]:
     """The texts of a padded list of label ids."""
     return [labels[int(i)] for i in ids if i]
+
+
+AGENTS = ["coder", "reviewer", "planner", "searcher", "writer", "tester"]
+CATEGORIES = ["code", "docs", "search", "planning", "review"]
+ERRORS = ["timeout after 30s", "agent crashed", "rate limited"]
+OVERRIDES = ["user chose another agent", "policy: sensitive data"]
+
+
+def synthetic_records(
+    count: int, seed: int, start_ns: int, step_ns: int
+) -> tuple[npt.NDArray[np.void], dict[int, str]]:
+    """Varied request records, ``step_ns`` apart, and their label texts.
+
+    Some fields are unknown (NaN, -1) as in real traffic; agent lists
+    have one to three agents.
+    """
+    rng = np.random.default_rng(seed)
+    texts = AGENTS + CATEGORIES + ERRORS + OVERRIDES
+    ids = {text: label_id(text) for text in texts}
+    agents = np.array([ids[a] for a in AGENTS])
+    records = np.zeros(count, RECORD_DTYPE)
+    records["timestamp_ns"] = start_ns + np.arange(count) * step_ns
+    records["request_id"] = rng.integers(1, 2**62, count)
+    records["query_hash"] = rng.integers(-(2**62), 2**62, count)
+    records["event_type"] = rng.choice([0, 0, 0, 1, 2, 3], count)
+    categories = np.array([ids[c] for c in CATEGORIES])
+    records["intent_category"] = rng.choice(categories, count)
+    records["query_category"] = records["intent_category"]
+    records["confidence"] = rng.random(count)
+    for slot in range(3):
+        used = rng.random(count) < (1.0, 0.3, 0.1)[slot]
+        records["actual_agents"][:, slot] = np.where(
+            used, rng.choice(agents, count), 0
+        )
+    records["actual_agents"][:, 1:3] *= records["actual_agents"][:, :1] != 0
+    records["suggested_agents"][:, 0] = rng.choice(agents, count)
+    records["accepted"] = rng.choice([-1, 0, 1, 1, 1, 1], count)
+    reasons = np.array([ids[o] for o in OVERRIDES])
+    overridden = records["accepted"] == 0
+    records["override_reason"] = np.where(
+        overridden, rng.choice(reasons, count), 0
+    )
+    records["success"] = rng.choice([-1, 0, 1, 1, 1, 1, 1, 1], count)
+    errors = np.array([ids[e] for e in ERRORS])
+    records["error"] = np.where(
+        records["success"] == 0, rng.choice(errors, count), 0
+    )
+    latency = rng.lognormal(6.5, 0.8, count)
+    latency[rng.random(count) < 0.1] = np.nan
+    records["execution_time_ms"] = latency
+    quality = rng.beta(8, 2, count)
+    quality[rng.random(count) < 0.2] = np.nan
+    records["quality_score"] = quality
+    records["token_count"] = rng.choice([-1, 500, 1200, 4000], count)
+    records["context_size_kb"] = np.nan
+    records["overhead_ns"] = rng.integers(3000, 20000, count)
+    records["query_complexity"] = -1
+    records["task_completed"] = records["code_valid"] = -1
+    records["tests_passed"] = -1
+    return records, {ids[t]: t for t in texts}

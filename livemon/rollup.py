@@ -1,0 +1,294 @@
+"""
+Hourly rollups of the events table, so reports over months answer in
+milliseconds: counts and sums per hour, agent list and category, latency
+histograms and error/override-reason counts.
+
+Kept in step with ``events`` by whoever inserts (``rows.insert_events``),
+in the same transaction, from the rows just added.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+NS_PER_HOUR = 3600 * 10**9
+BUCKETS_PER_DOUBLING = 8
+"""Latency histogram resolution: buckets 9% wide, so a percentile read
+from them is within about 4.5% of the exact one."""
+
+MAX_BUCKET = 400  # 2**50 ms: anything longer is "very long"
+
+ERROR, OVERRIDE = 0, 1
+"""``rollup_reasons.kind``: what the label is the text of."""
+
+# Each SELECT aggregates the events matching {where} into rollup rows;
+# the same text maintains the tables and serves a report's partial hours.
+ROLLUP_SELECT = f"""
+    SELECT timestamp_ns / {NS_PER_HOUR} AS hour,
+        actual_agents AS agents,
+        intent_category AS category,
+        sum(event_type IN (0, 1)) AS requests,
+        sum(success >= 0) AS known,
+        sum(success = 1) AS successes,
+        sum(accepted >= 0) AS decided,
+        sum(accepted = 0) AS overrides,
+        count(execution_time_ms) AS timed,
+        total(execution_time_ms) AS time_ms_sum,
+        count(quality_score) AS scored,
+        total(quality_score) AS quality_sum,
+        total(max(token_count, 0)) AS tokens
+    FROM events WHERE {{where}}
+    GROUP BY 1, 2, 3"""
+
+LATENCY_SELECT = f"""
+    SELECT timestamp_ns / {NS_PER_HOUR} AS hour,
+        actual_agents AS agents,
+        CAST(min({BUCKETS_PER_DOUBLING}
+            * log2(1 + max(execution_time_ms, 0)), {MAX_BUCKET})
+            AS INTEGER) AS bucket,
+        count(*) AS requests
+    FROM events WHERE execution_time_ms IS NOT NULL AND ({{where}})
+    GROUP BY 1, 2, 3"""
+
+REASONS_SELECT = f"""
+    SELECT timestamp_ns / {NS_PER_HOUR} AS hour, {ERROR} AS kind,
+        error AS label, count(*) AS requests
+    FROM events WHERE error != 0 AND ({{where}}) GROUP BY 1, 3
+    UNION ALL
+    SELECT timestamp_ns / {NS_PER_HOUR}, {OVERRIDE}, override_reason,
+        count(*)
+    FROM events WHERE override_reason != 0 AND ({{where}}) GROUP BY 1, 3"""
+
+_SUMS = [
+    "requests",
+    "known",
+    "successes",
+    "decided",
+    "overrides",
+    "timed",
+    "time_ms_sum",
+    "scored",
+    "quality_sum",
+    "tokens",
+]
+
+_ON_CONFLICT = (
+    "ON CONFLICT (hour, agents, category) DO UPDATE SET "
+    + ", ".join(f"{c} = {c} + excluded.{c}" for c in _SUMS),
+    "ON CONFLICT (hour, agents, bucket) DO UPDATE SET "
+    "requests = requests + excluded.requests",
+    "ON CONFLICT (hour, kind, label) DO UPDATE SET "
+    "requests = requests + excluded.requests",
+)
+ROLLUP_TABLES = ("rollup", "rollup_latency", "rollup_reasons")
+_SELECTS = (ROLLUP_SELECT, LATENCY_SELECT, REASONS_SELECT)
+_UPSERT_SELECTED = [
+    f"INSERT INTO {table} SELECT * FROM ({select.format(where='id > ?')}) "
+    f"WHERE true {conflict}"
+    for table, select, conflict in zip(
+        ROLLUP_TABLES, _SELECTS, _ON_CONFLICT, strict=True
+    )
+]
+_UPSERT_VALUES = [
+    f"INSERT INTO {table} VALUES ({', '.join('?' * width)}) {conflict}"
+    for table, width, conflict in zip(
+        ROLLUP_TABLES,
+        (3 + len(_SUMS), 4, 4),
+        _ON_CONFLICT,
+        strict=True,
+    )
+]
+
+CREATE_TABLES = f"""
+    CREATE TABLE rollup (
+        hour INTEGER NOT NULL,
+        agents INTEGER NOT NULL,
+        category INTEGER NOT NULL,
+        {", ".join(f"{c} REAL NOT NULL" for c in _SUMS)},
+        PRIMARY KEY (hour, agents, category)
+    ) WITHOUT ROWID;
+    CREATE TABLE rollup_latency (
+        hour INTEGER NOT NULL,
+        agents INTEGER NOT NULL,
+        bucket INTEGER NOT NULL,
+        requests INTEGER NOT NULL,
+        PRIMARY KEY (hour, agents, bucket)
+    ) WITHOUT ROWID;
+    CREATE TABLE rollup_reasons (
+        hour INTEGER NOT NULL,
+        kind INTEGER NOT NULL,
+        label INTEGER NOT NULL,
+        requests INTEGER NOT NULL,
+        PRIMARY KEY (hour, kind, label)
+    ) WITHOUT ROWID
+"""
+
+
+def last_event_id(db: sqlite3.Connection) -> int:
+    """The highest ``events.id`` (0 when empty): rows above it are new."""
+    return int(
+        db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+    )
+
+
+def add_events_after(db: sqlite3.Connection, after_id: int) -> None:
+    """Fold the events with ``id > after_id`` into the rollups, in SQL.
+
+    New rows always get ids above every existing one, and rows ignored as
+    duplicates get none, so each event is counted exactly once.  The
+    caller owns the transaction.
+    """
+    ensure_math(db)
+    for statement in _UPSERT_SELECTED:
+        db.execute(statement, (after_id,) * statement.count("?"))
+
+
+def add_records(
+    db: sqlite3.Connection,
+    records: npt.NDArray[np.void],
+    agents: npt.NDArray[np.int64],
+) -> None:
+    """Fold records just inserted (every one of them) into the rollups.
+
+    The same sums as ``add_events_after``, in numpy: measured here, SQL
+    aggregation took ~80 ms per 20,000 rows, 40% of the insert itself.
+
+    Args:
+        records: RECORD_DTYPE[n], all inserted by the caller's transaction.
+        agents: int64[n], the list label id of each record's actual agents.
+    """
+    if not len(records):
+        return
+    stamps = records["timestamp_ns"]
+    hour = np.where(
+        stamps >= 0, stamps // NS_PER_HOUR, -(-stamps // NS_PER_HOUR)
+    )
+    first, group = _groups(hour, agents, records["intent_category"])
+    time_ms, quality = records["execution_time_ms"], records["quality_score"]
+    timed, scored = ~np.isnan(time_ms), ~np.isnan(quality)
+    success, accepted = records["success"], records["accepted"]
+    sums = [
+        np.isin(records["event_type"], (0, 1)),
+        success >= 0,
+        success == 1,
+        accepted >= 0,
+        accepted == 0,
+        timed,
+        np.where(timed, time_ms, 0.0),
+        scored,
+        np.where(scored, quality, 0.0),
+        np.maximum(records["token_count"], 0),
+    ]
+    columns = [
+        hour[first],
+        agents[first],
+        records["intent_category"][first],
+        *(np.bincount(group, weights=s, minlength=len(first)) for s in sums),
+    ]
+    db.executemany(_UPSERT_VALUES[0], _rows(columns))
+
+    shifted = 1 + np.maximum(time_ms[timed], 0.0)
+    scaled = np.minimum(BUCKETS_PER_DOUBLING * np.log2(shifted), MAX_BUCKET)
+    bucket = scaled.astype(np.int64)
+    first, group = _groups(hour[timed], agents[timed], bucket)
+    counts = np.bincount(group, minlength=len(first))
+    db.executemany(
+        _UPSERT_VALUES[1],
+        _rows(
+            [hour[timed][first], agents[timed][first], bucket[first], counts]
+        ),
+    )
+
+    for kind, field in ((ERROR, "error"), (OVERRIDE, "override_reason")):
+        given = records[field] != 0
+        labels = records[field][given]
+        first, group = _groups(hour[given], labels)
+        counts = np.bincount(group, minlength=len(first))
+        kinds = np.full(len(first), kind)
+        db.executemany(
+            _UPSERT_VALUES[2],
+            _rows([hour[given][first], kinds, labels[first], counts]),
+        )
+
+
+def _groups(
+    *keys: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Group rows by equal keys: each group's first row, each row's group.
+
+    Each key becomes small codes, combined into one int64, because numpy
+    sorts rows of several columns ~20x slower than one column.
+    """
+    combined = np.zeros(len(keys[0]), np.int64)
+    for key in keys:
+        distinct, codes = np.unique(key, return_inverse=True)
+        combined = combined * len(distinct) + codes.reshape(-1)
+    _, first, group = np.unique(
+        combined, return_index=True, return_inverse=True
+    )
+    return first, group.reshape(-1)
+
+
+def _rows(columns: list[npt.NDArray[Any]]) -> Iterator[tuple[Any, ...]]:
+    return zip(*(c.tolist() for c in columns), strict=True)
+
+
+def rebuild_hours(db: sqlite3.Connection, start_ns: int, end_ns: int) -> None:
+    """Recompute the rollups of every hour touching [start_ns, end_ns]
+    from the events stored now (after rows were deleted or archived).
+
+    The caller owns the transaction.
+    """
+    ensure_math(db)
+    first, last = start_ns // NS_PER_HOUR, end_ns // NS_PER_HOUR
+    hours = {"lo": first * NS_PER_HOUR, "hi": (last + 1) * NS_PER_HOUR}
+    where = "timestamp_ns >= :lo AND timestamp_ns < :hi"
+    for table, select in zip(ROLLUP_TABLES, _SELECTS, strict=True):
+        db.execute(
+            f"DELETE FROM {table} WHERE hour BETWEEN ? AND ?", (first, last)
+        )
+        db.execute(f"INSERT INTO {table} {select.format(where=where)}", hours)
+
+
+def ensure_math(db: sqlite3.Connection) -> None:
+    """Provide ``log2`` where SQLite was built without math functions."""
+    try:
+        db.execute("SELECT log2(2)")
+    except sqlite3.OperationalError:
+        db.create_function("log2", 1, _log2, deterministic=True)
+
+
+def _log2(x: float | None) -> float | None:
+    return None if x is None or x <= 0 else math.log2(x)
+
+
+def bucket_ms(bucket: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+    """The latency (ms) a histogram bucket stands for: its middle."""
+    return np.exp2((bucket + 0.5) / BUCKETS_PER_DOUBLING) - 1
+
+
+def percentiles(
+    buckets: npt.NDArray[np.int64],
+    counts: npt.NDArray[np.int64],
+    quantiles: tuple[float, ...] = (0.5, 0.95),
+) -> list[float]:
+    """Latency percentiles (ms) read from one histogram (NaN if empty).
+
+    Args:
+        buckets: int64[n], bucket numbers (any order).
+        counts: int64[n], requests in each bucket.
+    """
+    total = int(counts.sum())
+    if total == 0:
+        return [math.nan] * len(quantiles)
+    order = np.argsort(buckets, kind="stable")
+    cumulative = np.cumsum(counts[order])
+    ranks = np.ceil(np.asarray(quantiles) * total).clip(1, total)
+    found = np.searchsorted(cumulative, ranks)
+    return bucket_ms(buckets[order][found]).tolist()  # type: ignore[no-any-return]

@@ -1,0 +1,151 @@
+"""
+Hourly rollups: kept by numpy on insert, equal to SQL aggregation of the
+events, exactly once under replays, built for events stored before them.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+
+import numpy as np
+import pytest
+
+from livemon import rollup, schema
+from livemon.rows import (
+    INSERT_EVENTS,
+    ListLabels,
+    event_rows,
+    insert_events,
+    insert_labels,
+    list_columns,
+)
+from ringbuf import Batch
+from tests.livemon.helpers import synthetic_records
+
+HOUR_NS = rollup.NS_PER_HOUR
+START_NS = 1_790_000_000 * 10**9
+
+
+@pytest.fixture
+def db():
+    """A migrated in-memory unified database."""
+    connection = sqlite3.connect(":memory:", isolation_level=None)
+    schema.apply_migrations(connection)
+    yield connection
+    connection.close()
+
+
+def stored(db: sqlite3.Connection) -> dict[str, list[tuple]]:
+    """Every rollup table's rows, in key order."""
+    return {
+        table: db.execute(f"SELECT * FROM {table} ORDER BY 1, 2, 3").fetchall()
+        for table in rollup.ROLLUP_TABLES
+    }
+
+
+def recomputed(db: sqlite3.Connection) -> dict[str, list[tuple]]:
+    """The rollups computed afresh by SQL from every stored event."""
+    selects = (rollup.ROLLUP_SELECT, rollup.LATENCY_SELECT)
+    selects += (rollup.REASONS_SELECT,)
+    return {
+        table: db.execute(
+            f"SELECT * FROM ({select.format(where='1')}) ORDER BY 1, 2, 3"
+        ).fetchall()
+        for table, select in zip(rollup.ROLLUP_TABLES, selects, strict=True)
+    }
+
+
+def assert_same(got: dict, expected: dict) -> None:
+    for table, rows in expected.items():
+        assert len(got[table]) == len(rows), table
+        for mine, theirs in zip(got[table], rows, strict=True):
+            assert mine == pytest.approx(theirs, rel=1e-9), table
+
+
+def insert(db, records, labels, first_seq=0, lane=0):
+    """Insert ``records`` as one batch, the way the daemon does."""
+    lists = ListLabels(db)
+    db.execute("BEGIN")
+    insert_labels(db, lists, list(labels.items()))
+    added = insert_events(db, lists, 1, Batch(lane, first_seq, records))
+    db.execute("COMMIT")
+    return added
+
+
+class TestRollups:
+    def test_numpy_rollups_equal_sql_aggregation(self, db):
+        """Batches spanning hour boundaries roll up as SQL would count."""
+        records, labels = synthetic_records(6000, 1, START_NS, 2 * 10**9)
+        for part in range(3):
+            chunk = records[part * 2000 : (part + 1) * 2000]
+            assert insert(db, chunk, labels, part * 2000) == 2000
+        got = stored(db)
+        assert sum(row[3] for row in got["rollup"]) > 0
+        assert len({row[0] for row in got["rollup"]}) == 4  # hours
+        assert_same(got, recomputed(db))
+
+    def test_a_replayed_batch_counts_each_event_once(self, db):
+        """A batch stored again with new records after it (a replay after
+        a crash between commit and advance) adds only the new ones."""
+        records, labels = synthetic_records(3000, 2, START_NS, 10**9)
+        insert(db, records[:2000], labels)
+        assert insert(db, records, labels) == 1000
+        got = stored(db)
+        assert sum(row[3] for row in got["rollup"]) == sum(
+            np.isin(records["event_type"], (0, 1))
+        )
+        assert_same(got, recomputed(db))
+
+    def test_migration_rolls_up_events_stored_before_it(self, db, monkeypatch):
+        """A database from before the rollups gets them for its events."""
+        old = sqlite3.connect(":memory:", isolation_level=None)
+        monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:3])
+        schema.apply_migrations(old)
+        records, _ = synthetic_records(2000, 3, START_NS, 10**9)
+        batch = Batch(0, 0, records)
+        rows = event_rows(1, batch, list_columns(records, ListLabels(old)))
+        old.executemany(INSERT_EVENTS, rows)
+        monkeypatch.undo()
+        assert schema.apply_migrations(old) == ["0004_hourly_rollups"]
+        got = stored(old)
+        assert sum(row[3] for row in got["rollup"]) > 1000
+        assert_same(got, recomputed(old))
+
+    def test_whole_milliseconds_bucket_alike_in_numpy_and_sql(self, db):
+        """Whole milliseconds sit on bucket edges (1 + 7 ms is 2**3), and
+        SQLite's log2 and numpy's may differ in the last bit."""
+        records, labels = synthetic_records(20_000, 5, START_NS, 10**6)
+        records["execution_time_ms"] = np.arange(len(records)) % 5000
+        insert(db, records, labels)
+        got, expected = stored(db), recomputed(db)
+        assert got["rollup_latency"] == expected["rollup_latency"]
+
+    def test_stand_in_log2_agrees_with_sqlite(self):
+        """Where SQLite lacks math functions, ours stands in."""
+        db = sqlite3.connect(":memory:")
+        values = [0.0, -1.0, 0.5, 1.0, 3.0, 1023.0, 1e12, None]
+        builtin = [
+            db.execute("SELECT log2(?)", (v,)).fetchone()[0] for v in values
+        ]
+        assert [rollup._log2(v) for v in values] == pytest.approx(builtin)
+
+
+class TestPercentiles:
+    def test_within_the_bucket_resolution_of_exact(self):
+        """p50 and p95 read from buckets are within 4.5% of numpy's."""
+        rng = np.random.default_rng(4)
+        latency = rng.lognormal(6.5, 1.0, 50_000)
+        scaled = rollup.BUCKETS_PER_DOUBLING * np.log2(1 + latency)
+        buckets, counts = np.unique(
+            scaled.astype(np.int64), return_counts=True
+        )
+        p50, p95 = rollup.percentiles(buckets, counts)
+        exact50, exact95 = np.percentile(latency, [50, 95])
+        assert p50 == pytest.approx(exact50, rel=0.045)
+        assert p95 == pytest.approx(exact95, rel=0.045)
+
+    def test_empty_histogram_is_unknown(self):
+        """No timed requests: NaN, not zero."""
+        empty = np.empty(0, np.int64)
+        assert all(math.isnan(p) for p in rollup.percentiles(empty, empty))
