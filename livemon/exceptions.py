@@ -6,11 +6,14 @@ category.
 from __future__ import annotations
 
 __all__ = [
+    "BadTimeRange",
     "ConfigError",
+    "DatabaseUnavailable",
     "InvalidField",
     "LegacyError",
     "LivemonError",
     "MonitoringUnavailable",
+    "UnknownName",
 ]
 
 
@@ -45,3 +48,18 @@ class InvalidField(LivemonError, ValueError):
 
     def __reduce__(self) -> tuple[type[InvalidField], tuple[str, str]]:
         return (InvalidField, (self.field, self.reason))
+
+
+class DatabaseUnavailable(LivemonError, OSError):
+    """The unified database cannot be read: missing, locked, not ours or
+    too old; the message says which and what to do."""
+
+
+class BadTimeRange(LivemonError, ValueError):
+    """A ``--since``/``--until`` value cannot be read, or they are out of
+    order; the message shows the accepted forms."""
+
+
+class UnknownName(LivemonError, LookupError):
+    """An agent or category name never seen in the database; the message
+    lists the known ones."""

@@ -1,0 +1,339 @@
+"""
+The dashboard queries: per agent and per category figures, trends, top
+errors and override reasons, feedback actions, over a time range.
+
+Whole hours come from the rollups, the partial hours at either end from
+the events themselves (through the timestamp index), so a report costs
+the same on ten thousand events or ten million.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from livemon import rollup
+from livemon.reading import Labels, TimeRange, format_ns
+
+NS_PER_HOUR = rollup.NS_PER_HOUR
+HOURS_PER = {"hour": 1, "day": 24}
+_SUMS = "requests known successes decided overrides timed time_ms_sum"
+_SUMS += " scored quality_sum tokens"
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    """One titled table of a report; ``columns`` name each row's values."""
+
+    name: str
+    title: str
+    columns: tuple[str, ...]
+    rows: list[tuple[Any, ...]]
+
+    def records(self) -> list[dict[str, Any]]:
+        """The rows as column -> value mappings (for JSON)."""
+        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
+
+    def column(self, name: str) -> list[Any]:
+        """Every row's value in column ``name``."""
+        index = self.columns.index(name)
+        return [row[index] for row in self.rows]
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """A report's tables, in the order people read them."""
+
+    span: TimeRange
+    per: str
+    tables: list[Table]
+
+    def table(self, name: str) -> Table:
+        """The table called ``name`` (``agents``, ``trend``, ...)."""
+        return next(t for t in self.tables if t.name == name)
+
+
+def build_report(
+    db: sqlite3.Connection,
+    labels: Labels,
+    span: TimeRange,
+    per: str = "hour",
+    agent: str | None = None,
+    top: int = 10,
+) -> Report:
+    """Query everything a report shows.
+
+    Args:
+        per: trend bucket, ``hour`` or ``day`` (UTC).
+        agent: only requests that used this agent.
+        top: how many errors and override reasons to list.
+
+    Raises:
+        UnknownName: ``agent`` never appears in the database.
+        sqlite3.Error: the database failed (see ``reading.explain``).
+    """
+    if per not in HOURS_PER:
+        raise ValueError(f"per must be one of {sorted(HOURS_PER)}")
+    sources = _Sources(span, labels.lists_with(agent) if agent else None)
+    return Report(
+        span,
+        per,
+        [
+            _agents(db, labels, sources),
+            _categories(db, labels, sources),
+            _trend(db, sources, HOURS_PER[per]),
+            *_reasons(db, labels, sources, top),
+            *_feedback(db, labels, span),
+        ],
+    )
+
+
+class _Sources:
+    """Subqueries shaped like each rollup table, covering the range.
+
+    Whole hours read the rollup table; partial hours aggregate events.
+    """
+
+    def __init__(self, span: TimeRange, agents: list[int] | None) -> None:
+        first = -(-span.start_ns // NS_PER_HOUR)  # first whole hour
+        end = span.end_ns // NS_PER_HOUR  # after the last whole hour
+        self.params: dict[str, int] = {"first": first, "end": end}
+        if first < end:
+            edges = [(span.start_ns, first * NS_PER_HOUR)]
+            edges.append((end * NS_PER_HOUR, span.end_ns))
+        else:
+            edges = [(span.start_ns, span.end_ns)]
+        self._raw = []
+        for i, (start, stop) in enumerate(edges):
+            if start < stop:
+                self.params |= {f"s{i}": start, f"e{i}": stop}
+                self._raw.append(
+                    f"timestamp_ns >= :s{i} AND timestamp_ns < :e{i}"
+                )
+        self._agents = agents
+
+    def of(self, table: str, select: str) -> str:
+        """A subquery of ``table``'s rows over the range."""
+        parts = []
+        if self.params["first"] < self.params["end"]:
+            parts.append(
+                f"SELECT * FROM {table} WHERE hour >= :first AND hour < :end"
+            )
+        parts += [select.format(where=where) for where in self._raw]
+        body = " UNION ALL ".join(parts) or select.format(where="0")
+        if self._agents is None:
+            return f"({body})"
+        chosen = ", ".join(str(int(a)) for a in self._agents)
+        return f"(SELECT * FROM ({body}) WHERE agents IN ({chosen}))"
+
+    @property
+    def rollup(self) -> str:
+        return self.of("rollup", rollup.ROLLUP_SELECT)
+
+    @property
+    def latency(self) -> str:
+        return self.of("rollup_latency", rollup.LATENCY_SELECT)
+
+    @property
+    def reasons(self) -> str:
+        return self.of("rollup_reasons", rollup.REASONS_SELECT)
+
+
+def _sums(prefix: str = "") -> str:
+    return ", ".join(f"sum({prefix}{c})" for c in _SUMS.split())
+
+
+def _ratio(part: float, whole: float) -> float:
+    return part / whole if whole else math.nan
+
+
+def _figures(sums: Sequence[float]) -> tuple[Any, ...]:
+    """requests, success rate, override rate, mean ms, mean quality,
+    tokens, from one row of ``_SUMS``."""
+    requests, known, successes, decided, overrides = sums[:5]
+    timed, time_ms, scored, quality, tokens = sums[5:]
+    return (
+        int(requests),
+        _ratio(successes, known),
+        _ratio(overrides, decided),
+        _ratio(time_ms, timed),
+        _ratio(quality, scored),
+        int(tokens),
+    )
+
+
+def _agents(db: sqlite3.Connection, labels: Labels, src: _Sources) -> Table:
+    totals: dict[str, np.ndarray] = collections.defaultdict(
+        lambda: np.zeros(len(_SUMS.split()))
+    )
+    sql = f"SELECT agents, {_sums()} FROM {src.rollup} GROUP BY agents"
+    for agents, *sums in db.execute(sql, src.params):
+        for name in labels.members(agents) or ["(none)"]:
+            totals[name] += np.asarray(sums, dtype=float)
+    histograms: dict[str, collections.Counter[int]] = collections.defaultdict(
+        collections.Counter
+    )
+    sql = (
+        f"SELECT agents, bucket, sum(requests) FROM {src.latency} "
+        "GROUP BY agents, bucket"
+    )
+    for agents, bucket, count in db.execute(sql, src.params):
+        for name in labels.members(agents) or ["(none)"]:
+            histograms[name][bucket] += count
+    rows = []
+    for name, sums in sorted(totals.items(), key=lambda kv: -kv[1][0]):
+        requests, success, _, mean_ms, quality, tokens = _figures(
+            sums.tolist()
+        )
+        p50, p95 = _percentiles(histograms[name])
+        rows.append(
+            (name, requests, success, mean_ms, p50, p95, quality, tokens)
+        )
+    return Table(
+        "agents",
+        "Per agent",
+        (
+            "agent",
+            "requests",
+            "success_rate",
+            "mean_ms",
+            "p50_ms",
+            "p95_ms",
+            "quality",
+            "tokens",
+        ),
+        rows,
+    )
+
+
+def _percentiles(histogram: collections.Counter[int]) -> list[float]:
+    buckets = np.fromiter(histogram.keys(), np.int64, len(histogram))
+    counts = np.fromiter(histogram.values(), np.int64, len(histogram))
+    return rollup.percentiles(buckets, counts)
+
+
+def _categories(
+    db: sqlite3.Connection, labels: Labels, src: _Sources
+) -> Table:
+    sql = (
+        f"SELECT category, {_sums()} FROM {src.rollup} "
+        "GROUP BY category ORDER BY 2 DESC"
+    )
+    rows = []
+    for category, *sums in db.execute(sql, src.params):
+        requests, success, overrides, mean_ms, quality, _ = _figures(sums)
+        name = labels.text(category) or "(none)"
+        rows.append((name, requests, overrides, success, mean_ms, quality))
+    return Table(
+        "categories",
+        "Per category",
+        (
+            "category",
+            "requests",
+            "override_rate",
+            "success_rate",
+            "mean_ms",
+            "quality",
+        ),
+        rows,
+    )
+
+
+def _trend(db: sqlite3.Connection, src: _Sources, hours: int) -> Table:
+    histograms: dict[int, collections.Counter[int]] = collections.defaultdict(
+        collections.Counter
+    )
+    sql = (
+        f"SELECT hour / {hours}, bucket, sum(requests) FROM {src.latency} "
+        "GROUP BY 1, 2"
+    )
+    for slot, bucket, count in db.execute(sql, src.params):
+        histograms[slot][bucket] += count
+    sql = f"SELECT hour / {hours}, {_sums()} FROM {src.rollup} GROUP BY 1"
+    rows = []
+    for slot, *sums in db.execute(sql, src.params):
+        requests, success, overrides, mean_ms, quality, _ = _figures(sums)
+        _, p95 = _percentiles(histograms[slot])
+        start = format_ns(slot * hours * NS_PER_HOUR)[
+            : 16 if hours < 24 else 10
+        ]
+        rows.append(
+            (start, requests, success, overrides, mean_ms, p95, quality)
+        )
+    return Table(
+        "trend",
+        f"Trend per {'hour' if hours == 1 else 'day'} (UTC)",
+        (
+            "start",
+            "requests",
+            "success_rate",
+            "override_rate",
+            "mean_ms",
+            "p95_ms",
+            "quality",
+        ),
+        rows,
+    )
+
+
+def _reasons(
+    db: sqlite3.Connection, labels: Labels, src: _Sources, top: int
+) -> list[Table]:
+    tables = []
+    for kind, name, title in (
+        (rollup.ERROR, "errors", "Top errors"),
+        (rollup.OVERRIDE, "overrides", "Top override reasons"),
+    ):
+        sql = (
+            f"SELECT label, sum(requests) FROM {src.reasons} "
+            f"WHERE kind = {kind} GROUP BY label ORDER BY 2 DESC LIMIT {top}"
+        )
+        rows = [
+            (count, labels.text(label))
+            for label, count in db.execute(sql, src.params)
+        ]
+        tables.append(Table(name, title, ("count", "reason"), rows))
+    return tables
+
+
+def _feedback(
+    db: sqlite3.Connection, labels: Labels, span: TimeRange
+) -> list[Table]:
+    tables = []
+    for table, title in (
+        ("adjustments", "Routing adjustments"),
+        ("alerts", "Alerts"),
+    ):
+        sql = (
+            "SELECT timestamp_ns, action, subject, old_value, new_value, "
+            f"message FROM {table} WHERE timestamp_ns >= ? "
+            "AND timestamp_ns < ? ORDER BY timestamp_ns"
+        )
+        rows = [
+            (
+                format_ns(stamp),
+                action,
+                labels.text(subject),
+                old,
+                new,
+                labels.text(message),
+            )
+            for stamp, action, subject, old, new, message in db.execute(
+                sql, (span.start_ns, span.end_ns)
+            )
+        ]
+        tables.append(
+            Table(
+                table,
+                title,
+                ("time", "action", "subject", "old", "new", "message"),
+                rows,
+            )
+        )
+    return tables
