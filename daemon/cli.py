@@ -23,6 +23,7 @@ from daemon.retention import Retention
 from daemon.store import Store
 from livemon.config import Config, load_config
 from livemon.exceptions import ConfigError
+from livemon.live import read_status
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_NOT_RUNNING = 3  # LSB: "program is not running"
@@ -187,7 +188,7 @@ def status(
                 rss_bytes=process.memory_info().rss,
                 cpu_percent=process.cpu_percent(interval=0.1),
             )
-        report.update(proc.read_status(config) or {})
+        report.update(read_status(config) or {})
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
     else:

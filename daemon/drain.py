@@ -26,6 +26,7 @@ from daemon.store import Store
 from livemon.config import Config, load_config
 from livemon.exceptions import ConfigError
 from livemon.feedback import open_feedback_ring
+from livemon.live import status_path
 from livemon.monitor import open_rings
 
 logger = logging.getLogger("livemon.daemon")
@@ -234,7 +235,7 @@ class Service:
             for ring in rings:
                 ring.close()
             pidfile.remove_if_mine()
-            _remove(proc.status_path(config))
+            _remove(status_path(config))
             lock.release()
             self.notifier.close()
 
@@ -336,7 +337,7 @@ class Service:
         figures = self._figures(drainer)
         figures["ready"] = True
         proc.write_atomic(
-            proc.status_path(self.config),
+            status_path(self.config),
             json.dumps(figures),
             self.config.mode,
         )

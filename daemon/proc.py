@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
 
 import psutil
 
@@ -28,6 +26,7 @@ from daemon.exceptions import (
 )
 from daemon.store import create_file
 from livemon.config import Config
+from livemon.live import read_status
 from livemon.record import FEEDBACK_DTYPE, LABEL_DTYPE, RECORD_DTYPE
 
 _CREATE_TIME_TOLERANCE_S = 0.05
@@ -47,11 +46,6 @@ def write_atomic(path: str, text: str, mode: int = 0o600) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-
-
-def status_path(config: Config) -> str:
-    """Where the running daemon publishes its live figures."""
-    return config.pidfile + ".status.json"
 
 
 class Pidfile:
@@ -147,16 +141,6 @@ class InstanceLock:
             f"another livemon daemon{who} already drains {what}: stop it "
             "with 'livemon-daemon stop', or use another --ring/--db"
         )
-
-
-def read_status(config: Config) -> dict[str, Any] | None:
-    """The running daemon's last published figures, if any."""
-    try:
-        with open(status_path(config)) as file:
-            data: dict[str, Any] = json.load(file)
-            return data
-    except (FileNotFoundError, ValueError):
-        return None
 
 
 def start_detached(

@@ -70,6 +70,15 @@ def sparkline(values: Sequence[float]) -> str:
     )
 
 
+def bars(fractions: Sequence[float]) -> str:
+    """Fractions of a whole (0..1) as block characters on a fixed scale."""
+    top = len(SPARKS) - 1
+    return "".join(
+        " " if f <= 0 else SPARKS[min(top, max(0, math.ceil(f * top)))]
+        for f in fractions
+    )
+
+
 def report_text(report: Report) -> str:
     """The whole report for a terminal, with trend sparklines."""
     parts = []
@@ -118,18 +127,20 @@ def report_json(report: Report) -> str:
         "since": report.span.start_ns,
         "until": report.span.end_ns,
         "per": report.per,
-        **{
-            t.name: [_json_safe(r) for r in t.records()] for t in report.tables
-        },
+        **{t.name: json_rows(t) for t in report.tables},
     }
     return json.dumps(body, indent=2, ensure_ascii=False)
 
 
-def _json_safe(record: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: None if isinstance(v, float) and math.isnan(v) else v
-        for k, v in record.items()
-    }
+def json_rows(table: Table) -> list[dict[str, Any]]:
+    """A table's rows as JSON-ready mappings; unknown values are None."""
+    return [
+        {
+            k: None if isinstance(v, float) and math.isnan(v) else v
+            for k, v in record.items()
+        }
+        for record in table.records()
+    ]
 
 
 def report_csv(report: Report, only: str | None = None) -> str:

@@ -1,0 +1,84 @@
+"""
+What the ``livemon`` commands share: error translation, the options that
+name the ring, database and config file, and opening them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import click
+
+from livemon import reading
+from livemon.config import Config, load_config
+from livemon.exceptions import (
+    BadTimeRange,
+    ConfigError,
+    LivemonError,
+    UnknownName,
+)
+
+
+@contextmanager
+def errors_for_people() -> Iterator[None]:
+    """Expected failures become messages and exit codes, no traceback."""
+    try:
+        yield
+    except (ConfigError, BadTimeRange, UnknownName) as exc:
+        raise click.UsageError(str(exc)) from exc
+    except LivemonError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def database(db: str | None, config_file: str | None) -> str:
+    """The unified database path from flags, LIVEMON_*, config file."""
+    with errors_for_people():
+        return load_config({"db": db, "config": config_file}).db
+
+
+db_option = click.option(
+    "--db",
+    help="Unified database (env LIVEMON_DB; default in the state directory).",
+)
+config_option = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="TOML config file (env LIVEMON_CONFIG).",
+)
+
+
+ring_option = click.option(
+    "--ring", help="The coordinators' ring (env LIVEMON_RING)."
+)
+
+
+def config_for(
+    ring: str | None, db: str | None, config_file: str | None
+) -> Config:
+    """The configuration from flags, LIVEMON_*, config file, defaults."""
+    with errors_for_people():
+        return load_config({"ring": ring, "db": db, "config": config_file})
+
+
+def open_database(
+    ctx: click.Context, db: str | None, config_file: str | None
+) -> sqlite3.Connection:
+    """The database, read-only, closed when the command ends."""
+    path = database(db, config_file)
+    with errors_for_people():
+        connection = reading.open_database(path)
+    ctx.call_on_close(connection.close)
+    return connection
+
+
+@contextmanager
+def reading_errors(path: str) -> Iterator[None]:
+    """SQLite failures in the middle of a query, told as open() tells them."""
+    with errors_for_people():
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise reading.explain(path, exc) from exc

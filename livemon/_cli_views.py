@@ -1,0 +1,268 @@
+"""
+The ``livemon`` commands that show figures: ``report`` and ``tail`` from
+the database, ``stats`` and ``top`` from the rings.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import click
+
+from livemon import live, reading, render, top
+from livemon import tail as events
+from livemon._cli import (
+    config_for,
+    config_option,
+    database,
+    db_option,
+    errors_for_people,
+    open_database,
+    reading_errors,
+    ring_option,
+)
+from livemon.config import Config
+from livemon.exceptions import LivemonError
+from livemon.report import build_report
+
+since_option = click.option(
+    "--since",
+    default="24h",
+    show_default=True,
+    help="Start: now, an age (30m, 6h, 7d, 2w) or a UTC date/time.",
+)
+until_option = click.option(
+    "--until", default="now", show_default=True, help="End, as --since."
+)
+
+
+@click.command()
+@db_option
+@config_option
+@since_option
+@until_option
+@click.option(
+    "--per",
+    type=click.Choice(["hour", "day", "auto"]),
+    default="auto",
+    show_default=True,
+    help="Trend bucket; auto: hours up to three days, else days.",
+)
+@click.option("--agent", help="Only requests that used this agent.")
+@click.option(
+    "--format",
+    "output",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+)
+@click.option(
+    "--table",
+    "only",
+    type=click.Choice(
+        [
+            "agents",
+            "categories",
+            "trend",
+            "errors",
+            "overrides",
+            "adjustments",
+            "alerts",
+        ]
+    ),
+    help="With --format csv: just this table, as plain CSV.",
+)
+@click.option("--top", default=10, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Also draw the latency and quality trend into this SVG file.",
+)
+@click.pass_context
+def report(
+    ctx: click.Context,
+    db: str | None,
+    config_file: str | None,
+    since: str,
+    until: str,
+    per: str,
+    agent: str | None,
+    output: str,
+    only: str | None,
+    top: int,
+    plot: str | None,
+) -> None:
+    """Routing report over a time range: per agent and category, trends,
+    top errors and override reasons, adjustments and alerts."""
+    with errors_for_people():
+        span = reading.TimeRange.parse(since, until)
+    if per == "auto":
+        per = "hour" if span.end_ns - span.start_ns <= 3 * 86400e9 else "day"
+    connection = open_database(ctx, db, config_file)
+    path = database(db, config_file)
+    with reading_errors(path):
+        result = build_report(
+            connection, reading.Labels(connection), span, per, agent, top
+        )
+    if output == "json":
+        click.echo(render.report_json(result))
+    elif output == "csv":
+        click.echo(render.report_csv(result, only), nl=False)
+    else:
+        click.echo(
+            f"livemon report {reading.format_ns(span.start_ns)} .. "
+            f"{reading.format_ns(span.end_ns)} UTC ({path})\n"
+        )
+        click.echo(render.report_text(result), nl=False)
+    if plot:
+        with open(plot, "w") as file:
+            file.write(render.trend_svg(result))
+        click.echo(f"trend chart written to {plot}", err=True)
+
+
+@click.command()
+@db_option
+@config_option
+@click.option(
+    "-f", "--follow", is_flag=True, help="Keep printing events as they come."
+)
+@click.option(
+    "-n",
+    "--lines",
+    default=10,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Show this many recent events first.",
+)
+@click.option("--agent", help="Only events where this agent worked.")
+@click.option("--category", help="Only events of this intent category.")
+@click.option(
+    "--success/--failure",
+    default=None,
+    help="Only successful (or only failed) requests.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object a line."
+)
+@click.option(
+    "--interval",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(min=0.01),
+    help="Seconds between polls with -f.",
+)
+@click.pass_context
+def tail(
+    ctx: click.Context,
+    db: str | None,
+    config_file: str | None,
+    follow: bool,
+    lines: int,
+    agent: str | None,
+    category: str | None,
+    success: bool | None,
+    as_json: bool,
+    interval: float,
+) -> None:
+    """Print the newest events, and with -f keep following the database
+    as the daemon commits; Ctrl-C stops."""
+    connection = open_database(ctx, db, config_file)
+    path = database(db, config_file)
+    labels = reading.Labels(connection)
+    show = events.as_json if as_json else events.describe
+    with reading_errors(path):
+        which = events.EventFilter(
+            tuple(labels.lists_with(agent)) if agent else None,
+            labels.category(category) if category else None,
+            success,
+        )
+        start = events.last_id(connection)
+        for row in events.latest(connection, which, lines):
+            click.echo(show(row, labels))
+        if not follow:
+            return
+        try:
+            for row in events.follow(connection, which, start, interval):
+                click.echo(show(row, labels))
+        except KeyboardInterrupt:
+            return
+
+
+def _namer(config: Config) -> Callable[[live.Snapshot], Callable[[int], str]]:
+    """Names from the database when it can be read, else the labels ring."""
+
+    def namer(snap: live.Snapshot) -> Callable[[int], str]:
+        try:
+            connection = reading.open_database(config.db)
+        except LivemonError:
+            return lambda label: snap.names.get(label, f"#{label:x}")
+        labels = reading.Labels(connection)
+        labels.learn(snap.names)
+        return labels.text
+
+    return namer
+
+
+@click.command()
+@ring_option
+@db_option
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def stats(
+    ring: str | None, db: str | None, config_file: str | None, as_json: bool
+) -> None:
+    """The feedback loop's live statistics from the ring's recent window:
+    per agent, per category, and active alerts."""
+    config = config_for(ring, db, config_file)
+    with errors_for_people():
+        snap = live.snapshot(config)
+    tables = live.stats_tables(snap, _namer(config)(snap))
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "window_records": snap.stats.records,
+                    **{t.name: render.json_rows(t) for t in tables},
+                },
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
+        return
+    click.echo(
+        f"livemon stats  ring {config.ring!r}  window "
+        f"{snap.stats.records:,} records\n"
+    )
+    for table in tables:
+        body = render.table_text(table.columns, table.rows)
+        click.echo(f"{table.title}\n{body if table.rows else '(none)'}\n")
+
+
+@click.command(name="top")
+@ring_option
+@db_option
+@config_option
+@click.option(
+    "--interval",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds between refreshes.",
+)
+@click.option(
+    "--iterations",
+    type=click.IntRange(1),
+    help="Stop after this many frames (default: until q or Ctrl-C).",
+)
+def top_command(
+    ring: str | None,
+    db: str | None,
+    config_file: str | None,
+    interval: float,
+    iterations: int | None,
+) -> None:
+    """A live view like top: daemon health, ring fill, monitoring overhead,
+    per agent and per category; q or Ctrl-C quits."""
+    config = config_for(ring, db, config_file)
+    top.run(config, _namer(config), interval, iterations)

@@ -1,0 +1,223 @@
+"""
+What is happening now, read from the rings (not the database): routing
+statistics of the recent window, the feedback loop's current adjustments
+and alerts, ring fill per lane, monitoring overhead, and the daemon's
+published figures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+import ringbuf
+from livemon.config import Config
+from livemon.exceptions import MonitoringUnavailable
+from livemon.feedback import FEEDBACK_CAPACITY, Policy
+from livemon.record import (
+    FEEDBACK_DTYPE,
+    LABEL_DTYPE,
+    RECORD_DTYPE,
+    FeedbackAction,
+)
+from livemon.report import Table
+from livemon.stats import WindowStats, feedback_stats
+
+
+@dataclasses.dataclass(frozen=True)
+class FeedbackState:
+    """The feedback loop's standing decisions, from its newest actions.
+
+    Every coordinator computes from the same window, so their actions
+    agree; the newest action per subject is the standing one.
+    """
+
+    multipliers: dict[int, float]
+    thresholds: dict[int, float]
+    capped: set[int]
+    alerts: dict[int, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """One look at the rings.
+
+    Attributes:
+        lanes: each lane's counters (fill is ``pending / capacity``).
+        overhead_ns: p50 and p99 of the recording cost in the window.
+        daemon: the daemon's status file, or None if it is not running.
+    """
+
+    stats: WindowStats
+    feedback: FeedbackState
+    lanes: list[ringbuf.LaneState]
+    capacity_records: int
+    overhead_ns: tuple[float, float]
+    names: dict[int, str]
+    daemon: dict[str, Any] | None
+
+
+def snapshot(config: Config, policy: Policy | None = None) -> Snapshot:
+    """Read the rings of ``config.ring`` as the feedback loop does.
+
+    Raises:
+        MonitoringUnavailable: no ring of that name exists (no
+            coordinator or daemon has run since boot), or it is damaged.
+    """
+    policy = policy or Policy()
+    try:
+        with ringbuf.Ring.attach(config.ring, RECORD_DTYPE) as events:
+            window = events.window(policy.window_per_lane).records
+            lanes = [events.lane_state(n) for n in range(events.lanes)]
+            capacity = events.capacity_records
+    except ringbuf.RingNotFound as exc:
+        raise MonitoringUnavailable(
+            f"no ring named {config.ring!r}: no coordinator or daemon has "
+            "run since boot, or they use another --ring / LIVEMON_RING"
+        ) from exc
+    except ringbuf.RingError as exc:
+        raise MonitoringUnavailable(f"ring {config.ring!r}: {exc}") from exc
+    overhead = window["overhead_ns"][window["overhead_ns"] > 0]
+    percentiles = (
+        tuple(np.percentile(overhead, [50, 99]).tolist())
+        if len(overhead)
+        else (math.nan, math.nan)
+    )
+    return Snapshot(
+        stats=feedback_stats(
+            window, policy.recent, policy.baseline, None, policy.z
+        ),
+        feedback=_feedback_state(config),
+        lanes=lanes,
+        capacity_records=capacity,
+        overhead_ns=percentiles,
+        names=_ring_labels(config),
+        daemon=read_status(config),
+    )
+
+
+def _ring_records(name: str, dtype: np.dtype[np.void], per_lane: int) -> Any:
+    try:
+        with ringbuf.Ring.attach(name, dtype) as ring:
+            return ring.window(per_lane).records
+    except ringbuf.RingError:
+        return np.empty(0, dtype)
+
+
+def _ring_labels(config: Config) -> dict[int, str]:
+    """Label texts still in the labels ring (the database has the rest)."""
+    records = _ring_records(config.labels_ring, LABEL_DTYPE, 2**20)
+    return {
+        int(r["label_id"]): r["text"][: r["length"]].tobytes().decode()
+        for r in records
+    }
+
+
+def _feedback_state(config: Config) -> FeedbackState:
+    records = _ring_records(
+        config.feedback_ring, FEEDBACK_DTYPE, FEEDBACK_CAPACITY
+    )
+    state = FeedbackState({}, {}, set(), {})
+    for r in np.sort(records, order="timestamp_ns"):
+        action, subject = FeedbackAction(r["action"]), int(r["subject"])
+        new = float(r["new_value"])
+        if action is FeedbackAction.AGENT_CONFIDENCE:
+            state.multipliers[subject] = new
+        elif action is FeedbackAction.CATEGORY_THRESHOLD:
+            state.thresholds[subject] = new
+        elif action is FeedbackAction.PARALLEL_CAP:
+            (state.capped.add if new else state.capped.discard)(subject)
+        elif action is FeedbackAction.QUALITY_ALERT:
+            state.alerts[subject] = (
+                f"quality {new:.3f} vs baseline {float(r['old_value']):.3f}"
+            )
+        else:
+            state.alerts.pop(subject, None)
+    return state
+
+
+def status_path(config: Config) -> str:
+    """Where the running daemon publishes its figures each second."""
+    return config.pidfile + ".status.json"
+
+
+def read_status(config: Config) -> dict[str, Any] | None:
+    """The running daemon's last published figures, if any."""
+    try:
+        with open(status_path(config)) as file:
+            data: dict[str, Any] = json.load(file)
+            return data
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def stats_tables(snap: Snapshot, name: Callable[[int], str]) -> list[Table]:
+    """The live statistics as report tables, names given by ``name``."""
+    fb = snap.feedback
+    agents = [
+        (
+            name(a.agent),
+            a.requests,
+            a.success_rate,
+            a.success_low,
+            a.success_high,
+            a.p50_ms,
+            a.p95_ms,
+            fb.multipliers.get(a.agent, 1.0),
+            "capped" if a.agent in fb.capped else "",
+        )
+        for a in sorted(snap.stats.agents.values(), key=lambda a: -a.requests)
+    ]
+    categories = [
+        (
+            name(c.category),
+            c.requests,
+            c.override_rate,
+            fb.thresholds.get(c.category, math.nan),
+            c.quality_recent,
+            c.quality_baseline,
+            c.quality_drop,
+        )
+        for c in sorted(
+            snap.stats.categories.values(), key=lambda c: -c.requests
+        )
+    ]
+    alerts = [(name(k), text) for k, text in sorted(fb.alerts.items())]
+    return [
+        Table(
+            "agents",
+            "Per agent (each one's newest requests in the window)",
+            (
+                "agent",
+                "requests",
+                "success_rate",
+                "low_rate",
+                "high_rate",
+                "p50_ms",
+                "p95_ms",
+                "confidence_x",
+                "parallel",
+            ),
+            agents,
+        ),
+        Table(
+            "categories",
+            "Per category (newest requests vs the ones before)",
+            (
+                "category",
+                "requests",
+                "override_rate",
+                "threshold",
+                "quality_now",
+                "quality_before",
+                "drop_rate",
+            ),
+            categories,
+        ),
+        Table("alerts", "Active alerts", ("category", "alert"), alerts),
+    ]

@@ -1,0 +1,149 @@
+"""
+``livemon top``: a refreshing view of the daemon's health, the ring, the
+cost of monitoring and the live routing figures.  Full screen on a
+terminal (q or Ctrl-C quits); plain frames one after another otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import select
+import shutil
+import sys
+import termios
+import time
+import tty
+from collections.abc import Callable, Iterator
+from typing import Any, TextIO
+
+from livemon import render
+from livemon.config import Config
+from livemon.exceptions import MonitoringUnavailable
+from livemon.live import Snapshot, snapshot, stats_tables, status_path
+from livemon.reading import format_ns
+
+STALE_STATUS_S = 5.0  # the daemon publishes every second
+_ENTER = "\x1b[?1049h\x1b[?25l"  # alternate screen, cursor hidden
+_LEAVE = "\x1b[?25h\x1b[?1049l"
+_HOME, _CLEAR_LINE, _CLEAR_BELOW = "\x1b[H", "\x1b[K", "\x1b[J"
+
+
+def frame(
+    config: Config, name: Callable[[Snapshot], Callable[[int], str]]
+) -> list[str]:
+    """The lines of one screen (``name`` gives a namer for a snapshot)."""
+    now = time.time_ns()
+    head = f"livemon top  ring {config.ring!r}  {format_ns(now)} UTC"
+    try:
+        snap = snapshot(config)
+    except MonitoringUnavailable as exc:
+        return [head, "", f"waiting: {exc}"]
+    lines = [head, _daemon_line(config, snap.daemon), _ring_line(snap)]
+    p50, p99 = snap.overhead_ns
+    lines.append(
+        f"overhead  p50 {p50 / 1000:.1f} us  p99 {p99 / 1000:.1f} us per "
+        f"request  (window {snap.stats.records:,} records)"
+    )
+    for table in stats_tables(snap, name(snap)):
+        lines += ["", table.title]
+        if table.rows:
+            lines += render.table_text(table.columns, table.rows).split("\n")
+        else:
+            lines.append("(none)")
+    return lines
+
+
+def _daemon_line(config: Config, status: dict[str, Any] | None) -> str:
+    if status is None:
+        return "daemon    not running: records wait in the ring (or drop)"
+    try:
+        age_s = time.time() - os.stat(status_path(config)).st_mtime
+    except FileNotFoundError:
+        age_s = 0.0
+    if age_s > STALE_STATUS_S:
+        return (
+            f"daemon    pid {status['pid']} silent for {age_s:.0f} s "
+            "(killed or hung?)"
+        )
+    size = status.get("db_size_bytes") or 0
+    up_s = int(time.time() - status.get("started_at", time.time()))
+    trouble = status.get("last_error")
+    return (
+        f"daemon    pid {status['pid']}  up {up_s // 3600}h"
+        f"{up_s % 3600 // 60:02d}m  drained {status['drained']:,} "
+        f"({status['drain_per_s']:,.0f}/s)  lag {status['lag_records']:,}  "
+        f"dropped {status['dropped']:,}  db {size / 2**20:,.1f} MiB"
+        + (f"  TROUBLE: {trouble}" if trouble else "")
+    )
+
+
+def _ring_line(snap: Snapshot) -> str:
+    fills = [s.pending / snap.capacity_records for s in snap.lanes]
+    in_use = sum(s.owned for s in snap.lanes)
+    dropped = sum(s.dropped for s in snap.lanes)
+    return (
+        f"ring      lanes {in_use}/{len(fills)} in use  fill "
+        f"[{render.bars(fills)}] max {max(fills):.1%}  dropped {dropped:,}"
+    )
+
+
+def run(
+    config: Config,
+    name: Callable[[Snapshot], Callable[[int], str]],
+    interval_s: float,
+    iterations: int | None,
+    out: TextIO = sys.stdout,
+) -> None:
+    """Refresh until q, Ctrl-C or ``iterations`` frames."""
+    interactive = out.isatty() and sys.stdin.isatty()
+    with contextlib.suppress(KeyboardInterrupt), _screen(out, interactive):
+        for count in itertools.count(1):
+            lines = frame(config, name)
+            if interactive:
+                _draw(out, lines)
+            else:
+                out.write("\n".join(lines) + "\n\n")
+                out.flush()
+            if count == iterations or _wait_for_quit(interval_s, interactive):
+                break
+
+
+def _draw(out: TextIO, lines: list[str]) -> None:
+    width, height = shutil.get_terminal_size()
+    shown = [line[:width] for line in lines[:height]]
+    out.write(_HOME + f"{_CLEAR_LINE}\n".join(shown) + _CLEAR_LINE)
+    out.write(_CLEAR_BELOW)
+    out.flush()
+
+
+def _wait_for_quit(interval_s: float, interactive: bool) -> bool:
+    """Sleep ``interval_s``; True if q was pressed meanwhile."""
+    if not interactive:
+        time.sleep(interval_s)
+        return False
+    deadline = time.monotonic() + interval_s
+    while (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([sys.stdin], [], [], left)
+        if ready and os.read(sys.stdin.fileno(), 32).lower().count(b"q"):
+            return True
+    return False
+
+
+@contextlib.contextmanager
+def _screen(out: TextIO, interactive: bool) -> Iterator[None]:
+    """Full screen with keys read one by one; restored however we leave."""
+    if not interactive:
+        yield
+        return
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    out.write(_ENTER)
+    try:
+        tty.setcbreak(fd)
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        out.write(_LEAVE)
+        out.flush()
