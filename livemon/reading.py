@@ -105,7 +105,7 @@ class Labels:
             self._texts.setdefault(label, text)
 
     def members(self, agents: int) -> list[str]:
-        """The agent names in the list label ``agents``."""
+        """The distinct agent names in the list label ``agents``."""
         if agents == NO_LABEL:
             return []
         text = self.text(agents)
@@ -113,7 +113,9 @@ class Labels:
             names = json.loads(text)
         except ValueError:
             return [text]
-        return [str(n) for n in names] if isinstance(names, list) else []
+        if not isinstance(names, list):
+            return []
+        return list(dict.fromkeys(str(n) for n in names))
 
     def agent_lists(self) -> dict[int, list[str]]:
         """Every agent list ever rolled up, with its members."""
