@@ -94,9 +94,10 @@ def run(
     name: Callable[[Snapshot], Callable[[int], str]],
     interval_s: float,
     iterations: int | None,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> None:
-    """Refresh until q, Ctrl-C or ``iterations`` frames."""
+    """Refresh until q, Ctrl-C or ``iterations`` frames (on stdout)."""
+    out = out or sys.stdout
     interactive = out.isatty() and sys.stdin.isatty()
     with contextlib.suppress(KeyboardInterrupt), _screen(out, interactive):
         for count in itertools.count(1):
