@@ -136,10 +136,11 @@ class Retention:
             db.execute("PRAGMA archive.synchronous = FULL")
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.execute(
-                    "INSERT OR IGNORE INTO archive.labels "
-                    "SELECT * FROM main.labels"
-                )
+                for table in ("labels", "list_members"):
+                    db.execute(
+                        f"INSERT OR IGNORE INTO archive.{table} "
+                        f"SELECT * FROM main.{table}"
+                    )
                 db.execute(
                     "INSERT OR IGNORE INTO archive.events SELECT * FROM "
                     f"main.events WHERE id IN ({marks})",

@@ -63,11 +63,8 @@ def config_for(
         return load_config({"ring": ring, "db": db, "config": config_file})
 
 
-def open_database(
-    ctx: click.Context, db: str | None, config_file: str | None
-) -> sqlite3.Connection:
+def open_database(ctx: click.Context, path: str) -> sqlite3.Connection:
     """The database, read-only, closed when the command ends."""
-    path = database(db, config_file)
     with errors_for_people():
         connection = reading.open_database(path)
     ctx.call_on_close(connection.close)

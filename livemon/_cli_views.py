@@ -22,7 +22,6 @@ from livemon._cli import (
     reading_errors,
     ring_option,
 )
-from livemon.config import Config
 from livemon.exceptions import LivemonError
 from livemon.report import build_report
 
@@ -99,8 +98,8 @@ def report(
         span = reading.TimeRange.parse(since, until)
     if per == "auto":
         per = "hour" if span.end_ns - span.start_ns <= 3 * 86400e9 else "day"
-    connection = open_database(ctx, db, config_file)
     path = database(db, config_file)
+    connection = open_database(ctx, path)
     with reading_errors(path):
         result = build_report(
             connection, reading.Labels(connection), span, per, agent, top
@@ -167,13 +166,13 @@ def tail(
 ) -> None:
     """Print the newest events, and with -f keep following the database
     as the daemon commits; Ctrl-C stops."""
-    connection = open_database(ctx, db, config_file)
     path = database(db, config_file)
+    connection = open_database(ctx, path)
     labels = reading.Labels(connection)
     show = events.as_json if as_json else events.describe
     with reading_errors(path):
         which = events.EventFilter(
-            tuple(labels.lists_with(agent)) if agent else None,
+            labels.agent(agent) if agent else None,
             labels.category(category) if category else None,
             success,
         )
@@ -189,19 +188,25 @@ def tail(
             return
 
 
-def _namer(config: Config) -> Callable[[live.Snapshot], Callable[[int], str]]:
-    """Names from the database when it can be read, else the labels ring."""
+class _Names:
+    """Label names for live views: from the database, opened once when it
+    can be, and from the labels ring for names not stored yet."""
 
-    def namer(snap: live.Snapshot) -> Callable[[int], str]:
-        try:
-            connection = reading.open_database(config.db)
-        except LivemonError:
-            return lambda label: snap.names.get(label, f"#{label:x}")
-        labels = reading.Labels(connection)
-        labels.learn(snap.names)
-        return labels.text
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._labels: reading.Labels | None = None
 
-    return namer
+    def __call__(self, snap: live.Snapshot) -> Callable[[int], str]:
+        if self._labels is None:
+            try:
+                connection = reading.open_database(self._path)
+            except LivemonError:
+                return lambda label: (
+                    snap.names.get(label) or (reading.unknown_name(label))
+                )
+            self._labels = reading.Labels(connection)
+        self._labels.learn(snap.names)
+        return self._labels.text
 
 
 @click.command()
@@ -217,7 +222,7 @@ def stats(
     config = config_for(ring, db, config_file)
     with errors_for_people():
         snap = live.snapshot(config)
-    tables = live.stats_tables(snap, _namer(config)(snap))
+    tables = live.stats_tables(snap, _Names(config.db)(snap))
     if as_json:
         click.echo(
             json.dumps(
@@ -265,4 +270,4 @@ def top_command(
     """A live view like top: daemon health, ring fill, monitoring overhead,
     per agent and per category; q or Ctrl-C quits."""
     config = config_for(ring, db, config_file)
-    top.run(config, _namer(config), interval, iterations)
+    top.run(config, _Names(config.db), interval, iterations)

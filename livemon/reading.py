@@ -83,20 +83,21 @@ def explain(path: str, exc: sqlite3.Error) -> DatabaseUnavailable:
 
 
 class Labels:
-    """The names behind label ids, and the agent lists each name is in."""
+    """The names behind label ids, and the agents that can be asked for."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
         self._texts: dict[int, str] = {NO_LABEL: ""}
-        self._members: dict[int, list[str]] | None = None
 
     def text(self, label: int) -> str:
-        """The text of ``label``, or its id in hex if never stored."""
+        """The text of ``label``, or its id in hex if not stored (yet)."""
         if label not in self._texts:
             row = self._db.execute(
                 "SELECT text FROM labels WHERE label_id = ?", (label,)
             ).fetchone()
-            self._texts[label] = row[0] if row else f"#{label & 2**64 - 1:x}"
+            if row is None:
+                return unknown_name(label)
+            self._texts[label] = row[0]
         return self._texts[label]
 
     def learn(self, texts: dict[int, str]) -> None:
@@ -117,31 +118,24 @@ class Labels:
             return []
         return list(dict.fromkeys(str(n) for n in names))
 
-    def agent_lists(self) -> dict[int, list[str]]:
-        """Every agent list ever rolled up, with its members."""
-        if self._members is None:
-            self._members = {
-                agents: self.members(agents)
-                for (agents,) in self._db.execute(
-                    "SELECT DISTINCT agents FROM rollup"
-                )
-            }
-        return self._members
+    def agents(self) -> dict[str, int]:
+        """Every agent some stored request used: name -> label id."""
+        rows = self._db.execute("SELECT DISTINCT member FROM list_members")
+        return {self.text(member): member for (member,) in rows}
 
-    def lists_with(self, agent: str) -> list[int]:
-        """The agent lists that include ``agent``.
+    def agent(self, name: str) -> int:
+        """The label id of agent ``name``.
 
         Raises:
-            UnknownName: no stored request ever used ``agent``.
+            UnknownName: no stored request ever used ``name``.
         """
-        lists = [k for k, v in self.agent_lists().items() if agent in v]
-        if not lists:
-            known = sorted({n for v in self.agent_lists().values() for n in v})
+        known = self.agents()
+        if name not in known:
             raise UnknownName(
-                f"unknown agent {agent!r}: no stored request used it; "
-                f"known agents: {', '.join(known) or '(none yet)'}"
+                f"unknown agent {name!r}: no stored request used it; "
+                f"known agents: {', '.join(sorted(known)) or '(none yet)'}"
             )
-        return lists
+        return known[name]
 
     def category(self, name: str) -> int:
         """The label id of category ``name``.
@@ -157,6 +151,11 @@ class Labels:
                 f"{', '.join(sorted(known)) or '(none yet)'}"
             )
         return label_id(name)
+
+
+def unknown_name(label: int) -> str:
+    """How a label id whose text is unknown is shown: its hex digits."""
+    return f"#{label & 2**64 - 1:016x}"
 
 
 @dataclasses.dataclass(frozen=True)

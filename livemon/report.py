@@ -80,7 +80,7 @@ def build_report(
     """
     if per not in HOURS_PER:
         raise ValueError(f"per must be one of {sorted(HOURS_PER)}")
-    sources = _Sources(span, labels.lists_with(agent) if agent else None)
+    sources = _Sources(span, labels.agent(agent) if agent else None)
     return Report(
         span,
         per,
@@ -100,10 +100,18 @@ class _Sources:
     Whole hours read the rollup table; partial hours aggregate events.
     """
 
-    def __init__(self, span: TimeRange, agents: list[int] | None) -> None:
+    def __init__(self, span: TimeRange, agent: int | None) -> None:
         first = -(-span.start_ns // NS_PER_HOUR)  # first whole hour
         end = span.end_ns // NS_PER_HOUR  # after the last whole hour
-        self.params: dict[str, int] = {"first": first, "end": end}
+        self.params: dict[str, int] = {
+            "first": first,
+            "end": end,
+            "agent": agent or rollup.EVERY_REQUEST,
+        }
+        # Rows of the per-agent table, and rows that count each request
+        # once (all of them, or those that used the one agent asked for).
+        self.agent_rows = "agent != 0" if agent is None else "agent = :agent"
+        self.request_rows = "agent = :agent"
         if first < end:
             edges = [(span.start_ns, first * NS_PER_HOUR)]
             edges.append((end * NS_PER_HOUR, span.end_ns))
@@ -116,7 +124,6 @@ class _Sources:
                 self._raw.append(
                     f"timestamp_ns >= :s{i} AND timestamp_ns < :e{i}"
                 )
-        self._agents = agents
 
     def of(self, table: str, select: str) -> str:
         """A subquery of ``table``'s rows over the range."""
@@ -126,11 +133,7 @@ class _Sources:
                 f"SELECT * FROM {table} WHERE hour >= :first AND hour < :end"
             )
         parts += [select.format(where=where) for where in self._raw]
-        body = " UNION ALL ".join(parts) or select.format(where="0")
-        if self._agents is None:
-            return f"({body})"
-        chosen = ", ".join(str(int(a)) for a in self._agents)
-        return f"(SELECT * FROM ({body}) WHERE agents IN ({chosen}))"
+        return f"({' UNION ALL '.join(parts) or select.format(where='0')})"
 
     @property
     def rollup(self) -> str:
@@ -169,31 +172,34 @@ def _figures(sums: Sequence[float]) -> tuple[Any, ...]:
 
 
 def _agents(db: sqlite3.Connection, labels: Labels, src: _Sources) -> Table:
-    totals: dict[str, np.ndarray] = collections.defaultdict(
-        lambda: np.zeros(len(_SUMS.split()))
-    )
-    sql = f"SELECT agents, {_sums()} FROM {src.rollup} GROUP BY agents"
-    for agents, *sums in db.execute(sql, src.params):
-        for name in labels.members(agents) or ["(none)"]:
-            totals[name] += np.asarray(sums, dtype=float)
-    histograms: dict[str, collections.Counter[int]] = collections.defaultdict(
+    histograms: dict[int, collections.Counter[int]] = collections.defaultdict(
         collections.Counter
     )
     sql = (
-        f"SELECT agents, bucket, sum(requests) FROM {src.latency} "
-        "GROUP BY agents, bucket"
+        f"SELECT agent, bucket, sum(requests) FROM {src.latency} "
+        f"WHERE {src.agent_rows} GROUP BY agent, bucket"
     )
-    for agents, bucket, count in db.execute(sql, src.params):
-        for name in labels.members(agents) or ["(none)"]:
-            histograms[name][bucket] += count
+    for agent, bucket, count in db.execute(sql, src.params):
+        histograms[agent][bucket] += count
+    sql = (
+        f"SELECT agent, {_sums()} FROM {src.rollup} "
+        f"WHERE {src.agent_rows} GROUP BY agent ORDER BY 2 DESC"
+    )
     rows = []
-    for name, sums in sorted(totals.items(), key=lambda kv: -kv[1][0]):
-        requests, success, _, mean_ms, quality, tokens = _figures(
-            sums.tolist()
-        )
-        p50, p95 = _percentiles(histograms[name])
+    for agent, *sums in db.execute(sql, src.params):
+        requests, success, _, mean_ms, quality, tokens = _figures(sums)
+        p50, p95 = _percentiles(histograms[agent])
         rows.append(
-            (name, requests, success, mean_ms, p50, p95, quality, tokens)
+            (
+                labels.text(agent),
+                requests,
+                success,
+                mean_ms,
+                p50,
+                p95,
+                quality,
+                tokens,
+            )
         )
     return Table(
         "agents",
@@ -223,7 +229,7 @@ def _categories(
 ) -> Table:
     sql = (
         f"SELECT category, {_sums()} FROM {src.rollup} "
-        "GROUP BY category ORDER BY 2 DESC"
+        f"WHERE {src.request_rows} GROUP BY category ORDER BY 2 DESC"
     )
     rows = []
     for category, *sums in db.execute(sql, src.params):
@@ -251,11 +257,14 @@ def _trend(db: sqlite3.Connection, src: _Sources, hours: int) -> Table:
     )
     sql = (
         f"SELECT hour / {hours}, bucket, sum(requests) FROM {src.latency} "
-        "GROUP BY 1, 2"
+        f"WHERE {src.request_rows} GROUP BY 1, 2"
     )
     for slot, bucket, count in db.execute(sql, src.params):
         histograms[slot][bucket] += count
-    sql = f"SELECT hour / {hours}, {_sums()} FROM {src.rollup} GROUP BY 1"
+    sql = (
+        f"SELECT hour / {hours}, {_sums()} FROM {src.rollup} "
+        f"WHERE {src.request_rows} GROUP BY 1"
+    )
     rows = []
     for slot, *sums in db.execute(sql, src.params):
         requests, success, overrides, mean_ms, quality, _ = _figures(sums)
@@ -292,7 +301,8 @@ def _reasons(
     ):
         sql = (
             f"SELECT label, sum(requests) FROM {src.reasons} "
-            f"WHERE kind = {kind} GROUP BY label ORDER BY 2 DESC LIMIT {top}"
+            f"WHERE kind = {kind} AND {src.request_rows} "
+            f"GROUP BY label ORDER BY 2 DESC LIMIT {top}"
         )
         rows = [
             (count, labels.text(label))

@@ -1,6 +1,6 @@
 """
 Hourly rollups of the events table, so reports over months answer in
-milliseconds: counts and sums per hour, agent list and category, latency
+well under a second: counts and sums per hour, agent and category, latency
 histograms and error/override-reason counts.
 
 Kept in step with ``events`` by whoever inserts (``rows.insert_events``),
@@ -9,6 +9,7 @@ in the same transaction, from the rows just added.
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 from collections.abc import Iterator
@@ -16,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from livemon.record import label_id, list_label_id
 
 NS_PER_HOUR = 3600 * 10**9
 BUCKETS_PER_DOUBLING = 8
@@ -27,44 +30,63 @@ MAX_BUCKET = 400  # 2**50 ms: anything longer is "very long"
 ERROR, OVERRIDE = 0, 1
 """``rollup_reasons.kind``: what the label is the text of."""
 
+EVERY_REQUEST = 0
+"""The ``agent`` of rollup rows that count every request once; other rows
+count the requests that used that agent (label id)."""
+
+_EVERY = {"agent": str(EVERY_REQUEST), "join": ""}
+_EACH_AGENT = {
+    "agent": "m.member",
+    "join": "JOIN list_members AS m ON m.list = e.actual_agents",
+}
+
+
+def _every_and_each(select: str) -> str:
+    """``select`` for every request, then for each agent a request used."""
+    return " UNION ALL ".join(
+        select.format(**keys, where="{where}")
+        for keys in (_EVERY, _EACH_AGENT)
+    )
+
+
 # Each SELECT aggregates the events matching {where} into rollup rows;
 # the same text maintains the tables and serves a report's partial hours.
-ROLLUP_SELECT = f"""
-    SELECT timestamp_ns / {NS_PER_HOUR} AS hour,
-        actual_agents AS agents,
-        intent_category AS category,
-        sum(event_type IN (0, 1)) AS requests,
-        sum(success >= 0) AS known,
-        sum(success = 1) AS successes,
-        sum(accepted >= 0) AS decided,
-        sum(accepted = 0) AS overrides,
-        count(execution_time_ms) AS timed,
-        total(execution_time_ms) AS time_ms_sum,
-        count(quality_score) AS scored,
-        total(quality_score) AS quality_sum,
-        total(max(token_count, 0)) AS tokens
-    FROM events WHERE {{where}}
-    GROUP BY 1, 2, 3"""
+ROLLUP_SELECT = _every_and_each(f"""
+    SELECT e.timestamp_ns / {NS_PER_HOUR} AS hour,
+        {{agent}} AS agent,
+        e.intent_category AS category,
+        sum(e.event_type IN (0, 1)) AS requests,
+        sum(e.success >= 0) AS known,
+        sum(e.success = 1) AS successes,
+        sum(e.accepted >= 0) AS decided,
+        sum(e.accepted = 0) AS overrides,
+        count(e.execution_time_ms) AS timed,
+        total(e.execution_time_ms) AS time_ms_sum,
+        count(e.quality_score) AS scored,
+        total(e.quality_score) AS quality_sum,
+        total(max(e.token_count, 0)) AS tokens
+    FROM events AS e {{join}} WHERE {{where}}
+    GROUP BY 1, 2, 3""")
 
-LATENCY_SELECT = f"""
-    SELECT timestamp_ns / {NS_PER_HOUR} AS hour,
-        actual_agents AS agents,
+LATENCY_SELECT = _every_and_each(f"""
+    SELECT e.timestamp_ns / {NS_PER_HOUR} AS hour,
+        {{agent}} AS agent,
         CAST(min({BUCKETS_PER_DOUBLING}
-            * log2(1 + max(execution_time_ms, 0)), {MAX_BUCKET})
+            * log2(1 + max(e.execution_time_ms, 0)), {MAX_BUCKET})
             AS INTEGER) AS bucket,
         count(*) AS requests
-    FROM events WHERE execution_time_ms IS NOT NULL AND ({{where}})
-    GROUP BY 1, 2, 3"""
+    FROM events AS e {{join}}
+    WHERE e.execution_time_ms IS NOT NULL AND ({{where}})
+    GROUP BY 1, 2, 3""")
 
-REASONS_SELECT = f"""
-    SELECT timestamp_ns / {NS_PER_HOUR} AS hour, {ERROR} AS kind,
-        error AS label, actual_agents AS agents, count(*) AS requests
-    FROM events WHERE error != 0 AND ({{where}}) GROUP BY 1, 3, 4
-    UNION ALL
-    SELECT timestamp_ns / {NS_PER_HOUR}, {OVERRIDE}, override_reason,
-        actual_agents, count(*)
-    FROM events WHERE override_reason != 0 AND ({{where}})
-    GROUP BY 1, 3, 4"""
+REASONS_SELECT = " UNION ALL ".join(
+    _every_and_each(f"""
+    SELECT e.timestamp_ns / {NS_PER_HOUR} AS hour, {kind} AS kind,
+        e.{column} AS label, {{agent}} AS agent, count(*) AS requests
+    FROM events AS e {{join}} WHERE e.{column} != 0 AND ({{where}})
+    GROUP BY 1, 3, 4""")
+    for kind, column in ((ERROR, "error"), (OVERRIDE, "override_reason"))
+)
 
 _SUMS = [
     "requests",
@@ -80,17 +102,17 @@ _SUMS = [
 ]
 
 _ON_CONFLICT = (
-    "ON CONFLICT (hour, agents, category) DO UPDATE SET "
+    "ON CONFLICT (hour, agent, category) DO UPDATE SET "
     + ", ".join(f"{c} = {c} + excluded.{c}" for c in _SUMS),
-    "ON CONFLICT (hour, agents, bucket) DO UPDATE SET "
+    "ON CONFLICT (hour, agent, bucket) DO UPDATE SET "
     "requests = requests + excluded.requests",
-    "ON CONFLICT (hour, kind, label, agents) DO UPDATE SET "
+    "ON CONFLICT (hour, kind, label, agent) DO UPDATE SET "
     "requests = requests + excluded.requests",
 )
 ROLLUP_TABLES = ("rollup", "rollup_latency", "rollup_reasons")
 _SELECTS = (ROLLUP_SELECT, LATENCY_SELECT, REASONS_SELECT)
 _UPSERT_SELECTED = [
-    f"INSERT INTO {table} SELECT * FROM ({select.format(where='id > ?')}) "
+    f"INSERT INTO {table} SELECT * FROM ({select.format(where='e.id > ?')}) "
     f"WHERE true {conflict}"
     for table, select, conflict in zip(
         ROLLUP_TABLES, _SELECTS, _ON_CONFLICT, strict=True
@@ -107,29 +129,59 @@ _UPSERT_VALUES = [
 ]
 
 CREATE_TABLES = f"""
+    CREATE TABLE list_members (
+        list INTEGER NOT NULL,
+        member INTEGER NOT NULL,
+        PRIMARY KEY (list, member)
+    ) WITHOUT ROWID;
+    CREATE INDEX idx_list_members_member ON list_members(member);
     CREATE TABLE rollup (
         hour INTEGER NOT NULL,
-        agents INTEGER NOT NULL,
+        agent INTEGER NOT NULL,
         category INTEGER NOT NULL,
         {", ".join(f"{c} REAL NOT NULL" for c in _SUMS)},
-        PRIMARY KEY (hour, agents, category)
+        PRIMARY KEY (hour, agent, category)
     ) WITHOUT ROWID;
     CREATE TABLE rollup_latency (
         hour INTEGER NOT NULL,
-        agents INTEGER NOT NULL,
+        agent INTEGER NOT NULL,
         bucket INTEGER NOT NULL,
         requests INTEGER NOT NULL,
-        PRIMARY KEY (hour, agents, bucket)
+        PRIMARY KEY (hour, agent, bucket)
     ) WITHOUT ROWID;
     CREATE TABLE rollup_reasons (
         hour INTEGER NOT NULL,
         kind INTEGER NOT NULL,
         label INTEGER NOT NULL,
-        agents INTEGER NOT NULL,
+        agent INTEGER NOT NULL,
         requests INTEGER NOT NULL,
-        PRIMARY KEY (hour, kind, label, agents)
+        PRIMARY KEY (hour, kind, label, agent)
     ) WITHOUT ROWID
 """
+
+
+INSERT_MEMBERS = "INSERT OR IGNORE INTO list_members VALUES (?, ?)"
+
+
+def members_of_stored_lists(db: sqlite3.Connection) -> list[tuple[int, int]]:
+    """(list, member) of every list label already stored, found by its
+    text: a JSON array of names whose ids hash to the label's own id."""
+    found = []
+    for label, text in db.execute(
+        "SELECT label_id, text FROM labels WHERE text LIKE '[%]'"
+    ):
+        try:
+            names = json.loads(text)
+        except ValueError:
+            continue
+        if not isinstance(names, list) or not all(
+            isinstance(n, str) for n in names
+        ):
+            continue
+        ids = [label_id(n) for n in names]
+        if list_label_id(ids) == label:
+            found += [(label, member) for member in dict.fromkeys(ids)]
+    return found
 
 
 def last_event_id(db: sqlite3.Connection) -> int:
@@ -151,11 +203,7 @@ def add_events_after(db: sqlite3.Connection, after_id: int) -> None:
         db.execute(statement, (after_id,) * statement.count("?"))
 
 
-def add_records(
-    db: sqlite3.Connection,
-    records: npt.NDArray[np.void],
-    agents: npt.NDArray[np.int64],
-) -> None:
+def add_records(db: sqlite3.Connection, records: npt.NDArray[np.void]) -> None:
     """Fold records just inserted (every one of them) into the rollups.
 
     The same sums as ``add_events_after``, in numpy: measured here, SQL
@@ -163,69 +211,97 @@ def add_records(
 
     Args:
         records: RECORD_DTYPE[n], all inserted by the caller's transaction.
-        agents: int64[n], the list label id of each record's actual agents.
     """
     if not len(records):
         return
+    row, agent = _every_and_each_agent(records["actual_agents"])
     stamps = records["timestamp_ns"]
     hour = np.where(
         stamps >= 0, stamps // NS_PER_HOUR, -(-stamps // NS_PER_HOUR)
-    )
-    first, group = _groups(hour, agents, records["intent_category"])
-    time_ms, quality = records["execution_time_ms"], records["quality_score"]
-    timed, scored = ~np.isnan(time_ms), ~np.isnan(quality)
+    )[row]
+    category = records["intent_category"][row]
+    first, group = _groups(hour, agent, category)
+    time_ms = records["execution_time_ms"]
+    quality = records["quality_score"]
     success, accepted = records["success"], records["accepted"]
-    sums = [
-        np.isin(records["event_type"], (0, 1)),
-        success >= 0,
-        success == 1,
-        accepted >= 0,
-        accepted == 0,
-        timed,
-        np.where(timed, time_ms, 0.0),
-        scored,
-        np.where(scored, quality, 0.0),
-        np.maximum(records["token_count"], 0),
-    ]
+    # The sums are computed per record, then spread to the rows at once.
+    per_record = np.stack(
+        [
+            np.isin(records["event_type"], (0, 1)),
+            success >= 0,
+            success == 1,
+            accepted >= 0,
+            accepted == 0,
+            ~np.isnan(time_ms),
+            np.nan_to_num(time_ms, nan=0.0),
+            ~np.isnan(quality),
+            np.nan_to_num(quality, nan=0.0),
+            np.maximum(records["token_count"], 0),
+        ]
+    ).astype(np.float64)[:, row]
     columns = [
         hour[first],
-        agents[first],
-        records["intent_category"][first],
-        *(np.bincount(group, weights=s, minlength=len(first)) for s in sums),
+        agent[first],
+        category[first],
+        *(
+            np.bincount(group, weights=s, minlength=len(first))
+            for s in per_record
+        ),
     ]
     db.executemany(_UPSERT_VALUES[0], _rows(columns))
 
+    time_ms = time_ms[row]
+    timed = ~np.isnan(time_ms)
     shifted = 1 + np.maximum(time_ms[timed], 0.0)
     scaled = np.minimum(BUCKETS_PER_DOUBLING * np.log2(shifted), MAX_BUCKET)
     bucket = scaled.astype(np.int64)
-    first, group = _groups(hour[timed], agents[timed], bucket)
+    first, group = _groups(hour[timed], agent[timed], bucket)
     counts = np.bincount(group, minlength=len(first))
     db.executemany(
         _UPSERT_VALUES[1],
         _rows(
-            [hour[timed][first], agents[timed][first], bucket[first], counts]
+            [hour[timed][first], agent[timed][first], bucket[first], counts]
         ),
     )
 
     for kind, field in ((ERROR, "error"), (OVERRIDE, "override_reason")):
-        given = records[field] != 0
-        labels = records[field][given]
-        users = agents[given]
-        first, group = _groups(hour[given], labels, users)
+        labels = records[field][row]
+        given = labels != 0
+        first, group = _groups(hour[given], labels[given], agent[given])
         counts = np.bincount(group, minlength=len(first))
-        kinds = np.full(len(first), kind)
         db.executemany(
             _UPSERT_VALUES[2],
             _rows(
                 [
                     hour[given][first],
-                    kinds,
-                    labels[first],
-                    users[first],
+                    np.full(len(first), kind),
+                    labels[given][first],
+                    agent[given][first],
                     counts,
                 ]
             ),
         )
+
+
+def _every_and_each_agent(
+    lists: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.int64]]:
+    """Rows to aggregate: each record once as ``EVERY_REQUEST``, then once
+    per distinct agent in its list (``lists``: int64[n, k], 0-padded).
+
+    Returns (record index, agent) of each row.
+    """
+    ordered = np.sort(lists, axis=1)
+    fresh = np.ones_like(ordered, dtype=bool)
+    fresh[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    record, slot = np.nonzero(fresh & (ordered != 0))
+    every = np.arange(len(lists))
+    return (
+        np.concatenate([every, record]),
+        np.concatenate(
+            [np.zeros(len(lists), np.int64), ordered[record, slot]]
+        ),
+    )
 
 
 def _groups(
@@ -233,17 +309,27 @@ def _groups(
 ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
     """Group rows by equal keys: each group's first row, each row's group.
 
-    Each key becomes small codes, combined into one int64, because numpy
-    sorts rows of several columns ~20x slower than one column.
+    The keys are combined into one int64 and sorted once, because numpy
+    sorts rows of several columns ~20x slower; a key with a small range
+    (hours, buckets) is its own code, others (label ids) are numbered.
     """
     combined = np.zeros(len(keys[0]), np.int64)
     for key in keys:
-        distinct, codes = np.unique(key, return_inverse=True)
-        combined = combined * len(distinct) + codes.reshape(-1)
+        low = int(key.min(initial=0))
+        span = int(key.max(initial=0)) - low + 1
+        if span <= _SMALL_RANGE:
+            codes = key - low
+        else:
+            distinct, codes = np.unique(key, return_inverse=True)
+            span = len(distinct)
+        combined = combined * span + codes.reshape(-1)
     _, first, group = np.unique(
         combined, return_index=True, return_inverse=True
     )
     return first, group.reshape(-1)
+
+
+_SMALL_RANGE = 2**16  # three such keys still fit one int64
 
 
 def _rows(columns: list[npt.NDArray[Any]]) -> Iterator[tuple[Any, ...]]:

@@ -93,6 +93,7 @@ class ListLabels:
         self._texts: dict[int, str] = {}
         self._missing: set[int] = set()  # not in the database (yet)
         self.new: list[tuple[int, str]] = []
+        self.new_members: list[tuple[int, int]] = []
 
     def learn(self, rows: Iterable[tuple[int, str]]) -> None:
         """Remember label texts written in this batch."""
@@ -121,6 +122,7 @@ class ListLabels:
             return label
         texts = [self._text(i) for i in ids if i]
         known = [t for t in texts if t is not None]
+        self.new_members += [(label, m) for m in dict.fromkeys(ids) if m]
         self.new.append(
             (
                 label,
@@ -238,10 +240,12 @@ def insert_events(
     before = db.total_changes
     db.executemany(INSERT_EVENTS, event_rows(epoch, batch, list_ids, seqs))
     added = db.total_changes - before
+    db.executemany(REPLACE_LABELS, lists.new)
+    db.executemany(rollup.INSERT_MEMBERS, lists.new_members)
+    lists.new.clear()
+    lists.new_members.clear()
     if added == len(batch.records):
-        rollup.add_records(db, batch.records, list_ids["actual_agents"])
+        rollup.add_records(db, batch.records)
     elif added:  # a replay after a crash: only the rows SQLite kept count
         rollup.add_events_after(db, last_id)
-    db.executemany(REPLACE_LABELS, lists.new)
-    lists.new.clear()
     return added

@@ -173,6 +173,7 @@ def _create_feedback_tables(db: sqlite3.Connection) -> None:
 
 def _create_rollups(db: sqlite3.Connection) -> None:
     _run(db, rollup.CREATE_TABLES)
+    db.executemany(rollup.INSERT_MEMBERS, rollup.members_of_stored_lists(db))
     rollup.add_events_after(db, after_id=0)  # the events stored so far
 
 

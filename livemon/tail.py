@@ -39,17 +39,19 @@ _COLUMNS = (
 class EventFilter:
     """Which events to show; None means any."""
 
-    agent_lists: tuple[int, ...] | None = None
+    agent: int | None = None
     category: int | None = None
     success: bool | None = None
 
     def sql(self) -> tuple[str, list[int]]:
         """Extra WHERE terms (each starting with AND) and their values."""
         terms, values = "", list[int]()
-        if self.agent_lists is not None:
-            marks = ", ".join("?" * len(self.agent_lists))
-            terms += f" AND actual_agents IN ({marks})"
-            values += self.agent_lists
+        if self.agent is not None:
+            terms += (
+                " AND actual_agents IN "
+                "(SELECT list FROM list_members WHERE member = ?)"
+            )
+            values.append(self.agent)
         if self.category is not None:
             terms += " AND intent_category = ?"
             values.append(self.category)

@@ -42,7 +42,8 @@ def rolled_up(path) -> list[tuple[int, int]]:
     """Records per hour, as the rollups have them."""
     with sqlite3.connect(path) as db:
         return db.execute(
-            "SELECT hour, sum(requests) FROM rollup GROUP BY hour ORDER BY 1"
+            "SELECT hour, sum(requests) FROM rollup WHERE agent = 0 "
+            "GROUP BY hour ORDER BY 1"
         ).fetchall()
 
 

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 from livemon import rollup, schema
+from livemon.record import label_id
 from livemon.rows import (
     INSERT_EVENTS,
+    REPLACE_LABELS,
     ListLabels,
     event_rows,
     insert_events,
@@ -21,7 +23,7 @@ from livemon.rows import (
     list_columns,
 )
 from ringbuf import Batch
-from tests.livemon.helpers import synthetic_records
+from tests.livemon.helpers import AGENTS, synthetic_records
 
 HOUR_NS = rollup.NS_PER_HOUR
 START_NS = 1_790_000_000 * 10**9
@@ -94,25 +96,35 @@ class TestRollups:
         insert(db, records[:2000], labels)
         assert insert(db, records, labels) == 1000
         got = stored(db)
-        assert sum(row[3] for row in got["rollup"]) == sum(
+        every = [row for row in got["rollup"] if row[1] == 0]
+        assert sum(row[3] for row in every) == sum(
             np.isin(records["event_type"], (0, 1))
         )
         assert_same(got, recomputed(db))
 
     def test_migration_rolls_up_events_stored_before_it(self, db, monkeypatch):
-        """A database from before the rollups gets them for its events."""
+        """A database from before the rollups gets them for its events,
+        per agent too: list members are found from the list labels."""
         old = sqlite3.connect(":memory:", isolation_level=None)
         monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:3])
         schema.apply_migrations(old)
-        records, _ = synthetic_records(2000, 3, START_NS, 10**9)
-        batch = Batch(0, 0, records)
-        rows = event_rows(1, batch, list_columns(records, ListLabels(old)))
-        old.executemany(INSERT_EVENTS, rows)
+        records, labels = synthetic_records(2000, 3, START_NS, 10**9)
+        lists = ListLabels(old)
+        insert_labels(old, lists, list(labels.items()))
+        ids = list_columns(records, lists)
+        old.executemany(
+            INSERT_EVENTS, event_rows(1, Batch(0, 0, records), ids)
+        )
+        old.executemany(REPLACE_LABELS, lists.new)  # as 0003 stored lists
         monkeypatch.undo()
         assert schema.apply_migrations(old) == ["0004_hourly_rollups"]
         got = stored(old)
-        assert sum(row[3] for row in got["rollup"]) > 1000
+        agents = {row[1] for row in got["rollup"]} - {rollup.EVERY_REQUEST}
+        assert agents == {label_id(a) for a in AGENTS}
         assert_same(got, recomputed(old))
+        # The same events inserted the usual way give the same rollups.
+        insert(db, records, labels)
+        assert_same(stored(db), got)
 
     def test_whole_milliseconds_bucket_alike_in_numpy_and_sql(self, db):
         """Whole milliseconds sit on bucket edges (1 + 7 ms is 2**3), and
