@@ -191,6 +191,22 @@ def last_event_id(db: sqlite3.Connection) -> int:
     )
 
 
+def add_inserted(
+    db: sqlite3.Connection,
+    records: npt.NDArray[np.void],
+    added: int,
+    last_id: int,
+) -> None:
+    """Fold in what one insert of ``records`` added: ``added`` rows, all
+    with ids above ``last_id``.  In numpy when every record was new; when
+    a replay left some out, in SQL from the rows SQLite kept.
+    """
+    if added == len(records):
+        add_records(db, records)
+    elif added:
+        add_events_after(db, last_id)
+
+
 def add_events_after(db: sqlite3.Connection, after_id: int) -> None:
     """Fold the events with ``id > after_id`` into the rollups, in SQL.
 

@@ -210,7 +210,14 @@ def insert_records(
     """
     for batch in labels:
         insert_labels(db, lists, label_rows(batch.records))
-    inserted = sum(insert_events(db, lists, epoch, batch) for batch in events)
+    last_id = rollup.last_event_id(db)
+    inserted = sum(
+        insert_events(db, lists, epoch, batch, roll_up=False)
+        for batch in events
+    )
+    if events:  # one rollup pass for all lanes: it costs per call too
+        records = np.concatenate([batch.records for batch in events])
+        rollup.add_inserted(db, records, inserted, last_id)
     feedback_epoch, feedback_batches = feedback
     for batch in feedback_batches:
         for table, rows in feedback_rows(feedback_epoch, batch):
@@ -232,10 +239,15 @@ def insert_events(
     epoch: int,
     batch: Batch,
     seqs: Iterable[int] | None = None,
+    roll_up: bool = True,
 ) -> int:
-    """Insert a batch of events (and new list labels), keeping the rollups
-    in step; return rows added."""
-    last_id = rollup.last_event_id(db)
+    """Insert a batch of events (and new list labels); return rows added.
+
+    Args:
+        roll_up: keep the rollups in step (off only for a caller that
+            rolls up several batches at once, with ``rollup.add_inserted``).
+    """
+    last_id = rollup.last_event_id(db) if roll_up else 0
     list_ids = list_columns(batch.records, lists)
     before = db.total_changes
     db.executemany(INSERT_EVENTS, event_rows(epoch, batch, list_ids, seqs))
@@ -244,8 +256,6 @@ def insert_events(
     db.executemany(rollup.INSERT_MEMBERS, lists.new_members)
     lists.new.clear()
     lists.new_members.clear()
-    if added == len(batch.records):
-        rollup.add_records(db, batch.records)
-    elif added:  # a replay after a crash: only the rows SQLite kept count
-        rollup.add_events_after(db, last_id)
+    if roll_up:
+        rollup.add_inserted(db, batch.records, added, last_id)
     return added

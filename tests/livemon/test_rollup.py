@@ -20,6 +20,7 @@ from livemon.rows import (
     event_rows,
     insert_events,
     insert_labels,
+    insert_records,
     list_columns,
 )
 from ringbuf import Batch
@@ -101,6 +102,25 @@ class TestRollups:
             np.isin(records["event_type"], (0, 1))
         )
         assert_same(got, recomputed(db))
+
+    def test_lanes_rolled_up_together_with_a_replayed_one(self, db):
+        """The daemon's path: several lanes in one pass, one of them a
+        replay of rows already stored."""
+        records, labels = synthetic_records(3000, 6, START_NS, 10**9)
+        lists = ListLabels(db)
+        lanes = [
+            Batch(n, 0, records[n * 1000 : (n + 1) * 1000]) for n in range(3)
+        ]
+        db.execute("BEGIN")
+        insert_labels(db, lists, list(labels.items()))
+        assert insert_records(db, lists, 1, [], lanes[:2]) == 2000
+        assert insert_records(db, lists, 1, [], [lanes[0], lanes[2]]) == 1000
+        db.execute("COMMIT")
+        assert_same(stored(db), recomputed(db))
+        every = [row for row in stored(db)["rollup"] if row[1] == 0]
+        assert sum(row[3] for row in every) == sum(
+            np.isin(records["event_type"], (0, 1))
+        )
 
     def test_migration_rolls_up_events_stored_before_it(self, db, monkeypatch):
         """A database from before the rollups gets them for its events,
