@@ -59,6 +59,10 @@ def run(
         proc.unlink_rings(config)
         echo("stopped the daemon after its final drain, removed the ring")
     show(config.db, echo)
+    echo(
+        f"\nlook closer: livemon report --db {config.db} --since 1h"
+        f"\n             livemon tail --db {config.db} --agent coder"
+    )
 
 
 def start_coordinators(

@@ -6,6 +6,7 @@ tail -f, stats, and top, the last also in a real terminal (tmux).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from livemon.cli import cli
-from tests.daemon.conftest import coordinators, recorded
+from tests.daemon.conftest import ROOT, coordinators, recorded
 
 DEMO_AGENTS = {"coder", "reviewer", "writer", "data_analyst"}
 
@@ -181,3 +182,47 @@ class TestTopInATerminal:
         self.tmux("send-keys", "-t", "top", key)
         after = self.wait_for("top exited 0")
         assert "Per agent" not in after  # the normal screen is back
+
+
+class TestTheDemo:
+    def test_demo_runs_and_its_suggestions_work(self, tmp_path, ring_name):
+        """The README's first command, small: every request lands, and the
+        commands it suggests afterwards answer."""
+        db = str(tmp_path / "demo.db")
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env.pop("LIVEMON_RING", None)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "daemon",
+                "demo",
+                "--ring",
+                ring_name,
+                "--db",
+                db,
+                "--coordinators",
+                "2",
+                "--requests",
+                "300",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
+        assert "2 coordinator processes recorded 600 requests (0 dropped)" in (
+            out
+        )
+        assert f"{db}: 600 requests in monitoring_events" in out
+        suggested = [
+            line.split("livemon ", 1)[1].split()
+            for line in out.splitlines()
+            if "livemon report" in line or "livemon tail" in line
+        ]
+        assert [args[0] for args in suggested] == ["report", "tail"]
+        for args in suggested:
+            result = CliRunner().invoke(cli, args, catch_exceptions=False)
+            assert result.exit_code == 0, result.output
+            assert "coder" in result.output
