@@ -239,9 +239,7 @@ def stats(
         f"livemon stats  ring {config.ring!r}  window "
         f"{snap.stats.records:,} records\n"
     )
-    for table in tables:
-        body = render.table_text(table.columns, table.rows)
-        click.echo(f"{table.title}\n{body if table.rows else '(none)'}\n")
+    click.echo("\n\n".join(render.titled(t) for t in tables))
 
 
 @click.command(name="top")

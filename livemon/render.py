@@ -79,19 +79,22 @@ def bars(fractions: Sequence[float]) -> str:
     )
 
 
+def titled(table: Table) -> str:
+    """A table under its title; "(none)" when it has no rows."""
+    body = table_text(table.columns, table.rows) if table.rows else "(none)"
+    return f"{table.title}\n{body}"
+
+
 def report_text(report: Report) -> str:
     """The whole report for a terminal, with trend sparklines."""
     parts = []
     for table in report.tables:
-        parts.append(f"{table.title}\n")
-        parts.append(
-            table_text(table.columns, table.rows) if table.rows else "(none)"
-        )
+        parts.append(titled(table))
         if table.name == "trend" and len(table.rows) > 1:
             parts.append("")
             parts.extend(_trend_lines(table))
-        parts.append("\n")
-    return "\n".join(parts).rstrip() + "\n"
+        parts.append("")
+    return "\n".join(parts)
 
 
 def _trend_lines(trend: Table) -> list[str]:

@@ -23,8 +23,6 @@ from livemon.reading import Labels, TimeRange, format_ns
 
 NS_PER_HOUR = rollup.NS_PER_HOUR
 HOURS_PER = {"hour": 1, "day": 24}
-_SUMS = "requests known successes decided overrides timed time_ms_sum"
-_SUMS += " scored quality_sum tokens"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,8 +146,8 @@ class _Sources:
         return self.of("rollup_reasons", rollup.REASONS_SELECT)
 
 
-def _sums(prefix: str = "") -> str:
-    return ", ".join(f"sum({prefix}{c})" for c in _SUMS.split())
+def _sums() -> str:
+    return ", ".join(f"sum({c})" for c in rollup.SUM_COLUMNS)
 
 
 def _ratio(part: float, whole: float) -> float:
@@ -158,7 +156,7 @@ def _ratio(part: float, whole: float) -> float:
 
 def _figures(sums: Sequence[float]) -> tuple[Any, ...]:
     """requests, success rate, override rate, mean ms, mean quality,
-    tokens, from one row of ``_SUMS``."""
+    tokens, from one row of ``rollup.SUM_COLUMNS``."""
     requests, known, successes, decided, overrides = sums[:5]
     timed, time_ms, scored, quality, tokens = sums[5:]
     return (

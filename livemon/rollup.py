@@ -88,7 +88,7 @@ REASONS_SELECT = " UNION ALL ".join(
     for kind, column in ((ERROR, "error"), (OVERRIDE, "override_reason"))
 )
 
-_SUMS = [
+SUM_COLUMNS = [  # of ``rollup``, after its key
     "requests",
     "known",
     "successes",
@@ -103,7 +103,7 @@ _SUMS = [
 
 _ON_CONFLICT = (
     "ON CONFLICT (hour, agent, category) DO UPDATE SET "
-    + ", ".join(f"{c} = {c} + excluded.{c}" for c in _SUMS),
+    + ", ".join(f"{c} = {c} + excluded.{c}" for c in SUM_COLUMNS),
     "ON CONFLICT (hour, agent, bucket) DO UPDATE SET "
     "requests = requests + excluded.requests",
     "ON CONFLICT (hour, kind, label, agent) DO UPDATE SET "
@@ -122,7 +122,7 @@ _UPSERT_VALUES = [
     f"INSERT INTO {table} VALUES ({', '.join('?' * width)}) {conflict}"
     for table, width, conflict in zip(
         ROLLUP_TABLES,
-        (3 + len(_SUMS), 4, 5),
+        (3 + len(SUM_COLUMNS), 4, 5),
         _ON_CONFLICT,
         strict=True,
     )
@@ -139,7 +139,7 @@ CREATE_TABLES = f"""
         hour INTEGER NOT NULL,
         agent INTEGER NOT NULL,
         category INTEGER NOT NULL,
-        {", ".join(f"{c} REAL NOT NULL" for c in _SUMS)},
+        {", ".join(f"{c} REAL NOT NULL" for c in SUM_COLUMNS)},
         PRIMARY KEY (hour, agent, category)
     ) WITHOUT ROWID;
     CREATE TABLE rollup_latency (

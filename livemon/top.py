@@ -47,11 +47,7 @@ def frame(
         f"request  (window {snap.stats.records:,} records)"
     )
     for table in stats_tables(snap, name(snap)):
-        lines += ["", table.title]
-        if table.rows:
-            lines += render.table_text(table.columns, table.rows).split("\n")
-        else:
-            lines.append("(none)")
+        lines += ["", *render.titled(table).split("\n")]
     return lines
 
 
