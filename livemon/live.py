@@ -18,7 +18,7 @@ import numpy as np
 import ringbuf
 from livemon.config import Config
 from livemon.exceptions import MonitoringUnavailable
-from livemon.feedback import FEEDBACK_CAPACITY, Policy
+from livemon.feedback import Policy
 from livemon.record import (
     FEEDBACK_DTYPE,
     LABEL_DTYPE,
@@ -101,17 +101,18 @@ def snapshot(config: Config, policy: Policy | None = None) -> Snapshot:
     )
 
 
-def _ring_records(name: str, dtype: np.dtype[np.void], per_lane: int) -> Any:
+def _ring_records(name: str, dtype: np.dtype[np.void]) -> Any:
+    """Every record still readable in ring ``name`` (none if it is gone)."""
     try:
         with ringbuf.Ring.attach(name, dtype) as ring:
-            return ring.window(per_lane).records
+            return ring.window(ring.capacity_records).records
     except ringbuf.RingError:
         return np.empty(0, dtype)
 
 
 def _ring_labels(config: Config) -> dict[int, str]:
     """Label texts still in the labels ring (the database has the rest)."""
-    records = _ring_records(config.labels_ring, LABEL_DTYPE, 2**20)
+    records = _ring_records(config.labels_ring, LABEL_DTYPE)
     return {
         int(r["label_id"]): r["text"][: r["length"]].tobytes().decode()
         for r in records
@@ -119,9 +120,7 @@ def _ring_labels(config: Config) -> dict[int, str]:
 
 
 def _feedback_state(config: Config) -> FeedbackState:
-    records = _ring_records(
-        config.feedback_ring, FEEDBACK_DTYPE, FEEDBACK_CAPACITY
-    )
+    records = _ring_records(config.feedback_ring, FEEDBACK_DTYPE)
     state = FeedbackState({}, {}, set(), {})
     for r in np.sort(records, order="timestamp_ns"):
         action, subject = FeedbackAction(r["action"]), int(r["subject"])
