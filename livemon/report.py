@@ -146,8 +146,19 @@ class _Sources:
         return self.of("rollup_reasons", rollup.REASONS_SELECT)
 
 
-def _sums() -> str:
-    return ", ".join(f"sum({c})" for c in rollup.SUM_COLUMNS)
+def _figures_by(
+    db: sqlite3.Connection, src: _Sources, key: str, where: str, order: str
+) -> list[tuple[int, tuple[Any, ...]]]:
+    """``_figures`` per value of the SQL expression ``key``, over the
+    rollup rows matching ``where``, in ``order`` (an ORDER BY list)."""
+    sums = ", ".join(f"sum({c})" for c in rollup.SUM_COLUMNS)
+    sql = (
+        f"SELECT {key}, {sums} FROM {src.rollup} WHERE {where} "
+        f"GROUP BY 1 ORDER BY {order}"
+    )
+    return [
+        (value, _figures(row)) for value, *row in db.execute(sql, src.params)
+    ]
 
 
 def _ratio(part: float, whole: float) -> float:
@@ -170,23 +181,13 @@ def _figures(sums: Sequence[float]) -> tuple[Any, ...]:
 
 
 def _agents(db: sqlite3.Connection, labels: Labels, src: _Sources) -> Table:
-    histograms: dict[int, collections.Counter[int]] = collections.defaultdict(
-        collections.Counter
-    )
-    sql = (
-        f"SELECT agent, bucket, sum(requests) FROM {src.latency} "
-        f"WHERE {src.agent_rows} GROUP BY agent, bucket"
-    )
-    for agent, bucket, count in db.execute(sql, src.params):
-        histograms[agent][bucket] += count
-    sql = (
-        f"SELECT agent, {_sums()} FROM {src.rollup} "
-        f"WHERE {src.agent_rows} GROUP BY agent ORDER BY 2 DESC"
-    )
+    percentiles = _latency_percentiles(db, src, "agent", src.agent_rows)
     rows = []
-    for agent, *sums in db.execute(sql, src.params):
-        requests, success, _, mean_ms, quality, tokens = _figures(sums)
-        p50, p95 = _percentiles(histograms[agent])
+    for agent, figures in _figures_by(
+        db, src, "agent", src.agent_rows, "2 DESC"
+    ):
+        requests, success, _, mean_ms, quality, tokens = figures
+        p50, p95 = percentiles.get(agent, (math.nan, math.nan))
         rows.append(
             (
                 labels.text(agent),
@@ -216,22 +217,37 @@ def _agents(db: sqlite3.Connection, labels: Labels, src: _Sources) -> Table:
     )
 
 
-def _percentiles(histogram: collections.Counter[int]) -> list[float]:
-    buckets = np.fromiter(histogram.keys(), np.int64, len(histogram))
-    counts = np.fromiter(histogram.values(), np.int64, len(histogram))
-    return rollup.percentiles(buckets, counts)
+def _latency_percentiles(
+    db: sqlite3.Connection, src: _Sources, key: str, where: str
+) -> dict[int, list[float]]:
+    """p50 and p95 latency (ms) per value of the SQL expression ``key``,
+    over the latency rows matching ``where``."""
+    histograms: dict[int, collections.Counter[int]] = collections.defaultdict(
+        collections.Counter
+    )
+    sql = (
+        f"SELECT {key}, bucket, sum(requests) FROM {src.latency} "
+        f"WHERE {where} GROUP BY 1, 2"
+    )
+    for value, bucket, count in db.execute(sql, src.params):
+        histograms[value][bucket] += count
+    return {
+        value: rollup.percentiles(
+            np.fromiter(histogram.keys(), np.int64, len(histogram)),
+            np.fromiter(histogram.values(), np.int64, len(histogram)),
+        )
+        for value, histogram in histograms.items()
+    }
 
 
 def _categories(
     db: sqlite3.Connection, labels: Labels, src: _Sources
 ) -> Table:
-    sql = (
-        f"SELECT category, {_sums()} FROM {src.rollup} "
-        f"WHERE {src.request_rows} GROUP BY category ORDER BY 2 DESC"
-    )
     rows = []
-    for category, *sums in db.execute(sql, src.params):
-        requests, success, overrides, mean_ms, quality, _ = _figures(sums)
+    for category, figures in _figures_by(
+        db, src, "category", src.request_rows, "2 DESC"
+    ):
+        requests, success, overrides, mean_ms, quality, _ = figures
         name = labels.text(category) or "(none)"
         rows.append((name, requests, overrides, success, mean_ms, quality))
     return Table(
@@ -250,23 +266,15 @@ def _categories(
 
 
 def _trend(db: sqlite3.Connection, src: _Sources, hours: int) -> Table:
-    histograms: dict[int, collections.Counter[int]] = collections.defaultdict(
-        collections.Counter
-    )
-    sql = (
-        f"SELECT hour / {hours}, bucket, sum(requests) FROM {src.latency} "
-        f"WHERE {src.request_rows} GROUP BY 1, 2"
-    )
-    for slot, bucket, count in db.execute(sql, src.params):
-        histograms[slot][bucket] += count
-    sql = (
-        f"SELECT hour / {hours}, {_sums()} FROM {src.rollup} "
-        f"WHERE {src.request_rows} GROUP BY 1"
+    percentiles = _latency_percentiles(
+        db, src, f"hour / {hours}", src.request_rows
     )
     rows = []
-    for slot, *sums in db.execute(sql, src.params):
-        requests, success, overrides, mean_ms, quality, _ = _figures(sums)
-        _, p95 = _percentiles(histograms[slot])
+    for slot, figures in _figures_by(
+        db, src, f"hour / {hours}", src.request_rows, "1"
+    ):
+        requests, success, overrides, mean_ms, quality, _ = figures
+        _, p95 = percentiles.get(slot, (math.nan, math.nan))
         start = format_ns(slot * hours * NS_PER_HOUR)[
             : 16 if hours < 24 else 10
         ]
