@@ -26,7 +26,6 @@ from daemon.store import Store
 from livemon.config import Config, load_config
 from livemon.exceptions import ConfigError
 from livemon.feedback import open_feedback_ring
-from livemon.live import status_path
 from livemon.monitor import open_rings
 
 logger = logging.getLogger("livemon.daemon")
@@ -235,7 +234,7 @@ class Service:
             for ring in rings:
                 ring.close()
             pidfile.remove_if_mine()
-            _remove(status_path(config))
+            _remove(config.status_file)
             lock.release()
             self.notifier.close()
 
@@ -337,7 +336,7 @@ class Service:
         figures = self._figures(drainer)
         figures["ready"] = True
         proc.write_atomic(
-            status_path(self.config),
+            self.config.status_file,
             json.dumps(figures),
             self.config.mode,
         )

@@ -34,8 +34,7 @@ def errors_for_people() -> Iterator[None]:
 
 def database(db: str | None, config_file: str | None) -> str:
     """The unified database path from flags, LIVEMON_*, config file."""
-    with errors_for_people():
-        return load_config({"db": db, "config": config_file}).db
+    return config_for(None, db, config_file).db
 
 
 db_option = click.option(

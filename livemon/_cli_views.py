@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import click
 
-from livemon import live, reading, render, top
+from livemon import live, reading, render, rollup, top
 from livemon import tail as events
 from livemon._cli import (
     config_for,
@@ -176,7 +176,7 @@ def tail(
             labels.category(category) if category else None,
             success,
         )
-        start = events.last_id(connection)
+        start = rollup.last_event_id(connection)
         for row in events.latest(connection, which, lines):
             click.echo(show(row, labels))
         if not follow:

@@ -118,6 +118,11 @@ class Config:
         return self.ring + ".feedback"
 
     @property
+    def status_file(self) -> str:
+        """Where the running daemon publishes its figures each second."""
+        return self.pidfile + ".status.json"
+
+    @property
     def mode(self) -> int:
         """Permission bits for the ring, lock files and database."""
         return 0o660 if self.group_access else 0o600

@@ -140,15 +140,10 @@ def _feedback_state(config: Config) -> FeedbackState:
     return state
 
 
-def status_path(config: Config) -> str:
-    """Where the running daemon publishes its figures each second."""
-    return config.pidfile + ".status.json"
-
-
 def read_status(config: Config) -> dict[str, Any] | None:
     """The running daemon's last published figures, if any."""
     try:
-        with open(status_path(config)) as file:
+        with open(config.status_file) as file:
             data: dict[str, Any] = json.load(file)
             return data
     except (FileNotFoundError, ValueError):

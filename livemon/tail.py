@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from livemon import rollup
 from livemon.reading import Labels, format_ns
 
 BACKLOG_SCAN_ROWS = 1_000_000
@@ -93,13 +94,6 @@ def newer(
     ).fetchall()
 
 
-def last_id(db: sqlite3.Connection) -> int:
-    """The newest event's id (0 if none)."""
-    return int(
-        db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
-    )
-
-
 def follow(
     db: sqlite3.Connection,
     which: EventFilter,
@@ -115,7 +109,7 @@ def follow(
     nothing still moves on past what it has seen.
     """
     while True:
-        top = last_id(db)
+        top = rollup.last_event_id(db)
         rows = newer(db, which, after_id, top, batch)
         yield from rows
         if len(rows) == batch:

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 from livemon import render
 from livemon.config import Config
 from livemon.exceptions import MonitoringUnavailable
-from livemon.live import Snapshot, snapshot, stats_tables, status_path
+from livemon.live import Snapshot, snapshot, stats_tables
 from livemon.reading import format_ns
 
 STALE_STATUS_S = 5.0  # the daemon publishes every second
@@ -55,7 +55,7 @@ def _daemon_line(config: Config, status: dict[str, Any] | None) -> str:
     if status is None:
         return "daemon    not running: records wait in the ring (or drop)"
     try:
-        age_s = time.time() - os.stat(status_path(config)).st_mtime
+        age_s = time.time() - os.stat(config.status_file).st_mtime
     except FileNotFoundError:
         age_s = 0.0
     if age_s > STALE_STATUS_S:
