@@ -15,9 +15,9 @@ import ringbuf
 from daemon.drain import Drainer
 from daemon.store import Store
 from livemon.config import load_config
-from livemon.monitor import open_rings
+from livemon.db.rows import INSERT_EVENTS, event_rows, list_columns
+from livemon.ipc import open_rings
 from livemon.record import RECORD_DTYPE
-from livemon.rows import INSERT_EVENTS, event_rows, list_columns
 
 pytestmark = pytest.mark.benchmark(group="drain")
 

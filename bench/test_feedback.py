@@ -12,8 +12,8 @@ import pytest
 
 import ringbuf
 from bench import simulation
+from livemon.feedback.stats import feedback_stats
 from livemon.record import RECORD_DTYPE
-from livemon.stats import feedback_stats
 
 pytestmark = pytest.mark.benchmark(group="feedback")
 

@@ -9,7 +9,7 @@ import sqlite3
 
 import pytest
 
-from livemon.migrate import migrate
+from livemon.migrate.migrator import migrate
 from tests.livemon import legacy_fixtures as fx
 
 pytestmark = pytest.mark.benchmark(group="migrate")

@@ -18,9 +18,9 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from livemon import rollup, schema
 from livemon.cli import cli
-from livemon.rows import ListLabels, insert_events, insert_labels
+from livemon.db import rollup, schema
+from livemon.db.rows import ListLabels, insert_events, insert_labels
 from ringbuf import Batch
 from tests.livemon.helpers import synthetic_records
 

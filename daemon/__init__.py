@@ -4,7 +4,7 @@ livemon's writer daemon: drains the shared-memory ring into SQLite.
 
 from __future__ import annotations
 
-from daemon.drain import Drainer, Service
+from daemon.drain import Drainer
 from daemon.exceptions import (
     AlreadyRunning,
     DaemonError,
@@ -13,6 +13,7 @@ from daemon.exceptions import (
     StartFailed,
     StopTimedOut,
 )
+from daemon.service import Service
 from daemon.store import Store
 
 __all__ = [

@@ -17,13 +17,13 @@ from typing import Any, TypeVar
 import click
 
 import ringbuf
-from daemon import drain, proc
+from daemon import proc, service
 from daemon.exceptions import DaemonError
 from daemon.retention import Retention
 from daemon.store import Store
 from livemon.config import Config, load_config
 from livemon.exceptions import ConfigError
-from livemon.live import read_status
+from livemon.ipc import read_status
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_NOT_RUNNING = 3  # LSB: "program is not running"
@@ -123,7 +123,7 @@ def start(
                 level=logging.INFO,
                 format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             )
-            raise SystemExit(drain.Service(overrides).run())
+            raise SystemExit(service.Service(overrides).run())
         process = proc.start_detached(
             config, flags_for_child(overrides), timeout_s
         )

@@ -25,9 +25,9 @@ from daemon.exceptions import (
     StopTimedOut,
 )
 from daemon.store import create_file
+from livemon import ipc
 from livemon.config import Config
-from livemon.live import read_status
-from livemon.record import FEEDBACK_DTYPE, LABEL_DTYPE, RECORD_DTYPE
+from livemon.ipc import read_status
 
 _CREATE_TIME_TOLERANCE_S = 0.05
 
@@ -212,20 +212,16 @@ def stop(config: Config, timeout_s: float = 30.0) -> int:
 
 
 def unlink_rings(config: Config) -> None:
-    """Remove the events and labels rings once nothing is left in them.
+    """Remove every ring of ``config`` once nothing is left in them.
 
     Raises:
         DaemonError: a coordinator still holds a lane, or records are
             still pending (start the daemon again to drain them).
     """
     rings = []
-    for name, dtype in (
-        (config.ring, RECORD_DTYPE),
-        (config.labels_ring, LABEL_DTYPE),
-        (config.feedback_ring, FEEDBACK_DTYPE),
-    ):
+    for spec in ipc.all_rings(config):
         with contextlib.suppress(ringbuf.RingNotFound):
-            rings.append(ringbuf.Ring.attach(name, dtype))
+            rings.append(ipc.attach_ring(spec))
     try:
         for ring in rings:
             states = [ring.lane_state(i) for i in range(ring.lanes)]

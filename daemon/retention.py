@@ -12,7 +12,7 @@ import sqlite3
 import time
 
 from daemon.store import Store
-from livemon import rollup, schema
+from livemon.db import rollup, schema
 
 BATCH_ROWS = 5000
 DAEMON_SHARE = 0.03  # of the daemon's time that retention may take

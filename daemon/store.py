@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from daemon.exceptions import DatabaseCorrupt
-from livemon import schema
-from livemon.rows import ListLabels, insert_records
+from livemon.db import schema
+from livemon.db.rows import ListLabels, insert_records
 from ringbuf import Batch
 
 BUSY_TIMEOUT_MS = 1000

@@ -8,12 +8,14 @@ from importlib.metadata import PackageNotFoundError, version
 
 from livemon.config import Config, load_config
 from livemon.context import RequestContext
+from livemon.coordinator import Coordinator
 from livemon.exceptions import (
     ConfigError,
     InvalidField,
     LivemonError,
     MonitoringUnavailable,
 )
+from livemon.feedback import FeedbackLoop, Policy
 from livemon.monitor import Counters, Monitor
 from livemon.record import LABEL_DTYPE, RECORD_DTYPE, EventType
 
@@ -27,12 +29,15 @@ __all__ = [
     "RECORD_DTYPE",
     "Config",
     "ConfigError",
+    "Coordinator",
     "Counters",
     "EventType",
+    "FeedbackLoop",
     "InvalidField",
     "LivemonError",
     "Monitor",
     "MonitoringUnavailable",
+    "Policy",
     "RequestContext",
     "__version__",
     "load_config",

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from livemon.exceptions import ConfigError
+from ringbuf import RingNameError, validate_name
 
 DB_FILENAME = "unified_monitoring.db"
 
@@ -70,9 +71,6 @@ class Config:
     archive_dir: str = ""
 
     def __post_init__(self) -> None:
-        from ringbuf._layout import validate_name
-        from ringbuf.exceptions import RingNameError
-
         try:
             validate_name(self.ring)
         except RingNameError as exc:
@@ -96,9 +94,11 @@ class Config:
                 raise ConfigError(f"{name} must be positive")
         if self.synchronous not in ("NORMAL", "FULL"):
             raise ConfigError("synchronous must be NORMAL or FULL")
-        state = default_state_dir()
         if not self.db:
-            object.__setattr__(self, "db", str(state / DB_FILENAME))
+            raise ConfigError(
+                "db is empty: give a path, or use load_config(), which "
+                "fills in the default"
+            )
         db_dir = pathlib.Path(self.db).parent
         if not self.pidfile:
             object.__setattr__(self, "pidfile", str(db_dir / "daemon.pid"))
@@ -106,21 +106,6 @@ class Config:
             object.__setattr__(self, "log_file", str(db_dir / "daemon.log"))
         if not self.archive_dir:
             object.__setattr__(self, "archive_dir", str(db_dir / "archive"))
-
-    @property
-    def labels_ring(self) -> str:
-        """Name of the ring that carries label texts."""
-        return self.ring + ".labels"
-
-    @property
-    def feedback_ring(self) -> str:
-        """Name of the ring that carries feedback actions and alerts."""
-        return self.ring + ".feedback"
-
-    @property
-    def status_file(self) -> str:
-        """Where the running daemon publishes its figures each second."""
-        return self.pidfile + ".status.json"
 
     @property
     def mode(self) -> int:

@@ -179,7 +179,7 @@ class Coordinator:
 
     def route(self, query: str) -> RoutingDecision:
         """Classify, select agents, and start the request's record."""
-        context = self.monitor.begin(query)
+        context = self.monitor.request(query)
         intent = self.classifier.classify(query)
         context.log_intent(
             category=intent.category,

@@ -16,6 +16,7 @@ import time
 import weakref
 
 import ringbuf
+from livemon import ipc
 from livemon import record as rec
 from livemon.config import Config, load_config
 from livemon.context import RequestContext
@@ -44,29 +45,6 @@ class Counters:
     unavailable: int = 0
     failed: int = 0
     labels_dropped: int = 0
-
-
-def open_rings(config: Config) -> tuple[ringbuf.Ring, ringbuf.Ring]:
-    """Attach to (or create) the events ring and the labels ring."""
-    events = ringbuf.Ring.open(
-        config.ring,
-        rec.RECORD_DTYPE,
-        config.lanes,
-        config.capacity_records,
-        mode=config.mode,
-    )
-    try:
-        labels = ringbuf.Ring.open(
-            config.labels_ring,
-            rec.LABEL_DTYPE,
-            config.lanes,
-            config.label_capacity_records,
-            mode=config.mode,
-        )
-    except BaseException:
-        events.close()
-        raise
-    return events, labels
 
 
 class Monitor:
@@ -115,15 +93,17 @@ class Monitor:
     def request(
         self, query: str, *, category: str | None = None
     ) -> RequestContext:
-        """Start monitoring one request; use as ``with monitor.request(q):``.
+        """Start monitoring one request.
+
+        Use it as ``with monitor.request(q) as ctx:``, or, when the
+        completion arrives in a callback, ``ctx = monitor.request(q)``
+        and later ``ctx.end()``.
 
         Args:
             query: the user's query; only its hash is stored.
             category: the query's category, if known before classification.
         """
         return RequestContext(self, query, category)
-
-    begin = request
 
     @property
     def available(self) -> bool:
@@ -197,7 +177,7 @@ class Monitor:
 
     def _connect(self) -> None:
         try:
-            rings = open_rings(self.config)
+            rings = ipc.open_rings(self.config)
         except (ringbuf.RingError, OSError) as exc:
             if self.strict:
                 raise MonitoringUnavailable(

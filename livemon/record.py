@@ -15,6 +15,7 @@ import struct
 from collections.abc import Iterable
 
 import numpy as np
+import numpy.typing as npt
 
 MAX_AGENTS = 8
 MAX_DOMAINS = 8
@@ -200,3 +201,20 @@ def label_record(text: str) -> bytes:
 
 
 _LABEL_HEAD = struct.Struct("<qH")
+
+
+def label_texts(records: npt.NDArray[np.void]) -> list[tuple[int, str]]:
+    """Turn ``LABEL_DTYPE`` records into ``(label_id, text)`` pairs.
+
+    Bytes that are not UTF-8 (a damaged record) become U+FFFD rather
+    than an error: one bad label must not stop a reader.
+    """
+    return [
+        (label, text[:length].tobytes().decode(errors="replace"))
+        for label, length, text in zip(
+            records["label_id"].tolist(),
+            records["length"].tolist(),
+            records["text"],
+            strict=True,
+        )
+    ]

@@ -4,6 +4,7 @@ A multi-producer shared-memory ring of fixed-width numpy records.
 
 from __future__ import annotations
 
+from ringbuf._layout import validate_name
 from ringbuf.exceptions import (
     LanesExhausted,
     RecordDtypeError,
@@ -30,4 +31,5 @@ __all__ = [
     "RingWriter",
     "Window",
     "unlink",
+    "validate_name",
 ]

@@ -17,7 +17,7 @@ import pytest
 import ringbuf
 from daemon.retention import NS_PER_DAY, Retention
 from daemon.store import Store
-from livemon import rollup
+from livemon.db import rollup
 from livemon.record import LABEL_DTYPE, RECORD_DTYPE, label_record
 from tests.daemon.conftest import ROOT, coordinators, recorded
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import ringbuf
 from daemon.exceptions import DatabaseCorrupt
 from daemon.store import Store
-from livemon import schema
+from livemon.db import schema
 from livemon.record import (
     LABEL_DTYPE,
     LIST_FIELDS,

@@ -14,8 +14,8 @@ import pytest
 from livemon import Monitor
 from livemon.coordinator import Coordinator, Intent, Selection, TableSelector
 from livemon.feedback import FeedbackLoop, Policy
+from livemon.feedback.stats import feedback_stats
 from livemon.record import RECORD_DTYPE, FeedbackAction
-from livemon.stats import feedback_stats
 
 AGENT, OTHER, CATEGORY = 101, 102, 201
 
@@ -82,13 +82,13 @@ class TestAgentSuccess:
         """Back only when the lower bound clears 80%, one step at a time."""
         for _ in range(3):
             decide(loop, requests(100, success=0.5))
-        assert loop.multipliers[AGENT] == pytest.approx(0.729)
+        assert loop.state.multipliers[AGENT] == pytest.approx(0.729)
         assert decide(loop, requests(100, success=0.85)) == []  # hold
         steps = [
             decide(loop, requests(100, success=0.97))[0][2] for _ in range(3)
         ]
         assert steps == [pytest.approx(0.81), pytest.approx(0.9), 1.0]
-        assert AGENT not in loop.multipliers
+        assert AGENT not in loop.state.multipliers
         assert decide(loop, requests(100, success=0.97)) == []
 
     def test_each_agent_judged_on_its_own_requests(self, loop):
@@ -249,8 +249,8 @@ class TestRouting:
                 monitor, selector=selector, feedback=loop
             )
             loop._next_update = float("inf")  # decisions set by hand below
-            loop.multipliers[monitor.intern("coder")] = 0.9
-            loop.capped.add(monitor.intern("reviewer"))
+            loop.state.multipliers[monitor.intern("coder")] = 0.9
+            loop.state.capped.add(monitor.intern("reviewer"))
             decision = coordinator.route("fix this python bug")
             assert decision.agents == ("coder_b",)
             assert decision.selection.strategy == "single"
@@ -265,7 +265,7 @@ class TestRouting:
             assert 0.04 < share < 0.06
             selection = Selection(("coder",), "single", 0.8)
             coordinator = Coordinator(monitor, feedback=loop)
-            loop.multipliers[monitor.intern("coder")] = 0.5
+            loop.state.multipliers[monitor.intern("coder")] = 0.5
             kept = sum(
                 coordinator._adjusted(Intent("code"), selection, i).agents
                 == ("coder",)
@@ -285,7 +285,7 @@ class TestBackgroundThread:
             loop.start()
             assert loop.running
             deadline = time.monotonic() + 10
-            while AGENT not in loop.multipliers:
+            while AGENT not in loop.state.multipliers:
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
             assert loop.stop(timeout_s=5) and not loop.running

@@ -10,9 +10,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from livemon import Monitor, live, load_config
+from livemon import Monitor, load_config
 from livemon.cli import cli
 from livemon.feedback import FeedbackLoop, Policy
+from livemon.views import live
 
 
 def route(monitor, count, *, agent, category, success, quality):

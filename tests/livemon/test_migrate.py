@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from livemon.cli import cli
 from livemon.exceptions import LegacyError
-from livemon.migrate import migrate
+from livemon.migrate.migrator import migrate
 from tests.livemon import legacy_fixtures as fx
 
 

@@ -108,7 +108,7 @@ class TestRecord:
 
     def test_nothing_logged_is_unknown_not_zero(self, monitor, ring_name):
         """Unlogged floats are NaN, flags and counts -1, labels 0."""
-        monitor.begin("q").end()
+        monitor.request("q").end()
         (event,) = events_in(ring_name)
         for field in (
             "confidence",
@@ -144,7 +144,7 @@ class TestRecord:
 
     def test_end_twice_writes_once(self, monitor, ring_name):
         """The split form: begin ... end; a second end does nothing."""
-        ctx = monitor.begin("q")
+        ctx = monitor.request("q")
         assert ctx.end() is True
         assert ctx.end() is False
         assert len(events_in(ring_name)) == 1
@@ -207,7 +207,7 @@ class TestValidation:
     @pytest.mark.parametrize(("method", "kwargs", "field"), BAD_CALLS)
     def test_strict_names_the_field(self, strict, method, kwargs, field):
         """Strict mode: a typed error naming the field, at the call."""
-        ctx = strict.begin("q")
+        ctx = strict.request("q")
         with pytest.raises(InvalidField) as info:
             getattr(ctx, method)(**kwargs)
         assert info.value.field == field
@@ -282,7 +282,7 @@ class TestFailuresNeverBreakRouting:
         """With no daemon draining, a full lane drops, never blocks."""
         config = load_config({"ring": ring_name, "capacity_records": 4})
         with Monitor(config=config) as mon:
-            results = [mon.begin("q").end() for _ in range(6)]
+            results = [mon.request("q").end() for _ in range(6)]
             assert results == [True] * 4 + [False] * 2
             assert (mon.counters.recorded, mon.counters.dropped) == (4, 2)
 
@@ -290,10 +290,10 @@ class TestFailuresNeverBreakRouting:
         """Strict mode turns the drop into MonitoringUnavailable."""
         config = load_config({"ring": ring_name, "capacity_records": 2})
         with Monitor(config=config, strict=True) as mon:
-            mon.begin("q").end()
-            mon.begin("q").end()
+            mon.request("q").end()
+            mon.request("q").end()
             with pytest.raises(MonitoringUnavailable, match="full"):
-                mon.begin("q").end()
+                mon.request("q").end()
 
     def test_no_free_lane_is_counted_not_raised(self, ring_name):
         """A ring whose lanes are all taken: requests still complete."""
@@ -311,7 +311,7 @@ class TestFailuresNeverBreakRouting:
         other = ringbuf.Ring.create(ring_name, [("x", "<u8")], 1, 4)
         try:
             with Monitor(ring_name) as mon:
-                assert mon.begin("q").end() is False
+                assert mon.request("q").end() is False
                 assert mon.counters.unavailable == 1
         finally:
             other.close()

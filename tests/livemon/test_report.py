@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from livemon import reading, rollup, schema, tail
 from livemon.cli import cli
+from livemon.db import reading, rollup, schema
+from livemon.db.rows import ListLabels, insert_events, insert_labels
 from livemon.record import label_id
-from livemon.report import build_report
-from livemon.rows import ListLabels, insert_events, insert_labels
+from livemon.views import tail
+from livemon.views.report import build_report
 from ringbuf import Batch
 from tests.livemon.helpers import AGENTS, synthetic_records
 

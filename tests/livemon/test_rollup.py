@@ -11,9 +11,8 @@ import sqlite3
 import numpy as np
 import pytest
 
-from livemon import rollup, schema
-from livemon.record import label_id
-from livemon.rows import (
+from livemon.db import rollup, schema
+from livemon.db.rows import (
     INSERT_EVENTS,
     REPLACE_LABELS,
     ListLabels,
@@ -23,6 +22,7 @@ from livemon.rows import (
     insert_records,
     list_columns,
 )
+from livemon.record import label_id
 from ringbuf import Batch
 from tests.livemon.helpers import AGENTS, synthetic_records
 

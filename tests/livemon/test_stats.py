@@ -12,8 +12,8 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
+from livemon.feedback.stats import feedback_stats, wilson
 from livemon.record import RECORD_DTYPE
-from livemon.stats import feedback_stats, wilson
 
 
 def window(rows) -> np.ndarray:

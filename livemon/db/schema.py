@@ -8,7 +8,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-from livemon import rollup
+from livemon.db import rollup
 from livemon.record import RECORD_DTYPE
 
 MIGRATIONS_TABLE = "_livemon_migrations"

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from livemon import rollup
-from livemon.reading import Labels, TimeRange, format_ns
+from livemon.db import rollup
+from livemon.db.reading import Labels, TimeRange, format_ns
 
 NS_PER_HOUR = rollup.NS_PER_HOUR
 HOURS_PER = {"hour": 1, "day": 24}

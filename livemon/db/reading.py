@@ -13,7 +13,7 @@ import re
 import sqlite3
 import time
 
-from livemon import rollup, schema
+from livemon.db import rollup, schema
 from livemon.exceptions import BadTimeRange, DatabaseUnavailable, UnknownName
 from livemon.record import NO_LABEL, label_id
 

@@ -8,39 +8,22 @@ published figures.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 import ringbuf
+from livemon import ipc
 from livemon.config import Config
 from livemon.exceptions import MonitoringUnavailable
-from livemon.feedback import Policy
-from livemon.record import (
-    FEEDBACK_DTYPE,
-    LABEL_DTYPE,
-    RECORD_DTYPE,
-    FeedbackAction,
-)
-from livemon.report import Table
-from livemon.stats import WindowStats, feedback_stats
-
-
-@dataclasses.dataclass(frozen=True)
-class FeedbackState:
-    """The feedback loop's standing decisions, from its newest actions.
-
-    Every coordinator computes from the same window, so their actions
-    agree; the newest action per subject is the standing one.
-    """
-
-    multipliers: dict[int, float]
-    thresholds: dict[int, float]
-    capped: set[int]
-    alerts: dict[int, str]
+from livemon.feedback.rules import FeedbackState, Policy, replay
+from livemon.feedback.stats import WindowStats, feedback_stats
+from livemon.ipc import read_status
+from livemon.record import label_texts
+from livemon.views.report import Table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +54,7 @@ def snapshot(config: Config, policy: Policy | None = None) -> Snapshot:
     """
     policy = policy or Policy()
     try:
-        with ringbuf.Ring.attach(config.ring, RECORD_DTYPE) as events:
+        with ipc.attach_ring(ipc.events_ring(config)) as events:
             window = events.window(policy.window_per_lane).records
             lanes = [events.lane_state(n) for n in range(events.lanes)]
             capacity = events.capacity_records
@@ -92,7 +75,7 @@ def snapshot(config: Config, policy: Policy | None = None) -> Snapshot:
         stats=feedback_stats(
             window, policy.recent, policy.baseline, None, policy.z
         ),
-        feedback=_feedback_state(config),
+        feedback=replay(_ring_records(ipc.feedback_ring(config))),
         lanes=lanes,
         capacity_records=capacity,
         overhead_ns=percentiles,
@@ -101,53 +84,18 @@ def snapshot(config: Config, policy: Policy | None = None) -> Snapshot:
     )
 
 
-def _ring_records(name: str, dtype: np.dtype[np.void]) -> Any:
-    """Every record still readable in ring ``name`` (none if it is gone)."""
+def _ring_records(spec: ipc.RingSpec) -> npt.NDArray[np.void]:
+    """Every record still readable in ring ``spec`` (none if it is gone)."""
     try:
-        with ringbuf.Ring.attach(name, dtype) as ring:
+        with ipc.attach_ring(spec) as ring:
             return ring.window(ring.capacity_records).records
     except ringbuf.RingError:
-        return np.empty(0, dtype)
+        return np.empty(0, spec.dtype)
 
 
 def _ring_labels(config: Config) -> dict[int, str]:
     """Label texts still in the labels ring (the database has the rest)."""
-    records = _ring_records(config.labels_ring, LABEL_DTYPE)
-    return {
-        int(r["label_id"]): r["text"][: r["length"]].tobytes().decode()
-        for r in records
-    }
-
-
-def _feedback_state(config: Config) -> FeedbackState:
-    records = _ring_records(config.feedback_ring, FEEDBACK_DTYPE)
-    state = FeedbackState({}, {}, set(), {})
-    for r in np.sort(records, order="timestamp_ns"):
-        action, subject = FeedbackAction(r["action"]), int(r["subject"])
-        new = float(r["new_value"])
-        if action is FeedbackAction.AGENT_CONFIDENCE:
-            state.multipliers[subject] = new
-        elif action is FeedbackAction.CATEGORY_THRESHOLD:
-            state.thresholds[subject] = new
-        elif action is FeedbackAction.PARALLEL_CAP:
-            (state.capped.add if new else state.capped.discard)(subject)
-        elif action is FeedbackAction.QUALITY_ALERT:
-            state.alerts[subject] = (
-                f"quality {new:.3f} vs baseline {float(r['old_value']):.3f}"
-            )
-        else:
-            state.alerts.pop(subject, None)
-    return state
-
-
-def read_status(config: Config) -> dict[str, Any] | None:
-    """The running daemon's last published figures, if any."""
-    try:
-        with open(config.status_file) as file:
-            data: dict[str, Any] = json.load(file)
-            return data
-    except (FileNotFoundError, ValueError):
-        return None
+    return dict(label_texts(_ring_records(ipc.labels_ring(config))))
 
 
 def stats_tables(snap: Snapshot, name: Callable[[int], str]) -> list[Table]:

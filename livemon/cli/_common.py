@@ -11,8 +11,8 @@ from contextlib import contextmanager
 
 import click
 
-from livemon import reading
 from livemon.config import Config, load_config
+from livemon.db import reading
 from livemon.exceptions import (
     BadTimeRange,
     ConfigError,

@@ -13,8 +13,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from livemon import rollup
-from livemon.reading import Labels, format_ns
+from livemon.db import rollup
+from livemon.db.reading import Labels, format_ns
 
 BACKLOG_SCAN_ROWS = 1_000_000
 """How far back ``latest`` looks for matches: bounds the cost of a filter

@@ -10,9 +10,7 @@ from collections.abc import Callable
 
 import click
 
-from livemon import live, reading, render, rollup, top
-from livemon import tail as events
-from livemon._cli import (
+from livemon.cli._common import (
     config_for,
     config_option,
     database,
@@ -22,8 +20,11 @@ from livemon._cli import (
     reading_errors,
     ring_option,
 )
+from livemon.db import reading, rollup
 from livemon.exceptions import LivemonError
-from livemon.report import build_report
+from livemon.views import live, render, top
+from livemon.views import tail as events
+from livemon.views.report import build_report
 
 since_option = click.option(
     "--since",

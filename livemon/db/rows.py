@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from livemon import rollup, schema
+from livemon.db import rollup, schema
 from livemon.record import (
     ALERT_ACTIONS,
     LIST_FIELDS,
     NO_LABEL,
     RECORD_DTYPE,
     FeedbackAction,
+    label_texts,
     list_label_id,
 )
 from ringbuf import Batch
@@ -162,19 +163,6 @@ def feedback_rows(
     return list(rows.items())
 
 
-def label_rows(records: npt.NDArray[np.void]) -> list[tuple[int, str]]:
-    """Turn ``LABEL_DTYPE`` records into ``(label_id, text)`` rows."""
-    return [
-        (label, text[:length].tobytes().decode(errors="replace"))
-        for label, length, text in zip(
-            records["label_id"].tolist(),
-            records["length"].tolist(),
-            records["text"],
-            strict=True,
-        )
-    ]
-
-
 def _distinct_rows(
     ids: npt.NDArray[np.int64],
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.intp]]:
@@ -209,7 +197,7 @@ def insert_records(
     batch replayed after a crash adds nothing.  Returns events inserted.
     """
     for batch in labels:
-        insert_labels(db, lists, label_rows(batch.records))
+        insert_labels(db, lists, label_texts(batch.records))
     last_id = rollup.last_event_id(db)
     inserted = sum(
         insert_events(db, lists, epoch, batch, roll_up=False)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 from xml.sax.saxutils import escape
 
-from livemon.report import Report, Table
+from livemon.views.report import Report, Table
 
 SPARKS = "▁▂▃▄▅▆▇█"
 

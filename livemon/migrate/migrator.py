@@ -18,10 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from livemon import schema
+from livemon.db import schema
+from livemon.db.rows import ListLabels, insert_events, insert_labels
 from livemon.exceptions import LegacyError
-from livemon.legacy import LAYOUTS, ChunkConverter, Layout, legacy_epoch
-from livemon.rows import ListLabels, insert_events, insert_labels
+from livemon.migrate.legacy import (
+    LAYOUTS,
+    ChunkConverter,
+    Layout,
+    legacy_epoch,
+)
 from ringbuf import Batch
 
 CHUNK_ROWS = 20_000

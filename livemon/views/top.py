@@ -18,11 +18,12 @@ import tty
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
-from livemon import render
+from livemon import ipc
 from livemon.config import Config
+from livemon.db.reading import format_ns
 from livemon.exceptions import MonitoringUnavailable
-from livemon.live import Snapshot, snapshot, stats_tables
-from livemon.reading import format_ns
+from livemon.views import render
+from livemon.views.live import Snapshot, snapshot, stats_tables
 
 STALE_STATUS_S = 5.0  # the daemon publishes every second
 _ENTER = "\x1b[?1049h\x1b[?25l"  # alternate screen, cursor hidden
@@ -55,7 +56,7 @@ def _daemon_line(config: Config, status: dict[str, Any] | None) -> str:
     if status is None:
         return "daemon    not running: records wait in the ring (or drop)"
     try:
-        age_s = time.time() - os.stat(config.status_file).st_mtime
+        age_s = time.time() - os.stat(ipc.status_file(config)).st_mtime
     except FileNotFoundError:
         age_s = 0.0
     if age_s > STALE_STATUS_S:

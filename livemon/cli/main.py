@@ -10,10 +10,15 @@ import sqlite3
 
 import click
 
-from livemon import _cli_views
-from livemon._cli import config_option, database, db_option, errors_for_people
-from livemon.legacy import LAYOUTS, load_mapping
-from livemon.migrate import TableReport, migrate
+from livemon.cli import views
+from livemon.cli._common import (
+    config_option,
+    database,
+    db_option,
+    errors_for_people,
+)
+from livemon.migrate.legacy import LAYOUTS, load_mapping
+from livemon.migrate.migrator import TableReport, migrate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -125,9 +130,9 @@ def backup(destination: str, db: str | None, config_file: str | None) -> None:
 
 
 for _command in (
-    _cli_views.report,
-    _cli_views.stats,
-    _cli_views.tail,
-    _cli_views.top_command,
+    views.report,
+    views.stats,
+    views.tail,
+    views.top_command,
 ):
     cli.add_command(_command)

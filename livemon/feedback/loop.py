@@ -1,0 +1,233 @@
+"""
+The live feedback loop: statistics from the ring's recent window become
+routing adjustments (agent confidence, category thresholds, parallel caps)
+and quality alerts, each recorded for the daemon to store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+
+import ringbuf
+from livemon import ipc
+from livemon.feedback.rules import Action, FeedbackState, Policy, decide
+from livemon.feedback.stats import WindowStats, feedback_stats
+from livemon.monitor import Monitor
+from livemon.record import ALERT_ACTIONS, FEEDBACK_DTYPE, NO_LABEL, struct_for
+
+logger = logging.getLogger("livemon.feedback")
+
+_FEEDBACK = struct_for(FEEDBACK_DTYPE)
+_GOLDEN_64 = 0x9E3779B97F4A7C15  # odd, so request ids spread evenly
+
+
+class FeedbackLoop:
+    """Adjusts one coordinator's routing from the shared recent window.
+
+    Every coordinator process reads the same window, so processes with
+    the same history reach the same decisions without talking.  ``start``
+    runs ``update`` every ``policy.interval_s`` in a background thread, so
+    no request pays for it (a window costs milliseconds); without the
+    thread, ``route`` calls ``maybe_update``, rate-limited the same way.
+
+    Args:
+        monitor: the process's monitor (its ring is the window's source).
+        policy: thresholds, steps and guards.
+        on_alert: called with each alert ``Action``, besides logging.
+        clock: monotonic seconds (injectable for simulations).
+    """
+
+    def __init__(
+        self,
+        monitor: Monitor,
+        policy: Policy | None = None,
+        on_alert: Callable[[Action], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.monitor = monitor
+        self.policy = policy or Policy()
+        self.on_alert = on_alert
+        self._clock = clock
+        self._next_update = 0.0
+        self.state = FeedbackState()
+        self.actions_taken = 0
+        self.last_stats: WindowStats | None = None
+        self._writer: ringbuf.RingWriter | None = None
+        self._feedback: ringbuf.Ring | None = None
+        self._events: ringbuf.Ring | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.failures = 0
+
+    @property
+    def running(self) -> bool:
+        """Whether the background thread is updating (not in a fork child)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Update in a background thread from now on. Idempotent."""
+        if self.running:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._run, name="livemon-feedback", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> bool:
+        """Stop the thread; return whether it ended within ``timeout_s``."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return True
+        thread.join(timeout_s)
+        return not thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.policy.interval_s):
+            self.safe_update()
+
+    # -- what route() asks ----------------------------------------------------
+
+    def confidence_multiplier(self, agent: str) -> float:
+        """The factor applied to routing confidence for ``agent``."""
+        return self.state.multipliers.get(self.monitor.intern(agent), 1.0)
+
+    def threshold(self, category: str) -> float:
+        """The confidence a route to ``category`` must reach."""
+        return self.state.thresholds.get(
+            self.monitor.intern(category), self.policy.base_threshold
+        )
+
+    def is_capped(self, agent: str) -> bool:
+        """Whether ``agent`` is kept out of parallel fan-outs (too slow)."""
+        return self.monitor.intern(agent) in self.state.capped
+
+    def explores(self, request_id: int) -> bool:
+        """Whether this request routes as if no demotion applied."""
+        share = self.policy.exploration
+        return (request_id * _GOLDEN_64 % 2**64) / 2**64 < share
+
+    # -- the loop -------------------------------------------------------------
+
+    def maybe_update(self) -> list[Action]:
+        """``update`` if ``policy.interval_s`` has passed since the last."""
+        now = self._clock()
+        if now < self._next_update:
+            return []
+        self._next_update = now + self.policy.interval_s
+        return self.safe_update()
+
+    def safe_update(self) -> list[Action]:
+        """``update``, counting any failure instead of raising it.
+
+        Monitoring never breaks routing: whatever goes wrong in the
+        window, the statistics, ``on_alert`` or the recording is logged
+        and counted in ``failures``.
+        """
+        try:
+            return self.update()
+        except Exception:
+            self.failures += 1
+            logger.exception("feedback update failed")
+            return []
+
+    def update(self) -> list[Action]:
+        """Read the window, compute statistics, decide, record, apply."""
+        events = self._events_ring()
+        if events is None:
+            return []
+        window = events.window(self.policy.window_per_lane)
+        since = (
+            None
+            if self.policy.window_s is None
+            else time.time_ns() - int(self.policy.window_s * 1e9)
+        )
+        stats = feedback_stats(
+            window.records,
+            self.policy.recent,
+            self.policy.baseline,
+            since,
+            self.policy.z,
+        )
+        self.last_stats = stats
+        actions = self.decide(stats)
+        for action in actions:
+            self._record(action)
+        return actions
+
+    def decide(self, stats: WindowStats) -> list[Action]:
+        """Apply the rules to ``stats``; make their actions standing."""
+        self.state, actions = decide(stats, self.state, self.policy)
+        return actions
+
+    # -- recording ------------------------------------------------------------
+
+    def _record(self, action: Action) -> None:
+        self.actions_taken += 1
+        if action.action in ALERT_ACTIONS:
+            logger.warning(
+                "%s (category label %d)", action.message, action.subject
+            )
+            if self.on_alert is not None:
+                self.on_alert(action)
+        else:
+            logger.info("%s (label %d)", action.message, action.subject)
+        writer = self._feedback_writer()
+        if writer is None:
+            return
+        packed = _FEEDBACK.pack(
+            time.time_ns(),
+            os.getpid(),
+            int(action.action),
+            action.subject,
+            action.old_value,
+            action.new_value,
+            action.statistic,
+            action.threshold,
+            action.samples,
+            action.window_records,
+            self.monitor.intern(action.message) or NO_LABEL,
+        )
+        if not writer.put(packed):
+            self.monitor.counters.dropped += 1
+
+    def _events_ring(self) -> ringbuf.Ring | None:
+        # The loop attaches its own ring: the thread may be inside
+        # window() while the monitor closes (or reconnects) its own.
+        if self._events is None:
+            try:
+                self._events = ipc.attach_ring(
+                    ipc.events_ring(self.monitor.config)
+                )
+            except (ringbuf.RingError, OSError):
+                return None
+        return self._events
+
+    def _feedback_writer(self) -> ringbuf.RingWriter | None:
+        if self._writer is None:
+            config = self.monitor.config
+            try:
+                self._feedback = ipc.open_ring(
+                    config, ipc.feedback_ring(config)
+                )
+                self._writer = self._feedback.writer()
+            except (ringbuf.RingError, OSError):
+                self.monitor.counters.unavailable += 1
+                return None
+        return self._writer
+
+    def close(self) -> None:
+        """Stop the thread, give back the feedback lane. Idempotent."""
+        self.stop()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        for ring in (self._feedback, self._events):
+            if ring is not None:
+                ring.close()
+        self._feedback = self._events = None

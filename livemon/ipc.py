@@ -1,0 +1,109 @@
+"""
+Every shared surface of one configuration, in one place: the three rings
+(events, labels, feedback: their names, record dtypes and capacities) and
+the file where the daemon publishes its figures. Coordinators, the daemon
+and the views all open them through here, so they always agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import numpy as np
+
+import ringbuf
+from livemon import record as rec
+from livemon.config import Config
+
+FEEDBACK_CAPACITY_RECORDS = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class RingSpec:
+    """One ring of a configuration: its name, record dtype and lane size."""
+
+    name: str
+    dtype: np.dtype[np.void]
+    capacity_records: int
+
+
+def events_ring(config: Config) -> RingSpec:
+    """The ring of request records."""
+    return RingSpec(config.ring, rec.RECORD_DTYPE, config.capacity_records)
+
+
+def labels_ring(config: Config) -> RingSpec:
+    """The ring that carries label texts, drained before the events."""
+    return RingSpec(
+        config.ring + ".labels",
+        rec.LABEL_DTYPE,
+        config.label_capacity_records,
+    )
+
+
+def feedback_ring(config: Config) -> RingSpec:
+    """The ring that carries the feedback loop's actions and alerts."""
+    return RingSpec(
+        config.ring + ".feedback",
+        rec.FEEDBACK_DTYPE,
+        FEEDBACK_CAPACITY_RECORDS,
+    )
+
+
+def all_rings(config: Config) -> tuple[RingSpec, RingSpec, RingSpec]:
+    """Every ring of ``config``: events, labels, feedback."""
+    return events_ring(config), labels_ring(config), feedback_ring(config)
+
+
+def open_ring(config: Config, spec: RingSpec) -> ringbuf.Ring:
+    """Attach to ring ``spec``, creating it with ``config``'s geometry.
+
+    Raises:
+        ringbuf.RingError: it exists with another layout, or is damaged.
+        OSError: shared memory cannot be opened (permissions, limits).
+    """
+    return ringbuf.Ring.open(
+        spec.name,
+        spec.dtype,
+        config.lanes,
+        spec.capacity_records,
+        mode=config.mode,
+    )
+
+
+def attach_ring(spec: RingSpec) -> ringbuf.Ring:
+    """Attach to an existing ring ``spec`` (readers never create one).
+
+    Raises:
+        ringbuf.RingNotFound: no such ring exists.
+        ringbuf.RingError: it has another layout, or is damaged.
+    """
+    return ringbuf.Ring.attach(spec.name, spec.dtype)
+
+
+def open_rings(config: Config) -> tuple[ringbuf.Ring, ringbuf.Ring]:
+    """Attach to (or create) the events ring and the labels ring."""
+    events = open_ring(config, events_ring(config))
+    try:
+        labels = open_ring(config, labels_ring(config))
+    except BaseException:
+        events.close()
+        raise
+    return events, labels
+
+
+def status_file(config: Config) -> str:
+    """Where the running daemon publishes its figures each second."""
+    return config.pidfile + ".status.json"
+
+
+def read_status(config: Config) -> dict[str, Any] | None:
+    """The running daemon's last published figures, if any."""
+    try:
+        with open(status_file(config)) as file:
+            data: dict[str, Any] = json.load(file)
+            return data
+    except (FileNotFoundError, ValueError):
+        return None
