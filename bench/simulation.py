@@ -110,7 +110,9 @@ def run(
                 if category == "data":
                     data_ms.append(outcome.execution_time_ms)
             if loop is not None and i >= start:
-                for agent in list(loop.state.multipliers) + list(loop.state.capped):
+                for agent in list(loop.state.multipliers) + list(
+                    loop.state.capped
+                ):
                     first.setdefault(names.get(agent, str(agent)), i - start)
             if i % 1000 == 999:  # stand in for the daemon: keep it drained
                 ring_events.advance(0, ring_events.lane_state(0).head)

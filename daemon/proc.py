@@ -24,9 +24,9 @@ from daemon.exceptions import (
     StartFailed,
     StopTimedOut,
 )
-from daemon.store import create_file
 from livemon import ipc
 from livemon.config import Config
+from livemon.db.writer import create_file
 from livemon.ipc import read_status
 
 _CREATE_TIME_TOLERANCE_S = 0.05

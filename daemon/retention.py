@@ -12,7 +12,9 @@ import sqlite3
 import time
 
 from daemon.store import Store
-from livemon.db import rollup, schema
+from livemon.db import rollup
+from livemon.db.transaction import atomic
+from livemon.db.writer import open_writer
 
 BATCH_ROWS = 5000
 DAEMON_SHARE = 0.03  # of the daemon's time that retention may take
@@ -121,12 +123,7 @@ class Retention:
     def _copy(self, path: str, ids: list[int], span: tuple[int, int]) -> None:
         if path not in self._prepared:
             os.makedirs(self.archive_dir, exist_ok=True)
-            archive = sqlite3.connect(path, isolation_level=None)
-            try:
-                archive.execute("PRAGMA journal_mode = WAL")
-                schema.apply_migrations(archive)
-            finally:
-                archive.close()
+            open_writer(path, mode=self.store.mode, check=False).close()
             self._prepared.add(path)
         db = self.store.db
         marks = ",".join("?" * len(ids))
@@ -134,8 +131,7 @@ class Retention:
         try:
             # Durable in the archive before anything is deleted here.
             db.execute("PRAGMA archive.synchronous = FULL")
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with atomic(db):
                 for table in ("labels", "list_members"):
                     db.execute(
                         f"INSERT OR IGNORE INTO archive.{table} "
@@ -146,10 +142,6 @@ class Retention:
                     f"main.events WHERE id IN ({marks})",
                     ids,
                 )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
             held = db.execute(
                 "SELECT count(*) FROM main.events AS m JOIN archive.events "
                 "AS a USING (epoch, lane, seq) "
@@ -167,11 +159,10 @@ class Retention:
         # healed by the next pass, which copies the same rows again.
         archive = sqlite3.connect(path, isolation_level=None)
         try:
-            archive.execute("BEGIN")
-            rollup.rebuild_hours(archive, *span)
-            archive.execute("COMMIT")
+            with atomic(archive):
+                rollup.rebuild_hours(archive, *span)
         finally:
-            archive.close()  # without COMMIT: rolled back
+            archive.close()
 
 
 def _month_of(timestamp_ns: int) -> tuple[int, int]:

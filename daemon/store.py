@@ -6,19 +6,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pathlib
 import sqlite3
-from collections.abc import Iterator
 from typing import Any
 
 from daemon.exceptions import DatabaseCorrupt
-from livemon.db import schema
 from livemon.db.rows import ListLabels, insert_records
+from livemon.db.transaction import atomic
+from livemon.db.writer import BUSY_TIMEOUT_MS, open_writer
 from ringbuf import Batch
 
-BUSY_TIMEOUT_MS = 1000
-PAGE_BYTES = 16384
-CACHE_KIB = 65536
 CHECKPOINT_BUSY_TIMEOUT_MS = 50
 
 
@@ -41,42 +37,17 @@ class Store:
         self, path: str, *, synchronous: str = "NORMAL", mode: int = 0o600
     ) -> None:
         self.path = path
-        create_file(path, mode)
-        db = sqlite3.connect(path, isolation_level=None, timeout=0)
+        self.mode = mode
         try:
-            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            # Measured here: 16 KiB pages and a 64 MiB cache take inserts
-            # into the five b-trees of events from ~65k to ~95k rows/s.
-            # (page_size only applies to a new, empty database.)
-            db.execute(f"PRAGMA page_size = {PAGE_BYTES}")
-            # Space freed by retention is given back by incremental_vacuum.
-            db.execute("PRAGMA auto_vacuum = INCREMENTAL")
-            db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-            if db.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
-                raise sqlite3.OperationalError(f"{path}: cannot enable WAL")
-            db.execute(f"PRAGMA synchronous = {synchronous}")
-            problems = [row[0] for row in db.execute("PRAGMA quick_check")]
-            if problems != ["ok"]:
-                raise DatabaseCorrupt(
-                    f"{path} is damaged ({'; '.join(problems[:3])}): "
-                    "restore it from a backup or move it aside; the daemon "
-                    "will not write to it"
-                )
-            schema.apply_migrations(db)
+            db = open_writer(path, mode=mode, synchronous=synchronous)
         except sqlite3.OperationalError:
-            db.close()
             raise  # locked, read-only, full: trouble that may pass
         except sqlite3.DatabaseError as exc:
-            db.close()
             raise DatabaseCorrupt(
                 f"{path} is damaged ({exc}): restore it from a backup or "
                 "move it aside; the daemon will not write to it"
             ) from exc
-        except BaseException:
-            db.close()
-            raise
         self._db = db
-        self._depth = 0
         self._lists = ListLabels(db)
 
     @property
@@ -86,25 +57,9 @@ class Store:
             raise ValueError(f"store {self.path} is closed")
         return self._db
 
-    @contextlib.contextmanager
-    def atomic(self) -> Iterator[sqlite3.Connection]:
+    def atomic(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """One transaction; nested calls become savepoints."""
-        db = self.db
-        depth = self._depth
-        db.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT s{depth}")
-        self._depth += 1
-        try:
-            yield db
-        except BaseException:
-            self._depth = depth
-            if depth == 0:
-                db.execute("ROLLBACK")
-            else:
-                db.execute(f"ROLLBACK TO s{depth}")
-                db.execute(f"RELEASE s{depth}")
-            raise
-        self._depth = depth
-        db.execute("COMMIT" if depth == 0 else f"RELEASE s{depth}")
+        return atomic(self.db)
 
     def write(
         self,
@@ -176,18 +131,3 @@ class Store:
             self._db.execute("PRAGMA optimize")
         self._db.close()
         self._db = None
-
-
-def create_file(path: str, mode: int) -> None:
-    """Create an empty database file with ``mode`` (and its directory).
-
-    Raises:
-        OSError: the directory is not writable (read-only, permissions).
-    """
-    if os.path.exists(path):
-        return
-    parent = pathlib.Path(path).parent
-    parent.mkdir(parents=True, exist_ok=True, mode=0o700 | (mode & 0o070))
-    with contextlib.suppress(FileExistsError):
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode))
-        os.chmod(path, mode)  # the umask may have narrowed it

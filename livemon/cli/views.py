@@ -20,7 +20,7 @@ from livemon.cli._common import (
     reading_errors,
     ring_option,
 )
-from livemon.db import reading, rollup
+from livemon.db import reading, schema
 from livemon.exceptions import LivemonError
 from livemon.views import live, render, top
 from livemon.views import tail as events
@@ -177,7 +177,7 @@ def tail(
             labels.category(category) if category else None,
             success,
         )
-        start = rollup.last_event_id(connection)
+        start = schema.last_event_id(connection)
         for row in events.latest(connection, which, lines):
             click.echo(show(row, labels))
         if not follow:

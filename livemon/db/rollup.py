@@ -9,7 +9,6 @@ in the same transaction, from the rows just added.
 
 from __future__ import annotations
 
-import json
 import math
 import sqlite3
 from collections.abc import Iterator
@@ -17,8 +16,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-
-from livemon.record import label_id, list_label_id
 
 NS_PER_HOUR = 3600 * 10**9
 BUCKETS_PER_DOUBLING = 8
@@ -128,67 +125,7 @@ _UPSERT_VALUES = [
     )
 ]
 
-CREATE_TABLES = f"""
-    CREATE TABLE list_members (
-        list INTEGER NOT NULL,
-        member INTEGER NOT NULL,
-        PRIMARY KEY (list, member)
-    ) WITHOUT ROWID;
-    CREATE INDEX idx_list_members_member ON list_members(member);
-    CREATE TABLE rollup (
-        hour INTEGER NOT NULL,
-        agent INTEGER NOT NULL,
-        category INTEGER NOT NULL,
-        {", ".join(f"{c} REAL NOT NULL" for c in SUM_COLUMNS)},
-        PRIMARY KEY (hour, agent, category)
-    ) WITHOUT ROWID;
-    CREATE TABLE rollup_latency (
-        hour INTEGER NOT NULL,
-        agent INTEGER NOT NULL,
-        bucket INTEGER NOT NULL,
-        requests INTEGER NOT NULL,
-        PRIMARY KEY (hour, agent, bucket)
-    ) WITHOUT ROWID;
-    CREATE TABLE rollup_reasons (
-        hour INTEGER NOT NULL,
-        kind INTEGER NOT NULL,
-        label INTEGER NOT NULL,
-        agent INTEGER NOT NULL,
-        requests INTEGER NOT NULL,
-        PRIMARY KEY (hour, kind, label, agent)
-    ) WITHOUT ROWID
-"""
-
-
 INSERT_MEMBERS = "INSERT OR IGNORE INTO list_members VALUES (?, ?)"
-
-
-def members_of_stored_lists(db: sqlite3.Connection) -> list[tuple[int, int]]:
-    """(list, member) of every list label already stored, found by its
-    text: a JSON array of names whose ids hash to the label's own id."""
-    found = []
-    for label, text in db.execute(
-        "SELECT label_id, text FROM labels WHERE text LIKE '[%]'"
-    ):
-        try:
-            names = json.loads(text)
-        except ValueError:
-            continue
-        if not isinstance(names, list) or not all(
-            isinstance(n, str) for n in names
-        ):
-            continue
-        ids = [label_id(n) for n in names]
-        if list_label_id(ids) == label:
-            found += [(label, member) for member in dict.fromkeys(ids)]
-    return found
-
-
-def last_event_id(db: sqlite3.Connection) -> int:
-    """The highest ``events.id`` (0 when empty): rows above it are new."""
-    return int(
-        db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
-    )
 
 
 def add_inserted(

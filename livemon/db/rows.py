@@ -198,7 +198,7 @@ def insert_records(
     """
     for batch in labels:
         insert_labels(db, lists, label_texts(batch.records))
-    last_id = rollup.last_event_id(db)
+    last_id = schema.last_event_id(db)
     inserted = sum(
         insert_events(db, lists, epoch, batch, roll_up=False)
         for batch in events
@@ -235,7 +235,7 @@ def insert_events(
         roll_up: keep the rollups in step (off only for a caller that
             rolls up several batches at once, with ``rollup.add_inserted``).
     """
-    last_id = rollup.last_event_id(db) if roll_up else 0
+    last_id = schema.last_event_id(db) if roll_up else 0
     list_ids = list_columns(batch.records, lists)
     before = db.total_changes
     db.executemany(INSERT_EVENTS, event_rows(epoch, batch, list_ids, seqs))

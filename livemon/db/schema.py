@@ -5,11 +5,13 @@ database, and the ``monitoring_events`` view with exactly the seed's columns.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable
 
 from livemon.db import rollup
-from livemon.record import RECORD_DTYPE
+from livemon.db.transaction import atomic
+from livemon.record import RECORD_DTYPE, label_id, list_label_id
 
 MIGRATIONS_TABLE = "_livemon_migrations"
 IDENTITY_COLUMNS = ("epoch", "lane", "seq")
@@ -171,10 +173,71 @@ def _create_feedback_tables(db: sqlite3.Connection) -> None:
     )
 
 
+ROLLUP_TABLES_DDL = f"""
+    CREATE TABLE list_members (
+        list INTEGER NOT NULL,
+        member INTEGER NOT NULL,
+        PRIMARY KEY (list, member)
+    ) WITHOUT ROWID;
+    CREATE INDEX idx_list_members_member ON list_members(member);
+    CREATE TABLE rollup (
+        hour INTEGER NOT NULL,
+        agent INTEGER NOT NULL,
+        category INTEGER NOT NULL,
+        {", ".join(f"{c} REAL NOT NULL" for c in rollup.SUM_COLUMNS)},
+        PRIMARY KEY (hour, agent, category)
+    ) WITHOUT ROWID;
+    CREATE TABLE rollup_latency (
+        hour INTEGER NOT NULL,
+        agent INTEGER NOT NULL,
+        bucket INTEGER NOT NULL,
+        requests INTEGER NOT NULL,
+        PRIMARY KEY (hour, agent, bucket)
+    ) WITHOUT ROWID;
+    CREATE TABLE rollup_reasons (
+        hour INTEGER NOT NULL,
+        kind INTEGER NOT NULL,
+        label INTEGER NOT NULL,
+        agent INTEGER NOT NULL,
+        requests INTEGER NOT NULL,
+        PRIMARY KEY (hour, kind, label, agent)
+    ) WITHOUT ROWID
+"""
+"""The rollup tables, and which agents each agent-list label holds."""
+
+
 def _create_rollups(db: sqlite3.Connection) -> None:
-    _run(db, rollup.CREATE_TABLES)
-    db.executemany(rollup.INSERT_MEMBERS, rollup.members_of_stored_lists(db))
+    _run(db, ROLLUP_TABLES_DDL)
+    db.executemany(rollup.INSERT_MEMBERS, members_of_stored_lists(db))
     rollup.add_events_after(db, after_id=0)  # the events stored so far
+
+
+def members_of_stored_lists(db: sqlite3.Connection) -> list[tuple[int, int]]:
+    """(list, member) of every list label already stored, found by its
+    text: a JSON array of names whose ids hash to the label's own id."""
+    found = []
+    for label, text in db.execute(
+        "SELECT label_id, text FROM labels WHERE text LIKE '[%]'"
+    ):
+        try:
+            names = json.loads(text)
+        except ValueError:
+            continue
+        if not isinstance(names, list) or not all(
+            isinstance(n, str) for n in names
+        ):
+            continue
+        ids = [label_id(n) for n in names]
+        if list_label_id(ids) == label:
+            found += [(label, member) for member in dict.fromkeys(ids)]
+    return found
+
+
+def last_event_id(db: sqlite3.Connection) -> int:
+    """The highest ``events.id`` (0 when empty): rows above it are new."""
+    return int(
+        db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+    )
 
 
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
@@ -224,18 +287,12 @@ def apply_migrations(db: sqlite3.Connection) -> list[str]:
     )
     done = []
     for name, migrate in MIGRATIONS:
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with atomic(db):
             if name in applied(db):
-                db.execute("ROLLBACK")
                 continue
             migrate(db)
             db.execute(
                 f"INSERT INTO {MIGRATIONS_TABLE} (name) VALUES (?)", (name,)
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         done.append(name)
     return done

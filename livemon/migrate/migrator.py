@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from livemon.db import schema
 from livemon.db.rows import ListLabels, insert_events, insert_labels
+from livemon.db.transaction import atomic
+from livemon.db.writer import open_writer
 from livemon.exceptions import LegacyError
 from livemon.migrate.legacy import (
     LAYOUTS,
@@ -89,6 +90,7 @@ def migrate(
     layouts: dict[str, Layout] | None = None,
     dry_run: bool = False,
     archive_dir: str | None = None,
+    mode: int = 0o600,
 ) -> list[TableReport]:
     """Migrate legacy databases into the unified database at ``db_path``.
 
@@ -105,7 +107,7 @@ def migrate(
     known = layouts or LAYOUTS
     found = [table for path in sources for table in _recognise(path, known)]
     reports = []
-    db = None if dry_run else open_unified(db_path)
+    db = None if dry_run else open_unified(db_path, mode)
     try:
         for source in found:
             reports.append(_migrate_table(db, source))
@@ -128,13 +130,22 @@ def migrate(
     return reports
 
 
-def open_unified(path: str) -> sqlite3.Connection:
-    """Open (creating and migrating) the unified database for writing."""
-    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, isolation_level=None, timeout=0)
+def open_unified(path: str, mode: int = 0o600) -> sqlite3.Connection:
+    """Open (creating and migrating) the unified database for writing.
+
+    Created exactly as the daemon creates it (``open_writer``), so its
+    page size, vacuum mode and permissions are the daemon's.  Waits
+    longer for the lock than the daemon: a running daemon holds it for
+    one batch at a time.
+    """
+    try:
+        db = open_writer(path, mode=mode, check=False)
+    except (sqlite3.Error, OSError) as exc:
+        raise LegacyError(
+            f"cannot open {path} for writing ({exc}): check the path and "
+            "its permissions"
+        ) from exc
     db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    db.execute("PRAGMA journal_mode = WAL")
-    schema.apply_migrations(db)
     return db
 
 
@@ -275,8 +286,7 @@ def _migrate_table(
         report.migrated += len(records)
         if db is None or lists is None:
             continue
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with atomic(db):
             insert_labels(db, lists, list(converter.labels.items()))
             report.added += insert_events(
                 db,
@@ -285,10 +295,6 @@ def _migrate_table(
                 Batch(layout.lane, 0, records),
                 seqs.tolist(),
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         converter.labels.clear()
     if db is not None:
         report.checks = _compare(db, source, totals)

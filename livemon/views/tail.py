@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from livemon.db import rollup
+from livemon.db import schema
 from livemon.db.reading import Labels, format_ns
 
 BACKLOG_SCAN_ROWS = 1_000_000
@@ -109,7 +109,7 @@ def follow(
     nothing still moves on past what it has seen.
     """
     while True:
-        top = rollup.last_event_id(db)
+        top = schema.last_event_id(db)
         rows = newer(db, which, after_id, top, batch)
         yield from rows
         if len(rows) == batch:
