@@ -22,12 +22,8 @@ from livemon.db.rows import ListLabels, insert_events, insert_labels
 from livemon.db.transaction import atomic
 from livemon.db.writer import open_writer
 from livemon.exceptions import LegacyError
-from livemon.migrate.legacy import (
-    LAYOUTS,
-    ChunkConverter,
-    Layout,
-    legacy_epoch,
-)
+from livemon.migrate.convert import ChunkConverter
+from livemon.migrate.legacy import LAYOUTS, Layout, legacy_epoch
 from ringbuf import Batch
 
 CHUNK_ROWS = 20_000

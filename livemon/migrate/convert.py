@@ -1,0 +1,293 @@
+"""
+How a chunk of legacy rows becomes unified records, column by column with
+numpy, and why each rejected row was rejected.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from livemon.context import query_hash
+from livemon.migrate.legacy import Layout
+from livemon.record import (
+    LIST_FIELDS,
+    MAX_NAME_BYTES,
+    NO_LABEL,
+    RECORD_DTYPE,
+    fit_text,
+    label_id,
+)
+
+Reject = Callable[[Any, str], None]
+"""Marks a row (an index) or rows (a boolean mask) rejected, with a reason."""
+
+
+class ChunkConverter:
+    """Turns a chunk of legacy rows into records, one column at a time.
+
+    Each column is converted with numpy where its values allow (numbers,
+    ISO timestamps) and value by value otherwise; texts and lists are
+    converted once per distinct value.  A row with any bad value is
+    rejected with the first reason found.  Collects the label texts met.
+    """
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.labels: dict[int, str] = {}  # new since the caller took them
+        self.texts: dict[int, str] = {}  # every label id met -> its text
+        self._ids: dict[tuple[bool, Any], int] = {}  # (name?, value) -> id
+        self._lists: dict[tuple[str, Any], npt.NDArray[np.int64] | str] = {}
+
+    def convert(
+        self, rowids: list[int], columns: dict[str, list[Any]]
+    ) -> tuple[npt.NDArray[np.void], npt.NDArray[np.int64], list[str | None]]:
+        """Return the good rows' records and rowids, and each row's reason
+        for rejection (None when it was kept).
+
+        Args:
+            rowids: the rows' rowids, in order.
+            columns: unified field -> the rows' values (absent: unknown).
+        """
+        n = len(rowids)
+        reasons: list[str | None] = [None] * n
+        records = np.zeros(n, RECORD_DTYPE)
+        records["request_id"] = rowids
+        records["event_type"] = int(self.layout.event_type)
+
+        def reject(bad: int | npt.NDArray[np.bool_], reason: str) -> None:
+            """Reject row ``bad``, or the rows the mask ``bad`` marks."""
+            rows = [bad] if isinstance(bad, int) else np.flatnonzero(bad)
+            for i in rows:
+                if reasons[i] is None:
+                    reasons[i] = reason
+
+        for field in self.layout.required:
+            values = columns.get(field, [None] * n)
+            reject(
+                np.array([v is None or v == "" for v in values]),
+                f"missing {field}",
+            )
+        unknown: list[Any] = [None] * n
+
+        def get(field: str) -> list[Any]:
+            return columns.get(field, unknown)
+
+        records["timestamp_ns"] = _timestamps(get("timestamp"), reject)
+        records["query_hash"] = [_query_hash(v) for v in get("query_hash")]
+        for field in ("query_category", "intent_category", "routing_strategy"):
+            records[field] = self._labels(field, get(field), reject, name=True)
+        for field in ("override_reason", "error"):
+            records[field] = self._labels(
+                field, get(field), reject, name=False
+            )
+        for field, high in (
+            ("confidence", 1.0),
+            ("quality_score", 1.0),
+            ("execution_time_ms", math.inf),
+            ("context_size_kb", math.inf),
+        ):
+            records[field] = _numbers(field, get(field), high, reject)
+        for field in (
+            "accepted",
+            "success",
+            "task_completed",
+            "code_valid",
+            "tests_passed",
+        ):
+            records[field] = _flags(field, get(field), reject)
+        records["token_count"] = _counts(
+            "token_count", get("token_count"), reject
+        )
+        records["query_complexity"] = -1
+        for field, size in LIST_FIELDS.items():
+            records[field] = self._list(field, get(field), size, reject)
+        good = np.array([r is None for r in reasons], bool)
+        raw = np.dtype(f"V{RECORD_DTYPE.itemsize}")
+        kept = records.view(raw)[good].view(
+            RECORD_DTYPE
+        )  # memcpy, not per field
+        return kept, np.asarray(rowids, np.int64)[good], reasons
+
+    def _labels(
+        self, field: str, values: list[Any], reject: Reject, *, name: bool
+    ) -> npt.NDArray[np.int64]:
+        # Texts repeat: each distinct value is converted once.
+        distinct = {
+            value: self._cached_label(field, value, name)
+            for value in set(values)
+        }
+        return np.array(_rejecting(values, distinct, 0, reject), np.int64)
+
+    def _cached_label(self, field: str, value: Any, name: bool) -> int | str:
+        cached = self._ids.get((name, value))
+        return self._label_of(field, value, name) if cached is None else cached
+
+    def _label_of(self, field: str, value: Any, name: bool) -> int | str:
+        if value is None or value == "":
+            return NO_LABEL
+        if name and (
+            not isinstance(value, str) or len(value.encode()) > MAX_NAME_BYTES
+        ):
+            return f"{field} is not a name of at most {MAX_NAME_BYTES} bytes"
+        text = value if name else fit_text(str(value))
+        label = label_id(text)
+        if label not in self.texts:
+            self.texts[label] = self.labels[label] = text
+        if isinstance(value, str):
+            self._ids[(name, value)] = label
+        return label
+
+    def _list(
+        self, field: str, values: list[Any], size: int, reject: Reject
+    ) -> npt.NDArray[np.int64]:
+        distinct = {}
+        for value in set(values):
+            key = (field, value)
+            row = self._lists.get(key)
+            if row is None:
+                row = self._lists[key] = self._parse_list(field, value, size)
+            distinct[value] = row
+        rows = _rejecting(values, distinct, np.zeros(size, np.int64), reject)
+        return np.array(rows, np.int64).reshape(len(values), size)
+
+    def _parse_list(
+        self, field: str, value: Any, size: int
+    ) -> npt.NDArray[np.int64] | str:
+        if value is None or value == "":
+            return np.zeros(size, np.int64)
+        if field in self.layout.single_names:
+            names: Any = [value]
+        else:
+            try:
+                names = json.loads(value)
+            except (TypeError, ValueError):
+                return f"{field} is not a JSON array"
+        if not isinstance(names, list) or len(names) > size:
+            return f"{field} must list at most {size} names"
+        ids = [self._label_of(field, n, True) for n in names]
+        if any(isinstance(i, str) for i in ids):
+            return f"{field} holds a bad name"
+        return np.array([*ids, *[NO_LABEL] * (size - len(ids))], np.int64)
+
+
+def _rejecting(
+    values: list[Any], distinct: dict[Any, Any], instead: Any, reject: Reject
+) -> list[Any]:
+    """Each value's conversion from ``distinct``; where that is a reason
+    (a str), reject the row and put ``instead``."""
+    reasons = {v: d for v, d in distinct.items() if isinstance(d, str)}
+    if not reasons:
+        return [distinct[v] for v in values]
+    for i, value in enumerate(values):
+        if value in reasons:
+            reject(i, reasons[value])
+    return [instead if v in reasons else distinct[v] for v in values]
+
+
+def _timestamps(values: list[Any], reject: Reject) -> npt.NDArray[np.int64]:
+    """ISO texts (UTC unless an offset is given) or Unix seconds, in ns."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # offsets: numpy warns, we parse
+            kinds = set(map(type, values))
+            if kinds == {str}:
+                parsed = np.array(values, dtype="datetime64[us]")
+                return parsed.astype(np.int64) * 1000
+            if all(
+                isinstance(v, (int, float)) and not isinstance(v, bool)
+                for v in values
+            ):
+                seconds = np.array(values, dtype=np.float64)
+                if ((seconds > 0) & (seconds < 2**33)).all():
+                    return (seconds * 1e9).astype(np.int64)
+    except (ValueError, TypeError, DeprecationWarning):
+        pass  # some value is not plain: one by one below
+    result = np.zeros(len(values), np.int64)
+    for i, value in enumerate(values):
+        stamp = _timestamp_ns(value)
+        if stamp is None:
+            reject(i, "bad timestamp")
+        else:
+            result[i] = stamp
+    return result
+
+
+def _timestamp_ns(value: Any) -> int | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return int(value * 1e9) if 0 < value < 2**33 else None
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return int(moment.timestamp() * 1e6) * 1000
+
+
+_NUMBER_TYPES = {int, float, type(None)}
+
+
+def _as_floats(
+    field: str, values: list[Any], reject: Reject
+) -> npt.NDArray[np.float64]:
+    if set(map(type, values)) <= _NUMBER_TYPES:
+        return np.array(values, dtype=np.float64)  # None becomes NaN
+    numbers = np.full(len(values), np.nan)
+    for i, value in enumerate(values):
+        if type(value) in _NUMBER_TYPES:
+            numbers[i] = np.nan if value is None else value
+        else:
+            reject(i, f"{field} is not a number")
+    return numbers
+
+
+def _numbers(
+    field: str, values: list[Any], high: float, reject: Reject
+) -> npt.NDArray[np.float64]:
+    numbers = _as_floats(field, values, reject)
+    ok = np.isnan(numbers) | (
+        (numbers >= 0) & (numbers <= high) & (numbers != np.inf)
+    )
+    reject(~ok, f"{field} out of range")
+    return np.where(ok, numbers, np.nan)
+
+
+def _flags(
+    field: str, values: list[Any], reject: Reject
+) -> npt.NDArray[np.int8]:
+    numbers = _as_floats(field, values, reject)
+    ok = np.isnan(numbers) | (numbers == 0) | (numbers == 1)
+    reject(~ok, f"{field} is not 0, 1 or NULL")
+    return np.where(np.isnan(numbers) | ~ok, -1, numbers).astype(np.int8)
+
+
+def _counts(
+    field: str, values: list[Any], reject: Reject
+) -> npt.NDArray[np.int64]:
+    numbers = _as_floats(field, values, reject)
+    ok = np.isnan(numbers) | ((numbers >= 0) & (numbers == np.round(numbers)))
+    reject(~ok, f"{field} is not a count")
+    return np.where(np.isnan(numbers) | ~ok, -1, numbers).astype(np.int64)
+
+
+def _query_hash(value: Any) -> int:
+    if value is None:
+        return 0
+    text = str(value)
+    try:
+        raw = int(text, 16)
+    except ValueError:
+        return query_hash(text)  # not hex: hash whatever it is
+    if raw >= 2**64:
+        return query_hash(text)
+    return raw - 2**64 if raw >= 2**63 else raw
