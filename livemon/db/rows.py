@@ -45,6 +45,14 @@ INSERT_FEEDBACK = {
 INSERT_LABELS = "INSERT OR IGNORE INTO labels (label_id, text) VALUES (?, ?)"
 # A list label is rewritten when a name it lacked has arrived since.
 REPLACE_LABELS = "INSERT OR REPLACE INTO labels (label_id, text) VALUES (?, ?)"
+FILL_IN_LABELS = f"""
+    UPDATE labels SET text = replace(
+        text, json_quote({schema.unknown_text_sql("?1")}), json_quote(?2)
+    )
+    WHERE label_id IN (SELECT list FROM list_members WHERE member = ?1)
+        AND instr(text, '<unknown #') > 0
+"""
+"""Put a label's text, just arrived, into the lists stored without it."""
 
 
 def list_columns(
@@ -121,16 +129,22 @@ class ListLabels:
         if label == NO_LABEL:
             self._known[key] = label
             return label
-        texts = [self._text(i) for i in ids if i]
-        known = [t for t in texts if t is not None]
-        self.new_members += [(label, m) for m in dict.fromkeys(ids) if m]
+        members = [i for i in ids if i]
+        texts = [self._text(i) for i in members]
+        # A member whose text has not arrived is named, never left out:
+        # FILL_IN_LABELS puts the text in when it comes.
+        names = [
+            schema.unknown_text(i) if t is None else t
+            for i, t in zip(members, texts, strict=True)
+        ]
+        self.new_members += [(label, m) for m in dict.fromkeys(members)]
         self.new.append(
             (
                 label,
-                json.dumps(known, ensure_ascii=False, separators=(",", ":")),
+                json.dumps(names, ensure_ascii=False, separators=(",", ":")),
             )
         )
-        if len(known) == len(texts):
+        if None not in texts:
             self._known[key] = label  # complete: never written again
         return label
 
@@ -218,6 +232,7 @@ def insert_labels(
 ) -> None:
     """Insert label texts (ignoring known ids) and remember them."""
     db.executemany(INSERT_LABELS, rows)
+    db.executemany(FILL_IN_LABELS, rows)
     lists.learn(rows)
 
 

@@ -42,12 +42,44 @@ def _run(db: sqlite3.Connection, script: str) -> None:
             db.execute(statement)
 
 
+def unknown_text(label: int) -> str:
+    """How a label id whose text never reached the database is shown.
+
+    Never NULL or ``[]``, which would read as "no error" or "no agent".
+    """
+    return f"<unknown #{label & 2**64 - 1:016x}>"
+
+
+def unknown_text_sql(value: str) -> str:
+    """``unknown_text`` in SQL (printf's %x is the id's two's complement)."""
+    return f"printf('<unknown #%016x>', {value})"
+
+
 def _label_text(alias: str, column: str) -> str:
     return f"(SELECT text FROM labels WHERE label_id = {alias}.{column})"
 
 
 def _list_text(alias: str, column: str) -> str:
     return f"COALESCE({_label_text(alias, column)}, '[]')"
+
+
+def _known_label_text(alias: str, column: str) -> str:
+    """A label's text; NULL for no label, ``unknown_text`` if not stored."""
+    value = f"{alias}.{column}"
+    return (
+        f"CASE WHEN {value} = 0 THEN NULL ELSE COALESCE("
+        f"{_label_text(alias, column)}, {unknown_text_sql(value)}) END"
+    )
+
+
+def _known_list_text(alias: str, column: str) -> str:
+    """A list's JSON text; ``[]`` for no list, an unknown one named."""
+    value = f"{alias}.{column}"
+    return (
+        f"CASE WHEN {value} = 0 THEN '[]' ELSE COALESCE("
+        f"{_label_text(alias, column)}, "
+        f"json_array({unknown_text_sql(value)})) END"
+    )
 
 
 def _create_events(db: sqlite3.Connection) -> None:
@@ -91,7 +123,11 @@ def _create_events(db: sqlite3.Connection) -> None:
     )
 
 
-def _create_monitoring_events_view(db: sqlite3.Connection) -> None:
+def _create_monitoring_events_view(
+    db: sqlite3.Connection,
+    label: Callable[[str, str], str] = _label_text,
+    listed: Callable[[str, str], str] = _list_text,
+) -> None:
     flag = "NULLIF(e.{0}, -1) AS {0}"
     _run(
         db,
@@ -105,19 +141,19 @@ def _create_monitoring_events_view(db: sqlite3.Connection) -> None:
                 WHEN 2 THEN 'execution' WHEN 3 THEN 'quality' END
                 AS event_type,
             printf('%016x', e.query_hash) AS query_hash,
-            {_label_text("e", "query_category")} AS query_category,
+            {label("e", "query_category")} AS query_category,
             NULLIF(e.query_complexity, -1) AS query_complexity,
-            {_label_text("e", "intent_category")} AS intent_category,
-            {_list_text("e", "intent_domains")} AS intent_domains,
-            {_list_text("e", "suggested_agents")} AS suggested_agents,
-            {_label_text("e", "routing_strategy")} AS routing_strategy,
+            {label("e", "intent_category")} AS intent_category,
+            {listed("e", "intent_domains")} AS intent_domains,
+            {listed("e", "suggested_agents")} AS suggested_agents,
+            {label("e", "routing_strategy")} AS routing_strategy,
             e.confidence AS confidence,
-            {_list_text("e", "actual_agents")} AS actual_agents,
+            {listed("e", "actual_agents")} AS actual_agents,
             {flag.format("accepted")},
-            {_label_text("e", "override_reason")} AS override_reason,
+            {label("e", "override_reason")} AS override_reason,
             e.execution_time_ms AS execution_time_ms,
             {flag.format("success")},
-            {_label_text("e", "error")} AS error,
+            {label("e", "error")} AS error,
             e.quality_score AS quality_score,
             {flag.format("task_completed")},
             {flag.format("code_valid")},
@@ -127,6 +163,11 @@ def _create_monitoring_events_view(db: sqlite3.Connection) -> None:
         FROM events AS e;
         """,
     )
+
+
+def _name_unknown_labels(db: sqlite3.Connection) -> None:
+    db.execute("DROP VIEW monitoring_events")
+    _create_monitoring_events_view(db, _known_label_text, _known_list_text)
 
 
 def _create_feedback_tables(db: sqlite3.Connection) -> None:
@@ -245,6 +286,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0002_monitoring_events_view", _create_monitoring_events_view),
     ("0003_alerts_adjustments", _create_feedback_tables),
     ("0004_hourly_rollups", _create_rollups),
+    ("0005_unknown_labels_named", _name_unknown_labels),
 ]
 """Every schema change, in order; a name is never reused or reordered."""
 

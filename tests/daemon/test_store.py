@@ -274,8 +274,9 @@ class TestCorruption:
         store.write(1, [], [events_batch(np.repeat(one_event(), 2000))])
         store.close()
         data = bytearray(path.read_bytes())
-        page = 4096
-        data[3 * page : 3 * page + 200] = b"\xff" * 200
+        page = int.from_bytes(data[16:18], "big")  # the header says
+        middle = len(data) // page // 2 * page  # a b-tree page of events
+        data[middle : middle + page] = b"\xff" * page
         path.write_bytes(bytes(data))
         with pytest.raises(DatabaseCorrupt, match="damaged") as info:
             Store(str(path))

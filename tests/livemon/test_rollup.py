@@ -14,6 +14,7 @@ import pytest
 from livemon.db import rollup, schema
 from livemon.db.rows import (
     INSERT_EVENTS,
+    INSERT_LABELS,
     REPLACE_LABELS,
     ListLabels,
     event_rows,
@@ -130,14 +131,15 @@ class TestRollups:
         schema.apply_migrations(old)
         records, labels = synthetic_records(2000, 3, START_NS, 10**9)
         lists = ListLabels(old)
-        insert_labels(old, lists, list(labels.items()))
+        old.executemany(INSERT_LABELS, list(labels.items()))  # as 0001 did
+        lists.learn(labels.items())
         ids = list_columns(records, lists)
         old.executemany(
             INSERT_EVENTS, event_rows(1, Batch(0, 0, records), ids)
         )
         old.executemany(REPLACE_LABELS, lists.new)  # as 0003 stored lists
         monkeypatch.undo()
-        assert schema.apply_migrations(old) == ["0004_hourly_rollups"]
+        assert schema.apply_migrations(old)[0] == "0004_hourly_rollups"
         got = stored(old)
         agents = {row[1] for row in got["rollup"]} - {rollup.EVERY_REQUEST}
         assert agents == {label_id(a) for a in AGENTS}
