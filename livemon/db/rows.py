@@ -161,6 +161,12 @@ class ListLabels:
         return text
 
 
+_ACTION_NAMES = {int(a): a.name.lower() for a in FeedbackAction}
+_ALERT_CODES = frozenset(int(a) for a in ALERT_ACTIONS)
+# A code from a newer coordinator (a rolling upgrade) or a damaged record
+# is stored as "action_<code>": one odd row, never a daemon that stops.
+
+
 def feedback_rows(
     epoch: int, batch: Batch
 ) -> list[tuple[str, list[tuple[Any, ...]]]]:
@@ -169,11 +175,9 @@ def feedback_rows(
     seqs = range(batch.first_seq, batch.end_seq)
     rows: dict[str, list[tuple[Any, ...]]] = {"alerts": [], "adjustments": []}
     for seq, r in zip(seqs, records.tolist(), strict=True):
-        action = FeedbackAction(r[2])
-        table = "alerts" if action in ALERT_ACTIONS else "adjustments"
-        rows[table].append(
-            (epoch, batch.lane, seq, r[0], r[1], action.name.lower(), *r[3:])
-        )
+        table = "alerts" if r[2] in _ALERT_CODES else "adjustments"
+        name = _ACTION_NAMES.get(r[2]) or f"action_{r[2]}"
+        rows[table].append((epoch, batch.lane, seq, r[0], r[1], name, *r[3:]))
     return list(rows.items())
 
 
