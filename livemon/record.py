@@ -24,6 +24,12 @@ MAX_TEXT_BYTES = 4096
 NO_LABEL = 0
 UNKNOWN_FLAG = -1
 UNKNOWN_COUNT = -1
+TEXT_ERRORS = "backslashreplace"
+"""How text that UTF-8 cannot encode (lone surrogates, as ``json.loads``
+may return for model output) is stored: as ``\\udXXX`` escapes, so every
+``str`` has one valid UTF-8 form and a stable label id."""
+MAX_BYTES_PER_CHAR = 6
+"""The most bytes one character takes with ``TEXT_ERRORS`` (an escape)."""
 
 
 class EventType(enum.IntEnum):
@@ -148,19 +154,47 @@ same tuple to a numpy record takes ~4.5 us, so the hot path packs bytes
 laid out exactly as ``RECORD_DTYPE`` (a test holds the two together).
 """
 
+_ID_BYTES = 8  # one little-endian int64 label id
 LIST_STRUCTS = {n: struct.Struct(f"<{n}q") for n in (MAX_AGENTS, MAX_DOMAINS)}
 """Packs one padded list of label ids."""
 
-assert list(RECORD_DTYPE.names or ())[-3:] == list(LIST_FIELDS)
-assert SCALARS_STRUCT.size + 8 * sum(LIST_FIELDS.values()) == (
-    RECORD_DTYPE.itemsize
-)
+
+def _check_layout() -> None:
+    """Refuse to import a record layout the hot path would pack wrongly.
+
+    Raised explicitly, not asserted: ``python -O`` must not skip it.
+    """
+    if list(RECORD_DTYPE.names or ())[-3:] != list(LIST_FIELDS):
+        raise ImportError("RECORD_DTYPE must end with the LIST_FIELDS lists")
+    list_bytes = _ID_BYTES * sum(LIST_FIELDS.values())
+    if SCALARS_STRUCT.size + list_bytes != RECORD_DTYPE.itemsize:
+        raise ImportError("SCALARS_STRUCT and RECORD_DTYPE sizes disagree")
+
+
+_check_layout()
+
+
+def encode_text(text: str) -> bytes:
+    """Return the UTF-8 bytes stored for ``text`` (see ``TEXT_ERRORS``)."""
+    return text.encode("utf-8", TEXT_ERRORS)
+
+
+def is_encodable(text: str) -> bool:
+    """Whether ``text`` is stored as it is (it holds no lone surrogate)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def label_id(text: str) -> int:
     """Return the stable, non-zero signed 64-bit id of ``text``."""
-    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(encode_text(text), digest_size=8).digest()
     return int.from_bytes(digest, "little", signed=True) or 1
+
+
+_LIST_PERSON = b"livemon-list"  # the hash domain of list ids
 
 
 def list_label_id(ids: Iterable[int]) -> int:
@@ -173,18 +207,18 @@ def list_label_id(ids: Iterable[int]) -> int:
     data = b"".join(i.to_bytes(8, "little", signed=True) for i in ids if i)
     if not data:
         return NO_LABEL
-    digest = hashlib.blake2b(data, digest_size=8, person=b"livemon-list")
+    digest = hashlib.blake2b(data, digest_size=8, person=_LIST_PERSON)
     return int.from_bytes(digest.digest(), "little", signed=True) or 1
 
 
 def fit_text(text: str, limit_bytes: int = MAX_TEXT_BYTES) -> str:
     """Return ``text``, or a prefix with a visible marker if it is too long.
 
-    The result encodes to at most ``limit_bytes`` of UTF-8.
+    The result encodes (``encode_text``) to at most ``limit_bytes``.
     """
-    if len(text) * 4 <= limit_bytes:  # UTF-8 needs at most 4 bytes a char
+    if len(text) * MAX_BYTES_PER_CHAR <= limit_bytes:
         return text
-    data = text.encode()
+    data = encode_text(text)
     if len(data) <= limit_bytes:
         return text
     marker = f"...[truncated, {len(data)} bytes in all]"
@@ -194,7 +228,7 @@ def fit_text(text: str, limit_bytes: int = MAX_TEXT_BYTES) -> str:
 
 def label_record(text: str) -> bytes:
     """Return a packed ``LABEL_DTYPE`` record for a text that fits."""
-    data = text.encode()
+    data = encode_text(text)
     return _LABEL_HEAD.pack(label_id(text), len(data)) + data.ljust(
         MAX_TEXT_BYTES, b"\0"
     )
