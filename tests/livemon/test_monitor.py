@@ -197,7 +197,7 @@ BAD_CALLS = [
     ("log_execution", {"error": 42}, "error"),
     ("log_execution", {"token_count": 1.5}, "token_count"),
     ("log_quality", {"score": -0.1}, "score"),
-    ("log_quality", {"tests_passed": 1}, "tests_passed"),
+    ("log_quality", {"tests_passed": 2}, "tests_passed"),
     ("log_acceptance", {"override_reason": b"bytes"}, "override_reason"),
     ("log_acceptance", {"acepted": True}, "acepted"),
 ]
@@ -302,7 +302,8 @@ class TestFailuresNeverBreakRouting:
             assert first.available and not second.available
             with second.request("q") as ctx:
                 ctx.log_routing(confidence=0.5)
-            assert second.counters.unavailable == 1
+            assert second.counters.lanes_exhausted == 1
+            assert second.counters.unavailable == 0
             with pytest.raises(MonitoringUnavailable, match="lanes"):
                 Monitor(config=config, strict=True)
 
