@@ -105,8 +105,11 @@ class LabelCache:
     ``flush`` retries the held texts, oldest first, before later records.
 
     Attributes:
-        ids: label id by text, for every text announced.
-        lists: packed id lists by tuple of texts, all of them announced.
+        ids: label id by name (a non-empty text of at most
+            ``MAX_NAME_BYTES``) for every name announced; the hot path
+            reads it, so a text held here is always a valid name.
+        texts: label id by any other text announced (long, or empty).
+        lists: packed id lists by tuple of names, all of them announced.
         pending: texts held for a retry, oldest first (at most 1024).
     """
 
@@ -117,6 +120,7 @@ class LabelCache:
         max_texts: int = 100_000,
     ) -> None:
         self.ids: dict[str, int] = {}
+        self.texts: dict[str, int] = {}
         self.lists: dict[tuple[str, ...], bytes] = {}
         self.pending: dict[str, None] = {}
         self._announce = announce
@@ -126,6 +130,8 @@ class LabelCache:
     def intern(self, text: str) -> int:
         """Return the label id of ``text``, announcing it once."""
         label = self.ids.get(text)
+        if label is None:
+            label = self.texts.get(text)
         if label is not None:
             return label
         label = rec.label_id(text)
@@ -151,14 +157,19 @@ class LabelCache:
     def clear(self) -> None:
         """Forget every text: each is announced again when next used."""
         self.ids.clear()
+        self.texts.clear()
         self.lists.clear()
         self.pending.clear()
 
     def _remember(self, text: str, label: int) -> None:
-        if len(self.ids) >= self._max_texts:
+        if len(self.ids) + len(self.texts) >= self._max_texts:
             self.ids.clear()
+            self.texts.clear()
             self.lists.clear()
-        self.ids[text] = label
+        if text and len(rec.encode_text(text)) <= rec.MAX_NAME_BYTES:
+            self.ids[text] = label
+        else:
+            self.texts[text] = label
 
 
 class Sink:
@@ -684,12 +695,15 @@ class RequestContext:
         elif type(value) is not str:
             reason = f"must be a str or an exception, not {_short(value)}"
             return int(self._bad(field, reason, rec.NO_LABEL))
-        label = self._sink.labels.ids.get(value)
+        labels = self._sink.labels
+        label = labels.ids.get(value)
+        if label is None:
+            label = labels.texts.get(value)
         if label is not None:
             return label
         if not rec.is_encodable(value):
             self._escaped(field)
-        return self._sink.labels.intern(rec.fit_text(value))
+        return labels.intern(rec.fit_text(value))
 
     def _exception_text(self, field: str, error: BaseException) -> str:
         name = type(error).__name__
