@@ -1,6 +1,6 @@
 """
-One request's monitoring context (the hot path), and the small objects a
-Monitor hands to it: its ``Sink``, ``LabelCache`` and ``Counters``.
+One request's monitoring context (the hot path), and what a Monitor hands
+to it: a ``Sink`` (its counters, label cache and write).
 
 The ``log_*`` calls only keep their arguments; ``end`` checks them all,
 turns text into label ids and writes one packed record.  Doing the work
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import numbers
 import os
 import secrets
 import time
@@ -19,16 +18,13 @@ import zlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import numpy as np
-
 from livemon import record as rec
 from livemon.exceptions import InvalidField, LivemonError
 
-__all__ = ["Counters", "LabelCache", "RequestContext", "Sink", "query_hash"]
+__all__ = ["Counters", "RequestContext", "Sink", "query_hash"]
 
 _MAX_COMPLEXITY = 2**15 - 1  # query_complexity is an int16
 _MAX_TOKENS = 2**62  # far above any real count, well inside int64
-_MAX_PENDING_LABELS = 1024  # texts held for a retry, then given up
 _QUERY_HASH_SEED = 0x9E3779B9  # the second CRC's seed: 2**32 / phi
 _INT64_OFFSET = 1 << 63  # maps an unsigned 64-bit hash to a signed one
 _NO_LABEL = rec.NO_LABEL  # module constants: the hot path's cheapest loads
@@ -97,81 +93,6 @@ class Counters:
     logged_after_end: int = 0
 
 
-class LabelCache:
-    """This process's label ids by text, and packed lists of them.
-
-    A text is announced once (``announce`` stores its label record and
-    says whether that worked); one that could not be is held, and
-    ``flush`` retries the held texts, oldest first, before later records.
-
-    Attributes:
-        ids: label id by name (a non-empty text of at most
-            ``MAX_NAME_BYTES``) for every name announced; the hot path
-            reads it, so a text held here is always a valid name.
-        texts: label id by any other text announced (long, or empty).
-        lists: packed id lists by tuple of names, all of them announced.
-        pending: texts held for a retry, oldest first (at most 1024).
-    """
-
-    def __init__(
-        self,
-        announce: Callable[[str], bool],
-        counters: Counters,
-        max_texts: int = 100_000,
-    ) -> None:
-        self.ids: dict[str, int] = {}
-        self.texts: dict[str, int] = {}
-        self.lists: dict[tuple[str, ...], bytes] = {}
-        self.pending: dict[str, None] = {}
-        self._announce = announce
-        self._counters = counters
-        self._max_texts = max_texts
-
-    def intern(self, text: str) -> int:
-        """Return the label id of ``text``, announcing it once."""
-        label = self.ids.get(text)
-        if label is None:
-            label = self.texts.get(text)
-        if label is not None:
-            return label
-        label = rec.label_id(text)
-        if self._announce(text):
-            self.pending.pop(text, None)
-            self._remember(text, label)
-        elif text not in self.pending:
-            self._counters.labels_dropped += 1
-            self.pending[text] = None
-            if len(self.pending) > _MAX_PENDING_LABELS:
-                del self.pending[next(iter(self.pending))]
-                self._counters.labels_lost += 1
-        return label
-
-    def flush(self) -> None:
-        """Announce the held texts until one fails again."""
-        for text in list(self.pending):
-            if not self._announce(text):
-                return
-            del self.pending[text]
-            self._remember(text, rec.label_id(text))
-
-    def clear(self) -> None:
-        """Forget every text: each is announced again when next used."""
-        self.ids.clear()
-        self.texts.clear()
-        self.lists.clear()
-        self.pending.clear()
-
-    def _remember(self, text: str, label: int) -> None:
-        if len(self.ids) + len(self.texts) >= self._max_texts:
-            self.ids.clear()
-            self.texts.clear()
-            self.lists.clear()
-        if text and len(rec.encode_text(text)) <= rec.MAX_NAME_BYTES:
-            self.ids[text] = label
-        else:
-            self.texts[text] = label
-
-
 class Sink:
     """All a ``RequestContext`` needs of its ``Monitor``, and no more.
 
@@ -193,7 +114,7 @@ class Sink:
         *,
         strict: bool,
         counters: Counters,
-        labels: LabelCache,
+        labels: rec.LabelCache,
         write: Callable[[bytes], bool],
     ) -> None:
         self.strict = strict
@@ -594,43 +515,23 @@ class RequestContext:
         ) - _INT64_OFFSET
 
     def _flag(self, field: str, value: Any) -> int:
-        if value is None:
-            return rec.UNKNOWN_FLAG
-        if type(value) is bool or isinstance(value, np.bool_):
-            return int(bool(value))
-        if isinstance(value, numbers.Integral):
-            try:
-                number = int(value)
-            except Exception:  # a hostile __int__
-                number = -1
-            if number in (0, 1):
-                return number
+        flag = rec.flag_value(value)
+        if flag is not None:
+            return flag
         reason = f"must be True, False, 0, 1 or None, not {_short(value)}"
         return int(self._bad(field, reason, rec.UNKNOWN_FLAG))
 
     def _int(self, field: str, value: Any, high: int) -> int:
-        if value is None:
-            return rec.UNKNOWN_COUNT
-        if isinstance(value, numbers.Integral) and not _is_bool(value):
-            try:
-                number = int(value)
-            except Exception:  # a hostile __int__
-                number = -1
-            if 0 <= number <= high:
-                return number
+        count = rec.count_value(value, high)
+        if count is not None:
+            return count
         reason = f"must be an int in 0..{high}, not {_short(value)}"
         return int(self._bad(field, reason, rec.UNKNOWN_COUNT))
 
     def _number(self, field: str, value: Any, high: float) -> float:
-        if value is None:
-            return _NAN
-        if isinstance(value, numbers.Real) and not _is_bool(value):
-            try:
-                number = float(value)
-            except Exception:  # a hostile __float__
-                number = _NAN
-            if 0 <= number <= high and number != _INF:
-                return number  # NaN fails the comparisons above
+        number = rec.number_value(value, high)
+        if number is not None:
+            return number
         bound = "in [0, 1]" if high == 1.0 else "finite and >= 0"
         reason = f"must be a number {bound}, not {_short(value)}"
         return float(self._bad(field, reason, _NAN))
@@ -719,10 +620,6 @@ class RequestContext:
                 field, "holds a lone surrogate: not encodable as UTF-8"
             )
         self._sink.counters.texts_escaped += 1
-
-
-def _is_bool(value: object) -> bool:
-    return type(value) is bool or isinstance(value, np.bool_)
 
 
 def _short(value: object) -> str:

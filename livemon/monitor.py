@@ -17,7 +17,7 @@ import ringbuf
 from livemon import ipc
 from livemon import record as rec
 from livemon.config import Config, load_config
-from livemon.context import Counters, LabelCache, RequestContext, Sink
+from livemon.context import Counters, RequestContext, Sink
 from livemon.exceptions import MonitoringUnavailable
 
 __all__ = ["Counters", "Monitor"]
@@ -68,7 +68,7 @@ class Monitor:
         self.config = config or load_config({"ring": ring})
         self.strict = strict
         self.counters = Counters()
-        self._label_cache = LabelCache(
+        self._label_cache = rec.LabelCache(
             self._put_label, self.counters, _MAX_CACHED_LABELS
         )
         # The same dict object: _write checks it without a lookup chain.

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import math
+import numbers
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +27,8 @@ MAX_TEXT_BYTES = 4096
 NO_LABEL = 0
 UNKNOWN_FLAG = -1
 UNKNOWN_COUNT = -1
+MAX_PENDING_LABELS = 1024
+"""Label texts held for a retry at most; beyond, the oldest is given up."""
 TEXT_ERRORS = "backslashreplace"
 """How text that UTF-8 cannot encode (lone surrogates, as ``json.loads``
 may return for model output) is stored: as ``\\udXXX`` escapes, so every
@@ -252,3 +257,147 @@ def label_texts(records: npt.NDArray[np.void]) -> list[tuple[int, str]]:
             strict=True,
         )
     ]
+
+
+# -- field values: what each kind of field accepts ---------------------
+
+
+def is_bool(value: object) -> bool:
+    """Whether ``value`` is a bool (Python's or numpy's)."""
+    return type(value) is bool or isinstance(value, np.bool_)
+
+
+def flag_value(value: object) -> int | None:
+    """The stored tri-state flag for ``value``; None if it is not one.
+
+    Accepted: None (unknown), ``True``/``False``, ``np.bool_``, and
+    integers equal to 0 or 1.
+    """
+    if value is None:
+        return UNKNOWN_FLAG
+    if is_bool(value):
+        return int(bool(value))
+    number = _integer(value)
+    return number if number in (0, 1) else None
+
+
+def count_value(value: object, high: int) -> int | None:
+    """The stored count for ``value`` (None: unknown); None if refused.
+
+    Accepted: any ``numbers.Integral`` but a bool, in ``0..high``.
+    """
+    if value is None:
+        return UNKNOWN_COUNT
+    number = None if is_bool(value) else _integer(value)
+    return number if number is not None and 0 <= number <= high else None
+
+
+def number_value(value: object, high: float) -> float | None:
+    """The stored float for ``value`` (None: NaN); None if refused.
+
+    Accepted: any ``numbers.Real`` but a bool, finite, in ``[0, high]``.
+    """
+    if value is None:
+        return math.nan
+    if not isinstance(value, numbers.Real) or is_bool(value):
+        return None
+    try:
+        number = float(value)
+    except Exception:  # a hostile __float__: refused, never raised
+        return None
+    return number if 0 <= number <= high and number != math.inf else None
+
+
+def _integer(value: object) -> int | None:
+    if not isinstance(value, numbers.Integral):
+        return None
+    try:
+        return int(value)
+    except Exception:  # a hostile __int__: refused, never raised
+        return None
+
+
+# -- the label cache ---------------------------------------------------
+
+
+class LabelCounts(Protocol):
+    """Where a ``LabelCache`` counts texts held and given up."""
+
+    labels_dropped: int
+    labels_lost: int
+
+
+class LabelCache:
+    """This process's label ids by text, and packed lists of them.
+
+    A text is announced once (``announce`` stores its label record and
+    says whether that worked); one that could not be is held, and
+    ``flush`` retries the held texts, oldest first, before later records.
+
+    Attributes:
+        ids: label id by name (a non-empty text of at most
+            ``MAX_NAME_BYTES``) for every name announced; the hot path
+            reads it, so a text held here is always a valid name.
+        texts: label id by any other text announced (long, or empty).
+        lists: packed id lists by tuple of names, all of them announced.
+        pending: texts held for a retry, oldest first (at most
+            ``MAX_PENDING_LABELS``).
+    """
+
+    def __init__(
+        self,
+        announce: Callable[[str], bool],
+        counters: LabelCounts,
+        max_texts: int = 100_000,
+    ) -> None:
+        self.ids: dict[str, int] = {}
+        self.texts: dict[str, int] = {}
+        self.lists: dict[tuple[str, ...], bytes] = {}
+        self.pending: dict[str, None] = {}
+        self._announce = announce
+        self._counters = counters
+        self._max_texts = max_texts
+
+    def intern(self, text: str) -> int:
+        """Return the label id of ``text``, announcing it once."""
+        label = self.ids.get(text)
+        if label is None:
+            label = self.texts.get(text)
+        if label is not None:
+            return label
+        label = label_id(text)
+        if self._announce(text):
+            self.pending.pop(text, None)
+            self._remember(text, label)
+        elif text not in self.pending:
+            self._counters.labels_dropped += 1
+            self.pending[text] = None
+            if len(self.pending) > MAX_PENDING_LABELS:
+                del self.pending[next(iter(self.pending))]
+                self._counters.labels_lost += 1
+        return label
+
+    def flush(self) -> None:
+        """Announce the held texts until one fails again."""
+        for text in list(self.pending):
+            if not self._announce(text):
+                return
+            del self.pending[text]
+            self._remember(text, label_id(text))
+
+    def clear(self) -> None:
+        """Forget every text: each is announced again when next used."""
+        self.ids.clear()
+        self.texts.clear()
+        self.lists.clear()
+        self.pending.clear()
+
+    def _remember(self, text: str, label: int) -> None:
+        if len(self.ids) + len(self.texts) >= self._max_texts:
+            self.ids.clear()
+            self.texts.clear()
+            self.lists.clear()
+        if text and len(encode_text(text)) <= MAX_NAME_BYTES:
+            self.ids[text] = label
+        else:
+            self.texts[text] = label

@@ -20,8 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ringbuf
-from livemon import InvalidField, Monitor, MonitoringUnavailable, context
+from livemon import InvalidField, Monitor, MonitoringUnavailable
 from livemon import monitor as monitor_module
+from livemon import record as rec
 from livemon.config import load_config
 from livemon.context import query_hash
 from livemon.coordinator import Coordinator, Result
@@ -548,7 +549,7 @@ class TestLabels:
         self, ring_name, monkeypatch
     ):
         """Beyond the bound, the oldest held text is given up, counted."""
-        monkeypatch.setattr(context, "_MAX_PENDING_LABELS", 2)
+        monkeypatch.setattr(rec, "MAX_PENDING_LABELS", 2)
         config = load_config({"ring": ring_name, "label_capacity_records": 2})
         with Monitor(config=config) as mon:
             full_request(mon)
