@@ -420,3 +420,18 @@ class TestUncountedDrops:
         with monitor.request("q") as ctx:
             ctx.log_acceptance(acepted=True, override_reason=7)
         assert monitor.counters.invalid == 2  # acepted, then the reason
+
+
+class TestStrictExit:
+    """In strict mode too, the caller's exception is never replaced."""
+
+    def test_invalid_value_with_an_exception_in_the_block(self, ring_name):
+        """The record is checked leniently and written; KeyError wins."""
+        with Monitor(ring_name, strict=True) as mon:
+            error = KeyError("agent")
+            with pytest.raises(KeyError) as info, mon.request("q") as ctx:
+                ctx._score = "bad"  # as if logged before strictness applied
+                raise error
+            assert info.value is error
+            assert mon.counters.invalid == 1
+            assert mon.counters.recorded == 1
