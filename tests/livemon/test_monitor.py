@@ -30,7 +30,10 @@ from livemon.record import (
     LABEL_DTYPE,
     MAX_AGENTS,
     MAX_TEXT_BYTES,
+    NO_LABEL,
     RECORD_DTYPE,
+    UNKNOWN_COUNT,
+    UNKNOWN_FLAG,
 )
 from tests.livemon.helpers import events_in, labels_in, names
 
@@ -77,6 +80,8 @@ def full_request(monitor, query="fix my code"):
 
 
 class TestRecord:
+    """One request, one exact record."""
+
     def test_every_field_arrives_exactly(self, monitor, ring_name):
         """One request, one record; numbers and texts as logged."""
         ctx = full_request(monitor)
@@ -212,8 +217,26 @@ BAD_CALLS = [
     ("log_acceptance", {"acepted": True}, "acepted"),
 ]
 
+# Where each refused field lands, and the unknown value it must hold.
+UNKNOWN_COLUMNS = {
+    "category": ("intent_category", NO_LABEL),
+    "domains": ("intent_domains", NO_LABEL),
+    "complexity": ("query_complexity", UNKNOWN_COUNT),
+    "confidence": ("confidence", math.nan),
+    "suggested_agents": ("suggested_agents", NO_LABEL),
+    "execution_time_ms": ("execution_time_ms", math.nan),
+    "success": ("success", UNKNOWN_FLAG),
+    "error": ("error", NO_LABEL),
+    "token_count": ("token_count", UNKNOWN_COUNT),
+    "score": ("quality_score", math.nan),
+    "tests_passed": ("tests_passed", UNKNOWN_FLAG),
+    "override_reason": ("override_reason", NO_LABEL),
+}
+
 
 class TestValidation:
+    """Bad values: typed errors in strict mode, unknown and counted else."""
+
     @pytest.mark.parametrize(("method", "kwargs", "field"), BAD_CALLS)
     def test_strict_names_the_field(self, strict, method, kwargs, field):
         """Strict mode: a typed error naming the field, at the call."""
@@ -233,9 +256,13 @@ class TestValidation:
         (event,) = events_in(ring_name)
         assert monitor.counters.invalid >= 1
         assert monitor.counters.recorded == 1
-        for column in ("confidence", "execution_time_ms", "quality_score"):
-            value = event[column]
-            assert math.isnan(value) or 0 <= value < float("inf")
+        if field in UNKNOWN_COLUMNS:
+            column, sentinel = UNKNOWN_COLUMNS[field]
+            stored = event[column]
+            if isinstance(sentinel, float):
+                assert math.isnan(stored)
+            else:
+                assert (stored == sentinel).all()
 
     def test_invalid_field_pickles(self):
         """The error crosses process boundaries intact."""
@@ -288,6 +315,8 @@ class TestValidation:
 
 
 class TestFailuresNeverBreakRouting:
+    """Ring trouble is counted, never raised (unless strict)."""
+
     def test_full_ring_drops_and_counts(self, ring_name):
         """With no daemon draining, a full lane drops, never blocks."""
         config = load_config({"ring": ring_name, "capacity_records": 4})
@@ -335,6 +364,8 @@ def child_records(monitor, out) -> None:
 
 
 class TestProcesses:
+    """Forked children and independent processes share one ring."""
+
     def test_forked_child_records_on_its_own_lane(self, monitor, ring_name):
         """Parent and child both record; labels are re-announced."""
         full_request(monitor, "from parent")
@@ -386,6 +417,8 @@ class TestProcesses:
 
 
 class TestCoordinator:
+    """Coordinator.route and complete write one record."""
+
     def test_route_and_complete_record_one_request(self, monitor, ring_name):
         """route() classifies and selects; complete() writes the record."""
         coordinator = Coordinator(monitor)
