@@ -160,9 +160,15 @@ class Coordinator:
     """Routes queries to agents and monitors every request inline.
 
     Args:
-        monitor: where records go (default: a ``Monitor()`` from config).
+        monitor: where records go (default: a ``Monitor()`` from config,
+            which ``close()`` closes; a monitor passed in stays open).
         classifier: has ``classify(query) -> Intent``.
         selector: has ``select(intent, query) -> Selection``.
+        feedback: adjusts routes from the recent window (default: none);
+            without its own thread it is updated from ``route``, never
+            raising into it.
+
+    Use it as ``with Coordinator() as coordinator:``, or call ``close()``.
     """
 
     def __init__(
@@ -172,6 +178,7 @@ class Coordinator:
         selector: Selector | None = None,
         feedback: FeedbackLoop | None = None,
     ) -> None:
+        self._owns_monitor = monitor is None
         self.monitor = monitor if monitor is not None else Monitor()
         self.classifier = classifier or KeywordClassifier()
         self.selector = selector or TableSelector()
@@ -189,7 +196,7 @@ class Coordinator:
         selection = self.selector.select(intent, query)
         if self.feedback is not None:
             if not self.feedback.running:
-                self.feedback.maybe_update()
+                self.feedback.maybe_update()  # guarded: counts, never raises
             selection = self._adjusted(intent, selection, context.request_id)
         context.log_routing(
             suggested_agents=list(selection.agents),
@@ -197,6 +204,17 @@ class Coordinator:
             confidence=selection.confidence,
         )
         return RoutingDecision(query, intent, selection, context)
+
+    def close(self) -> None:
+        """Close the monitor if this coordinator created it. Idempotent."""
+        if self._owns_monitor:
+            self.monitor.close()
+
+    def __enter__(self) -> Coordinator:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def _adjusted(
         self, intent: Intent, selection: Selection, request_id: int
@@ -210,7 +228,8 @@ class Coordinator:
         agent keeps the traffic it needs to show it has recovered.
         """
         feedback = self.feedback
-        assert feedback is not None
+        if feedback is None:
+            return selection
         if feedback.explores(request_id):
             return selection
         demoted = feedback.confidence_multiplier

@@ -8,10 +8,8 @@ counted in ``Monitor.counters``.
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
+import logging
 import os
-import secrets
 import time
 import weakref
 
@@ -19,32 +17,15 @@ import ringbuf
 from livemon import ipc
 from livemon import record as rec
 from livemon.config import Config, load_config
-from livemon.context import RequestContext
+from livemon.context import Counters, RequestContext, Sink
 from livemon.exceptions import MonitoringUnavailable
 
+__all__ = ["Counters", "Monitor"]
+
+logger = logging.getLogger("livemon")
+
 _MAX_CACHED_LABELS = 100_000
-_RETRY_RING_S = 5.0
-
-
-@dataclasses.dataclass
-class Counters:
-    """What happened to this process's monitoring, never reset.
-
-    Attributes:
-        recorded: records stored in the ring.
-        dropped: records lost because the lane was full.
-        invalid: field values refused and stored as unknown.
-        unavailable: records lost because no ring could be reached.
-        failed: records lost to any other monitoring error.
-        labels_dropped: label texts not stored (lane full); retried later.
-    """
-
-    recorded: int = 0
-    dropped: int = 0
-    invalid: int = 0
-    unavailable: int = 0
-    failed: int = 0
-    labels_dropped: int = 0
+_RING_FAILURES = (ringbuf.RingError, ValueError, OSError)
 
 
 class Monitor:
@@ -56,15 +37,26 @@ class Monitor:
         config: a resolved ``Config`` (overrides ``ring``'s lookup).
         strict: raise typed errors instead of counting failures.
 
+    Attributes:
+        retry_interval_s: how long after a failed attempt the rings are
+            tried again (a class attribute; tests may lower it).
+        geometry_mismatch: None, or what differs when the rings already
+            existed with another geometry than the config's (also logged
+            once as a warning on logger ``livemon``).
+
     Raises:
         ConfigError: the settings are wrong (always raised: it is
             misconfiguration, found at construction).
         MonitoringUnavailable: (strict) the ring cannot be opened.
     """
 
+    retry_interval_s = 5.0
+    geometry_mismatch: str | None = None
     _events: ringbuf.RingWriter | None = None
     _labels: ringbuf.RingWriter | None = None
     _rings: tuple[ringbuf.Ring, ringbuf.Ring] | None = None
+    _closed = False
+    _lanes_exhausted = False  # the last attempt found no free lane
 
     def __init__(
         self,
@@ -76,19 +68,20 @@ class Monitor:
         self.config = config or load_config({"ring": ring})
         self.strict = strict
         self.counters = Counters()
-        self._label_ids: dict[str, int] = {}
-        self._list_bytes: dict[tuple[str, ...], bytes] = {}
+        self._label_cache = rec.LabelCache(
+            self._put_label, self.counters, _MAX_CACHED_LABELS
+        )
+        # The same dict object: _write checks it without a lookup chain.
+        self._pending_labels = self._label_cache.pending
+        self._sink = Sink(
+            strict=strict,
+            counters=self.counters,
+            labels=self._label_cache,
+            write=self._write,
+        )
         self._retry_at = 0.0
-        self._reset_identity()
         self._connect()
-        method = weakref.WeakMethod(self._after_fork_in_child)
-
-        def reinit() -> None:
-            bound = method()
-            if bound is not None:
-                bound()
-
-        os.register_at_fork(after_in_child=reinit)
+        _MONITORS.add(self)
 
     def request(
         self, query: str, *, category: str | None = None
@@ -103,35 +96,29 @@ class Monitor:
             query: the user's query; only its hash is stored.
             category: the query's category, if known before classification.
         """
-        return RequestContext(self, query, category)
+        return RequestContext(self._sink, query, category)
 
     @property
     def available(self) -> bool:
         """Whether records currently reach a ring."""
         return self._events is not None
 
+    @property
+    def pid(self) -> int:
+        """The process these records come from (renewed after a fork)."""
+        return self._sink.pid
+
     def intern(self, text: str) -> int:
         """Return the label id of ``text``, announcing it once per process."""
-        label = self._label_ids.get(text)
-        if label is not None:
-            return label
-        label = rec.label_id(text)
-        if self._labels is not None and self._put_label(text):
-            if len(self._label_ids) >= _MAX_CACHED_LABELS:
-                self._forget_labels()
-            self._label_ids[text] = label
-        return label
+        return self._label_cache.intern(text)
 
     def close(self) -> None:
-        """Give back this process's lanes and detach. Idempotent."""
-        for writer in (self._events, self._labels):
-            if writer is not None:
-                writer.close()
-        self._events = self._labels = None
-        if self._rings is not None:
-            for ring in self._rings:
-                ring.close()
-            self._rings = None
+        """Give back this process's lanes and detach, for good. Idempotent.
+
+        Requests ended later are counted in ``counters.unavailable``.
+        """
+        self._closed = True
+        self._detach()
 
     def __enter__(self) -> Monitor:
         return self
@@ -143,78 +130,136 @@ class Monitor:
 
     def _write(self, packed: bytes) -> bool:
         events = self._events
-        if events is None and not self._reconnect():
-            self.counters.unavailable += 1
-            return False
+        if events is None:
+            events = self._reconnected()
+            if events is None:
+                return False
+        if self._pending_labels:  # labels before the events that use them
+            self._label_cache.flush()
         try:
-            stored = events.put(packed)  # type: ignore[union-attr]
-        except (ringbuf.RingError, ValueError, OSError) as exc:
-            self.counters.failed += 1
-            if self.strict:
-                raise MonitoringUnavailable(
-                    f"cannot write to ring {self.config.ring!r}: {exc}"
-                ) from exc
-            return False
+            stored = events.put(packed)
+        except ringbuf.LanesExhausted as exc:  # a forked child found none
+            return self._lost("lanes_exhausted", str(exc), exc)
+        except _RING_FAILURES as exc:
+            message = f"cannot write to ring {self.config.ring!r}: {exc}"
+            return self._lost("failed", message, exc)
         if stored:
             self.counters.recorded += 1
             return True
-        self.counters.dropped += 1
+        return self._lost(
+            "dropped",
+            f"ring {self.config.ring!r} lane is full: is livemon-daemon "
+            "running? (or raise capacity_records)",
+        )
+
+    def _lost(
+        self, counter: str, message: str, cause: Exception | None = None
+    ) -> bool:
+        setattr(self.counters, counter, getattr(self.counters, counter) + 1)
         if self.strict:
-            raise MonitoringUnavailable(
-                f"ring {self.config.ring!r} lane is full: is livemon-daemon "
-                "running? (or raise capacity_records)"
-            )
+            raise MonitoringUnavailable(message) from cause
         return False
 
+    def _reconnected(self) -> ringbuf.RingWriter | None:
+        """Try the rings again if it is time; count the record if not."""
+        if self._closed:
+            self._lost("unavailable", "this Monitor is closed")
+            return None
+        if time.monotonic() >= self._retry_at:
+            self._detach()
+            self._connect()
+            if self._events is not None:
+                return self._events
+        counter = "lanes_exhausted" if self._lanes_exhausted else "unavailable"
+        self._lost(counter, f"ring {self.config.ring!r} is unavailable")
+        return None
+
     def _put_label(self, text: str) -> bool:
+        labels = self._labels
+        if labels is None:
+            return False
         try:
-            stored = self._labels.put(rec.label_record(text))  # type: ignore[union-attr]
-        except (ringbuf.RingError, ValueError, OSError):
-            stored = False
-        if not stored:
-            self.counters.labels_dropped += 1
-        return stored
+            return labels.put(rec.label_record(text))
+        except _RING_FAILURES:
+            return False
 
     def _connect(self) -> None:
         try:
             rings = ipc.open_rings(self.config)
         except (ringbuf.RingError, OSError) as exc:
-            if self.strict:
-                raise MonitoringUnavailable(
-                    f"cannot open ring {self.config.ring!r}: {exc}"
-                ) from exc
-            self._retry_at = time.monotonic() + _RETRY_RING_S
+            self._unavailable(exc, f"cannot open ring {self.config.ring!r}")
             return
+        self._check_geometry(rings)
         try:
             self._events = rings[0].writer()
             self._labels = rings[1].writer()
-        except ringbuf.RingError as exc:
+        except (ringbuf.RingError, OSError) as exc:
+            if self._events is not None:  # its lane must not stay held
+                self._events.close()
+            self._events = self._labels = None
             for ring in rings:
                 ring.close()
-            self._events = self._labels = None
-            if self.strict:
-                raise MonitoringUnavailable(str(exc)) from exc
-            self._retry_at = time.monotonic() + _RETRY_RING_S
+            self._unavailable(exc, str(exc))
             return
         self._rings = rings
+        self._lanes_exhausted = False
 
-    def _reconnect(self) -> bool:
-        if time.monotonic() < self._retry_at:
-            return False
-        self.close()
-        self._connect()
-        return self._events is not None
+    def _unavailable(self, exc: Exception, message: str) -> None:
+        self._lanes_exhausted = isinstance(exc, ringbuf.LanesExhausted)
+        if self.strict:
+            raise MonitoringUnavailable(f"{message}: {exc}") from exc
+        self._retry_at = time.monotonic() + self.retry_interval_s
 
-    def _reset_identity(self) -> None:
-        self.pid = os.getpid()
-        self._request_ids = itertools.count((secrets.randbits(31) << 32) + 1)
+    def _check_geometry(
+        self, rings: tuple[ringbuf.Ring, ringbuf.Ring]
+    ) -> None:
+        config = self.config
+        wanted = (
+            (config.lanes, config.capacity_records),
+            (config.lanes, config.label_capacity_records),
+        )
+        found = [
+            f"ring {ring.name!r} has {ring.lanes} lanes of "
+            f"{ring.capacity_records} records, the config says {lanes} of "
+            f"{capacity}"
+            for ring, (lanes, capacity) in zip(rings, wanted, strict=True)
+            if (ring.lanes, ring.capacity_records) != (lanes, capacity)
+        ]
+        mismatch = "; ".join(found) or None
+        if mismatch is not None and mismatch != self.geometry_mismatch:
+            logger.warning(
+                "%s: it was created before with another geometry; unlink "
+                "it (stop livemon-daemon) to apply the config",
+                mismatch,
+            )
+        self.geometry_mismatch = mismatch
+
+    def _detach(self) -> None:
+        for writer in (self._events, self._labels):
+            if writer is not None:
+                writer.close()
+        self._events = self._labels = None
+        if self._rings is not None:
+            for ring in self._rings:
+                ring.close()
+            self._rings = None
 
     def _after_fork_in_child(self) -> None:
         # The child writes from its own lane; its labels are announced anew
         # so that nothing depends on records of the parent's lane.
-        self._reset_identity()
-        self._forget_labels()
+        if os.getpid() == self._sink.pid:
+            return  # already renewed
+        self._sink.renew_identity()
+        self._label_cache.clear()
 
-    def _forget_labels(self) -> None:
-        self._label_ids.clear()
-        self._list_bytes.clear()
+
+_MONITORS: weakref.WeakSet[Monitor] = weakref.WeakSet()
+
+
+def _renew_monitors_after_fork() -> None:
+    for monitor in list(_MONITORS):
+        monitor._after_fork_in_child()
+
+
+# One hook for every Monitor of the process, registered once at import.
+os.register_at_fork(after_in_child=_renew_monitors_after_fork)

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import math
+import numbers
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +27,14 @@ MAX_TEXT_BYTES = 4096
 NO_LABEL = 0
 UNKNOWN_FLAG = -1
 UNKNOWN_COUNT = -1
+MAX_PENDING_LABELS = 1024
+"""Label texts held for a retry at most; beyond, the oldest is given up."""
+TEXT_ERRORS = "backslashreplace"
+"""How text that UTF-8 cannot encode (lone surrogates, as ``json.loads``
+may return for model output) is stored: as ``\\udXXX`` escapes, so every
+``str`` has one valid UTF-8 form and a stable label id."""
+MAX_BYTES_PER_CHAR = 6
+"""The most bytes one character takes with ``TEXT_ERRORS`` (an escape)."""
 
 
 class EventType(enum.IntEnum):
@@ -148,19 +159,47 @@ same tuple to a numpy record takes ~4.5 us, so the hot path packs bytes
 laid out exactly as ``RECORD_DTYPE`` (a test holds the two together).
 """
 
+_ID_BYTES = 8  # one little-endian int64 label id
 LIST_STRUCTS = {n: struct.Struct(f"<{n}q") for n in (MAX_AGENTS, MAX_DOMAINS)}
 """Packs one padded list of label ids."""
 
-assert list(RECORD_DTYPE.names or ())[-3:] == list(LIST_FIELDS)
-assert SCALARS_STRUCT.size + 8 * sum(LIST_FIELDS.values()) == (
-    RECORD_DTYPE.itemsize
-)
+
+def _check_layout() -> None:
+    """Refuse to import a record layout the hot path would pack wrongly.
+
+    Raised explicitly, not asserted: ``python -O`` must not skip it.
+    """
+    if list(RECORD_DTYPE.names or ())[-3:] != list(LIST_FIELDS):
+        raise ImportError("RECORD_DTYPE must end with the LIST_FIELDS lists")
+    list_bytes = _ID_BYTES * sum(LIST_FIELDS.values())
+    if SCALARS_STRUCT.size + list_bytes != RECORD_DTYPE.itemsize:
+        raise ImportError("SCALARS_STRUCT and RECORD_DTYPE sizes disagree")
+
+
+_check_layout()
+
+
+def encode_text(text: str) -> bytes:
+    """Return the UTF-8 bytes stored for ``text`` (see ``TEXT_ERRORS``)."""
+    return text.encode("utf-8", TEXT_ERRORS)
+
+
+def is_encodable(text: str) -> bool:
+    """Whether ``text`` is stored as it is (it holds no lone surrogate)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def label_id(text: str) -> int:
     """Return the stable, non-zero signed 64-bit id of ``text``."""
-    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(encode_text(text), digest_size=8).digest()
     return int.from_bytes(digest, "little", signed=True) or 1
+
+
+_LIST_PERSON = b"livemon-list"  # the hash domain of list ids
 
 
 def list_label_id(ids: Iterable[int]) -> int:
@@ -173,18 +212,18 @@ def list_label_id(ids: Iterable[int]) -> int:
     data = b"".join(i.to_bytes(8, "little", signed=True) for i in ids if i)
     if not data:
         return NO_LABEL
-    digest = hashlib.blake2b(data, digest_size=8, person=b"livemon-list")
+    digest = hashlib.blake2b(data, digest_size=8, person=_LIST_PERSON)
     return int.from_bytes(digest.digest(), "little", signed=True) or 1
 
 
 def fit_text(text: str, limit_bytes: int = MAX_TEXT_BYTES) -> str:
     """Return ``text``, or a prefix with a visible marker if it is too long.
 
-    The result encodes to at most ``limit_bytes`` of UTF-8.
+    The result encodes (``encode_text``) to at most ``limit_bytes``.
     """
-    if len(text) * 4 <= limit_bytes:  # UTF-8 needs at most 4 bytes a char
+    if len(text) * MAX_BYTES_PER_CHAR <= limit_bytes:
         return text
-    data = text.encode()
+    data = encode_text(text)
     if len(data) <= limit_bytes:
         return text
     marker = f"...[truncated, {len(data)} bytes in all]"
@@ -194,7 +233,7 @@ def fit_text(text: str, limit_bytes: int = MAX_TEXT_BYTES) -> str:
 
 def label_record(text: str) -> bytes:
     """Return a packed ``LABEL_DTYPE`` record for a text that fits."""
-    data = text.encode()
+    data = encode_text(text)
     return _LABEL_HEAD.pack(label_id(text), len(data)) + data.ljust(
         MAX_TEXT_BYTES, b"\0"
     )
@@ -218,3 +257,147 @@ def label_texts(records: npt.NDArray[np.void]) -> list[tuple[int, str]]:
             strict=True,
         )
     ]
+
+
+# -- field values: what each kind of field accepts ---------------------
+
+
+def is_bool(value: object) -> bool:
+    """Whether ``value`` is a bool (Python's or numpy's)."""
+    return type(value) is bool or isinstance(value, np.bool_)
+
+
+def flag_value(value: object) -> int | None:
+    """The stored tri-state flag for ``value``; None if it is not one.
+
+    Accepted: None (unknown), ``True``/``False``, ``np.bool_``, and
+    integers equal to 0 or 1.
+    """
+    if value is None:
+        return UNKNOWN_FLAG
+    if is_bool(value):
+        return int(bool(value))
+    number = _integer(value)
+    return number if number in (0, 1) else None
+
+
+def count_value(value: object, high: int) -> int | None:
+    """The stored count for ``value`` (None: unknown); None if refused.
+
+    Accepted: any ``numbers.Integral`` but a bool, in ``0..high``.
+    """
+    if value is None:
+        return UNKNOWN_COUNT
+    number = None if is_bool(value) else _integer(value)
+    return number if number is not None and 0 <= number <= high else None
+
+
+def number_value(value: object, high: float) -> float | None:
+    """The stored float for ``value`` (None: NaN); None if refused.
+
+    Accepted: any ``numbers.Real`` but a bool, finite, in ``[0, high]``.
+    """
+    if value is None:
+        return math.nan
+    if not isinstance(value, numbers.Real) or is_bool(value):
+        return None
+    try:
+        number = float(value)
+    except Exception:  # a hostile __float__: refused, never raised
+        return None
+    return number if 0 <= number <= high and number != math.inf else None
+
+
+def _integer(value: object) -> int | None:
+    if not isinstance(value, numbers.Integral):
+        return None
+    try:
+        return int(value)
+    except Exception:  # a hostile __int__: refused, never raised
+        return None
+
+
+# -- the label cache ---------------------------------------------------
+
+
+class LabelCounts(Protocol):
+    """Where a ``LabelCache`` counts texts held and given up."""
+
+    labels_dropped: int
+    labels_lost: int
+
+
+class LabelCache:
+    """This process's label ids by text, and packed lists of them.
+
+    A text is announced once (``announce`` stores its label record and
+    says whether that worked); one that could not be is held, and
+    ``flush`` retries the held texts, oldest first, before later records.
+
+    Attributes:
+        ids: label id by name (a non-empty text of at most
+            ``MAX_NAME_BYTES``) for every name announced; the hot path
+            reads it, so a text held here is always a valid name.
+        texts: label id by any other text announced (long, or empty).
+        lists: packed id lists by tuple of names, all of them announced.
+        pending: texts held for a retry, oldest first (at most
+            ``MAX_PENDING_LABELS``).
+    """
+
+    def __init__(
+        self,
+        announce: Callable[[str], bool],
+        counters: LabelCounts,
+        max_texts: int = 100_000,
+    ) -> None:
+        self.ids: dict[str, int] = {}
+        self.texts: dict[str, int] = {}
+        self.lists: dict[tuple[str, ...], bytes] = {}
+        self.pending: dict[str, None] = {}
+        self._announce = announce
+        self._counters = counters
+        self._max_texts = max_texts
+
+    def intern(self, text: str) -> int:
+        """Return the label id of ``text``, announcing it once."""
+        label = self.ids.get(text)
+        if label is None:
+            label = self.texts.get(text)
+        if label is not None:
+            return label
+        label = label_id(text)
+        if self._announce(text):
+            self.pending.pop(text, None)
+            self._remember(text, label)
+        elif text not in self.pending:
+            self._counters.labels_dropped += 1
+            self.pending[text] = None
+            if len(self.pending) > MAX_PENDING_LABELS:
+                del self.pending[next(iter(self.pending))]
+                self._counters.labels_lost += 1
+        return label
+
+    def flush(self) -> None:
+        """Announce the held texts until one fails again."""
+        for text in list(self.pending):
+            if not self._announce(text):
+                return
+            del self.pending[text]
+            self._remember(text, label_id(text))
+
+    def clear(self) -> None:
+        """Forget every text: each is announced again when next used."""
+        self.ids.clear()
+        self.texts.clear()
+        self.lists.clear()
+        self.pending.clear()
+
+    def _remember(self, text: str, label: int) -> None:
+        if len(self.ids) + len(self.texts) >= self._max_texts:
+            self.ids.clear()
+            self.texts.clear()
+            self.lists.clear()
+        if text and len(encode_text(text)) <= MAX_NAME_BYTES:
+            self.ids[text] = label
+        else:
+            self.texts[text] = label

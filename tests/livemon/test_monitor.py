@@ -5,12 +5,15 @@ and never raised (unless strict), fork safety, independent processes.
 
 from __future__ import annotations
 
+import gc
 import json
+import logging
 import math
 import multiprocessing
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -18,10 +21,20 @@ from hypothesis import strategies as st
 
 import ringbuf
 from livemon import InvalidField, Monitor, MonitoringUnavailable
+from livemon import monitor as monitor_module
+from livemon import record as rec
 from livemon.config import load_config
 from livemon.context import query_hash
 from livemon.coordinator import Coordinator, Result
-from livemon.record import LABEL_DTYPE, MAX_AGENTS, MAX_TEXT_BYTES
+from livemon.record import (
+    LABEL_DTYPE,
+    MAX_AGENTS,
+    MAX_TEXT_BYTES,
+    NO_LABEL,
+    RECORD_DTYPE,
+    UNKNOWN_COUNT,
+    UNKNOWN_FLAG,
+)
 from tests.livemon.helpers import events_in, labels_in, names
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
@@ -67,6 +80,8 @@ def full_request(monitor, query="fix my code"):
 
 
 class TestRecord:
+    """One request, one exact record."""
+
     def test_every_field_arrives_exactly(self, monitor, ring_name):
         """One request, one record; numbers and texts as logged."""
         ctx = full_request(monitor)
@@ -197,13 +212,31 @@ BAD_CALLS = [
     ("log_execution", {"error": 42}, "error"),
     ("log_execution", {"token_count": 1.5}, "token_count"),
     ("log_quality", {"score": -0.1}, "score"),
-    ("log_quality", {"tests_passed": 1}, "tests_passed"),
+    ("log_quality", {"tests_passed": 2}, "tests_passed"),
     ("log_acceptance", {"override_reason": b"bytes"}, "override_reason"),
     ("log_acceptance", {"acepted": True}, "acepted"),
 ]
 
+# Where each refused field lands, and the unknown value it must hold.
+UNKNOWN_COLUMNS = {
+    "category": ("intent_category", NO_LABEL),
+    "domains": ("intent_domains", NO_LABEL),
+    "complexity": ("query_complexity", UNKNOWN_COUNT),
+    "confidence": ("confidence", math.nan),
+    "suggested_agents": ("suggested_agents", NO_LABEL),
+    "execution_time_ms": ("execution_time_ms", math.nan),
+    "success": ("success", UNKNOWN_FLAG),
+    "error": ("error", NO_LABEL),
+    "token_count": ("token_count", UNKNOWN_COUNT),
+    "score": ("quality_score", math.nan),
+    "tests_passed": ("tests_passed", UNKNOWN_FLAG),
+    "override_reason": ("override_reason", NO_LABEL),
+}
+
 
 class TestValidation:
+    """Bad values: typed errors in strict mode, unknown and counted else."""
+
     @pytest.mark.parametrize(("method", "kwargs", "field"), BAD_CALLS)
     def test_strict_names_the_field(self, strict, method, kwargs, field):
         """Strict mode: a typed error naming the field, at the call."""
@@ -223,9 +256,13 @@ class TestValidation:
         (event,) = events_in(ring_name)
         assert monitor.counters.invalid >= 1
         assert monitor.counters.recorded == 1
-        for column in ("confidence", "execution_time_ms", "quality_score"):
-            value = event[column]
-            assert math.isnan(value) or 0 <= value < float("inf")
+        if field in UNKNOWN_COLUMNS:
+            column, sentinel = UNKNOWN_COLUMNS[field]
+            stored = event[column]
+            if isinstance(sentinel, float):
+                assert math.isnan(stored)
+            else:
+                assert (stored == sentinel).all()
 
     def test_invalid_field_pickles(self):
         """The error crosses process boundaries intact."""
@@ -278,6 +315,8 @@ class TestValidation:
 
 
 class TestFailuresNeverBreakRouting:
+    """Ring trouble is counted, never raised (unless strict)."""
+
     def test_full_ring_drops_and_counts(self, ring_name):
         """With no daemon draining, a full lane drops, never blocks."""
         config = load_config({"ring": ring_name, "capacity_records": 4})
@@ -302,7 +341,8 @@ class TestFailuresNeverBreakRouting:
             assert first.available and not second.available
             with second.request("q") as ctx:
                 ctx.log_routing(confidence=0.5)
-            assert second.counters.unavailable == 1
+            assert second.counters.lanes_exhausted == 1
+            assert second.counters.unavailable == 0
             with pytest.raises(MonitoringUnavailable, match="lanes"):
                 Monitor(config=config, strict=True)
 
@@ -324,6 +364,8 @@ def child_records(monitor, out) -> None:
 
 
 class TestProcesses:
+    """Forked children and independent processes share one ring."""
+
     def test_forked_child_records_on_its_own_lane(self, monitor, ring_name):
         """Parent and child both record; labels are re-announced."""
         full_request(monitor, "from parent")
@@ -375,6 +417,8 @@ class TestProcesses:
 
 
 class TestCoordinator:
+    """Coordinator.route and complete write one record."""
+
     def test_route_and_complete_record_one_request(self, monitor, ring_name):
         """route() classifies and selects; complete() writes the record."""
         coordinator = Coordinator(monitor)
@@ -408,3 +452,204 @@ class TestCoordinator:
             decision, Result(agents_used=decision.agents, success=True)
         )
         assert events_in(ring_name)[0]["accepted"] == 1
+
+
+def drain_labels(ring_name):
+    """Consume every pending label record, as the daemon would; return them."""
+    texts = {}
+    with ringbuf.Ring.attach(ring_name + ".labels", LABEL_DTYPE) as ring:
+        for lane in range(ring.lanes):
+            batch = ring.pending(lane)
+            for record in batch.records:
+                raw = record["text"][: record["length"]].tobytes()
+                texts[int(record["label_id"])] = raw.decode()
+            ring.advance(lane, batch.end_seq)
+    return texts
+
+
+@pytest.fixture
+def quick_retry(monkeypatch):
+    """Monitors retry the rings after 10 ms instead of 5 s."""
+    monkeypatch.setattr(Monitor, "retry_interval_s", 0.01)
+
+
+class TestReconnect:
+    """An unavailable ring is tried again after the retry interval."""
+
+    def test_recovers_when_a_foreign_ring_is_unlinked(
+        self, ring_name, quick_retry
+    ):
+        """Unavailable at start; once the ring is gone, records flow."""
+        other = ringbuf.Ring.create(ring_name, [("x", "<u8")], 1, 4)
+        with Monitor(ring_name) as mon:
+            assert mon.request("q").end() is False
+            other.close()
+            ringbuf.unlink(ring_name)
+            time.sleep(0.02)
+            full_request(mon)
+            assert mon.available
+            assert mon.counters.recorded == 1
+            assert mon.counters.unavailable == 1
+        (event,) = events_in(ring_name)
+        assert labels_in(ring_name)[event["routing_strategy"]] == "parallel"
+
+    def test_recovers_when_a_lane_is_released(self, ring_name, quick_retry):
+        """No lane at start (counted apart); a lane freed is taken."""
+        config = load_config({"ring": ring_name, "lanes": 1})
+        first = Monitor(config=config)
+        with Monitor(config=config) as second:
+            assert second.request("q").end() is False
+            assert second.counters.lanes_exhausted == 1
+            first.close()
+            time.sleep(0.02)
+            assert second.request("q").end() is True
+            assert second.counters.recorded == 1
+
+    def test_no_retry_before_the_interval(self, ring_name):
+        """Within the interval a request is counted, not reconnected."""
+        other = ringbuf.Ring.create(ring_name, [("x", "<u8")], 1, 4)
+        try:
+            with Monitor(ring_name) as mon:
+                other.close()
+                ringbuf.unlink(ring_name)
+                assert mon.request("q").end() is False
+                assert not mon.available
+        finally:
+            other.close()
+
+
+class TestClose:
+    """close() is final, and a half-open connection leaks no lane."""
+
+    def test_requests_after_close_are_counted_not_reconnected(
+        self, ring_name, quick_retry
+    ):
+        """No ring is reopened after close()."""
+        mon = Monitor(ring_name)
+        mon.close()
+        time.sleep(0.02)
+        assert mon.request("q").end() is False
+        assert mon.counters.unavailable == 1
+        assert not mon.available and mon._rings is None
+        mon.close()  # idempotent
+
+    def test_request_after_close_raises_in_strict_mode(self, ring_name):
+        """Strict mode says the monitor is closed."""
+        mon = Monitor(ring_name, strict=True)
+        mon.close()
+        with pytest.raises(MonitoringUnavailable, match="closed"):
+            mon.request("q").end()
+
+    def test_failed_labels_writer_releases_the_events_lane(self, ring_name):
+        """The events lane is given back when the labels lane is refused."""
+        events = ringbuf.Ring.create(ring_name, RECORD_DTYPE, 1, 4)
+        labels = ringbuf.Ring.create(ring_name + ".labels", LABEL_DTYPE, 1, 4)
+        holder = labels.writer()
+        try:
+            with Monitor(ring_name) as mon:
+                assert not mon.available
+                with events.writer() as writer:  # the lane is free
+                    assert writer.lane == 0
+        finally:
+            holder.close()
+            labels.close()
+            events.close()
+
+
+class TestLabels:
+    """Label texts are never lost while their events survive."""
+
+    def test_labels_refused_by_a_full_lane_are_announced_later(
+        self, ring_name
+    ):
+        """Held texts go out before later records, once there is room."""
+        config = load_config({"ring": ring_name, "label_capacity_records": 2})
+        with Monitor(config=config) as mon:
+            full_request(mon)
+            assert mon.counters.labels_dropped == 6
+            texts = drain_labels(ring_name)
+            for _ in range(3):
+                mon.request("q").end()
+                texts.update(drain_labels(ring_name))
+            assert mon.counters.labels_lost == 0
+        (*_, event) = events_in(ring_name)
+        wanted = ["support", "code", "python", "sql", "coder", "reviewer"]
+        wanted += ["parallel", "user chose"]
+        assert sorted(texts.values()) == sorted(wanted)
+        assert event["query_hash"] == query_hash("q")
+
+    def test_held_labels_are_bounded_and_the_rest_counted(
+        self, ring_name, monkeypatch
+    ):
+        """Beyond the bound, the oldest held text is given up, counted."""
+        monkeypatch.setattr(rec, "MAX_PENDING_LABELS", 2)
+        config = load_config({"ring": ring_name, "label_capacity_records": 2})
+        with Monitor(config=config) as mon:
+            full_request(mon)
+            assert mon.counters.labels_dropped == 6
+            assert mon.counters.labels_lost == 4
+
+
+class TestGeometry:
+    """A ring that exists with another geometry is used, and said so."""
+
+    def test_mismatch_is_logged_once_and_exposed(self, ring_name, caplog):
+        """One warning on logger "livemon"; records still flow."""
+        existing = ringbuf.Ring.create(ring_name, RECORD_DTYPE, 2, 8)
+        try:
+            with (
+                caplog.at_level(logging.WARNING, logger="livemon"),
+                Monitor(ring_name) as mon,
+            ):
+                assert mon.request("q").end() is True
+            assert "has 2 lanes of 8 records" in mon.geometry_mismatch
+            warnings = [r for r in caplog.records if r.name == "livemon"]
+            assert len(warnings) == 1
+            assert "another geometry" in warnings[0].getMessage()
+        finally:
+            existing.close()
+
+    def test_matching_geometry_is_silent(self, monitor):
+        """A ring created from the config has no mismatch."""
+        assert monitor.geometry_mismatch is None
+
+
+class TestForkHook:
+    """One process-wide fork hook renews every live monitor."""
+
+    def test_a_monitor_registers_no_hook_of_its_own(
+        self, ring_name, monkeypatch
+    ):
+        """Creating monitors adds no livemon at-fork callbacks."""
+        added = []
+        real = os.register_at_fork
+
+        def record(**hooks):
+            added.extend(hooks.values())
+            real(**hooks)
+
+        monkeypatch.setattr(os, "register_at_fork", record)
+        for _ in range(3):
+            Monitor(ring_name).close()
+        assert not [f for f in added if f.__module__.startswith("livemon")]
+
+    def test_hook_renews_identity_once_per_new_pid(self, monitor, monkeypatch):
+        """Without forking: a new pid renews ids and forgets labels."""
+        monitor.intern("coder")
+        first_id = monitor.request("q").request_id
+        monkeypatch.setattr(os, "getpid", lambda: 424242)
+        monitor_module._renew_monitors_after_fork()
+        assert monitor.pid == 424242
+        assert monitor._label_cache.ids == {}
+        renewed = monitor.request("q").request_id
+        assert renewed & 0xFFFFFFFF == 1  # a new run of ids
+        assert first_id & 0xFFFFFFFF == 1
+        monitor.intern("coder")
+        monitor_module._renew_monitors_after_fork()  # same pid: no change
+        assert "coder" in monitor._label_cache.ids
+
+    def test_dead_monitors_leave_the_registry(self, ring_name):
+        """The registry holds monitors weakly."""
+        Monitor(ring_name).close()
+        gc.collect()
+        assert all(m._rings is not None for m in monitor_module._MONITORS)
