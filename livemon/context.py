@@ -1,6 +1,5 @@
 """
-One request's monitoring context (the hot path), and what a Monitor hands
-to it: a ``Sink`` (its counters, label cache and write).
+One request's monitoring context: the hot path.
 
 The ``log_*`` calls only keep their arguments; ``end`` checks them all,
 turns text into label ids and writes one packed record.  Doing the work
@@ -10,36 +9,26 @@ once, inline, keeps a whole request to a few microseconds (see bench/).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import itertools
-import os
-import secrets
 import time
-import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from livemon import record as rec
-from livemon.exceptions import InvalidField, LivemonError
+from livemon._checks import FieldChecks, hash_bytes
+from livemon.exceptions import LivemonError
+from livemon.sink import Sink
 
-__all__ = ["Counters", "RequestContext", "Sink", "query_hash"]
+__all__ = ["RequestContext", "query_hash"]
 
 _MAX_COMPLEXITY = 2**15 - 1  # query_complexity is an int16
 _MAX_TOKENS = 2**62  # far above any real count, well inside int64
-_QUERY_HASH_SEED = 0x9E3779B9  # the second CRC's seed: 2**32 / phi
-_INT64_OFFSET = 1 << 63  # maps an unsigned 64-bit hash to a signed one
 _NO_LABEL = rec.NO_LABEL  # module constants: the hot path's cheapest loads
 _UNKNOWN_FLAG = rec.UNKNOWN_FLAG
 _UNKNOWN_COUNT = rec.UNKNOWN_COUNT
 _NAN = float("nan")
 _INF = float("inf")
-_PADS = {n: (rec.NO_LABEL,) * n for n in (rec.MAX_AGENTS, rec.MAX_DOMAINS)}
-_PACKED_PADS = {n: rec.LIST_STRUCTS[n].pack(*_PADS[n]) for n in _PADS}
-# A name this short cannot exceed the byte limit, whatever its characters.
-_SHORT_NAME_CHARS = rec.MAX_NAME_BYTES // rec.MAX_BYTES_PER_CHAR
 _REQUEST = int(rec.EventType.REQUEST)
 _perf_ns = time.perf_counter_ns
-_crc32 = zlib.crc32
 _pack = rec.SCALARS_STRUCT.pack
 
 
@@ -51,86 +40,10 @@ def query_hash(query: str) -> int:
     queries, it is not meant to resist an attacker.  Lone surrogates are
     hashed in their escaped form (``record.TEXT_ERRORS``).
     """
-    data = rec.encode_text(query)
-    return (
-        (_crc32(data, _QUERY_HASH_SEED) << 32) | _crc32(data)
-    ) - _INT64_OFFSET
+    return hash_bytes(rec.encode_text(query))
 
 
-@dataclasses.dataclass
-class Counters:
-    """What happened to this process's monitoring, never reset.
-
-    Attributes:
-        recorded: records stored in the ring.
-        dropped: records lost because the lane was full.
-        invalid: field values refused and stored as unknown (wrong type,
-            NaN, inf, out of range, a bool where a number is meant, None
-            inside a list, an error whose ``str()`` raises).
-        unavailable: records lost because no ring could be reached, or
-            ended after ``Monitor.close()``.
-        lanes_exhausted: records lost because every lane of the ring was
-            held by another live process (more processes than lanes).
-        failed: records lost to any other monitoring error.
-        labels_dropped: label texts that could not be stored at first
-            (labels lane full, or no ring); held and retried before the
-            next records.
-        labels_lost: held label texts given up (more than 1024 waiting):
-            records that use them show the id without its text.
-        texts_escaped: texts holding lone surrogates, stored with
-            ``\\udXXX`` escapes (counted once per text while it is cached).
-        logged_after_end: ``log_*`` calls after ``end()``, ignored.
-    """
-
-    recorded: int = 0
-    dropped: int = 0
-    invalid: int = 0
-    unavailable: int = 0
-    lanes_exhausted: int = 0
-    failed: int = 0
-    labels_dropped: int = 0
-    labels_lost: int = 0
-    texts_escaped: int = 0
-    logged_after_end: int = 0
-
-
-class Sink:
-    """All a ``RequestContext`` needs of its ``Monitor``, and no more.
-
-    The Monitor owns one and hands it to each context it starts.
-
-    Attributes:
-        strict: raise typed errors instead of counting.
-        counters: the Monitor's counters.
-        labels: the Monitor's label cache.
-        write: stores one packed record; returns whether it was stored.
-        pid: this process's id, renewed in a forked child.
-        request_ids: request ids, from a random base per process.
-    """
-
-    __slots__ = ("counters", "labels", "pid", "request_ids", "strict", "write")
-
-    def __init__(
-        self,
-        *,
-        strict: bool,
-        counters: Counters,
-        labels: rec.LabelCache,
-        write: Callable[[bytes], bool],
-    ) -> None:
-        self.strict = strict
-        self.counters = counters
-        self.labels = labels
-        self.write = write
-        self.renew_identity()
-
-    def renew_identity(self) -> None:
-        """Take this process's pid and a fresh run of request ids."""
-        self.pid = os.getpid()
-        self.request_ids = itertools.count((secrets.randbits(31) << 32) + 1)
-
-
-class RequestContext:
+class RequestContext(FieldChecks):
     """Everything known about one request; one record is written at ``end``.
 
     The ``log_*`` methods take keyword arguments only; each call sets all
@@ -472,159 +385,3 @@ class RequestContext:
             + self._labels("suggested_agents", suggested, rec.MAX_AGENTS)
             + self._labels("actual_agents", actual, rec.MAX_AGENTS)
         )
-
-    def _unwritable(self, exc: Exception) -> bool:
-        if self._strict:
-            raise InvalidField(
-                "record", f"a value raised {type(exc).__name__} when read"
-            ) from exc
-        self._sink.counters.failed += 1
-        return False
-
-    # -- checks: each returns the value to store ---------------------------
-
-    def _bad(self, field: str, reason: str, unknown: Any) -> Any:
-        if self._strict:
-            raise InvalidField(field, reason)
-        self._sink.counters.invalid += 1
-        return unknown
-
-    def _screen(self, method: str, unknown: dict[str, Any]) -> bool:
-        """Count a late call and unknown names; say whether to check now."""
-        if self._ended:
-            if self._strict:
-                raise InvalidField(method, "called after end(): not recorded")
-            self._sink.counters.logged_after_end += 1
-            return False
-        for name in unknown:
-            self._bad(name, "unknown keyword argument", None)
-        return self._strict  # default mode checks once, at end
-
-    def _checked_query(self) -> int:
-        query = self._query
-        if type(query) is not str:
-            reason = f"must be a str, not {_short(query)}"
-            return int(self._bad("query", reason, 0))
-        try:
-            data = query.encode()
-        except UnicodeEncodeError:
-            self._escaped("query")
-            data = rec.encode_text(query)
-        return (
-            (_crc32(data, _QUERY_HASH_SEED) << 32) | _crc32(data)
-        ) - _INT64_OFFSET
-
-    def _flag(self, field: str, value: Any) -> int:
-        flag = rec.flag_value(value)
-        if flag is not None:
-            return flag
-        reason = f"must be True, False, 0, 1 or None, not {_short(value)}"
-        return int(self._bad(field, reason, rec.UNKNOWN_FLAG))
-
-    def _int(self, field: str, value: Any, high: int) -> int:
-        count = rec.count_value(value, high)
-        if count is not None:
-            return count
-        reason = f"must be an int in 0..{high}, not {_short(value)}"
-        return int(self._bad(field, reason, rec.UNKNOWN_COUNT))
-
-    def _number(self, field: str, value: Any, high: float) -> float:
-        number = rec.number_value(value, high)
-        if number is not None:
-            return number
-        bound = "in [0, 1]" if high == 1.0 else "finite and >= 0"
-        reason = f"must be a number {bound}, not {_short(value)}"
-        return float(self._bad(field, reason, _NAN))
-
-    def _label(self, field: str, value: Any) -> int:
-        if value is None:
-            return rec.NO_LABEL
-        if type(value) is not str:
-            reason = f"must be a str, not {_short(value)}"
-            return int(self._bad(field, reason, rec.NO_LABEL))
-        label = self._sink.labels.ids.get(value)
-        if label is not None:
-            return label
-        if value and (
-            len(value) <= _SHORT_NAME_CHARS
-            or len(rec.encode_text(value)) <= rec.MAX_NAME_BYTES
-        ):
-            if not rec.is_encodable(value):
-                self._escaped(field)
-            return self._sink.labels.intern(value)
-        reason = (
-            f"must be a non-empty str of at most {rec.MAX_NAME_BYTES} "
-            f"UTF-8 bytes, not {_short(value)}"
-        )
-        return int(self._bad(field, reason, rec.NO_LABEL))
-
-    def _labels(self, field: str, values: Any, limit: int) -> bytes:
-        if values is None:
-            return _PACKED_PADS[limit]
-        key = tuple(values) if type(values) is list else values
-        if type(key) is not tuple:
-            self._bad(field, f"must be a list of str, not {_short(values)}", 0)
-            return _PACKED_PADS[limit]
-        lists = self._sink.labels.lists
-        try:
-            cached = lists.get(key)
-        except Exception:  # unhashable or hostile: _label below refuses it
-            cached = None
-        if cached is not None:
-            return cached
-        if len(key) > limit:
-            reason = f"holds {len(key)} names, at most {limit} allowed"
-            self._bad(field, reason, 0)
-            return _PACKED_PADS[limit]
-        ids = [
-            self._label(field, value)
-            if value is not None
-            else self._bad(field, "holds None, not a name", rec.NO_LABEL)
-            for value in key
-        ]
-        packed = rec.LIST_STRUCTS[limit].pack(*ids, *_PADS[limit][len(ids) :])
-        known = self._sink.labels.ids
-        if all(type(v) is str and v in known for v in key):
-            lists[key] = packed  # every name announced
-        return packed
-
-    def _text(self, field: str, value: Any) -> int:
-        if value is None:
-            return rec.NO_LABEL
-        if isinstance(value, BaseException):
-            value = self._exception_text(field, value)
-        elif type(value) is not str:
-            reason = f"must be a str or an exception, not {_short(value)}"
-            return int(self._bad(field, reason, rec.NO_LABEL))
-        labels = self._sink.labels
-        label = labels.ids.get(value)
-        if label is None:
-            label = labels.texts.get(value)
-        if label is not None:
-            return label
-        if not rec.is_encodable(value):
-            self._escaped(field)
-        return labels.intern(rec.fit_text(value))
-
-    def _exception_text(self, field: str, error: BaseException) -> str:
-        name = type(error).__name__
-        try:
-            return f"{name}: {error}"
-        except Exception:  # a hostile __str__
-            self._bad(field, f"str() of the {name} raised", None)
-            return f"{name}: <str() raised>"
-
-    def _escaped(self, field: str) -> None:
-        if self._strict:
-            raise InvalidField(
-                field, "holds a lone surrogate: not encodable as UTF-8"
-            )
-        self._sink.counters.texts_escaped += 1
-
-
-def _short(value: object) -> str:
-    try:
-        text = repr(value)
-    except Exception:  # a hostile __repr__
-        text = f"<{type(value).__name__} object>"
-    return text if len(text) <= 60 else text[:57] + "..."

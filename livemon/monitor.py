@@ -17,8 +17,9 @@ import ringbuf
 from livemon import ipc
 from livemon import record as rec
 from livemon.config import Config, load_config
-from livemon.context import Counters, RequestContext, Sink
+from livemon.context import RequestContext
 from livemon.exceptions import MonitoringUnavailable
+from livemon.sink import Counters, Sink
 
 __all__ = ["Counters", "Monitor"]
 

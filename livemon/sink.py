@@ -1,0 +1,90 @@
+"""
+What a ``Monitor`` hands to each ``RequestContext``: a ``Sink`` with the
+process's counters, label cache and write, and the ``Counters`` an
+operator reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import secrets
+from collections.abc import Callable
+
+from livemon import record as rec
+
+__all__ = ["Counters", "Sink"]
+
+
+@dataclasses.dataclass
+class Counters:
+    """What happened to this process's monitoring, never reset.
+
+    Attributes:
+        recorded: records stored in the ring.
+        dropped: records lost because the lane was full.
+        invalid: field values refused and stored as unknown (wrong type,
+            NaN, inf, out of range, a bool where a number is meant, None
+            inside a list, an error whose ``str()`` raises).
+        unavailable: records lost because no ring could be reached, or
+            ended after ``Monitor.close()``.
+        lanes_exhausted: records lost because every lane of the ring was
+            held by another live process (more processes than lanes).
+        failed: records lost to any other monitoring error.
+        labels_dropped: label texts that could not be stored at first
+            (labels lane full, or no ring); held and retried before the
+            next records.
+        labels_lost: held label texts given up (more than 1024 waiting):
+            records that use them show the id without its text.
+        texts_escaped: texts holding lone surrogates, stored with
+            ``\\udXXX`` escapes (counted once per text while it is cached).
+        logged_after_end: ``log_*`` calls after ``end()``, ignored.
+    """
+
+    recorded: int = 0
+    dropped: int = 0
+    invalid: int = 0
+    unavailable: int = 0
+    lanes_exhausted: int = 0
+    failed: int = 0
+    labels_dropped: int = 0
+    labels_lost: int = 0
+    texts_escaped: int = 0
+    logged_after_end: int = 0
+
+
+class Sink:
+    """All a ``RequestContext`` needs of its ``Monitor``, and no more.
+
+    The Monitor owns one and hands it to each context it starts.
+
+    Attributes:
+        strict: raise typed errors instead of counting.
+        counters: the Monitor's counters.
+        labels: the Monitor's label cache.
+        write: stores one packed record; returns whether it was stored.
+        pid: this process's id, renewed in a forked child.
+        request_ids: request ids, from a random base per process.
+    """
+
+    __slots__ = ("counters", "labels", "pid", "request_ids", "strict", "write")
+
+    def __init__(
+        self,
+        *,
+        strict: bool,
+        counters: Counters,
+        labels: rec.LabelCache,
+        write: Callable[[bytes], bool],
+    ) -> None:
+        self.strict = strict
+        self.counters = counters
+        self.labels = labels
+        self.write = write
+        self.renew_identity()
+
+    def renew_identity(self) -> None:
+        """Take this process's pid and a fresh run of request ids."""
+        self.pid = os.getpid()
+        self.request_ids = itertools.count((secrets.randbits(31) << 32) + 1)
