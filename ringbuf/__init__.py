@@ -6,8 +6,12 @@ from __future__ import annotations
 
 from ringbuf._layout import validate_name
 from ringbuf.exceptions import (
+    LaneIndexError,
     LanesExhausted,
     RecordDtypeError,
+    RingArgumentError,
+    RingArgumentTypeError,
+    RingClosed,
     RingCorrupt,
     RingError,
     RingExists,
@@ -19,10 +23,14 @@ from ringbuf.writer import RingWriter
 
 __all__ = [
     "Batch",
+    "LaneIndexError",
     "LaneState",
     "LanesExhausted",
     "RecordDtypeError",
     "Ring",
+    "RingArgumentError",
+    "RingArgumentTypeError",
+    "RingClosed",
     "RingCorrupt",
     "RingError",
     "RingExists",

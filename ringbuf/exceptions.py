@@ -6,8 +6,12 @@ category.
 from __future__ import annotations
 
 __all__ = [
+    "LaneIndexError",
     "LanesExhausted",
     "RecordDtypeError",
+    "RingArgumentError",
+    "RingArgumentTypeError",
+    "RingClosed",
     "RingCorrupt",
     "RingError",
     "RingExists",
@@ -22,6 +26,22 @@ class RingError(Exception):
 
 class RingNameError(RingError, ValueError):
     """A ring name is unsafe (path separators, odd characters) or too long."""
+
+
+class RingArgumentError(RingError, ValueError):
+    """An argument is out of its range: the message gives the range."""
+
+
+class RingArgumentTypeError(RingError, TypeError):
+    """An argument has the wrong type (an int is expected)."""
+
+
+class LaneIndexError(RingError, IndexError):
+    """A lane number is not one of the ring's lanes."""
+
+
+class RingClosed(RingError, ValueError):
+    """The ring or writer was closed: attach again or create a new writer."""
 
 
 class RingNotFound(RingError, FileNotFoundError):

@@ -9,29 +9,23 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
-import time
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
-from ringbuf import _lanelock, _layout, _shm
-from ringbuf._layout import Geometry
+from ringbuf import _lanelock, _layout, _open, _shm
+from ringbuf._lanes import Lanes
+from ringbuf._layout import check_int
 from ringbuf.exceptions import (
-    RecordDtypeError,
-    RingCorrupt,
+    RingArgumentError,
+    RingClosed,
     RingExists,
     RingNotFound,
 )
-
-if TYPE_CHECKING:
-    from multiprocessing.shared_memory import SharedMemory
-
-    from ringbuf.writer import RingWriter
+from ringbuf.writer import RingWriter
 
 DEFAULT_MODE = 0o600
-_ATTACH_WAIT_S = 1.0
 
 
 class Batch(NamedTuple):
@@ -102,35 +96,18 @@ class Ring:
     lock is taken to write or read.
     """
 
-    _shm: SharedMemory | None = None
-    _words: memoryview | None = None
+    _lanes: Lanes | None = None
+    _lock_fd = -1
+    name: str = "?"
 
-    def __init__(
-        self, shm: SharedMemory, dtype: np.dtype[np.void], geometry: Geometry
-    ) -> None:
-        self._shm = shm
-        self.name: str = shm.name
-        self.dtype = dtype
-        self.geometry = geometry
-        buf = _buffer(shm)
-        self._words = buf.cast("Q")
-        header = np.frombuffer(buf, "<u8", _layout.HEADER_WORDS)
-        self.epoch = int(header[_layout.H_EPOCH])
-        self.created_ns = int(header[_layout.H_CREATED_NS])
-        # Slots as opaque fixed-size bytes: numpy copies those with one
-        # memcpy, where a structured dtype with sub-arrays is copied field
-        # by field (measured ~15x slower for livemon's record).
-        self._raw = np.dtype(f"V{geometry.record_bytes}")
-        self._slots = [
-            np.ndarray(
-                (geometry.capacity_records,),
-                self._raw,
-                shm.buf,
-                geometry.slots_offset(lane),
-            )
-            for lane in range(geometry.lanes)
-        ]
-        self._lock_fd = -1
+    def __init__(self, lanes: Lanes) -> None:
+        self._lanes = lanes
+        self.name = lanes.name
+        self.dtype = lanes.dtype
+        self.geometry = lanes.geometry
+        words = lanes.words()
+        self.epoch = int(words[_layout.H_EPOCH])
+        self.created_ns = int(words[_layout.H_CREATED_NS])
 
     # -- lifecycle -------------------------------------------------------
 
@@ -156,30 +133,12 @@ class Ring:
         Raises:
             RingNameError: unsafe name.
             RecordDtypeError: ``dtype`` is not a structured dtype.
-            ValueError: bad geometry or mode.
+            RingArgumentError: geometry or mode out of range (a
+                ValueError).
+            RingArgumentTypeError: geometry or mode not an int.
             RingExists: the name is taken; use ``attach`` or ``open``.
         """
-        _layout.validate_name(name)
-        record_dtype = _structured(dtype)
-        _check_int("lanes", lanes, 1, 4096)
-        _check_int("capacity_records", capacity_records, 1, 2**31)
-        _check_int("mode", mode, 0, 0o777)
-        geometry = Geometry(record_dtype.itemsize, lanes, capacity_records)
-        _lanelock.create_file(_lock_path(name), mode)
-        shm = _shm.create(name, geometry.size_bytes, mode)
-        header = np.ndarray((_layout.HEADER_WORDS,), "<u8", shm.buf)
-        header[_layout.H_VERSION] = _layout.LAYOUT_VERSION
-        header[_layout.H_RECORD_BYTES] = geometry.record_bytes
-        header[_layout.H_LANES] = lanes
-        header[_layout.H_CAPACITY] = capacity_records
-        header[_layout.H_FINGERPRINT] = _layout.dtype_fingerprint(record_dtype)
-        header[_layout.H_EPOCH] = secrets.randbits(63)
-        header[_layout.H_CREATED_NS] = time.time_ns()
-        header[_layout.H_MAGIC] = _layout.MAGIC
-        header[_layout.H_CHECKSUM] = _layout.header_checksum(header)
-        # Attachers wait for a valid checksum, so it is the last store.
-        del header
-        return cls(shm, record_dtype, geometry)
+        return cls(_open.create(name, dtype, lanes, capacity_records, mode))
 
     @classmethod
     def attach(cls, name: str, dtype: npt.DTypeLike) -> Ring:
@@ -188,18 +147,11 @@ class Ring:
         Raises:
             RingNameError: unsafe name.
             RingNotFound: no such ring; create it first.
-            RingCorrupt: damaged header or another layout version.
+            RingCorrupt: damaged, empty or unfinished header, or another
+                layout version.
             RecordDtypeError: the ring holds records of another dtype.
         """
-        _layout.validate_name(name)
-        record_dtype = _structured(dtype)
-        shm = _shm.attach(name)
-        try:
-            geometry = _read_geometry(shm, record_dtype)
-        except BaseException:
-            shm.close()
-            raise
-        return cls(shm, record_dtype, geometry)
+        return cls(_open.attach(name, dtype))
 
     @classmethod
     def open(
@@ -230,14 +182,8 @@ class Ring:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
-        if self._shm is None:
-            return
-        self._slots = []
-        if self._words is not None:
-            self._words.release()
-            self._words = None
-        self._shm.close()
-        self._shm = None
+        if self._lanes is not None:
+            self._lanes.close()
 
     def unlink(self) -> bool:
         """Remove the segment and lock file (the owner does this, once).
@@ -279,16 +225,20 @@ class Ring:
         Raises:
             LanesExhausted: every lane is held by a live producer.
         """
-        from ringbuf.writer import RingWriter
-
-        return RingWriter(self)
+        return RingWriter(self._live())
 
     # -- consumer side ---------------------------------------------------
 
     def lane_state(self, lane: int) -> LaneState:
-        """Read a lane's counters, and whether a live producer holds it."""
-        base = self._lane_word(lane)
-        w = self._live_words()
+        """Read a lane's counters, and whether a live producer holds it.
+
+        Raises:
+            LaneIndexError: no such lane.
+            RingClosed: the ring was closed.
+        """
+        lanes = self._live()
+        base = lanes.lane_word(lane)
+        w = lanes.words()
         return LaneState(
             head=w[base + _layout.L_HEAD],
             tail=w[base + _layout.L_TAIL],
@@ -303,31 +253,39 @@ class Ring:
 
         The producer never overwrites unconsumed slots, so the copy is
         stable.  Nothing is consumed until ``advance`` is called.
+
+        Raises:
+            LaneIndexError: no such lane.
+            RingArgumentError: ``max_records`` is negative.
+            RingClosed: the ring was closed.
         """
-        base = self._lane_word(lane)
-        w = self._live_words()
+        lanes = self._live()
+        base = lanes.lane_word(lane)
+        w = lanes.words()
         tail = w[base + _layout.L_TAIL]
         # Reading head once, then only slots below it, is what makes a
         # half-written slot (at seq == head) invisible.
         head = w[base + _layout.L_HEAD]
         if max_records is not None:
-            _check_int("max_records", max_records, 0, 2**63)
+            check_int("max_records", max_records, 0, 2**63)
             head = min(head, tail + max_records)
-        records = np.empty(head - tail, self._raw)
-        self._copy_into(records, lane, tail, head)
-        return Batch(lane, tail, records.view(self.dtype))
+        return Batch(lane, tail, lanes.records(lane, tail, head))
 
     def advance(self, lane: int, end_seq: int) -> None:
         """Mark a lane's records before ``end_seq`` consumed (after commit).
 
         Raises:
-            ValueError: ``end_seq`` is behind the tail or past the head.
+            LaneIndexError: no such lane.
+            RingArgumentError: ``end_seq`` is behind the tail or past the
+                head.
+            RingClosed: the ring was closed.
         """
-        base = self._lane_word(lane)
-        w = self._live_words()
+        lanes = self._live()
+        base = lanes.lane_word(lane)
+        w = lanes.words()
         tail, head = w[base + _layout.L_TAIL], w[base + _layout.L_HEAD]
         if not tail <= end_seq <= head:
-            raise ValueError(
+            raise RingArgumentError(
                 f"lane {lane}: cannot advance tail to {end_seq}, it must lie "
                 f"between the tail {tail} and the head {head}"
             )
@@ -338,21 +296,26 @@ class Ring:
 
         Consumed records stay readable until overwritten.  Slots that a
         producer may have been overwriting during the copy are discarded.
+
+        Raises:
+            RingArgumentError: ``per_lane`` is negative.
+            RingClosed: the ring was closed.
         """
-        _check_int("per_lane", per_lane, 0, 2**63)
+        check_int("per_lane", per_lane, 0, 2**63)
+        lanes = self._live()
         cap = self.geometry.capacity_records
-        w = self._live_words()
+        w = lanes.words()
         # One output array: fresh pages cost a fault each, so allocating
         # per lane and concatenating would more than double the time.
-        out = np.empty(self.geometry.lanes * min(per_lane, cap), self._raw)
-        lanes = np.empty(len(out), np.uint32)
+        out = np.empty(self.geometry.lanes * min(per_lane, cap), lanes.raw)
+        lane_of = np.empty(len(out), np.uint32)
         seqs = np.empty(len(out), np.uint64)
         size = 0
         for lane in range(self.geometry.lanes):
-            head_word = self._lane_word(lane) + _layout.L_HEAD
+            head_word = lanes.lane_word(lane) + _layout.L_HEAD
             head = w[head_word]
             low = max(head - min(per_lane, cap), 0)
-            self._copy_into(out[size:], lane, low, head)
+            lanes.copy_into(out[size:], lane, low, head)
             # A producer now at head' may be writing seq head' into the
             # slot of seq head' - cap: keep only seqs it cannot have touched.
             # (A producer that lapped the whole copy leaves nothing safe.)
@@ -361,10 +324,11 @@ class Ring:
             if first_safe > low:
                 skip = size + first_safe - low
                 out[size : size + kept] = out[skip : skip + kept].copy()
-            lanes[size : size + kept] = lane
+            lane_of[size : size + kept] = lane
             seqs[size : size + kept] = np.arange(first_safe, head)
             size += kept
-        return Window(out[:size].view(self.dtype), lanes[:size], seqs[:size])
+        records = out[:size].view(self.dtype)
+        return Window(records, lane_of[:size], seqs[:size])
 
     def lock_consumer(self) -> bool:
         """Become this ring's only consumer; False if another process is.
@@ -376,38 +340,17 @@ class Ring:
 
     # -- internals -------------------------------------------------------
 
-    def _live_words(self) -> memoryview:
-        if self._words is None:
-            raise ValueError(f"ring {self.name!r} is closed")
-        return self._words
-
-    def _live_bytes(self) -> memoryview:
-        self._live_words()
-        assert self._shm is not None
-        return _buffer(self._shm)
-
-    def _lane_word(self, lane: int) -> int:
-        if not 0 <= lane < self.geometry.lanes:
-            raise IndexError(
-                f"lane {lane} out of range 0..{self.geometry.lanes - 1}"
-            )
-        return self.geometry.lane_offset(lane) // 8
+    def _live(self) -> Lanes:
+        lanes = self._lanes
+        if lanes is None or lanes.closed:  # None: a failed __init__
+            raise RingClosed(f"ring {self.name!r} is closed: attach again")
+        return lanes
 
     def _probe_fd(self) -> int:
+        self._live()
         if self._lock_fd < 0:
-            self._lock_fd = _lanelock.open_file(_lock_path(self.name))
+            self._lock_fd = _lanelock.open_file(_layout.lock_path(self.name))
         return self._lock_fd
-
-    def _copy_into(
-        self, out: npt.NDArray[np.void], lane: int, low: int, high: int
-    ) -> None:
-        """Copy seqs ``low..high-1`` of a lane, raw, to the head of ``out``."""
-        slots = self._slots[lane]
-        cap = self.geometry.capacity_records
-        start, count = low % cap, high - low
-        first = min(count, cap - start)
-        out[:first] = slots[start : start + first]
-        out[first:count] = slots[: count - first]
 
 
 def unlink(name: str) -> bool:
@@ -418,82 +361,5 @@ def unlink(name: str) -> bool:
     """
     _layout.validate_name(name)
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(_lock_path(name))
+        os.unlink(_layout.lock_path(name))
     return _shm.unlink(name)
-
-
-def _lock_path(name: str) -> str:
-    return os.path.join(_shm.SHM_DIR, name + ".lanes")
-
-
-def _structured(dtype: npt.DTypeLike) -> np.dtype[np.void]:
-    try:
-        record_dtype = np.dtype(dtype)
-    except TypeError as exc:
-        raise RecordDtypeError(f"not a numpy dtype: {dtype!r}") from exc
-    if record_dtype.names is None or record_dtype.hasobject:
-        raise RecordDtypeError(
-            f"ring records need a structured dtype of plain numbers and "
-            f"bytes, got {record_dtype}"
-        )
-    return record_dtype
-
-
-def _buffer(shm: SharedMemory) -> memoryview:
-    buf = shm.buf
-    if buf is None:  # only after close()
-        raise ValueError(f"shared memory {shm.name!r} is closed")
-    return buf
-
-
-def _read_geometry(shm: SharedMemory, dtype: np.dtype[np.void]) -> Geometry:
-    deadline = time.monotonic() + _ATTACH_WAIT_S
-    while True:
-        if shm.size < _layout.HEADER_BYTES:
-            header = None
-        else:
-            header = np.frombuffer(
-                _buffer(shm), "<u8", _layout.HEADER_WORDS
-            ).copy()
-        if header is not None and header[_layout.H_CHECKSUM] == (
-            _layout.header_checksum(header)
-        ):
-            break
-        if time.monotonic() > deadline:
-            raise RingCorrupt(
-                f"ring {shm.name!r} has a damaged or unfinished header: "
-                "unlink it (no process may be using it) and create it again"
-            )
-        time.sleep(0.005)  # a creator may still be writing the header
-    if header[_layout.H_MAGIC] != _layout.MAGIC:
-        raise RingCorrupt(f"{shm.name!r} is not a ringbuf segment")
-    if header[_layout.H_VERSION] != _layout.LAYOUT_VERSION:
-        raise RingCorrupt(
-            f"ring {shm.name!r} has layout version "
-            f"{header[_layout.H_VERSION]}, this ringbuf reads "
-            f"{_layout.LAYOUT_VERSION}: stop its users and recreate it"
-        )
-    geometry = Geometry(
-        int(header[_layout.H_RECORD_BYTES]),
-        int(header[_layout.H_LANES]),
-        int(header[_layout.H_CAPACITY]),
-    )
-    if shm.size < geometry.size_bytes:
-        raise RingCorrupt(
-            f"ring {shm.name!r} is {shm.size} bytes, its header says "
-            f"{geometry.size_bytes}: unlink and recreate it"
-        )
-    if header[_layout.H_FINGERPRINT] != _layout.dtype_fingerprint(dtype):
-        raise RecordDtypeError(
-            f"ring {shm.name!r} holds records of another dtype "
-            f"({geometry.record_bytes} bytes each; yours are "
-            f"{dtype.itemsize}): use the same dtype as its creator"
-        )
-    return geometry
-
-
-def _check_int(what: str, value: object, low: int, high: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
-    if not low <= value <= high:
-        raise ValueError(f"{what} must be in {low}..{high}, got {value}")

@@ -7,16 +7,14 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from ringbuf import _lanelock, _layout
-from ringbuf.exceptions import LanesExhausted, RecordDtypeError, RingError
-
-if TYPE_CHECKING:
-    from ringbuf.ring import Ring
+from ringbuf._lanes import Lanes
+from ringbuf.exceptions import LanesExhausted, RecordDtypeError, RingClosed
 
 
 class RingWriter:
@@ -27,6 +25,9 @@ class RingWriter:
     ``put_many`` never block on another process: a full lane drops the
     record and counts it in the lane's ``dropped`` word.  An in-process
     ``threading.Lock`` keeps threads of one process from interleaving.
+
+    Get one from ``Ring.writer()``; it keeps the mapping alive, not the
+    ``Ring``, and stops working when that ring is closed.
     """
 
     _lane: int | None = None
@@ -34,14 +35,15 @@ class RingWriter:
     _lock_fd: int = -1
     _closed: bool = False
 
-    def __init__(self, ring: Ring) -> None:
-        self.ring = ring
-        self.dtype = ring.dtype
-        self._capacity = ring.geometry.capacity_records
-        self._record_bytes = ring.geometry.record_bytes
-        # The ring's own views: closing the ring releases them.
-        self._words = ring._live_words()
-        self._bytes = ring._live_bytes()
+    def __init__(self, lanes: Lanes) -> None:
+        self._lanes = lanes
+        self.dtype = lanes.dtype
+        self._capacity = lanes.geometry.capacity_records
+        self._record_bytes = lanes.geometry.record_bytes
+        # The ring's own views: closing the ring releases them, and then
+        # any use raises ValueError, turned into RingClosed below.
+        self._words = lanes.words()
+        self._bytes = lanes.buf()
         self._thread_lock = threading.Lock()
         self._claim()
         method = weakref.WeakMethod(self._after_fork_in_child)
@@ -68,33 +70,34 @@ class RingWriter:
         Raises:
             RecordDtypeError: the record has the wrong size or dtype.
             LanesExhausted: (forked child only) no lane was free to claim.
-            RingError: the writer is closed.
+            RingClosed: the writer or its ring is closed.
         """
         with self._thread_lock:
-            if self._lane is None:
-                self._claim()  # first write in a forked child
-            head = self._head
-            words = self._words
-            if head - words[self._tail_word] >= self._capacity:
-                words[self._dropped_word] += 1
-                return False
-            start = (
-                self._slots_offset
-                + (head % self._capacity) * self._record_bytes
-            )
             try:
-                self._bytes[start : start + self._record_bytes] = record
-            except (TypeError, ValueError):
-                self._bytes[start : start + self._record_bytes] = (
-                    self._as_bytes(record)
-                )
-            # x86-64 (TSO) commits stores in program order: a reader that
-            # sees the new head also sees the slot bytes written above.
-            # Other architectures would need a release fence here.
-            head += 1
-            words[self._head_word] = head
-            self._head = head
-            return True
+                if self._lane is None:
+                    self._claim()  # first write in a forked child
+                head = self._head
+                words = self._words
+                if head - words[self._tail_word] >= self._capacity:
+                    words[self._dropped_word] += 1
+                    return False
+                size = self._record_bytes
+                start = self._slots_offset + (head % self._capacity) * size
+                try:
+                    self._bytes[start : start + size] = record
+                except (TypeError, ValueError):
+                    self._bytes[start : start + size] = self._as_bytes(record)
+                # x86-64 (TSO) commits stores in program order: a reader
+                # that sees the new head also sees the slot bytes above.
+                # Other architectures would need a release fence here.
+                head += 1
+                words[self._head_word] = head
+                self._head = head
+                return True
+            except ValueError as exc:
+                if self._lanes.closed:  # the views were released
+                    raise self._lanes.closed_error() from exc
+                raise
 
     def put_many(self, records: npt.NDArray[np.void]) -> int:
         """Store a batch in order; return how many fit (the rest are dropped).
@@ -104,6 +107,8 @@ class RingWriter:
 
         Raises:
             RecordDtypeError: ``records`` is not a 1-D array of that dtype.
+            LanesExhausted: (forked child only) no lane was free to claim.
+            RingClosed: the writer or its ring is closed.
         """
         if not isinstance(records, np.ndarray) or records.dtype != self.dtype:
             raise RecordDtypeError(
@@ -118,11 +123,11 @@ class RingWriter:
             if self._lane is None:
                 self._claim()
             assert self._lane is not None
-            head, words, cap = self._head, self._words, self._capacity
+            head, words, cap = self._head, self._lanes.words(), self._capacity
             free = cap - (head - words[self._tail_word])
             count = int(min(len(records), free))
-            slots = self.ring._slots[self._lane]
-            raw = np.ascontiguousarray(records).view(self.ring._raw)
+            slots = self._lanes.slots(self._lane)
+            raw = np.ascontiguousarray(records).view(self._lanes.raw)
             start = head % cap
             first = min(count, cap - start)
             slots[start : start + first] = raw[:first]
@@ -138,7 +143,7 @@ class RingWriter:
     def close(self) -> None:
         """Give the lane back (its pending records stay). Idempotent."""
         with self._thread_lock:
-            if self._lane is not None and not self._closed:
+            if self._lane is not None and not self._lanes.closed:
                 self._words[self._lane_word + _layout.L_OWNER_PID] = 0
             self._release()
             self._closed = True
@@ -153,32 +158,32 @@ class RingWriter:
 
     def _claim(self) -> None:
         if self._closed:
-            raise RingError("this RingWriter is closed: create a new one")
-        from ringbuf.ring import _lock_path
-
-        fd = _lanelock.open_file(_lock_path(self.ring.name))
-        for lane in range(self.ring.geometry.lanes):
+            raise RingClosed("this RingWriter is closed: create a new one")
+        geometry = self._lanes.geometry
+        words = self._lanes.words()
+        fd = _lanelock.open_file(_layout.lock_path(self._lanes.name))
+        for lane in range(geometry.lanes):
             if _lanelock.try_lock(fd, lane):
                 break
         else:
             os.close(fd)
             raise LanesExhausted(
-                f"all {self.ring.geometry.lanes} lanes of ring "
-                f"{self.ring.name!r} are held by live producers: recreate "
+                f"all {geometry.lanes} lanes of ring "
+                f"{self._lanes.name!r} are held by live producers: recreate "
                 "the ring with more lanes, or run fewer producer processes"
             )
-        base = self.ring.geometry.lane_offset(lane) // 8
+        base = self._lanes.lane_word(lane)
         self._lock_fd = fd
         self._lane_word = base
         self._head_word = base + _layout.L_HEAD
         self._tail_word = base + _layout.L_TAIL
         self._dropped_word = base + _layout.L_DROPPED
-        self._slots_offset = self.ring.geometry.slots_offset(lane)
+        self._slots_offset = geometry.slots_offset(lane)
         # A previous owner may have died; its published records stay and
         # numbering continues after them, so seq never repeats.
-        self._head = self._words[self._head_word]
-        self._words[base + _layout.L_OWNER_PID] = os.getpid()
-        self._words[base + _layout.L_CLAIMS] += 1
+        self._head = words[self._head_word]
+        words[base + _layout.L_OWNER_PID] = os.getpid()
+        words[base + _layout.L_CLAIMS] += 1
         self._lane = lane
 
     def _release(self) -> None:

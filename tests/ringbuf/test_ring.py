@@ -26,6 +26,16 @@ writer.close(); ring.close()
 """
 
 
+def flip_byte(name: str, offset: int) -> None:
+    """Invert one byte of segment ``name`` through its file."""
+    fd = os.open(f"/dev/shm/{name}", os.O_RDWR)
+    try:
+        (byte,) = os.pread(fd, 1, offset)
+        os.pwrite(fd, bytes([byte ^ 0xFF]), offset)
+    finally:
+        os.close(fd)
+
+
 class TestCreateAttach:
     def test_attach_sees_the_creators_geometry_and_epoch(self, make_ring):
         """An attacher reads lanes, capacity and epoch from the header."""
@@ -87,7 +97,7 @@ class TestCreateAttach:
     def test_damaged_header(self, make_ring):
         """A flipped header byte is caught by the checksum."""
         ring = make_ring(TEST_DTYPE)
-        ring._shm.buf[_layout.H_CAPACITY * 8] ^= 0xFF
+        flip_byte(ring.name, _layout.H_CAPACITY * 8)
         with pytest.raises(ringbuf.RingCorrupt, match="damaged"):
             ringbuf.Ring.attach(ring.name, TEST_DTYPE)
 

@@ -1,0 +1,93 @@
+"""
+Make a ring's mapped lanes from its name: create a segment and write its
+header, or attach to one and validate it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import numpy as np
+import numpy.typing as npt
+
+from ringbuf import _lanelock, _layout, _shm
+from ringbuf._lanes import Lanes
+from ringbuf._layout import Geometry, check_int
+from ringbuf.exceptions import RingCorrupt
+
+_ATTACH_WAIT_S = 1.0  # how long a creator may take to size and fill in
+_HEADER_POLL_S = 0.005
+
+
+def create(
+    name: str,
+    dtype: npt.DTypeLike,
+    lanes: int,
+    capacity_records: int,
+    mode: int,
+) -> Lanes:
+    """Create a segment and its lock file; see ``Ring.create``."""
+    _layout.validate_name(name)
+    record_dtype = _layout.structured(dtype)
+    check_int("lanes", lanes, 1, _layout.MAX_LANES)
+    check_int(
+        "capacity_records", capacity_records, 1, _layout.MAX_CAPACITY_RECORDS
+    )
+    check_int("mode", mode, 0, 0o777)
+    geometry = Geometry(record_dtype.itemsize, lanes, capacity_records)
+    _lanelock.create_file(_layout.lock_path(name), mode)
+    segment = _shm.create(name, geometry.size_bytes, mode)
+    _write_header(segment, geometry, record_dtype)
+    return Lanes(segment, record_dtype, geometry)
+
+
+def attach(name: str, dtype: npt.DTypeLike) -> Lanes:
+    """Attach to a segment and check its header; see ``Ring.attach``."""
+    _layout.validate_name(name)
+    record_dtype = _layout.structured(dtype)
+    deadline = time.monotonic() + _ATTACH_WAIT_S
+    segment = _shm.attach(name, deadline)
+    try:
+        words = _read_header(segment, deadline)
+        geometry = _layout.parse_header(
+            name, words, segment.size_bytes, record_dtype
+        )
+    except BaseException:
+        segment.close()
+        raise
+    return Lanes(segment, record_dtype, geometry)
+
+
+def _write_header(
+    segment: _shm.Segment, geometry: Geometry, dtype: np.dtype[np.void]
+) -> None:
+    words = segment.words
+    assert words is not None  # a fresh segment
+    words[_layout.H_VERSION] = _layout.LAYOUT_VERSION
+    words[_layout.H_RECORD_BYTES] = geometry.record_bytes
+    words[_layout.H_LANES] = geometry.lanes
+    words[_layout.H_CAPACITY] = geometry.capacity_records
+    words[_layout.H_FINGERPRINT] = _layout.dtype_fingerprint(dtype)
+    words[_layout.H_EPOCH] = secrets.randbits(63)
+    words[_layout.H_CREATED_NS] = time.time_ns()
+    words[_layout.H_MAGIC] = _layout.MAGIC
+    header = np.array(words[: _layout.HEADER_WORDS], np.uint64)
+    # Attachers wait for a valid checksum, so it is the last store.
+    words[_layout.H_CHECKSUM] = _layout.header_checksum(header)
+
+
+def _read_header(
+    segment: _shm.Segment, deadline: float
+) -> npt.NDArray[np.uint64]:
+    assert segment.words is not None  # just attached
+    while True:
+        words = np.array(segment.words[: _layout.HEADER_WORDS], np.uint64)
+        if _layout.header_complete(words):
+            return words
+        if time.monotonic() > deadline:
+            raise RingCorrupt(
+                f"ring {segment.name!r} has a damaged or unfinished header: "
+                "unlink it (no process may be using it) and create it again"
+            )
+        time.sleep(_HEADER_POLL_S)  # a creator may still be writing the header
