@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -34,9 +35,26 @@ class RingWriter:
     _head: int = 0
     _lock_fd: int = -1
     _closed: bool = False
+    _pid: int = -1
 
-    def __init__(self, lanes: Lanes) -> None:
+    def __init__(
+        self,
+        lanes: Lanes,
+        *,
+        process_identifier: Callable[[], int] = os.getpid,
+    ) -> None:
+        """Claim a lane of ``lanes`` (use ``Ring.writer()``).
+
+        Args:
+            lanes: the mapped ring.
+            process_identifier: the pid source; tests inject a fake one
+                to simulate a fork without the at-fork hook.
+
+        Raises:
+            LanesExhausted: every lane is held by a live producer.
+        """
         self._lanes = lanes
+        self._getpid = process_identifier
         self.dtype = lanes.dtype
         self._capacity = lanes.geometry.capacity_records
         self._record_bytes = lanes.geometry.record_bytes
@@ -46,18 +64,12 @@ class RingWriter:
         self._bytes = lanes.buf()
         self._thread_lock = threading.Lock()
         self._claim()
-        method = weakref.WeakMethod(self._after_fork_in_child)
-
-        def reinit() -> None:
-            bound = method()
-            if bound is not None:
-                bound()
-
-        os.register_at_fork(after_in_child=reinit)
+        _LIVE.add(self)
 
     @property
     def lane(self) -> int | None:
         """The lane this process holds; None in a child until it writes."""
+        self._check_pid()
         return self._lane
 
     def put(self, record: Any) -> bool:
@@ -143,10 +155,12 @@ class RingWriter:
     def close(self) -> None:
         """Give the lane back (its pending records stay). Idempotent."""
         with self._thread_lock:
+            self._check_pid()
             if self._lane is not None and not self._lanes.closed:
                 self._words[self._lane_word + _layout.L_OWNER_PID] = 0
             self._release()
             self._closed = True
+        _LIVE.discard(self)
 
     def __enter__(self) -> RingWriter:
         return self
@@ -182,7 +196,8 @@ class RingWriter:
         # A previous owner may have died; its published records stay and
         # numbering continues after them, so seq never repeats.
         self._head = words[self._head_word]
-        words[base + _layout.L_OWNER_PID] = os.getpid()
+        self._pid = self._getpid()
+        words[base + _layout.L_OWNER_PID] = self._pid
         words[base + _layout.L_CLAIMS] += 1
         self._lane = lane
 
@@ -192,11 +207,17 @@ class RingWriter:
         self._lock_fd = -1
         self._lane = None
 
-    def _after_fork_in_child(self) -> None:
+    def _forget_lane(self) -> None:
         # The child shares the parent's lock descriptor: closing our copy
         # leaves the parent's lock in place, and the child claims anew.
         self._thread_lock = threading.Lock()
         self._release()
+
+    def _check_pid(self) -> None:
+        # The at-fork hook misses forks that bypass os.fork (a C library
+        # calling fork()); the pid check, off the hot path, catches those.
+        if self._lane is not None and self._getpid() != self._pid:
+            self._release()
 
     def _as_bytes(self, record: Any) -> memoryview:
         if isinstance(record, (np.void, np.ndarray)):
@@ -210,3 +231,16 @@ class RingWriter:
             f"a record must be {self._record_bytes} bytes or an np.void of "
             f"the ring's dtype, got {type(record).__name__}"
         )
+
+
+# Every live writer of this process.  One at-fork hook for all of them,
+# registered once: a hook per writer would pile up, never removed.
+_LIVE: weakref.WeakSet[RingWriter] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for writer in list(_LIVE):
+        writer._forget_lane()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

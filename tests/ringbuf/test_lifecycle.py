@@ -119,18 +119,45 @@ class TestStructure:
         assert not [m for m in graph if reaches(m, m)]
 
     @pytest.mark.parametrize("path", sorted(PACKAGE.glob("*.py")), ids=str)
-    def test_no_private_attribute_of_another_object(self, path):
-        """Only ``self``/``cls`` (and private modules) have _attributes."""
+    def test_no_private_attribute_of_another_module(self, path):
+        """A module reads only the _attributes that it defines itself."""
+        tree = ast.parse(path.read_text())
         modules = {p.stem for p in PACKAGE.glob("_*.py")}
-        for node in ast.walk(ast.parse(path.read_text())):
+        own = (
+            {
+                node.name
+                for node in ast.walk(tree)
+                if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+            }
+            | {
+                target.attr
+                for node in ast.walk(tree)
+                if isinstance(node, (ast.Assign, ast.AnnAssign))
+                for target in (
+                    node.targets
+                    if isinstance(node, ast.Assign)
+                    else [node.target]
+                )
+                if isinstance(target, ast.Attribute)
+            }
+            | {
+                node.target.id
+                for node in ast.walk(tree)
+                if isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+            }
+        )
+        for node in ast.walk(tree):
             if (
                 isinstance(node, ast.Attribute)
                 and node.attr.startswith("_")
                 and not node.attr.startswith("__")
+                and not (
+                    isinstance(node.value, ast.Name)
+                    and node.value.id in modules
+                )
             ):
-                owner = node.value
-                assert isinstance(owner, ast.Name), ast.unparse(node)
-                assert owner.id in {"self", "cls"} | modules, ast.unparse(node)
+                assert node.attr in own, ast.unparse(node)
 
 
 class TestExitWithoutClose:
@@ -290,6 +317,60 @@ class TestTypedErrors:
             ring.window(-1)
         with pytest.raises(ringbuf.RingArgumentError):
             ring.pending(0, max_records=-1)
+
+
+class TestForkHook:
+    """One at-fork hook for every writer, and a pid check behind it."""
+
+    def test_writers_register_no_hook_of_their_own(
+        self, make_ring, monkeypatch
+    ):
+        """Creating writers never calls os.register_at_fork."""
+        calls = []
+        monkeypatch.setattr(
+            os, "register_at_fork", lambda **kw: calls.append(kw)
+        )
+        ring = make_ring(TEST_DTYPE, lanes=4)
+        writers = [ring.writer() for _ in range(4)]
+        assert calls == []
+        for writer in writers:
+            writer.close()
+
+    def test_the_hook_forgets_closed_and_dead_writers(self, make_ring):
+        """The hook's set holds live writers only (weakly)."""
+        import gc
+
+        from ringbuf import writer as writer_module
+
+        ring = make_ring(TEST_DTYPE, lanes=3)
+        kept, closed, dropped = ring.writer(), ring.writer(), ring.writer()
+        closed.close()
+        del dropped
+        gc.collect()
+        assert set(writer_module._LIVE) >= {kept}
+        assert closed not in writer_module._LIVE
+        assert (
+            len([w for w in writer_module._LIVE if w._lanes is ring._lanes])
+            == 1
+        )
+
+    def test_a_new_pid_gives_the_lane_up(self, make_ring):
+        """A pid change seen without the hook makes the writer reclaim."""
+        ring = make_ring(TEST_DTYPE, lanes=3)
+        pid = [100]
+        writer = ringbuf.RingWriter(
+            ring._lanes, process_identifier=lambda: pid[0]
+        )
+        parent_lane = writer.lane
+        blocker = ring.writer()  # holds the next free lane meanwhile
+        pid[0] = 101
+        assert writer.lane is None
+        assert ring.lane_state(parent_lane).owner_pid == 100
+        assert writer.put(make_records(0, 0, 1)[0])
+        assert writer.lane not in (None, blocker.lane)
+        assert ring.lane_state(writer.lane).owner_pid == 101
+        writer.close()
+        blocker.close()
 
 
 def test_layout_paths_are_beside_each_other():
