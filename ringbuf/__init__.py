@@ -17,6 +17,7 @@ from ringbuf.exceptions import (
     RingExists,
     RingNameError,
     RingNotFound,
+    RingUntrusted,
 )
 from ringbuf.ring import Batch, LaneState, Ring, Window, unlink
 from ringbuf.writer import RingWriter
@@ -36,6 +37,7 @@ __all__ = [
     "RingExists",
     "RingNameError",
     "RingNotFound",
+    "RingUntrusted",
     "RingWriter",
     "Window",
     "unlink",

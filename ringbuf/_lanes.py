@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from ringbuf import _shm
+from ringbuf import _lanelock, _layout, _shm
 from ringbuf._layout import Geometry
 from ringbuf.exceptions import LaneIndexError, RingClosed
 
@@ -22,6 +22,7 @@ class Lanes:
         geometry: the segment's shape.
         raw: ``V<record_bytes>``, the dtype slots are copied as.
         segment: the mapping; closing it ends every use of this object.
+        group: the gid trusted besides ours, as given to create/attach.
     """
 
     def __init__(
@@ -29,8 +30,10 @@ class Lanes:
         segment: _shm.Segment,
         dtype: np.dtype[np.void],
         geometry: Geometry,
+        group: int | None,
     ) -> None:
         self.name = segment.name
+        self.group = group
         self.segment = segment
         self.dtype = dtype
         self.geometry = geometry
@@ -64,6 +67,19 @@ class Lanes:
         """The error to raise for a use after ``close()``."""
         return RingClosed(
             f"ring {self.name!r} is closed: attach to it again to use it"
+        )
+
+    def open_lock_file(self) -> int:
+        """Open the ring's lock file, recreating it like the segment if gone.
+
+        Raises:
+            RingUntrusted: a symlink, or a file another user may own.
+        """
+        return _lanelock.open_file(
+            _layout.lock_path(self.name),
+            self.segment.mode,
+            self.segment.gid if self.group is not None else None,
+            allowed_group=self.group,
         )
 
     def words(self) -> memoryview:

@@ -5,6 +5,7 @@ header, or attach to one and validate it.
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 
@@ -14,8 +15,10 @@ import numpy.typing as npt
 from ringbuf import _lanelock, _layout, _shm
 from ringbuf._lanes import Lanes
 from ringbuf._layout import Geometry, check_int
-from ringbuf.exceptions import RingCorrupt
+from ringbuf.exceptions import RingArgumentError, RingCorrupt
 
+DEFAULT_MODE = 0o600
+GROUP_MODE = 0o660
 _ATTACH_WAIT_S = 1.0  # how long a creator may take to size and fill in
 _HEADER_POLL_S = 0.005
 
@@ -25,7 +28,8 @@ def create(
     dtype: npt.DTypeLike,
     lanes: int,
     capacity_records: int,
-    mode: int,
+    mode: int | None,
+    group: int | None,
 ) -> Lanes:
     """Create a segment and its lock file; see ``Ring.create``."""
     _layout.validate_name(name)
@@ -34,20 +38,30 @@ def create(
     check_int(
         "capacity_records", capacity_records, 1, _layout.MAX_CAPACITY_RECORDS
     )
-    check_int("mode", mode, 0, 0o777)
+    mode = _mode(mode, group)
     geometry = Geometry(record_dtype.itemsize, lanes, capacity_records)
-    _lanelock.create_file(_layout.lock_path(name), mode)
-    segment = _shm.create(name, geometry.size_bytes, mode)
+    os.close(
+        _lanelock.open_file(
+            _layout.lock_path(name),
+            mode,
+            group,
+            allowed_group=group,
+            repair=True,
+        )
+    )
+    segment = _shm.create(name, geometry.size_bytes, mode, group)
     _write_header(segment, geometry, record_dtype)
-    return Lanes(segment, record_dtype, geometry)
+    return Lanes(segment, record_dtype, geometry, group)
 
 
-def attach(name: str, dtype: npt.DTypeLike) -> Lanes:
+def attach(name: str, dtype: npt.DTypeLike, group: int | None) -> Lanes:
     """Attach to a segment and check its header; see ``Ring.attach``."""
     _layout.validate_name(name)
     record_dtype = _layout.structured(dtype)
+    if group is not None:
+        check_int("group", group, 0, 2**32 - 2)
     deadline = time.monotonic() + _ATTACH_WAIT_S
-    segment = _shm.attach(name, deadline)
+    segment = _shm.attach(name, deadline, group)
     try:
         words = _read_header(segment, deadline)
         geometry = _layout.parse_header(
@@ -56,7 +70,21 @@ def attach(name: str, dtype: npt.DTypeLike) -> Lanes:
     except BaseException:
         segment.close()
         raise
-    return Lanes(segment, record_dtype, geometry)
+    return Lanes(segment, record_dtype, geometry, group)
+
+
+def _mode(mode: int | None, group: int | None) -> int:
+    if group is not None:
+        check_int("group", group, 0, 2**32 - 2)
+    if mode is None:
+        return DEFAULT_MODE if group is None else GROUP_MODE
+    check_int("mode", mode, 0, 0o770)
+    if mode & 0o007:
+        raise RingArgumentError(
+            f"mode {mode:04o} grants access to other users, and attachers "
+            "refuse such a ring: use 0600, or 0660 with a group"
+        )
+    return mode
 
 
 def _write_header(

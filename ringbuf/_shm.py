@@ -14,7 +14,7 @@ import stat
 import time
 import weakref
 
-from ringbuf import _layout
+from ringbuf import _layout, _trust
 from ringbuf.exceptions import RingCorrupt, RingExists, RingNotFound
 
 # Not multiprocessing.shared_memory: below 3.13 its constructor starts a
@@ -23,7 +23,6 @@ from ringbuf.exceptions import RingCorrupt, RingExists, RingNotFound
 # handle left the tracker process running.  shm_open is open(2) on
 # /dev/shm on Linux, so one plain code path serves 3.11 to 3.13+ and keeps
 # the fd, which the ownership checks and staleness need anyway.
-_OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
 _SIZE_POLL_S = 0.005
 
 
@@ -85,23 +84,26 @@ def _unmap(mapping: mmap.mmap, *views: memoryview) -> None:
         mapping.close()
 
 
-def create(name: str, size_bytes: int, mode: int) -> Segment:
-    """Create a zero-filled segment with exactly the permission bits ``mode``.
+def create(
+    name: str, size_bytes: int, mode: int, group: int | None
+) -> Segment:
+    """Create a zero-filled segment with exactly ``mode`` (and ``group``).
 
     Raises:
         RingExists: a segment of that name exists; attach to it or unlink it.
     """
     path = _layout.segment_path(name)
     try:
-        fd = os.open(path, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, mode)
+        # O_EXCL: a file (or symlink) already there is never reused.
+        flags = _trust.OPEN_FLAGS | os.O_CREAT | os.O_EXCL
+        fd = os.open(path, flags, mode)
     except FileExistsError as exc:
         raise RingExists(
             f"shared memory {name!r} already exists: attach to it, or unlink "
             "it if no process uses it"
         ) from exc
     try:
-        # The umask may have narrowed the mode (0660 under umask 022 is 0640).
-        os.fchmod(fd, mode)
+        _trust.set_access(fd, mode, group)
         os.ftruncate(fd, size_bytes)
         return Segment(name, fd)
     except BaseException:
@@ -111,25 +113,30 @@ def create(name: str, size_bytes: int, mode: int) -> Segment:
         os.close(fd)
 
 
-def attach(name: str, deadline: float) -> Segment:
+def attach(name: str, deadline: float, group: int | None) -> Segment:
     """Attach to an existing segment, waiting until its creator sized it.
 
     Args:
         name: the segment's name.
         deadline: ``time.monotonic()`` value after which to stop waiting.
+        group: the gid allowed besides ours (see ``_trust.check``).
 
     Raises:
         RingNotFound: no such segment; create the ring first.
+        RingUntrusted: the segment may be another user's; the message
+            says how to remove it.
         RingCorrupt: the segment stayed empty until the deadline.
     """
+    path = _layout.segment_path(name)
     try:
-        fd = os.open(_layout.segment_path(name), _OPEN_FLAGS)
+        fd = _trust.open_existing(path, "segment")
     except FileNotFoundError as exc:
         raise RingNotFound(
             f"no shared memory named {name!r}: create the ring first, "
             "or check the name"
         ) from exc
     try:
+        _trust.check(fd, path, "segment", group)
         _wait_for_size(name, fd, deadline)
         return Segment(name, fd)
     finally:

@@ -17,6 +17,7 @@ __all__ = [
     "RingExists",
     "RingNameError",
     "RingNotFound",
+    "RingUntrusted",
 ]
 
 
@@ -62,3 +63,11 @@ class RingCorrupt(RingError, ValueError):
 
 class LanesExhausted(RingError, RuntimeError):
     """Every lane is held by a live producer: create a ring with more lanes."""
+
+
+class RingUntrusted(RingError, PermissionError):
+    """A segment or lock file another user may have planted or can read.
+
+    The message names its owner and mode: remove it (as root or its
+    owner), or choose another ring name.
+    """

@@ -25,8 +25,6 @@ from ringbuf.exceptions import (
 )
 from ringbuf.writer import RingWriter
 
-DEFAULT_MODE = 0o600
-
 
 class Batch(NamedTuple):
     """Records of one lane with consecutive sequence numbers."""
@@ -119,7 +117,8 @@ class Ring:
         lanes: int,
         capacity_records: int,
         *,
-        mode: int = DEFAULT_MODE,
+        mode: int | None = None,
+        group: int | None = None,
     ) -> Ring:
         """Create a new ring segment and its lock file.
 
@@ -128,30 +127,45 @@ class Ring:
             dtype: a structured numpy dtype, one record per slot.
             lanes: how many producers can write at once (1..4096).
             capacity_records: slots per lane (1..2**31).
-            mode: permission bits of the segment and lock file.
+            mode: permission bits of the segment and lock file, never
+                for others; default 0600, or 0660 with a ``group``.
+            group: a gid to give both files (we must be a member), whose
+                members may then attach, and create the ring in turn.
 
         Raises:
             RingNameError: unsafe name.
             RecordDtypeError: ``dtype`` is not a structured dtype.
-            RingArgumentError: geometry or mode out of range (a
-                ValueError).
-            RingArgumentTypeError: geometry or mode not an int.
+            RingArgumentError: geometry, mode or group out of range, or a
+                mode with bits for others (a ValueError).
+            RingArgumentTypeError: geometry, mode or group not an int.
             RingExists: the name is taken; use ``attach`` or ``open``.
+            RingUntrusted: the lock file is a symlink or another user's.
         """
-        return cls(_open.create(name, dtype, lanes, capacity_records, mode))
+        return cls(
+            _open.create(name, dtype, lanes, capacity_records, mode, group)
+        )
 
     @classmethod
-    def attach(cls, name: str, dtype: npt.DTypeLike) -> Ring:
-        """Attach to an existing ring, checking its header and dtype.
+    def attach(
+        cls, name: str, dtype: npt.DTypeLike, *, group: int | None = None
+    ) -> Ring:
+        """Attach to an existing ring, checking its owner, header and dtype.
+
+        Only a segment (and lock file) owned by us or root, or by a user
+        of ``group``, and with no access for others is used: any other
+        may have been planted to read or forge records.
 
         Raises:
             RingNameError: unsafe name.
             RingNotFound: no such ring; create it first.
+            RingUntrusted: the segment may be another user's (its owner
+                and mode are in the message): remove it as root or its
+                owner (``rm /dev/shm/<name>``), or use another name.
             RingCorrupt: damaged, empty or unfinished header, or another
                 layout version.
             RecordDtypeError: the ring holds records of another dtype.
         """
-        return cls(_open.attach(name, dtype))
+        return cls(_open.attach(name, dtype, group))
 
     @classmethod
     def open(
@@ -161,7 +175,8 @@ class Ring:
         lanes: int,
         capacity_records: int,
         *,
-        mode: int = DEFAULT_MODE,
+        mode: int | None = None,
+        group: int | None = None,
     ) -> Ring:
         """Attach to the ring, creating it with this geometry if missing.
 
@@ -169,13 +184,15 @@ class Ring:
         the geometry arguments matter only then.  Raises as ``attach``.
         """
         try:
-            return cls.attach(name, dtype)
+            return cls.attach(name, dtype, group=group)
         except RingNotFound:
             pass
         try:
-            return cls.create(name, dtype, lanes, capacity_records, mode=mode)
+            return cls.create(
+                name, dtype, lanes, capacity_records, mode=mode, group=group
+            )
         except RingExists:
-            return cls.attach(name, dtype)
+            return cls.attach(name, dtype, group=group)
 
     def close(self) -> None:
         """Detach this process's mapping; the segment stays. Idempotent."""
@@ -200,7 +217,7 @@ class Ring:
         self.close()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Ring.attach, (self.name, self.dtype))
+        return (_reattach, (self.name, self.dtype, self._live().group))
 
     def __repr__(self) -> str:
         g = self.geometry
@@ -349,8 +366,12 @@ class Ring:
     def _probe_fd(self) -> int:
         self._live()
         if self._lock_fd < 0:
-            self._lock_fd = _lanelock.open_file(_layout.lock_path(self.name))
+            self._lock_fd = self._live().open_lock_file()
         return self._lock_fd
+
+
+def _reattach(name: str, dtype: np.dtype[np.void], group: int | None) -> Ring:
+    return Ring.attach(name, dtype, group=group)
 
 
 def unlink(name: str) -> bool:

@@ -175,7 +175,7 @@ class RingWriter:
             raise RingClosed("this RingWriter is closed: create a new one")
         geometry = self._lanes.geometry
         words = self._lanes.words()
-        fd = _lanelock.open_file(_layout.lock_path(self._lanes.name))
+        fd = self._lanes.open_lock_file()
         for lane in range(geometry.lanes):
             if _lanelock.try_lock(fd, lane):
                 break
