@@ -18,6 +18,7 @@ from ringbuf.exceptions import (
     RingNameError,
     RingNotFound,
     RingUntrusted,
+    UnsupportedPlatform,
 )
 from ringbuf.ring import Batch, LaneState, Ring, Window, unlink
 from ringbuf.writer import RingWriter
@@ -39,6 +40,7 @@ __all__ = [
     "RingNotFound",
     "RingUntrusted",
     "RingWriter",
+    "UnsupportedPlatform",
     "Window",
     "unlink",
     "validate_name",

@@ -6,6 +6,7 @@ header, or attach to one and validate it.
 from __future__ import annotations
 
 import os
+import platform
 import secrets
 import time
 
@@ -15,12 +16,35 @@ import numpy.typing as npt
 from ringbuf import _lanelock, _layout, _shm
 from ringbuf._lanes import Lanes
 from ringbuf._layout import Geometry, check_int
-from ringbuf.exceptions import RingArgumentError, RingCorrupt
+from ringbuf.exceptions import (
+    RingArgumentError,
+    RingCorrupt,
+    UnsupportedPlatform,
+)
 
 DEFAULT_MODE = 0o600
 GROUP_MODE = 0o660
 _ATTACH_WAIT_S = 1.0  # how long a creator may take to size and fill in
 _HEADER_POLL_S = 0.005
+# Machines with x86-64's store and load order (TSO), see the Ring docstring.
+TSO_MACHINES = frozenset({"x86_64", "AMD64", "amd64"})
+_machine = platform.machine  # tests replace it to play another CPU
+
+
+def check_machine() -> None:
+    """Refuse CPUs on which the ring's lock-free publication is unsafe.
+
+    Raises:
+        UnsupportedPlatform: not x86-64 (readers could see a new head
+            before the record under it, and store torn records).
+    """
+    machine = _machine()
+    if machine not in TSO_MACHINES:
+        raise UnsupportedPlatform(
+            f"ringbuf runs on x86-64 only, this machine is {machine!r}: "
+            "its lock-free ring needs x86-64's store order (Python cannot "
+            "issue the fences weaker CPUs need)"
+        )
 
 
 def create(
@@ -32,6 +56,7 @@ def create(
     group: int | None,
 ) -> Lanes:
     """Create a segment and its lock file; see ``Ring.create``."""
+    check_machine()
     _layout.validate_name(name)
     record_dtype = _layout.structured(dtype)
     check_int("lanes", lanes, 1, _layout.MAX_LANES)
@@ -56,6 +81,7 @@ def create(
 
 def attach(name: str, dtype: npt.DTypeLike, group: int | None) -> Lanes:
     """Attach to a segment and check its header; see ``Ring.attach``."""
+    check_machine()
     _layout.validate_name(name)
     record_dtype = _layout.structured(dtype)
     if group is not None:

@@ -18,6 +18,7 @@ __all__ = [
     "RingNameError",
     "RingNotFound",
     "RingUntrusted",
+    "UnsupportedPlatform",
 ]
 
 
@@ -71,3 +72,7 @@ class RingUntrusted(RingError, PermissionError):
     The message names its owner and mode: remove it (as root or its
     owner), or choose another ring name.
     """
+
+
+class UnsupportedPlatform(RingError, RuntimeError):
+    """The CPU's memory order is weaker than the ring needs (not x86-64)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -17,6 +17,7 @@ import numpy.typing as npt
 from ringbuf import _lanelock, _layout, _open, _shm
 from ringbuf._lanes import Lanes
 from ringbuf._layout import check_int
+from ringbuf._types import Batch, LaneState, Window
 from ringbuf.exceptions import (
     RingArgumentError,
     RingClosed,
@@ -25,42 +26,7 @@ from ringbuf.exceptions import (
 )
 from ringbuf.writer import RingWriter
 
-
-class Batch(NamedTuple):
-    """Records of one lane with consecutive sequence numbers."""
-
-    lane: int
-    first_seq: int
-    records: npt.NDArray[np.void]
-
-    @property
-    def end_seq(self) -> int:
-        """The sequence number after the last record (pass it to advance)."""
-        return self.first_seq + len(self.records)
-
-
-class Window(NamedTuple):
-    """A copy of recent records of every lane, with their identities."""
-
-    records: npt.NDArray[np.void]
-    lanes: npt.NDArray[np.uint32]
-    seqs: npt.NDArray[np.uint64]
-
-
-class LaneState(NamedTuple):
-    """A lane's counters and owner, read without locking."""
-
-    head: int
-    tail: int
-    dropped: int
-    owner_pid: int
-    claims: int
-    owned: bool
-
-    @property
-    def pending(self) -> int:
-        """Records published but not yet consumed."""
-        return self.head - self.tail
+__all__ = ["Batch", "LaneState", "Ring", "Window", "unlink"]
 
 
 class Ring:
@@ -71,7 +37,7 @@ class Ring:
     ======  =====================================================
     offset  header (128 bytes)
     ======  =====================================================
-    0       magic ``LMONRING``, written last at creation
+    0       magic ``LMONRING``
     8       layout version
     16      record size in bytes
     24      lane count
@@ -79,7 +45,10 @@ class Ring:
     40      dtype fingerprint (blake2b of the dtype's descr)
     48      epoch: random, chosen at creation
     56      creation time, ns since the Unix epoch
-    64      checksum of the words above
+    64      checksum (blake2b) of words 0-7, the last store at
+            creation: attachers wait until it matches
+    72-127  unused, zero (outside the checksum: an older release
+            ignores whatever a newer one puts there)
     ======  =====================================================
 
     Each lane follows at ``128 + lane * stride`` (stride: cache-line
@@ -92,6 +61,16 @@ class Ring:
     Lane ownership is an OFD byte-range lock on byte ``lane`` of the lock
     file ``/dev/shm/<name>.lanes``, the consumer's on byte ``2**32``; no
     lock is taken to write or read.
+
+    Memory order: x86-64 only.  Every counter is one aligned 8-byte load
+    or store (through ``memoryview.cast("Q")``), which x86-64 never tears,
+    and x86-64 (TSO) keeps the orders the ring relies on without fences:
+    store->store (the producer writes a slot, then publishes ``head``),
+    load->load (a reader reads ``head``, copies slots, re-reads ``head``)
+    and load->store (the producer reads ``tail`` before overwriting a
+    slot; the consumer copies slots before advancing ``tail``).  Python
+    cannot issue the fences weaker CPUs (aarch64, POWER) need, so
+    ``create`` and ``attach`` refuse to run there (``UnsupportedPlatform``).
     """
 
     _lanes: Lanes | None = None
@@ -140,6 +119,7 @@ class Ring:
             RingArgumentTypeError: geometry, mode or group not an int.
             RingExists: the name is taken; use ``attach`` or ``open``.
             RingUntrusted: the lock file is a symlink or another user's.
+            UnsupportedPlatform: not x86-64 (see Memory order above).
         """
         return cls(
             _open.create(name, dtype, lanes, capacity_records, mode, group)
@@ -164,6 +144,7 @@ class Ring:
             RingCorrupt: damaged, empty or unfinished header, or another
                 layout version.
             RecordDtypeError: the ring holds records of another dtype.
+            UnsupportedPlatform: not x86-64 (see Memory order above).
         """
         return cls(_open.attach(name, dtype, group))
 
@@ -281,7 +262,9 @@ class Ring:
         w = lanes.words()
         tail = w[base + _layout.L_TAIL]
         # Reading head once, then only slots below it, is what makes a
-        # half-written slot (at seq == head) invisible.
+        # half-written slot (at seq == head) invisible: the producer
+        # stored those slots before head, and x86-64 keeps load->load
+        # order, so our slot loads see them.
         head = w[base + _layout.L_HEAD]
         if max_records is not None:
             check_int("max_records", max_records, 0, 2**63)
@@ -306,6 +289,9 @@ class Ring:
                 f"lane {lane}: cannot advance tail to {end_seq}, it must lie "
                 f"between the tail {tail} and the head {head}"
             )
+        # One 8-byte store (memoryview "Q"), never torn.  The caller's
+        # loads of the slots (pending) came before it, and x86-64 keeps
+        # load->store order: the producer cannot reuse a slot we still read.
         w[base + _layout.L_TAIL] = end_seq
 
     def window(self, per_lane: int) -> Window:
@@ -333,8 +319,10 @@ class Ring:
             head = w[head_word]
             low = max(head - min(per_lane, cap), 0)
             lanes.copy_into(out[size:], lane, low, head)
-            # A producer now at head' may be writing seq head' into the
-            # slot of seq head' - cap: keep only seqs it cannot have touched.
+            # Re-read head after the copy: x86-64 keeps load->load order,
+            # so it is at least the head of any slot bytes we copied.  A
+            # producer now at head' may be writing seq head' into the slot
+            # of seq head' - cap: keep only seqs it cannot have touched.
             # (A producer that lapped the whole copy leaves nothing safe.)
             first_safe = min(head, max(low, w[head_word] - cap + 1))
             kept = head - first_safe

@@ -90,6 +90,8 @@ class RingWriter:
                     self._claim()  # first write in a forked child
                 head = self._head
                 words = self._words
+                # Load tail before overwriting a slot: x86-64 keeps
+                # load->store order, so the slot we reuse was consumed.
                 if head - words[self._tail_word] >= self._capacity:
                     words[self._dropped_word] += 1
                     return False
@@ -101,7 +103,9 @@ class RingWriter:
                     self._bytes[start : start + size] = self._as_bytes(record)
                 # x86-64 (TSO) commits stores in program order: a reader
                 # that sees the new head also sees the slot bytes above.
-                # Other architectures would need a release fence here.
+                # Other CPUs would need a release fence, hence the check
+                # in _open.  head is one aligned 8-byte store (memoryview
+                # "Q"), so readers never see half of it.
                 head += 1
                 words[self._head_word] = head
                 self._head = head

@@ -373,6 +373,28 @@ class TestForkHook:
         blocker.close()
 
 
+class TestMachine:
+    """The ring runs only where its memory-order assumption holds."""
+
+    @pytest.mark.parametrize("machine", ["aarch64", "arm64", "ppc64le", ""])
+    def test_other_cpus_are_refused(self, make_ring, monkeypatch, machine):
+        """create and attach raise UnsupportedPlatform off x86-64."""
+        ring = make_ring(TEST_DTYPE)
+        monkeypatch.setattr(_open, "_machine", lambda: machine)
+        with pytest.raises(ringbuf.UnsupportedPlatform, match="x86-64"):
+            ringbuf.Ring.attach(ring.name, TEST_DTYPE)
+        with pytest.raises(ringbuf.UnsupportedPlatform):
+            ringbuf.Ring.create(ring.name + ".arm", TEST_DTYPE, 1, 4)
+        assert not os.path.exists(f"/dev/shm/{ring.name}.arm")
+
+    @pytest.mark.parametrize("machine", ["x86_64", "AMD64"])
+    def test_x86_64_is_accepted(self, make_ring, monkeypatch, machine):
+        """Both spellings of x86-64 (Linux, Windows-style) pass."""
+        ring = make_ring(TEST_DTYPE)
+        monkeypatch.setattr(_open, "_machine", lambda: machine)
+        ringbuf.Ring.attach(ring.name, TEST_DTYPE).close()
+
+
 def test_layout_paths_are_beside_each_other():
     """The lock file is the segment's path plus ``.lanes``."""
     assert _layout.lock_path("x") == _layout.segment_path("x") + ".lanes"
