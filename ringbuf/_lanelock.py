@@ -10,9 +10,11 @@ file is closed.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import struct
+from collections.abc import Iterator
 
 from ringbuf import _trust
 
@@ -87,3 +89,16 @@ def is_locked(fd: int, lane: int) -> bool:
     answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _flock(fcntl.F_WRLCK, lane))
     kind = _FLOCK.unpack(answer)[0]
     return bool(kind != fcntl.F_UNLCK)
+
+
+@contextlib.contextmanager
+def held(fd: int, byte: int) -> Iterator[None]:
+    """Hold the lock on ``byte`` for a block, waiting for it if need be.
+
+    For short, rare critical sections only (never on the hot path).
+    """
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, _flock(fcntl.F_WRLCK, byte))
+    try:
+        yield
+    finally:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, byte))

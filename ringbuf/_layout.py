@@ -33,6 +33,7 @@ MAX_NAME_CHARS = 200
 MAX_LANES = 4096
 MAX_CAPACITY_RECORDS = 2**31
 CONSUMER_LOCK_BYTE = 1 << 32  # in the lock file, past every lane's byte
+COUNTER_LOCK_BYTE = CONSUMER_LOCK_BYTE + 1  # guards H_REFUSED_CLAIMS
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 
 # Header words (u64 each, little-endian), see the Ring docstring.  Words

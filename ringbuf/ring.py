@@ -47,8 +47,10 @@ class Ring:
     56      creation time, ns since the Unix epoch
     64      checksum (blake2b) of words 0-7, the last store at
             creation: attachers wait until it matches
-    72-127  unused, zero (outside the checksum: an older release
-            ignores whatever a newer one puts there)
+    80      refused claims: writers that found every lane held
+            (``LanesExhausted``), counted under a lock-file lock
+    72-127  otherwise unused, zero.  Words 9-15 are outside the
+            checksum: an older release ignores them
     ======  =====================================================
 
     Each lane follows at ``128 + lane * stride`` (stride: cache-line
@@ -216,6 +218,15 @@ class Ring:
     def capacity_records(self) -> int:
         """Slots per lane."""
         return self.geometry.capacity_records
+
+    @property
+    def refused_claims(self) -> int:
+        """How many writers, in any process, found every lane held.
+
+        Raises:
+            RingClosed: the ring was closed.
+        """
+        return int(self._live().words()[_layout.H_REFUSED_CLAIMS])
 
     def writer(self) -> RingWriter:
         """Return a producer for this process (claims a lane now).

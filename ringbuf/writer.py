@@ -184,7 +184,10 @@ class RingWriter:
             if _lanelock.try_lock(fd, lane):
                 break
         else:
-            os.close(fd)
+            try:
+                self._count_refusal(fd, words)
+            finally:
+                os.close(fd)
             raise LanesExhausted(
                 f"all {geometry.lanes} lanes of ring "
                 f"{self._lanes.name!r} are held by live producers: recreate "
@@ -204,6 +207,15 @@ class RingWriter:
         words[base + _layout.L_OWNER_PID] = self._pid
         words[base + _layout.L_CLAIMS] += 1
         self._lane = lane
+
+    @staticmethod
+    def _count_refusal(fd: int, words: memoryview) -> None:
+        # A read-modify-write of a shared word: without the lock two
+        # refused processes could both write n+1.  Refusals are rare, so
+        # a blocking file lock is cheap enough to make the count exact.
+        # (Releases before this word existed never touch it.)
+        with _lanelock.held(fd, _layout.COUNTER_LOCK_BYTE):
+            words[_layout.H_REFUSED_CLAIMS] += 1
 
     def _release(self) -> None:
         if self._lock_fd >= 0:
