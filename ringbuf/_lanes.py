@@ -146,3 +146,46 @@ class Lanes:
         out = np.empty(high - low, self.raw)
         self.copy_into(out, lane, low, high)
         return out.view(self.dtype)
+
+    def recent(
+        self, per_lane: int
+    ) -> tuple[
+        npt.NDArray[np.void], npt.NDArray[np.uint32], npt.NDArray[np.uint64]
+    ]:
+        """Copy up to ``per_lane`` most recent records of every lane.
+
+        Returns:
+            (records, lanes, seqs): the dtype [n], uint32[n], uint64[n],
+            without the slots a producer may have overwritten meanwhile.
+
+        Raises:
+            RingClosed: the ring was closed.
+        """
+        cap = self.geometry.capacity_records
+        w = self.words()
+        # One output array: fresh pages cost a fault each, so allocating
+        # per lane and concatenating would more than double the time.
+        out = np.empty(self.geometry.lanes * min(per_lane, cap), self.raw)
+        lane_of = np.empty(len(out), np.uint32)
+        seqs = np.empty(len(out), np.uint64)
+        size = 0
+        for lane in range(self.geometry.lanes):
+            head_word = self.lane_word(lane) + _layout.L_HEAD
+            head = w[head_word]
+            low = max(head - min(per_lane, cap), 0)
+            self.copy_into(out[size:], lane, low, head)
+            # Re-read head after the copy: x86-64 keeps load->load order,
+            # so it is at least the head of any slot bytes we copied.  A
+            # producer now at head' may be writing seq head' into the slot
+            # of seq head' - cap: keep only seqs it cannot have touched.
+            # (A producer that lapped the whole copy leaves nothing safe.)
+            first_safe = min(head, max(low, w[head_word] - cap + 1))
+            kept = head - first_safe
+            if first_safe > low:
+                skip = size + first_safe - low
+                out[size : size + kept] = out[skip : skip + kept].copy()
+            lane_of[size : size + kept] = lane
+            seqs[size : size + kept] = np.arange(first_safe, head)
+            size += kept
+        records = out[:size].view(self.dtype)
+        return records, lane_of[:size], seqs[:size]

@@ -5,6 +5,7 @@ header, or attach to one and validate it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import secrets
@@ -145,3 +146,15 @@ def _read_header(
                 "unlink it (no process may be using it) and create it again"
             )
         time.sleep(_HEADER_POLL_S)  # a creator may still be writing the header
+
+
+def unlink(name: str) -> bool:
+    """Remove a ring's segment and lock file by name; False if gone.
+
+    Raises:
+        RingNameError: unsafe name.
+    """
+    _layout.validate_name(name)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_layout.lock_path(name))
+    return _shm.unlink(name)

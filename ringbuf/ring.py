@@ -7,16 +7,16 @@ consumer's side: pending records, advancing tails, the recent window.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from ringbuf import _lanelock, _layout, _open, _shm
+from ringbuf import _lanelock, _layout, _open
 from ringbuf._lanes import Lanes
 from ringbuf._layout import check_int
+from ringbuf._open import unlink
 from ringbuf._types import Batch, LaneState, Window
 from ringbuf.exceptions import (
     RingArgumentError,
@@ -47,6 +47,8 @@ class Ring:
     56      creation time, ns since the Unix epoch
     64      checksum (blake2b) of words 0-7, the last store at
             creation: attachers wait until it matches
+    72      retired: nonzero once ``retire()`` ran; producers (of this
+            release) stop writing
     80      refused claims: writers that found every lane held
             (``LanesExhausted``), counted under a lock-file lock
     72-127  otherwise unused, zero.  Words 9-15 are outside the
@@ -77,6 +79,7 @@ class Ring:
 
     _lanes: Lanes | None = None
     _lock_fd = -1
+    _consumer = False  # this object holds the consumer lock
     name: str = "?"
 
     def __init__(self, lanes: Lanes) -> None:
@@ -182,6 +185,7 @@ class Ring:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+        self._consumer = False
         if self._lanes is not None:
             self._lanes.close()
 
@@ -316,35 +320,7 @@ class Ring:
             RingClosed: the ring was closed.
         """
         check_int("per_lane", per_lane, 0, 2**63)
-        lanes = self._live()
-        cap = self.geometry.capacity_records
-        w = lanes.words()
-        # One output array: fresh pages cost a fault each, so allocating
-        # per lane and concatenating would more than double the time.
-        out = np.empty(self.geometry.lanes * min(per_lane, cap), lanes.raw)
-        lane_of = np.empty(len(out), np.uint32)
-        seqs = np.empty(len(out), np.uint64)
-        size = 0
-        for lane in range(self.geometry.lanes):
-            head_word = lanes.lane_word(lane) + _layout.L_HEAD
-            head = w[head_word]
-            low = max(head - min(per_lane, cap), 0)
-            lanes.copy_into(out[size:], lane, low, head)
-            # Re-read head after the copy: x86-64 keeps load->load order,
-            # so it is at least the head of any slot bytes we copied.  A
-            # producer now at head' may be writing seq head' into the slot
-            # of seq head' - cap: keep only seqs it cannot have touched.
-            # (A producer that lapped the whole copy leaves nothing safe.)
-            first_safe = min(head, max(low, w[head_word] - cap + 1))
-            kept = head - first_safe
-            if first_safe > low:
-                skip = size + first_safe - low
-                out[size : size + kept] = out[skip : skip + kept].copy()
-            lane_of[size : size + kept] = lane
-            seqs[size : size + kept] = np.arange(first_safe, head)
-            size += kept
-        records = out[:size].view(self.dtype)
-        return Window(records, lane_of[:size], seqs[:size])
+        return Window(*self._live().recent(per_lane))
 
     def lock_consumer(self) -> bool:
         """Become this ring's only consumer; False if another process is.
@@ -352,7 +328,49 @@ class Ring:
         Two consumers would advance each other's tails and lose records.
         The lock is held until ``close`` or the process dies.
         """
-        return _lanelock.try_lock(self._probe_fd(), _layout.CONSUMER_LOCK_BYTE)
+        fd = self._probe_fd()
+        self._consumer = _lanelock.try_lock(fd, _layout.CONSUMER_LOCK_BYTE)
+        return self._consumer
+
+    def consumer_attached(self) -> bool:
+        """Tell whether some process holds this ring's consumer lock.
+
+        A producer whose segment went stale asks its old ring: without a
+        consumer, nobody will drain it, and it may carry its
+        ``RingWriter.unconsumed()`` records over to the new ring.
+
+        Raises:
+            RingClosed: the ring was closed.
+            RingUntrusted: the lock file is a symlink or another user's.
+        """
+        fd = self._probe_fd()
+        # F_OFD_GETLK reports locks of other open file descriptions only:
+        # our own, taken through this fd, we remember instead.
+        return self._consumer or _lanelock.is_locked(
+            fd, _layout.CONSUMER_LOCK_BYTE
+        )
+
+    def retire(self) -> None:
+        """Tell this ring's producers to stop writing into it, for good.
+
+        For the owner replacing the ring (say, with a bigger one): every
+        writer's next ``put`` returns False and its ``stale`` turns True.
+        Writers of releases before this word existed do not notice.
+
+        Raises:
+            RingClosed: the ring was closed.
+        """
+        # One 8-byte store; producers load it on every put.
+        self._live().words()[_layout.H_RETIRED] = 1
+
+    @property
+    def retired(self) -> bool:
+        """Whether ``retire()`` was called on this ring, by any process.
+
+        Raises:
+            RingClosed: the ring was closed.
+        """
+        return bool(self._live().words()[_layout.H_RETIRED])
 
     # -- internals -------------------------------------------------------
 
@@ -371,15 +389,3 @@ class Ring:
 
 def _reattach(name: str, dtype: np.dtype[np.void], group: int | None) -> Ring:
     return Ring.attach(name, dtype, group=group)
-
-
-def unlink(name: str) -> bool:
-    """Remove a ring's segment and lock file by name; False if gone.
-
-    Raises:
-        RingNameError: unsafe name.
-    """
-    _layout.validate_name(name)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(_layout.lock_path(name))
-    return _shm.unlink(name)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,12 @@ from ringbuf import _lanelock, _layout
 from ringbuf._lanes import Lanes
 from ringbuf.exceptions import LanesExhausted, RecordDtypeError, RingClosed
 
+STALE_CHECK_S = 1.0  # at most one os.stat of the segment's name per second
+_monotonic = time.monotonic  # a vDSO call on Linux: no syscall
+_RETIRED = _layout.H_RETIRED  # one global lookup on the hot path
+_CLOCK_EVERY = 8  # puts between clock reads (a power of two)
+_CLOCK_MASK = _CLOCK_EVERY - 1
+
 
 class RingWriter:
     """Writes records into a lane that this process alone holds.
@@ -27,6 +34,11 @@ class RingWriter:
     record and counts it in the lane's ``dropped`` word.  An in-process
     ``threading.Lock`` keeps threads of one process from interleaving.
 
+    A writer becomes ``stale`` when its ring is retired or its name no
+    longer maps to its segment (unlinked, or replaced by a new ring): from
+    then on ``put`` returns False and writes nothing.  A producer can then
+    take its ``unconsumed()`` records over to the new ring.
+
     Get one from ``Ring.writer()``; it keeps the mapping alive, not the
     ``Ring``, and stops working when that ring is closed.
     """
@@ -36,6 +48,8 @@ class RingWriter:
     _lock_fd: int = -1
     _closed: bool = False
     _pid: int = -1
+    _replaced: bool = False
+    _check_at: float = 0.0  # monotonic time of the next name check
 
     def __init__(
         self,
@@ -63,6 +77,7 @@ class RingWriter:
         self._words = lanes.words()
         self._bytes = lanes.buf()
         self._thread_lock = threading.Lock()
+        self._check_at = _monotonic() + STALE_CHECK_S
         self._claim()
         _LIVE.add(self)
 
@@ -72,8 +87,26 @@ class RingWriter:
         self._check_pid()
         return self._lane
 
+    @property
+    def stale(self) -> bool:
+        """Whether this ring was retired, unlinked or replaced by name.
+
+        Retirement is seen at once; an unlinked or replaced name within
+        ``STALE_CHECK_S`` of it.  Once stale, always stale.
+
+        Raises:
+            RingClosed: the ring was closed.
+        """
+        with self._thread_lock:
+            if self._lanes.closed:
+                raise self._lanes.closed_error()
+            return self._stale_now()
+
     def put(self, record: Any) -> bool:
-        """Store one record; return False (and count it) if the lane is full.
+        """Store one record; return False if the lane is full or stale.
+
+        A full lane counts the record as dropped; a stale ring (see
+        ``stale``) is not written at all.
 
         Args:
             record: an ``np.void`` of the ring's dtype, or any contiguous
@@ -86,17 +119,36 @@ class RingWriter:
         """
         with self._thread_lock:
             try:
-                if self._lane is None:
-                    self._claim()  # first write in a forked child
-                head = self._head
                 words = self._words
+                if self._lane is None:  # first write in a forked child
+                    if self._stale_now():
+                        return False
+                    self._claim()
+                head = self._head
+                # Staleness: the retired word is one shared load per put.
+                # The name check (os.stat) runs at most once per
+                # STALE_CHECK_S.  The clock read that times it costs ~50 ns
+                # (1/6 of a put), so it is taken every _CLOCK_EVERY puts
+                # (head only grows here) and on every full-lane put.
+                if words[_RETIRED] and self._stale_now():
+                    return False
+                if (
+                    not head & _CLOCK_MASK
+                    and _monotonic() >= self._check_at
+                    and self._stale_now()
+                ):
+                    return False
+                cap = self._capacity
                 # Load tail before overwriting a slot: x86-64 keeps
                 # load->store order, so the slot we reuse was consumed.
-                if head - words[self._tail_word] >= self._capacity:
-                    words[self._dropped_word] += 1
+                if head - words[self._tail_word] >= cap:
+                    # An orphaned ring fills up: check that before
+                    # counting a drop, so stale is seen without new puts.
+                    if not self._stale_now():
+                        words[self._dropped_word] += 1
                     return False
                 size = self._record_bytes
-                start = self._slots_offset + (head % self._capacity) * size
+                start = self._slots_offset + (head % cap) * size
                 try:
                     self._bytes[start : start + size] = record
                 except (TypeError, ValueError):
@@ -136,6 +188,10 @@ class RingWriter:
                 f"put_many needs a 1-D array, got shape {records.shape}"
             )
         with self._thread_lock:
+            if self._lanes.closed:
+                raise self._lanes.closed_error()
+            if self._stale_now():
+                return 0
             if self._lane is None:
                 self._claim()
             assert self._lane is not None
@@ -155,6 +211,31 @@ class RingWriter:
             words[self._head_word] = head
             self._head = head
             return count
+
+    def unconsumed(self) -> npt.NDArray[np.void]:
+        """Return a copy of this lane's records not yet consumed.
+
+        These are seqs ``tail..head-1``: published, not yet advanced past
+        by a consumer.  A producer whose ring went stale with no consumer
+        (see ``Ring.consumer_attached``) can put them into the new ring.
+
+        Returns:
+            records: the ring's dtype [n], oldest first; empty when this
+            process holds no lane.
+
+        Raises:
+            RingClosed: the writer or its ring is closed.
+        """
+        with self._thread_lock:
+            words = self._lanes.words()
+            if self._closed:
+                raise RingClosed("this RingWriter is closed")
+            if self._lane is None:
+                return np.empty(0, self.dtype)
+            # Only we move head, and never past an unconsumed slot while
+            # we hold the thread lock: the copy is stable.
+            tail = words[self._tail_word]
+            return self._lanes.records(self._lane, tail, self._head)
 
     def close(self) -> None:
         """Give the lane back (its pending records stay). Idempotent."""
@@ -222,6 +303,22 @@ class RingWriter:
             os.close(self._lock_fd)
         self._lock_fd = -1
         self._lane = None
+
+    def _stale_now(self) -> bool:
+        if self._words[_layout.H_RETIRED]:
+            return True
+        if self._replaced:
+            return True
+        now = _monotonic()
+        if now >= self._check_at:
+            self._check_at = now + STALE_CHECK_S
+            self._check_pid()
+            if self._lanes.segment.replaced():
+                self._replaced = True
+                # Due at once from now on, so put's test sends every call
+                # here, which answers from the flag without a syscall.
+                self._check_at = 0.0
+        return self._replaced
 
     def _forget_lane(self) -> None:
         # The child shares the parent's lock descriptor: closing our copy
