@@ -85,6 +85,7 @@ class Ring:
     def __init__(self, lanes: Lanes) -> None:
         self._lanes = lanes
         self.name = lanes.name
+        self.group = lanes.group  # the gid trusted besides ours, or None
         self.dtype = lanes.dtype
         self.geometry = lanes.geometry
         words = lanes.words()
@@ -204,7 +205,7 @@ class Ring:
         self.close()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_reattach, (self.name, self.dtype, self._live().group))
+        return (_reattach, (self.name, self.dtype, self.group))
 
     def __repr__(self) -> str:
         g = self.geometry

@@ -129,6 +129,15 @@ class TestCreateModes:
             assert (info.st_gid, stat.S_IMODE(info.st_mode)) == (group, 0o660)
         ring.close()
 
+    def test_pickle_keeps_the_group_even_after_close(self, ring_name):
+        """A pickled ring re-attaches trusting the same group."""
+        import pickle
+
+        ring = ringbuf.Ring.create(ring_name, TEST_DTYPE, 1, 4, group=12345)
+        ring.close()
+        with pickle.loads(pickle.dumps(ring)) as clone:
+            assert (clone.group, clone.epoch) == (12345, ring.epoch)
+
     def test_mode_for_others_is_refused(self, ring_name):
         """create never makes a ring that attachers would refuse."""
         with pytest.raises(ringbuf.RingArgumentError, match="other users"):
