@@ -120,11 +120,6 @@ class RingWriter:
         with self._thread_lock:
             try:
                 words = self._words
-                if self._lane is None:  # first write in a forked child
-                    if self._stale_now():
-                        return False
-                    self._claim()
-                head = self._head
                 # Staleness: the retired word is one shared load per put.
                 # The name check (os.stat) runs at most once per
                 # STALE_CHECK_S.  The clock read that times it costs ~50 ns
@@ -133,11 +128,17 @@ class RingWriter:
                 if words[_RETIRED] and self._stale_now():
                     return False
                 if (
-                    not head & _CLOCK_MASK
+                    not self._head & _CLOCK_MASK
                     and _monotonic() >= self._check_at
                     and self._stale_now()
                 ):
                     return False
+                # After the checks: the pid check in them may drop the lane.
+                if self._lane is None:  # first write in a forked child
+                    if self._stale_now():
+                        return False
+                    self._claim()
+                head = self._head
                 cap = self._capacity
                 # Load tail before overwriting a slot: x86-64 keeps
                 # load->store order, so the slot we reuse was consumed.

@@ -372,6 +372,25 @@ class TestForkHook:
         writer.close()
         blocker.close()
 
+    def test_a_new_pid_seen_by_put_reclaims_first(
+        self, make_ring, monkeypatch
+    ):
+        """put's periodic pid check never writes on as the old owner."""
+        from ringbuf import writer as writer_module
+
+        ring = make_ring(TEST_DTYPE, lanes=2)
+        pid = [100]
+        writer = ringbuf.RingWriter(
+            ring._lanes, process_identifier=lambda: pid[0]
+        )
+        assert writer.put_many(make_records(0, 0, 8)) == 8
+        pid[0] = 101
+        monkeypatch.setattr(writer_module, "_monotonic", lambda: 1e12)
+        assert writer.put(make_records(0, 8, 1)[0])
+        state = ring.lane_state(writer._lane)
+        assert (state.owner_pid, state.claims) == (101, 2)
+        writer.close()
+
 
 class TestMachine:
     """The ring runs only where its memory-order assumption holds."""
