@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import ringbuf
-from ringbuf import _layout
+from ringbuf import _layout, _open
 from tests.ringbuf.records import TEST_DTYPE, intact, make_records
 
 _ATTACH_AND_EXIT = """
@@ -94,8 +94,9 @@ class TestCreateAttach:
         with pytest.raises(ringbuf.RecordDtypeError):
             ringbuf.Ring.attach(ring.name, renamed)
 
-    def test_damaged_header(self, make_ring):
+    def test_damaged_header(self, make_ring, monkeypatch):
         """A flipped header byte is caught by the checksum."""
+        monkeypatch.setattr(_open, "_ATTACH_WAIT_S", 0.05)
         ring = make_ring(TEST_DTYPE)
         flip_byte(ring.name, _layout.H_CAPACITY * 8)
         with pytest.raises(ringbuf.RingCorrupt, match="damaged"):
