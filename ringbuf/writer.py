@@ -125,10 +125,11 @@ class RingWriter:
                 # STALE_CHECK_S.  The clock read that times it costs ~50 ns
                 # (1/6 of a put), so it is taken every _CLOCK_EVERY puts
                 # (head only grows here) and on every full-lane put.
+                head = self._head
                 if words[_RETIRED] and self._stale_now():
                     return False
                 if (
-                    not self._head & _CLOCK_MASK
+                    not head & _CLOCK_MASK
                     and _monotonic() >= self._check_at
                     and self._stale_now()
                 ):
@@ -138,7 +139,7 @@ class RingWriter:
                     if self._stale_now():
                         return False
                     self._claim()
-                head = self._head
+                    head = self._head
                 cap = self._capacity
                 # Load tail before overwriting a slot: x86-64 keeps
                 # load->store order, so the slot we reuse was consumed.
