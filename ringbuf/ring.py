@@ -51,20 +51,23 @@ class Ring:
             release) stop writing
     80      refused claims: writers that found every lane held
             (``LanesExhausted``), counted under a lock-file lock
-    72-127  otherwise unused, zero.  Words 9-15 are outside the
-            checksum: an older release ignores them
+    88-127  unused, zero.  Words 9-15 are outside the checksum and
+            were zero in older releases, which ignore them
     ======  =====================================================
 
     Each lane follows at ``128 + lane * stride`` (stride: cache-line
     aligned): word 0 ``head``, 1 ``dropped``, 2 owner pid, 3 claim count,
     all written only by the lane's producer; word 8 ``tail``, on its own
-    cache line, written only by the consumer; then ``capacity`` slots.
+    cache line, written only by the consumer; words 4-7 and 9-15 unused;
+    then ``capacity`` slots.
     ``head`` and ``tail`` are monotonic counters; a record's slot is
     ``seq % capacity`` and its identity is ``(epoch, lane, seq)``.
 
     Lane ownership is an OFD byte-range lock on byte ``lane`` of the lock
-    file ``/dev/shm/<name>.lanes``, the consumer's on byte ``2**32``; no
-    lock is taken to write or read.
+    file ``/dev/shm/<name>.lanes``, the consumer's on byte ``2**32``, the
+    refused-claims counter's on ``2**32 + 1``; no lock is taken to write
+    or read.  Segment and lock file must be ours or root's (or of the
+    allowed ``group``), never open to others (``RingUntrusted``).
 
     Memory order: x86-64 only.  Every counter is one aligned 8-byte load
     or store (through ``memoryview.cast("Q")``), which x86-64 never tears,
