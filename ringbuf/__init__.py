@@ -6,29 +6,41 @@ from __future__ import annotations
 
 from ringbuf._layout import validate_name
 from ringbuf.exceptions import (
+    LaneIndexError,
     LanesExhausted,
     RecordDtypeError,
+    RingArgumentError,
+    RingArgumentTypeError,
+    RingClosed,
     RingCorrupt,
     RingError,
     RingExists,
     RingNameError,
     RingNotFound,
+    RingUntrusted,
+    UnsupportedPlatform,
 )
 from ringbuf.ring import Batch, LaneState, Ring, Window, unlink
 from ringbuf.writer import RingWriter
 
 __all__ = [
     "Batch",
+    "LaneIndexError",
     "LaneState",
     "LanesExhausted",
     "RecordDtypeError",
     "Ring",
+    "RingArgumentError",
+    "RingArgumentTypeError",
+    "RingClosed",
     "RingCorrupt",
     "RingError",
     "RingExists",
     "RingNameError",
     "RingNotFound",
+    "RingUntrusted",
     "RingWriter",
+    "UnsupportedPlatform",
     "Window",
     "unlink",
     "validate_name",

@@ -6,13 +6,19 @@ category.
 from __future__ import annotations
 
 __all__ = [
+    "LaneIndexError",
     "LanesExhausted",
     "RecordDtypeError",
+    "RingArgumentError",
+    "RingArgumentTypeError",
+    "RingClosed",
     "RingCorrupt",
     "RingError",
     "RingExists",
     "RingNameError",
     "RingNotFound",
+    "RingUntrusted",
+    "UnsupportedPlatform",
 ]
 
 
@@ -22,6 +28,22 @@ class RingError(Exception):
 
 class RingNameError(RingError, ValueError):
     """A ring name is unsafe (path separators, odd characters) or too long."""
+
+
+class RingArgumentError(RingError, ValueError):
+    """An argument is out of its range: the message gives the range."""
+
+
+class RingArgumentTypeError(RingError, TypeError):
+    """An argument has the wrong type (an int is expected)."""
+
+
+class LaneIndexError(RingError, IndexError):
+    """A lane number is not one of the ring's lanes."""
+
+
+class RingClosed(RingError, ValueError):
+    """The ring or writer was closed: attach again or create a new writer."""
 
 
 class RingNotFound(RingError, FileNotFoundError):
@@ -42,3 +64,15 @@ class RingCorrupt(RingError, ValueError):
 
 class LanesExhausted(RingError, RuntimeError):
     """Every lane is held by a live producer: create a ring with more lanes."""
+
+
+class RingUntrusted(RingError, PermissionError):
+    """A segment or lock file another user may have planted or can read.
+
+    The message names its owner and mode: remove it (as root or its
+    owner), or choose another ring name.
+    """
+
+
+class UnsupportedPlatform(RingError, RuntimeError):
+    """The CPU's memory order is weaker than the ring needs (not x86-64)."""

@@ -7,68 +7,26 @@ consumer's side: pending records, advancing tails, the recent window.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
-import time
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from ringbuf import _lanelock, _layout, _shm
-from ringbuf._layout import Geometry
+from ringbuf import _lanelock, _layout, _open
+from ringbuf._lanes import Lanes
+from ringbuf._layout import check_int
+from ringbuf._open import unlink
+from ringbuf._types import Batch, LaneState, Window
 from ringbuf.exceptions import (
-    RecordDtypeError,
-    RingCorrupt,
+    RingArgumentError,
+    RingClosed,
     RingExists,
     RingNotFound,
 )
+from ringbuf.writer import RingWriter
 
-if TYPE_CHECKING:
-    from multiprocessing.shared_memory import SharedMemory
-
-    from ringbuf.writer import RingWriter
-
-DEFAULT_MODE = 0o600
-_ATTACH_WAIT_S = 1.0
-
-
-class Batch(NamedTuple):
-    """Records of one lane with consecutive sequence numbers."""
-
-    lane: int
-    first_seq: int
-    records: npt.NDArray[np.void]
-
-    @property
-    def end_seq(self) -> int:
-        """The sequence number after the last record (pass it to advance)."""
-        return self.first_seq + len(self.records)
-
-
-class Window(NamedTuple):
-    """A copy of recent records of every lane, with their identities."""
-
-    records: npt.NDArray[np.void]
-    lanes: npt.NDArray[np.uint32]
-    seqs: npt.NDArray[np.uint64]
-
-
-class LaneState(NamedTuple):
-    """A lane's counters and owner, read without locking."""
-
-    head: int
-    tail: int
-    dropped: int
-    owner_pid: int
-    claims: int
-    owned: bool
-
-    @property
-    def pending(self) -> int:
-        """Records published but not yet consumed."""
-        return self.head - self.tail
+__all__ = ["Batch", "LaneState", "Ring", "Window", "unlink"]
 
 
 class Ring:
@@ -79,7 +37,7 @@ class Ring:
     ======  =====================================================
     offset  header (128 bytes)
     ======  =====================================================
-    0       magic ``LMONRING``, written last at creation
+    0       magic ``LMONRING``
     8       layout version
     16      record size in bytes
     24      lane count
@@ -87,50 +45,55 @@ class Ring:
     40      dtype fingerprint (blake2b of the dtype's descr)
     48      epoch: random, chosen at creation
     56      creation time, ns since the Unix epoch
-    64      checksum of the words above
+    64      checksum (blake2b) of words 0-7, the last store at
+            creation: attachers wait until it matches
+    72      retired: nonzero once ``retire()`` ran; producers (of this
+            release) stop writing
+    80      refused claims: writers that found every lane held
+            (``LanesExhausted``), counted under a lock-file lock
+    88-127  unused, zero.  Words 9-15 are outside the checksum and
+            were zero in older releases, which ignore them
     ======  =====================================================
 
     Each lane follows at ``128 + lane * stride`` (stride: cache-line
     aligned): word 0 ``head``, 1 ``dropped``, 2 owner pid, 3 claim count,
     all written only by the lane's producer; word 8 ``tail``, on its own
-    cache line, written only by the consumer; then ``capacity`` slots.
+    cache line, written only by the consumer; words 4-7 and 9-15 unused;
+    then ``capacity`` slots.
     ``head`` and ``tail`` are monotonic counters; a record's slot is
     ``seq % capacity`` and its identity is ``(epoch, lane, seq)``.
 
     Lane ownership is an OFD byte-range lock on byte ``lane`` of the lock
-    file ``/dev/shm/<name>.lanes``, the consumer's on byte ``2**32``; no
-    lock is taken to write or read.
+    file ``/dev/shm/<name>.lanes``, the consumer's on byte ``2**32``, the
+    refused-claims counter's on ``2**32 + 1``; no lock is taken to write
+    or read.  Segment and lock file must be ours or root's (or of the
+    allowed ``group``), never open to others (``RingUntrusted``).
+
+    Memory order: x86-64 only.  Every counter is one aligned 8-byte load
+    or store (through ``memoryview.cast("Q")``), which x86-64 never tears,
+    and x86-64 (TSO) keeps the orders the ring relies on without fences:
+    store->store (the producer writes a slot, then publishes ``head``),
+    load->load (a reader reads ``head``, copies slots, re-reads ``head``)
+    and load->store (the producer reads ``tail`` before overwriting a
+    slot; the consumer copies slots before advancing ``tail``).  Python
+    cannot issue the fences weaker CPUs (aarch64, POWER) need, so
+    ``create`` and ``attach`` refuse to run there (``UnsupportedPlatform``).
     """
 
-    _shm: SharedMemory | None = None
-    _words: memoryview | None = None
+    _lanes: Lanes | None = None
+    _lock_fd = -1
+    _consumer = False  # this object holds the consumer lock
+    name: str = "?"
 
-    def __init__(
-        self, shm: SharedMemory, dtype: np.dtype[np.void], geometry: Geometry
-    ) -> None:
-        self._shm = shm
-        self.name: str = shm.name
-        self.dtype = dtype
-        self.geometry = geometry
-        buf = _buffer(shm)
-        self._words = buf.cast("Q")
-        header = np.frombuffer(buf, "<u8", _layout.HEADER_WORDS)
-        self.epoch = int(header[_layout.H_EPOCH])
-        self.created_ns = int(header[_layout.H_CREATED_NS])
-        # Slots as opaque fixed-size bytes: numpy copies those with one
-        # memcpy, where a structured dtype with sub-arrays is copied field
-        # by field (measured ~15x slower for livemon's record).
-        self._raw = np.dtype(f"V{geometry.record_bytes}")
-        self._slots = [
-            np.ndarray(
-                (geometry.capacity_records,),
-                self._raw,
-                shm.buf,
-                geometry.slots_offset(lane),
-            )
-            for lane in range(geometry.lanes)
-        ]
-        self._lock_fd = -1
+    def __init__(self, lanes: Lanes) -> None:
+        self._lanes = lanes
+        self.name = lanes.name
+        self.group = lanes.group  # the gid trusted besides ours, or None
+        self.dtype = lanes.dtype
+        self.geometry = lanes.geometry
+        words = lanes.words()
+        self.epoch = int(words[_layout.H_EPOCH])
+        self.created_ns = int(words[_layout.H_CREATED_NS])
 
     # -- lifecycle -------------------------------------------------------
 
@@ -142,7 +105,8 @@ class Ring:
         lanes: int,
         capacity_records: int,
         *,
-        mode: int = DEFAULT_MODE,
+        mode: int | None = None,
+        group: int | None = None,
     ) -> Ring:
         """Create a new ring segment and its lock file.
 
@@ -151,55 +115,47 @@ class Ring:
             dtype: a structured numpy dtype, one record per slot.
             lanes: how many producers can write at once (1..4096).
             capacity_records: slots per lane (1..2**31).
-            mode: permission bits of the segment and lock file.
+            mode: permission bits of the segment and lock file, never
+                for others; default 0600, or 0660 with a ``group``.
+            group: a gid to give both files (we must be a member), whose
+                members may then attach, and create the ring in turn.
 
         Raises:
             RingNameError: unsafe name.
             RecordDtypeError: ``dtype`` is not a structured dtype.
-            ValueError: bad geometry or mode.
+            RingArgumentError: geometry, mode or group out of range, or a
+                mode with bits for others (a ValueError).
+            RingArgumentTypeError: geometry, mode or group not an int.
             RingExists: the name is taken; use ``attach`` or ``open``.
+            RingUntrusted: the lock file is a symlink or another user's.
+            UnsupportedPlatform: not x86-64 (see Memory order above).
         """
-        _layout.validate_name(name)
-        record_dtype = _structured(dtype)
-        _check_int("lanes", lanes, 1, 4096)
-        _check_int("capacity_records", capacity_records, 1, 2**31)
-        _check_int("mode", mode, 0, 0o777)
-        geometry = Geometry(record_dtype.itemsize, lanes, capacity_records)
-        _lanelock.create_file(_lock_path(name), mode)
-        shm = _shm.create(name, geometry.size_bytes, mode)
-        header = np.ndarray((_layout.HEADER_WORDS,), "<u8", shm.buf)
-        header[_layout.H_VERSION] = _layout.LAYOUT_VERSION
-        header[_layout.H_RECORD_BYTES] = geometry.record_bytes
-        header[_layout.H_LANES] = lanes
-        header[_layout.H_CAPACITY] = capacity_records
-        header[_layout.H_FINGERPRINT] = _layout.dtype_fingerprint(record_dtype)
-        header[_layout.H_EPOCH] = secrets.randbits(63)
-        header[_layout.H_CREATED_NS] = time.time_ns()
-        header[_layout.H_MAGIC] = _layout.MAGIC
-        header[_layout.H_CHECKSUM] = _layout.header_checksum(header)
-        # Attachers wait for a valid checksum, so it is the last store.
-        del header
-        return cls(shm, record_dtype, geometry)
+        return cls(
+            _open.create(name, dtype, lanes, capacity_records, mode, group)
+        )
 
     @classmethod
-    def attach(cls, name: str, dtype: npt.DTypeLike) -> Ring:
-        """Attach to an existing ring, checking its header and dtype.
+    def attach(
+        cls, name: str, dtype: npt.DTypeLike, *, group: int | None = None
+    ) -> Ring:
+        """Attach to an existing ring, checking its owner, header and dtype.
+
+        Only a segment (and lock file) owned by us or root, or by a user
+        of ``group``, and with no access for others is used: any other
+        may have been planted to read or forge records.
 
         Raises:
             RingNameError: unsafe name.
             RingNotFound: no such ring; create it first.
-            RingCorrupt: damaged header or another layout version.
+            RingUntrusted: the segment may be another user's (its owner
+                and mode are in the message): remove it as root or its
+                owner (``rm /dev/shm/<name>``), or use another name.
+            RingCorrupt: damaged, empty or unfinished header, or another
+                layout version.
             RecordDtypeError: the ring holds records of another dtype.
+            UnsupportedPlatform: not x86-64 (see Memory order above).
         """
-        _layout.validate_name(name)
-        record_dtype = _structured(dtype)
-        shm = _shm.attach(name)
-        try:
-            geometry = _read_geometry(shm, record_dtype)
-        except BaseException:
-            shm.close()
-            raise
-        return cls(shm, record_dtype, geometry)
+        return cls(_open.attach(name, dtype, group))
 
     @classmethod
     def open(
@@ -209,7 +165,8 @@ class Ring:
         lanes: int,
         capacity_records: int,
         *,
-        mode: int = DEFAULT_MODE,
+        mode: int | None = None,
+        group: int | None = None,
     ) -> Ring:
         """Attach to the ring, creating it with this geometry if missing.
 
@@ -217,27 +174,24 @@ class Ring:
         the geometry arguments matter only then.  Raises as ``attach``.
         """
         try:
-            return cls.attach(name, dtype)
+            return cls.attach(name, dtype, group=group)
         except RingNotFound:
             pass
         try:
-            return cls.create(name, dtype, lanes, capacity_records, mode=mode)
+            return cls.create(
+                name, dtype, lanes, capacity_records, mode=mode, group=group
+            )
         except RingExists:
-            return cls.attach(name, dtype)
+            return cls.attach(name, dtype, group=group)
 
     def close(self) -> None:
         """Detach this process's mapping; the segment stays. Idempotent."""
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
-        if self._shm is None:
-            return
-        self._slots = []
-        if self._words is not None:
-            self._words.release()
-            self._words = None
-        self._shm.close()
-        self._shm = None
+        self._consumer = False
+        if self._lanes is not None:
+            self._lanes.close()
 
     def unlink(self) -> bool:
         """Remove the segment and lock file (the owner does this, once).
@@ -254,7 +208,7 @@ class Ring:
         self.close()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Ring.attach, (self.name, self.dtype))
+        return (_reattach, (self.name, self.dtype, self.group))
 
     def __repr__(self) -> str:
         g = self.geometry
@@ -273,22 +227,35 @@ class Ring:
         """Slots per lane."""
         return self.geometry.capacity_records
 
+    @property
+    def refused_claims(self) -> int:
+        """How many writers, in any process, found every lane held.
+
+        Raises:
+            RingClosed: the ring was closed.
+        """
+        return int(self._live().words()[_layout.H_REFUSED_CLAIMS])
+
     def writer(self) -> RingWriter:
         """Return a producer for this process (claims a lane now).
 
         Raises:
             LanesExhausted: every lane is held by a live producer.
         """
-        from ringbuf.writer import RingWriter
-
-        return RingWriter(self)
+        return RingWriter(self._live())
 
     # -- consumer side ---------------------------------------------------
 
     def lane_state(self, lane: int) -> LaneState:
-        """Read a lane's counters, and whether a live producer holds it."""
-        base = self._lane_word(lane)
-        w = self._live_words()
+        """Read a lane's counters, and whether a live producer holds it.
+
+        Raises:
+            LaneIndexError: no such lane.
+            RingClosed: the ring was closed.
+        """
+        lanes = self._live()
+        base = lanes.lane_word(lane)
+        w = lanes.words()
         return LaneState(
             head=w[base + _layout.L_HEAD],
             tail=w[base + _layout.L_TAIL],
@@ -303,34 +270,47 @@ class Ring:
 
         The producer never overwrites unconsumed slots, so the copy is
         stable.  Nothing is consumed until ``advance`` is called.
+
+        Raises:
+            LaneIndexError: no such lane.
+            RingArgumentError: ``max_records`` is negative.
+            RingClosed: the ring was closed.
         """
-        base = self._lane_word(lane)
-        w = self._live_words()
+        lanes = self._live()
+        base = lanes.lane_word(lane)
+        w = lanes.words()
         tail = w[base + _layout.L_TAIL]
         # Reading head once, then only slots below it, is what makes a
-        # half-written slot (at seq == head) invisible.
+        # half-written slot (at seq == head) invisible: the producer
+        # stored those slots before head, and x86-64 keeps load->load
+        # order, so our slot loads see them.
         head = w[base + _layout.L_HEAD]
         if max_records is not None:
-            _check_int("max_records", max_records, 0, 2**63)
+            check_int("max_records", max_records, 0, 2**63)
             head = min(head, tail + max_records)
-        records = np.empty(head - tail, self._raw)
-        self._copy_into(records, lane, tail, head)
-        return Batch(lane, tail, records.view(self.dtype))
+        return Batch(lane, tail, lanes.records(lane, tail, head))
 
     def advance(self, lane: int, end_seq: int) -> None:
         """Mark a lane's records before ``end_seq`` consumed (after commit).
 
         Raises:
-            ValueError: ``end_seq`` is behind the tail or past the head.
+            LaneIndexError: no such lane.
+            RingArgumentError: ``end_seq`` is behind the tail or past the
+                head.
+            RingClosed: the ring was closed.
         """
-        base = self._lane_word(lane)
-        w = self._live_words()
+        lanes = self._live()
+        base = lanes.lane_word(lane)
+        w = lanes.words()
         tail, head = w[base + _layout.L_TAIL], w[base + _layout.L_HEAD]
         if not tail <= end_seq <= head:
-            raise ValueError(
+            raise RingArgumentError(
                 f"lane {lane}: cannot advance tail to {end_seq}, it must lie "
                 f"between the tail {tail} and the head {head}"
             )
+        # One 8-byte store (memoryview "Q"), never torn.  The caller's
+        # loads of the slots (pending) came before it, and x86-64 keeps
+        # load->store order: the producer cannot reuse a slot we still read.
         w[base + _layout.L_TAIL] = end_seq
 
     def window(self, per_lane: int) -> Window:
@@ -338,33 +318,13 @@ class Ring:
 
         Consumed records stay readable until overwritten.  Slots that a
         producer may have been overwriting during the copy are discarded.
+
+        Raises:
+            RingArgumentError: ``per_lane`` is negative.
+            RingClosed: the ring was closed.
         """
-        _check_int("per_lane", per_lane, 0, 2**63)
-        cap = self.geometry.capacity_records
-        w = self._live_words()
-        # One output array: fresh pages cost a fault each, so allocating
-        # per lane and concatenating would more than double the time.
-        out = np.empty(self.geometry.lanes * min(per_lane, cap), self._raw)
-        lanes = np.empty(len(out), np.uint32)
-        seqs = np.empty(len(out), np.uint64)
-        size = 0
-        for lane in range(self.geometry.lanes):
-            head_word = self._lane_word(lane) + _layout.L_HEAD
-            head = w[head_word]
-            low = max(head - min(per_lane, cap), 0)
-            self._copy_into(out[size:], lane, low, head)
-            # A producer now at head' may be writing seq head' into the
-            # slot of seq head' - cap: keep only seqs it cannot have touched.
-            # (A producer that lapped the whole copy leaves nothing safe.)
-            first_safe = min(head, max(low, w[head_word] - cap + 1))
-            kept = head - first_safe
-            if first_safe > low:
-                skip = size + first_safe - low
-                out[size : size + kept] = out[skip : skip + kept].copy()
-            lanes[size : size + kept] = lane
-            seqs[size : size + kept] = np.arange(first_safe, head)
-            size += kept
-        return Window(out[:size].view(self.dtype), lanes[:size], seqs[:size])
+        check_int("per_lane", per_lane, 0, 2**63)
+        return Window(*self._live().recent(per_lane))
 
     def lock_consumer(self) -> bool:
         """Become this ring's only consumer; False if another process is.
@@ -372,128 +332,64 @@ class Ring:
         Two consumers would advance each other's tails and lose records.
         The lock is held until ``close`` or the process dies.
         """
-        return _lanelock.try_lock(self._probe_fd(), _layout.CONSUMER_LOCK_BYTE)
+        fd = self._probe_fd()
+        self._consumer = _lanelock.try_lock(fd, _layout.CONSUMER_LOCK_BYTE)
+        return self._consumer
+
+    def consumer_attached(self) -> bool:
+        """Tell whether some process holds this ring's consumer lock.
+
+        A producer whose segment went stale asks its old ring: without a
+        consumer, nobody will drain it, and it may carry its
+        ``RingWriter.unconsumed()`` records over to the new ring.
+
+        Raises:
+            RingClosed: the ring was closed.
+            RingUntrusted: the lock file is a symlink or another user's.
+        """
+        fd = self._probe_fd()
+        # F_OFD_GETLK reports locks of other open file descriptions only:
+        # our own, taken through this fd, we remember instead.
+        return self._consumer or _lanelock.is_locked(
+            fd, _layout.CONSUMER_LOCK_BYTE
+        )
+
+    def retire(self) -> None:
+        """Tell this ring's producers to stop writing into it, for good.
+
+        For the owner replacing the ring (say, with a bigger one): every
+        writer's next ``put`` returns False and its ``stale`` turns True.
+        Writers of releases before this word existed do not notice.
+
+        Raises:
+            RingClosed: the ring was closed.
+        """
+        # One 8-byte store; producers load it on every put.
+        self._live().words()[_layout.H_RETIRED] = 1
+
+    @property
+    def retired(self) -> bool:
+        """Whether ``retire()`` was called on this ring, by any process.
+
+        Raises:
+            RingClosed: the ring was closed.
+        """
+        return bool(self._live().words()[_layout.H_RETIRED])
 
     # -- internals -------------------------------------------------------
 
-    def _live_words(self) -> memoryview:
-        if self._words is None:
-            raise ValueError(f"ring {self.name!r} is closed")
-        return self._words
-
-    def _live_bytes(self) -> memoryview:
-        self._live_words()
-        assert self._shm is not None
-        return _buffer(self._shm)
-
-    def _lane_word(self, lane: int) -> int:
-        if not 0 <= lane < self.geometry.lanes:
-            raise IndexError(
-                f"lane {lane} out of range 0..{self.geometry.lanes - 1}"
-            )
-        return self.geometry.lane_offset(lane) // 8
+    def _live(self) -> Lanes:
+        lanes = self._lanes
+        if lanes is None or lanes.closed:  # None: a failed __init__
+            raise RingClosed(f"ring {self.name!r} is closed: attach again")
+        return lanes
 
     def _probe_fd(self) -> int:
+        self._live()
         if self._lock_fd < 0:
-            self._lock_fd = _lanelock.open_file(_lock_path(self.name))
+            self._lock_fd = self._live().open_lock_file()
         return self._lock_fd
 
-    def _copy_into(
-        self, out: npt.NDArray[np.void], lane: int, low: int, high: int
-    ) -> None:
-        """Copy seqs ``low..high-1`` of a lane, raw, to the head of ``out``."""
-        slots = self._slots[lane]
-        cap = self.geometry.capacity_records
-        start, count = low % cap, high - low
-        first = min(count, cap - start)
-        out[:first] = slots[start : start + first]
-        out[first:count] = slots[: count - first]
 
-
-def unlink(name: str) -> bool:
-    """Remove a ring's segment and lock file by name; False if gone.
-
-    Raises:
-        RingNameError: unsafe name.
-    """
-    _layout.validate_name(name)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(_lock_path(name))
-    return _shm.unlink(name)
-
-
-def _lock_path(name: str) -> str:
-    return os.path.join(_shm.SHM_DIR, name + ".lanes")
-
-
-def _structured(dtype: npt.DTypeLike) -> np.dtype[np.void]:
-    try:
-        record_dtype = np.dtype(dtype)
-    except TypeError as exc:
-        raise RecordDtypeError(f"not a numpy dtype: {dtype!r}") from exc
-    if record_dtype.names is None or record_dtype.hasobject:
-        raise RecordDtypeError(
-            f"ring records need a structured dtype of plain numbers and "
-            f"bytes, got {record_dtype}"
-        )
-    return record_dtype
-
-
-def _buffer(shm: SharedMemory) -> memoryview:
-    buf = shm.buf
-    if buf is None:  # only after close()
-        raise ValueError(f"shared memory {shm.name!r} is closed")
-    return buf
-
-
-def _read_geometry(shm: SharedMemory, dtype: np.dtype[np.void]) -> Geometry:
-    deadline = time.monotonic() + _ATTACH_WAIT_S
-    while True:
-        if shm.size < _layout.HEADER_BYTES:
-            header = None
-        else:
-            header = np.frombuffer(
-                _buffer(shm), "<u8", _layout.HEADER_WORDS
-            ).copy()
-        if header is not None and header[_layout.H_CHECKSUM] == (
-            _layout.header_checksum(header)
-        ):
-            break
-        if time.monotonic() > deadline:
-            raise RingCorrupt(
-                f"ring {shm.name!r} has a damaged or unfinished header: "
-                "unlink it (no process may be using it) and create it again"
-            )
-        time.sleep(0.005)  # a creator may still be writing the header
-    if header[_layout.H_MAGIC] != _layout.MAGIC:
-        raise RingCorrupt(f"{shm.name!r} is not a ringbuf segment")
-    if header[_layout.H_VERSION] != _layout.LAYOUT_VERSION:
-        raise RingCorrupt(
-            f"ring {shm.name!r} has layout version "
-            f"{header[_layout.H_VERSION]}, this ringbuf reads "
-            f"{_layout.LAYOUT_VERSION}: stop its users and recreate it"
-        )
-    geometry = Geometry(
-        int(header[_layout.H_RECORD_BYTES]),
-        int(header[_layout.H_LANES]),
-        int(header[_layout.H_CAPACITY]),
-    )
-    if shm.size < geometry.size_bytes:
-        raise RingCorrupt(
-            f"ring {shm.name!r} is {shm.size} bytes, its header says "
-            f"{geometry.size_bytes}: unlink and recreate it"
-        )
-    if header[_layout.H_FINGERPRINT] != _layout.dtype_fingerprint(dtype):
-        raise RecordDtypeError(
-            f"ring {shm.name!r} holds records of another dtype "
-            f"({geometry.record_bytes} bytes each; yours are "
-            f"{dtype.itemsize}): use the same dtype as its creator"
-        )
-    return geometry
-
-
-def _check_int(what: str, value: object, low: int, high: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
-    if not low <= value <= high:
-        raise ValueError(f"{what} must be in {low}..{high}, got {value}")
+def _reattach(name: str, dtype: np.dtype[np.void], group: int | None) -> Ring:
+    return Ring.attach(name, dtype, group=group)

@@ -270,3 +270,74 @@ class TestWindow:
         finally:
             os.kill(proc.pid, signal.SIGKILL)
             proc.join(timeout=10)
+
+
+def claim_in_vain(name: str, attempts: int) -> None:
+    """Try to claim a lane of a full ring ``attempts`` times."""
+    with ringbuf.Ring.attach(name, TEST_DTYPE) as ring:
+        for _ in range(attempts):
+            with pytest.raises(ringbuf.LanesExhausted):
+                ring.writer()
+
+
+class TestRefusedClaims:
+    """Writers refused a lane are counted in the ring, across processes."""
+
+    def test_counted_and_seen_by_every_attacher(self, make_ring):
+        """Each LanesExhausted adds one, visible to another attacher."""
+        ring = make_ring(TEST_DTYPE, lanes=2)
+        held = [ring.writer(), ring.writer()]
+        for _ in range(3):
+            with pytest.raises(ringbuf.LanesExhausted):
+                ring.writer()
+        with ringbuf.Ring.attach(ring.name, TEST_DTYPE) as other:
+            assert other.refused_claims == 3
+        for writer in held:
+            writer.close()
+        ring.writer().close()
+        assert ring.refused_claims == 3
+
+    def test_the_increment_waits_for_the_counter_lock(self, make_ring):
+        """A refusal's count waits while another holds the counter lock."""
+        from ringbuf import _lanelock, _layout
+
+        ring = make_ring(TEST_DTYPE, lanes=1)
+        holder = ring.writer()
+        errors = []
+
+        def refused():
+            try:
+                ring.writer()
+            except ringbuf.LanesExhausted as exc:
+                errors.append(exc)
+
+        fd = os.open(f"/dev/shm/{ring.name}.lanes", os.O_RDWR)
+        try:
+            with _lanelock.held(fd, _layout.COUNTER_LOCK_BYTE):
+                thread = threading.Thread(target=refused)
+                thread.start()
+                thread.join(timeout=0.2)
+                assert thread.is_alive()
+                assert ring.refused_claims == 0
+            thread.join(timeout=30)
+        finally:
+            os.close(fd)
+        assert len(errors) == 1 and ring.refused_claims == 1
+        holder.close()
+
+    def test_concurrent_refusals_are_all_counted(self, make_ring):
+        """Racing refused processes lose no increment (a locked add)."""
+        ring = make_ring(TEST_DTYPE, lanes=1)
+        holder = ring.writer()
+        ctx = multiprocessing.get_context("fork")
+        procs = [
+            ctx.Process(target=claim_in_vain, args=(ring.name, 200))
+            for _ in range(6)
+        ]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(timeout=60)
+        assert [p.exitcode for p in procs] == [0] * 6
+        assert ring.refused_claims == 6 * 200
+        holder.close()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import ringbuf
-from ringbuf import _layout
+from ringbuf import _layout, _open
 from tests.ringbuf.records import TEST_DTYPE, intact, make_records
 
 _ATTACH_AND_EXIT = """
@@ -24,6 +24,16 @@ writer = ring.writer()
 assert writer.put(np.zeros(1, TEST_DTYPE)[0])
 writer.close(); ring.close()
 """
+
+
+def flip_byte(name: str, offset: int) -> None:
+    """Invert one byte of segment ``name`` through its file."""
+    fd = os.open(f"/dev/shm/{name}", os.O_RDWR)
+    try:
+        (byte,) = os.pread(fd, 1, offset)
+        os.pwrite(fd, bytes([byte ^ 0xFF]), offset)
+    finally:
+        os.close(fd)
 
 
 class TestCreateAttach:
@@ -84,10 +94,11 @@ class TestCreateAttach:
         with pytest.raises(ringbuf.RecordDtypeError):
             ringbuf.Ring.attach(ring.name, renamed)
 
-    def test_damaged_header(self, make_ring):
+    def test_damaged_header(self, make_ring, monkeypatch):
         """A flipped header byte is caught by the checksum."""
+        monkeypatch.setattr(_open, "_ATTACH_WAIT_S", 0.05)
         ring = make_ring(TEST_DTYPE)
-        ring._shm.buf[_layout.H_CAPACITY * 8] ^= 0xFF
+        flip_byte(ring.name, _layout.H_CAPACITY * 8)
         with pytest.raises(ringbuf.RingCorrupt, match="damaged"):
             ringbuf.Ring.attach(ring.name, TEST_DTYPE)
 
