@@ -12,6 +12,9 @@ import logging
 import os
 import time
 import weakref
+from typing import Any
+
+import numpy as np
 
 import ringbuf
 from livemon import ipc
@@ -147,11 +150,64 @@ class Monitor:
         if stored:
             self.counters.recorded += 1
             return True
+        if events.stale:
+            return self._follow(packed)
         return self._lost(
             "dropped",
             f"ring {self.config.ring!r} lane is full: is livemon-daemon "
             "running? (or raise capacity_records)",
         )
+
+    def _follow(self, packed: bytes) -> bool:
+        """Move to the ring now under our ring's name, then write.
+
+        Our segment was retired (the daemon replaces it, say with more
+        lanes, and drains it to the end) or unlinked and perhaps replaced
+        (a cleanup script, ``RemoveIPC=yes``).  With no consumer left on
+        it, nobody would drain what we wrote there: those records move
+        along, labels first, into the new ring.
+        """
+        labels_left, events_left = self._unconsumed_if_orphaned()
+        self._detach()
+        self._label_cache.clear()  # announced into the old ring only
+        self._connect()
+        events, labels = self._events, self._labels
+        if events is None or labels is None:
+            return self._lost(
+                "unavailable", f"ring {self.config.ring!r} is unavailable"
+            )
+        logger.warning(
+            "ring %r was replaced or retired under this process: now "
+            "writing to its new segment (%d records carried over)",
+            self.config.ring,
+            len(labels_left) + len(events_left),
+        )
+        self.counters.labels_lost += len(labels_left) - labels.put_many(
+            labels_left
+        )
+        self.counters.dropped += len(events_left) - events.put_many(
+            events_left
+        )
+        if self._pending_labels:
+            self._label_cache.flush()
+        if events.put(packed):
+            self.counters.recorded += 1
+            return True
+        return self._lost("dropped", f"ring {self.config.ring!r} is full")
+
+    def _unconsumed_if_orphaned(self) -> tuple[Any, Any]:
+        """This process's undrained labels and events, if no consumer is
+        left to drain them from the old segment (else none)."""
+        empty = (np.empty(0, rec.LABEL_DTYPE), np.empty(0, rec.RECORD_DTYPE))
+        labels, events = self._labels, self._events
+        if labels is None or events is None:
+            return empty
+        try:
+            if events.consumer_attached():
+                return empty
+            return labels.unconsumed(), events.unconsumed()
+        except _RING_FAILURES:  # beyond reading: what is there stays there
+            return empty
 
     def _lost(
         self, counter: str, message: str, cause: Exception | None = None

@@ -376,6 +376,18 @@ class Ring:
         """
         return bool(self._live().words()[_layout.H_RETIRED])
 
+    @property
+    def replaced(self) -> bool:
+        """Whether this ring's name now maps to no segment or another one.
+
+        One ``os.stat``: for the consumer's periodic check, not per record
+        (producers have ``RingWriter.stale``).
+
+        Raises:
+            RingClosed: the ring was closed.
+        """
+        return self._live().segment.replaced()
+
     # -- internals -------------------------------------------------------
 
     def _live(self) -> Lanes:

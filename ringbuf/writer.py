@@ -239,6 +239,26 @@ class RingWriter:
             tail = words[self._tail_word]
             return self._lanes.records(self._lane, tail, self._head)
 
+    def consumer_attached(self) -> bool:
+        """Whether some process holds the ring's consumer lock.
+
+        Asked through the lock file this writer's lane is locked in: the
+        same file even after its name was unlinked (or recreated), so a
+        producer of a stale ring learns whether anyone still drains it.
+        False before the first ``put`` (no lane, no lock file yet).
+
+        Raises:
+            RingClosed: the writer was closed.
+        """
+        with self._thread_lock:
+            if self._closed:
+                raise RingClosed("this RingWriter is closed")
+            if self._lock_fd < 0:
+                return False
+            return _lanelock.is_locked(
+                self._lock_fd, _layout.CONSUMER_LOCK_BYTE
+            )
+
     def close(self) -> None:
         """Give the lane back (its pending records stay). Idempotent."""
         with self._thread_lock:

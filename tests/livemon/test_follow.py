@@ -1,0 +1,149 @@
+"""
+A ring replaced under running coordinators: unlinked by a cleanup script
+(or ``RemoveIPC=yes``), recreated by someone else, or retired by its owner.
+Producers notice without a syscall per record, move to the segment now
+under the name, and what nobody would drain moves with them.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+
+import numpy as np
+import pytest
+
+import ringbuf
+from livemon import Monitor, ipc
+from livemon.config import load_config
+from livemon.record import label_id
+from ringbuf import writer as writer_module
+from tests.livemon.helpers import events_in, labels_in
+
+REQUESTS = 300
+
+
+@pytest.fixture
+def quick_stale(monkeypatch):
+    """Writers look at their segment's name on every due put."""
+    monkeypatch.setattr(writer_module, "STALE_CHECK_S", 0.0)
+
+
+def record(monitor: Monitor, n: int, agent: str = "coder") -> None:
+    """``n`` requests whose agent is ``agent``."""
+    for i in range(n):
+        with monitor.request(f"q{i}") as ctx:
+            ctx.log_execution(actual_agents=[agent], success=True)
+
+
+def unlink_all(name: str) -> None:
+    """What a cleanup script does: remove every segment of the ring."""
+    for suffix in ("", ".labels", ".feedback"):
+        ringbuf.unlink(name + suffix)
+
+
+class TestUnlinked:
+    def test_records_move_to_the_new_segment(self, ring_name, quick_stale):
+        """Unlinked with nobody draining it: every record, old and new,
+        ends up in the ring now under the name, labels included."""
+        with Monitor(ring_name) as monitor:
+            record(monitor, REQUESTS)
+            unlink_all(ring_name)
+            record(monitor, REQUESTS, agent="reviewer")
+            assert monitor.counters.recorded == 2 * REQUESTS
+            assert monitor.counters.dropped == 0
+            events = events_in(ring_name)
+            labels = labels_in(ring_name)
+        assert len(events) == 2 * REQUESTS
+        agents = events["actual_agents"][:, 0]
+        assert set(agents.tolist()) == {label_id("coder"), label_id("reviewer")}
+        assert {"coder", "reviewer"} <= set(labels.values())
+
+    def test_a_drained_segment_is_not_carried(self, ring_name, quick_stale):
+        """With a consumer still attached to the old segment (the daemon
+        drains it to the end), nothing is copied twice: each record is in
+        exactly one segment (a few may reach the old one before the writer
+        looks at the name again)."""
+        with Monitor(ring_name) as monitor:
+            record(monitor, 10)
+            consumer = ipc.attach_ring(ipc.events_ring(monitor.config))
+            try:
+                assert consumer.lock_consumer()
+                unlink_all(ring_name)
+                record(monitor, 20)
+                old = sum(
+                    len(consumer.pending(n).records)
+                    for n in range(consumer.lanes)
+                )
+            finally:
+                consumer.close()
+            new = len(events_in(ring_name))
+        assert old >= 10 and new > 0
+        assert old + new == 30
+
+
+class TestRetired:
+    def test_owner_replaces_a_ring_with_more_lanes(self, ring_name):
+        """The daemon's way to grow a ring: a new segment under the name,
+        the old one retired; writers move at their next record."""
+        small = load_config({"ring": ring_name, "lanes": 2})
+        with Monitor(config=small) as monitor:
+            record(monitor, 5)
+            old = ipc.attach_ring(ipc.events_ring(small))
+            try:
+                assert old.lock_consumer()
+                unlink_all(ring_name)
+                big = load_config({"ring": ring_name, "lanes": 8})
+                for ring in ipc.open_rings(big):
+                    ring.close()
+                old.retire()
+                record(monitor, 7)
+                assert len(old.pending(monitor_lane(old)).records) == 5
+            finally:
+                old.close()
+            with ipc.attach_ring(ipc.events_ring(big)) as new:
+                assert new.lanes == 8
+                assert len(events_in(ring_name)) == 7
+            assert monitor.counters.recorded == 12
+
+
+def monitor_lane(ring: ringbuf.Ring) -> int:
+    """The one lane of ``ring`` that holds records."""
+    return next(n for n in range(ring.lanes) if ring.lane_state(n).head)
+
+
+def produce(ring_name: str, count: int, started) -> None:
+    """A coordinator process recording ``count`` requests, steadily."""
+    writer_module.STALE_CHECK_S = 0.01
+    with Monitor(ring_name) as monitor:
+        started.set()
+        for i in range(count):
+            record(monitor, 1, agent=f"agent{i % 3}")
+            time.sleep(0.0005)
+        assert monitor.counters.recorded == count
+
+
+class TestUnderRunningProducers:
+    @pytest.mark.parametrize("method", ["fork", "spawn"])
+    def test_unlinked_mid_run_loses_nothing(self, ring_name, method):
+        """Three processes record while the ring is unlinked and
+        recreated under them: every request is in the ring at the end."""
+        context = multiprocessing.get_context(method)
+        count = 400
+        events = [context.Event() for _ in range(3)]
+        workers = [
+            context.Process(target=produce, args=(ring_name, count, e))
+            for e in events
+        ]
+        for worker in workers:
+            worker.start()
+        for event in events:
+            assert event.wait(30)
+        time.sleep(0.05)
+        unlink_all(ring_name)
+        for worker in workers:
+            worker.join(60)
+            assert worker.exitcode == 0
+        records = events_in(ring_name)
+        assert len(records) == 3 * count
+        assert np.unique(records["request_id"]).size == 3 * count
