@@ -56,7 +56,8 @@ class TestUnlinked:
             labels = labels_in(ring_name)
         assert len(events) == 2 * REQUESTS
         agents = events["actual_agents"][:, 0]
-        assert set(agents.tolist()) == {label_id("coder"), label_id("reviewer")}
+        expected = {label_id("coder"), label_id("reviewer")}
+        assert set(agents.tolist()) == expected
         assert {"coder", "reviewer"} <= set(labels.values())
 
     def test_a_drained_segment_is_not_carried(self, ring_name, quick_stale):
