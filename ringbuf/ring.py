@@ -369,23 +369,13 @@ class Ring:
 
     @property
     def retired(self) -> bool:
-        """Whether ``retire()`` was called on this ring, by any process.
-
-        Raises:
-            RingClosed: the ring was closed.
-        """
+        """Whether any process ``retire()``-d this ring (or RingClosed)."""
         return bool(self._live().words()[_layout.H_RETIRED])
 
     @property
     def replaced(self) -> bool:
-        """Whether this ring's name now maps to no segment or another one.
-
-        One ``os.stat``: for the consumer's periodic check, not per record
-        (producers have ``RingWriter.stale``).
-
-        Raises:
-            RingClosed: the ring was closed.
-        """
+        """Whether the name now maps to no segment or another (one stat;
+        producers have ``RingWriter.stale``). Raises ``RingClosed``."""
         return self._live().segment.replaced()
 
     # -- internals -------------------------------------------------------
