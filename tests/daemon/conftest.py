@@ -4,6 +4,7 @@ Running the real daemon and real coordinator processes in tests.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -54,7 +55,9 @@ class DaemonRun:
     def count(self, sql="SELECT count(*) FROM events") -> int:
         """Run a counting query on the database (0 if it has no table)."""
         try:
-            with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True) as db:
+            with contextlib.closing(
+                sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
+            ) as db:
                 return int(db.execute(sql).fetchone()[0])
         except sqlite3.OperationalError:
             return 0

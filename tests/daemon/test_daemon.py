@@ -5,6 +5,7 @@ SIGKILL and SIGTERM, database trouble survived, one daemon per ring.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import signal
@@ -268,7 +269,7 @@ class TestFeedbackStored:
             )
         )
         assert daemon.stop() == 0
-        with sqlite3.connect(daemon.db) as db:
+        with contextlib.closing(sqlite3.connect(daemon.db)) as db:
             row = db.execute(
                 "SELECT action, subject, old_value, new_value, samples "
                 "FROM adjustment_log WHERE action = 'agent_confidence'"
