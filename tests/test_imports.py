@@ -74,6 +74,10 @@ STDLIB["livemon"] = STDLIB["ringbuf"] | {
     "collections.abc",
     "copy",
     "dataclasses",
+    # importlib.metadata.version() runs at import (__version__) and parses
+    # the METADATA file with email; 3.13 loads email.message only then.
+    "email.message",
+    "email.parser",
     "enum",
     "importlib.metadata",
     "itertools",
