@@ -11,7 +11,7 @@ import sqlite3
 import pytest
 
 from livemon.migrate.migrator import migrate
-from tests.livemon import legacy_fixtures as fx
+from tests.livemon.migrate import legacy_fixtures as fx
 
 pytestmark = pytest.mark.benchmark(group="migrate")
 

@@ -244,7 +244,7 @@ class TestFeedbackStored:
         """Every feedback action becomes a row with the statistic behind it."""
         from livemon import Monitor
         from livemon.feedback import FeedbackLoop
-        from tests.livemon.test_feedback import requests
+        from tests.livemon.feedback.test_loop import requests
 
         daemon = start_daemon()
         with Monitor(daemon_env["LIVEMON_RING"]) as monitor:

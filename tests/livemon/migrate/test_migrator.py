@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from livemon.cli import cli
 from livemon.exceptions import LegacyError
 from livemon.migrate.migrator import migrate
-from tests.livemon import legacy_fixtures as fx
+from tests.livemon.migrate import legacy_fixtures as fx
 
 
 @pytest.fixture
