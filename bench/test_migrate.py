@@ -5,12 +5,13 @@ from the legacy file (the floor any migration pays), in one run.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 
 import pytest
 
 from livemon.migrate.migrator import migrate
-from tests.livemon import legacy_fixtures as fx
+from tests.livemon.migrate import legacy_fixtures as fx
 
 pytestmark = pytest.mark.benchmark(group="migrate")
 
@@ -29,7 +30,7 @@ def test_read_baseline(benchmark, record, legacy_file):
     """SELECT every row of the legacy table (baseline)."""
 
     def read():
-        with sqlite3.connect(legacy_file) as db:
+        with contextlib.closing(sqlite3.connect(legacy_file)) as db:
             return sum(
                 1 for _ in db.execute("SELECT * FROM agent_performance")
             )

@@ -5,6 +5,7 @@ architecture and other ways to log it, measured in the same run.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import sqlite3
 
@@ -112,8 +113,9 @@ def test_seed_four_loggers(benchmark, record, tmp_path):
         for name in ("routing", "acceptance", "performance", "quality")
     ]
     for path in paths:
-        with sqlite3.connect(path) as db:
+        with contextlib.closing(sqlite3.connect(path)) as db:
             db.execute(SEED_TABLE)
+            db.commit()
 
     def four_writes():
         for path in paths:
@@ -124,7 +126,7 @@ def test_seed_four_loggers(benchmark, record, tmp_path):
 
     benchmark.pedantic(four_writes, rounds=300)
     record(benchmark)
-    with sqlite3.connect(paths[0]) as db:
+    with contextlib.closing(sqlite3.connect(paths[0])) as db:
         assert (
             db.execute("SELECT count(*) FROM monitoring_events").fetchone()[0]
             == 300

@@ -8,6 +8,7 @@ build takes a few minutes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -86,7 +87,7 @@ def big_db() -> str:
     """The 10-million-event database (built on first use)."""
     if not DB_PATH.exists():
         build(DB_PATH)
-    with sqlite3.connect(DB_PATH) as db:
+    with contextlib.closing(sqlite3.connect(DB_PATH)) as db:
         assert db.execute("SELECT count(*) FROM events").fetchone()[0] == (
             EVENTS
         )
@@ -107,7 +108,9 @@ def scan_per_agent(path: str, since: str) -> list[tuple]:
         time.time_ns() - {"24h": 86400, "31d": 31 * 86400}[since] * 10**9
     )
     select = rollup.ROLLUP_SELECT.format(where="timestamp_ns >= :start")
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+    with contextlib.closing(
+        sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    ) as db:
         return db.execute(
             f"SELECT agent, sum(requests), sum(successes) FROM ({select}) "
             "GROUP BY agent",

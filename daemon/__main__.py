@@ -6,4 +6,5 @@ from __future__ import annotations
 
 from daemon.cli import cli
 
-cli(prog_name="livemon-daemon")
+if __name__ == "__main__":
+    cli(prog_name="livemon-daemon")

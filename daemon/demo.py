@@ -97,7 +97,9 @@ def start_coordinators(
 
 def show(db_path: str, echo: Callable[[str], None] = print) -> None:
     """Print what the database holds, through the seed's view."""
-    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
+    with contextlib.closing(
+        sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    ) as db:
         total, ok, ms, quality, overrides = db.execute(_SUMMARY).fetchone()
         echo(f"\n{db_path}: {total} requests in monitoring_events")
         if not total:

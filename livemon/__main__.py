@@ -6,4 +6,5 @@ from __future__ import annotations
 
 from livemon.cli import cli
 
-cli(prog_name="livemon")
+if __name__ == "__main__":
+    cli(prog_name="livemon")

@@ -5,6 +5,7 @@ a reaper for any child process a test left behind.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -23,13 +24,19 @@ settings.load_profile("livemon")
 def reap_children() -> Iterator[None]:
     """Kill and reap whatever child processes the test run leaves behind."""
     yield
-    children = [
-        child
-        for child in psutil.Process().children(recursive=True)
-        if "resource_tracker" not in " ".join(child.cmdline())
-    ]
+    children = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "resource_tracker" in " ".join(child.cmdline()):
+                continue
+        except psutil.ZombieProcess:
+            pass  # exited, never waited for: reap it below
+        except psutil.NoSuchProcess:
+            continue  # gone while we looked
+        children.append(child)
     for child in children:
-        child.kill()
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
     psutil.wait_procs(children, timeout=5)
 
 

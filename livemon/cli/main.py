@@ -5,6 +5,7 @@ legacy databases, backups.  Only parsing and error translation live here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 
@@ -113,8 +114,8 @@ def backup(destination: str, db: str | None, config_file: str | None) -> None:
     if os.path.exists(destination):
         raise click.UsageError(f"{destination} exists: name a new file")
     try:
-        with sqlite3.connect(
-            f"file:{path}?mode=ro", uri=True, timeout=5
+        with contextlib.closing(
+            sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
         ) as source:
             target = sqlite3.connect(destination)
             source.backup(target, pages=1024)

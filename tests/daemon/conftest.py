@@ -4,6 +4,7 @@ Running the real daemon and real coordinator processes in tests.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -54,7 +55,9 @@ class DaemonRun:
     def count(self, sql="SELECT count(*) FROM events") -> int:
         """Run a counting query on the database (0 if it has no table)."""
         try:
-            with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True) as db:
+            with contextlib.closing(
+                sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
+            ) as db:
                 return int(db.execute(sql).fetchone()[0])
         except sqlite3.OperationalError:
             return 0
@@ -82,20 +85,31 @@ def daemon_env(tmp_path, ring_name) -> dict[str, str]:
 
 
 @pytest.fixture
-def start_daemon(daemon_env) -> Iterator[Callable[..., DaemonRun]]:
+def start_daemon(daemon_env, tmp_path) -> Iterator[Callable[..., DaemonRun]]:
     """Start real daemons; whatever is left running is killed after."""
     runs: list[DaemonRun] = []
 
     def start(env=None, wait_ready=True, **popen) -> DaemonRun:
-        env = env or daemon_env
-        process = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "start", "--foreground"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            **popen,
+        env = dict(env or daemon_env)
+        # Output goes to a file, not to pipes: nobody reads a pipe while the
+        # daemon runs, so a chatty one (retry warnings) would fill 64 KiB
+        # and block.  The file is the daemon's own log, so SIGHUP, which
+        # reopens the log when stderr is a file, keeps writing to it.
+        log = env.setdefault(
+            "LIVEMON_LOG_FILE", str(tmp_path / f"daemon-{len(runs)}.log")
         )
+        with open(log, "a") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "daemon", "start", "--foreground"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+                **popen,
+            )
+        # Tests read process.stderr as before: a reader of the log, which
+        # returns what was written so far and never blocks the daemon.
+        process.stderr = open(log)  # noqa: SIM115 closed after the test
         run = DaemonRun(env, process)
         runs.append(run)
         if wait_ready:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 
 from click.testing import CliRunner
@@ -30,7 +31,7 @@ class TestBackup:
         for process in load:
             process.communicate(timeout=300)
         assert result.exit_code == 0, result.output
-        with sqlite3.connect(copy) as db:
+        with contextlib.closing(sqlite3.connect(copy)) as db:
             assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
             assert db.execute("SELECT count(*) FROM events").fetchone()[0] > 0
         assert daemon.stop() == 0

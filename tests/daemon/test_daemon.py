@@ -5,6 +5,7 @@ SIGKILL and SIGTERM, database trouble survived, one daemon per ring.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import signal
@@ -243,7 +244,7 @@ class TestFeedbackStored:
         """Every feedback action becomes a row with the statistic behind it."""
         from livemon import Monitor
         from livemon.feedback import FeedbackLoop
-        from tests.livemon.test_feedback import requests
+        from tests.livemon.feedback.test_loop import requests
 
         daemon = start_daemon()
         with Monitor(daemon_env["LIVEMON_RING"]) as monitor:
@@ -268,7 +269,7 @@ class TestFeedbackStored:
             )
         )
         assert daemon.stop() == 0
-        with sqlite3.connect(daemon.db) as db:
+        with contextlib.closing(sqlite3.connect(daemon.db)) as db:
             row = db.execute(
                 "SELECT action, subject, old_value, new_value, samples "
                 "FROM adjustment_log WHERE action = 'agent_confidence'"

@@ -5,6 +5,7 @@ crash between copy and delete, and runs while the daemon drains.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import sqlite3
 import subprocess
@@ -34,13 +35,13 @@ def events_at(times_ns, lane=5) -> ringbuf.Batch:
 
 def identities(path, where="") -> set[tuple[int, int, int]]:
     """The (epoch, lane, seq) of every event in a database file."""
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db:
         return set(db.execute(f"SELECT epoch, lane, seq FROM events {where}"))
 
 
 def rolled_up(path) -> list[tuple[int, int]]:
     """Records per hour, as the rollups have them."""
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db:
         return db.execute(
             "SELECT hour, sum(requests) FROM rollup WHERE agent = 0 "
             "GROUP BY hour ORDER BY 1"
@@ -49,7 +50,7 @@ def rolled_up(path) -> list[tuple[int, int]]:
 
 def counted(path) -> list[tuple[int, int]]:
     """Records per hour, counted in the events table."""
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db:
         return db.execute(
             f"SELECT timestamp_ns / {rollup.NS_PER_HOUR}, count(*) "
             "FROM events GROUP BY 1 ORDER BY 1"
@@ -89,7 +90,7 @@ class TestRetention:
         for path in [store.path, *archives]:  # reports see what is there
             assert rolled_up(path) == counted(path)
             assert counted(path)
-        with sqlite3.connect(archives[0]) as db:
+        with contextlib.closing(sqlite3.connect(archives[0])) as db:
             assert db.execute("SELECT text FROM labels").fetchone() == (
                 "coder",
             )

@@ -17,7 +17,7 @@ from livemon.db import schema
 from livemon.db.transaction import atomic
 from livemon.db.writer import PAGE_BYTES, open_writer
 from livemon.migrate import migrate
-from tests.livemon import legacy_fixtures as fx
+from tests.livemon.migrate import legacy_fixtures as fx
 
 
 def settings(path: str) -> tuple[int, int, str, int]:

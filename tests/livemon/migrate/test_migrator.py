@@ -6,6 +6,7 @@ the unified database unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pathlib
@@ -18,7 +19,7 @@ from click.testing import CliRunner
 from livemon.cli import cli
 from livemon.exceptions import LegacyError
 from livemon.migrate.migrator import migrate
-from tests.livemon import legacy_fixtures as fx
+from tests.livemon.migrate import legacy_fixtures as fx
 
 
 @pytest.fixture
@@ -67,7 +68,7 @@ class TestMigrate:
             assert sum(report.rejected.values()) == bad
             assert report.reconciled, report.checks
             assert len(report.checks) >= 3
-        with sqlite3.connect(unified) as db:
+        with contextlib.closing(sqlite3.connect(unified)) as db:
             kinds = dict(
                 db.execute(
                     "SELECT event_type, count(*) FROM monitoring_events "
@@ -101,7 +102,7 @@ class TestMigrate:
         again = migrate(unified, paths(legacy))
         assert [r.added for r in again] == [0, 0, 0]
         assert all(r.reconciled for r in again)
-        with sqlite3.connect(unified) as db:
+        with contextlib.closing(sqlite3.connect(unified)) as db:
             assert db.execute("SELECT count(*) FROM events").fetchone() == (
                 650,
             )
@@ -197,8 +198,9 @@ class TestBadInput:
     def test_unknown_layout(self, unified, tmp_path):
         """Tables of another shape: say which, suggest a mapping."""
         path = tmp_path / "other.db"
-        with sqlite3.connect(path) as db:
+        with contextlib.closing(sqlite3.connect(path)) as db:
             db.execute("CREATE TABLE misc (a, b)")
+            db.commit()
         message = self.unchanged(
             unified, lambda: migrate(unified, [str(path)])
         )

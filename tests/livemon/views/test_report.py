@@ -5,6 +5,7 @@ query plans are printed and checked), and fail with clear messages.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -282,7 +283,9 @@ class TestClearErrors:
         """A database from before the rollups: start the daemon on it."""
         path = str(tmp_path / "old.db")
         monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:3])
-        with sqlite3.connect(path, isolation_level=None) as db:
+        with contextlib.closing(
+            sqlite3.connect(path, isolation_level=None)
+        ) as db:
             schema.apply_migrations(db)
         monkeypatch.undo()
         result = runner_invoke("report", "--db", path)

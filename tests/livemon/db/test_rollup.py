@@ -5,6 +5,7 @@ events, exactly once under replays, built for events stored before them.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sqlite3
 
@@ -126,24 +127,26 @@ class TestRollups:
     def test_migration_rolls_up_events_stored_before_it(self, db, monkeypatch):
         """A database from before the rollups gets them for its events,
         per agent too: list members are found from the list labels."""
-        old = sqlite3.connect(":memory:", isolation_level=None)
-        monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:3])
-        schema.apply_migrations(old)
-        records, labels = synthetic_records(2000, 3, START_NS, 10**9)
-        lists = ListLabels(old)
-        old.executemany(INSERT_LABELS, list(labels.items()))  # as 0001 did
-        lists.learn(labels.items())
-        ids = list_columns(records, lists)
-        old.executemany(
-            INSERT_EVENTS, event_rows(1, Batch(0, 0, records), ids)
-        )
-        old.executemany(REPLACE_LABELS, lists.new)  # as 0003 stored lists
-        monkeypatch.undo()
-        assert schema.apply_migrations(old)[0] == "0004_hourly_rollups"
-        got = stored(old)
-        agents = {row[1] for row in got["rollup"]} - {rollup.EVERY_REQUEST}
-        assert agents == {label_id(a) for a in AGENTS}
-        assert_same(got, recomputed(old))
+        with contextlib.closing(
+            sqlite3.connect(":memory:", isolation_level=None)
+        ) as old:
+            monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:3])
+            schema.apply_migrations(old)
+            records, labels = synthetic_records(2000, 3, START_NS, 10**9)
+            lists = ListLabels(old)
+            old.executemany(INSERT_LABELS, list(labels.items()))  # 0001
+            lists.learn(labels.items())
+            ids = list_columns(records, lists)
+            old.executemany(
+                INSERT_EVENTS, event_rows(1, Batch(0, 0, records), ids)
+            )
+            old.executemany(REPLACE_LABELS, lists.new)  # as 0003 stored lists
+            monkeypatch.undo()
+            assert schema.apply_migrations(old)[0] == "0004_hourly_rollups"
+            got = stored(old)
+            agents = {row[1] for row in got["rollup"]} - {rollup.EVERY_REQUEST}
+            assert agents == {label_id(a) for a in AGENTS}
+            assert_same(got, recomputed(old))
         # The same events inserted the usual way give the same rollups.
         insert(db, records, labels)
         assert_same(stored(db), got)
@@ -159,12 +162,13 @@ class TestRollups:
 
     def test_stand_in_log2_agrees_with_sqlite(self):
         """Where SQLite lacks math functions, ours stands in."""
-        db = sqlite3.connect(":memory:")
-        values = [0.0, -1.0, 0.5, 1.0, 3.0, 1023.0, 1e12, None]
-        builtin = [
-            db.execute("SELECT log2(?)", (v,)).fetchone()[0] for v in values
-        ]
-        assert [rollup._log2(v) for v in values] == pytest.approx(builtin)
+        with contextlib.closing(sqlite3.connect(":memory:")) as db:
+            values = [0.0, -1.0, 0.5, 1.0, 3.0, 1023.0, 1e12, None]
+            builtin = [
+                db.execute("SELECT log2(?)", (v,)).fetchone()[0]
+                for v in values
+            ]
+            assert [rollup._log2(v) for v in values] == pytest.approx(builtin)
 
 
 class TestPercentiles:
