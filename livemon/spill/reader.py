@@ -1,0 +1,506 @@
+"""
+The daemon's side of spilling: list a lane's segments, read their valid
+frames in seq order, retire segments behind a committed high-water mark.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat
+import time
+import zlib
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from livemon.spill import _format, _fs
+from ringbuf import Batch
+
+logger = logging.getLogger(__name__)
+
+STALE_TMP_S = 60.0  # a segment still being created is gone well before
+
+
+class Segment(NamedTuple):
+    """One segment file of a lane, its header checked when listed."""
+
+    epoch: int
+    lane: int
+    first_seq: int
+    name: str
+    path: str
+    size_bytes: int
+    created_ns: int
+
+
+class Scan(NamedTuple):
+    """What one read of a segment found.
+
+    ``bad_frames`` and ``torn_frames`` count only frames this reader had
+    not reported before (each lost record is counted once).
+    """
+
+    batches: list[Batch]
+    bad_frames: int
+    torn_frames: int
+    active: bool
+    last_seq: int
+
+
+class Backlog(NamedTuple):
+    """A lane's spilled records not yet committed, from headers (cheap)."""
+
+    segments: int
+    records: int
+    size_bytes: int
+    oldest_ns: int | None
+
+    def oldest_age_s(self, now_ns: int | None = None) -> float:
+        """Seconds since the oldest uncommitted record was spilled."""
+        if self.oldest_ns is None:
+            return 0.0
+        now = time.time_ns() if now_ns is None else now_ns
+        return max(0.0, (now - self.oldest_ns) / 1e9)
+
+
+class _Frames(NamedTuple):
+    header: _format.Header
+    active: bool
+    published: int
+    frames: npt.NDArray[np.void]
+    data: bytes
+
+
+class SpillReader:
+    """Reads the spill files of one ring, written by ``SpillWriter``s.
+
+    Every seq comes back exactly as written, in order, once per read.
+    A frame is valid if its CRC checks and its identity fits its place:
+    the segment's epoch and lane, a seq at least ``first_seq`` plus its
+    position (exactly ``first_seq`` at position 0) and above the previous
+    valid frame's.  Invalid frames are skipped and counted
+    (``bad_frames``): each costs one record.
+
+    A segment still locked by its writer is *active*: only frames below
+    its published count are read, so the frame being appended is never
+    taken for a corrupt one.  In an abandoned or sealed segment every
+    frame is examined; the invalid frames after the last valid one are
+    the tail, cut (never read, never corrupt); those of them the header
+    said were published are counted as ``torn_frames`` (lost to a crash
+    before the kernel wrote them back).  A segment whose header is
+    damaged, or of another dtype or version, is renamed aside to
+    ``<name>.bad`` and counted in ``bad_segments``; reading goes on.
+
+    Frames at or below ``after_seq`` (the caller's committed high-water
+    mark) are skipped without a CRC, so a crash between commit and
+    ``retire`` replays nothing.  The HWM must be the highest seq the
+    caller committed *from this reader* (it yields in seq order); a seq
+    committed from the ring may be above spilled ones not yet read.
+    """
+
+    def __init__(
+        self,
+        spill_dir: str | os.PathLike[str],
+        ring: str,
+        dtype: npt.DTypeLike,
+    ) -> None:
+        """Check the arguments; nothing is opened until asked.
+
+        Raises:
+            SpillConfigError: unsafe ring name.
+            SpillDtypeError: ``dtype`` is not a structured dtype.
+        """
+        self.spill_dir = os.fspath(spill_dir)
+        self.ring = _format.check_ring(ring)
+        self.dtype = _format.check_dtype(dtype)
+        self._fingerprint = _format.dtype_fingerprint(self.dtype)
+        self._frame_bytes = _format.frame_bytes_for(self.dtype.itemsize)
+        self._crc_at = _format.crc_offset(self._frame_bytes)
+        self._frame_dtype = _format.frame_dtype(self.dtype.itemsize)
+        self._reported: dict[str, set[int]] = {}
+        self.bad_frames = 0
+        self.torn_frames = 0
+        self.bad_segments = 0
+
+    # -- listing ---------------------------------------------------------
+
+    def lanes(self) -> list[tuple[int, int]]:
+        """Every (epoch, lane) that has a spill directory, sorted."""
+        found = []
+        for epoch_dir, epoch in self._subdirs((), _format.parse_epoch):
+            for _, lane in self._subdirs((epoch_dir,), _format.parse_lane):
+                found.append((epoch, lane))
+        return sorted(found)
+
+    def segments(self, epoch: int, lane: int) -> list[Segment]:
+        """A lane's segments in seq order; bad headers renamed aside."""
+        found = []
+        with self._lane_dir(epoch, lane) as fd:
+            if fd < 0:
+                return []
+            with os.scandir(fd) as entries:
+                names = [
+                    e.name for e in entries if e.is_file(follow_symlinks=False)
+                ]
+            for name in names:
+                first_seq = _format.parse_segment(name)
+                if first_seq is not None:
+                    segment = self._listed(fd, epoch, lane, first_seq, name)
+                    if segment is not None:
+                        found.append(segment)
+                elif name.endswith(_format.TMP_SUFFIX):
+                    _remove_stale_tmp(fd, name)
+        return sorted(found, key=lambda s: s.first_seq)
+
+    # -- reading ---------------------------------------------------------
+
+    def read(
+        self, epoch: int, lane: int, after_seq: int = -1
+    ) -> Iterator[Batch]:
+        """Yield a lane's valid records above ``after_seq``, in seq order.
+
+        Each batch holds consecutive seqs (a lost frame or a seq the ring
+        took starts a new one).  Segments wholly at or below ``after_seq``
+        are passed over without being opened.
+        """
+        segments = self.segments(epoch, lane)
+        for segment, after in zip(
+            segments, [*segments[1:], None], strict=True
+        ):
+            if after is not None and after.first_seq <= after_seq + 1:
+                continue  # every seq in it is below the next segment's
+            yield from self.scan(segment, after_seq).batches
+
+    def scan(self, segment: Segment, after_seq: int = -1) -> Scan:
+        """Read one segment's valid frames above ``after_seq``.
+
+        Returns an empty scan if the segment vanished (retired) or had a
+        bad header (then renamed aside).
+        """
+        got = self._load(segment)
+        if got is None:
+            return Scan([], 0, 0, False, -1)
+        frames, n = got.frames, len(got.frames)
+        seqs = frames["seq"]
+        lowest = np.uint64(segment.first_seq) + np.arange(n, dtype=np.uint64)
+        plausible = (
+            (frames["epoch"] == np.uint64(segment.epoch))
+            & (frames["lane"] == np.uint32(segment.lane))
+            & (seqs >= lowest)
+        )
+        if n:
+            plausible[0] &= bool(seqs[0] == segment.first_seq)
+        # Frames at or below the HWM were committed: no CRC, not yielded.
+        committed = plausible & ~_above(seqs, after_seq)
+        valid = committed | self._crc_ok(
+            got.data, frames, plausible & ~committed
+        )
+        _drop_out_of_order(seqs, valid)
+        kept = np.flatnonzero(valid)
+        last = int(kept[-1]) if len(kept) else -1
+        done = np.flatnonzero(committed & valid)
+        counted_from = int(done[-1]) + 1 if len(done) else 0
+        invalid = np.flatnonzero(~valid)
+        if got.active:
+            bad = invalid[invalid >= counted_from]
+            torn = np.empty(0, np.int64)
+        else:
+            bad = invalid[(invalid >= counted_from) & (invalid < last)]
+            torn = np.arange(max(last + 1, counted_from), got.published)
+        new_bad = self._report(segment.path, bad, 0)
+        new_torn = self._report(segment.path, torn, 1 << 40)
+        self.bad_frames += new_bad
+        self.torn_frames += new_torn
+        if new_bad or new_torn:
+            logger.warning(
+                "spill %s: %d bad and %d torn frames (records lost)",
+                segment.path,
+                new_bad,
+                new_torn,
+            )
+        fresh = valid & ~committed
+        batches = self._batches(segment.lane, frames[fresh])
+        last_seq = int(seqs[last]) if last >= 0 else -1
+        return Scan(batches, new_bad, new_torn, got.active, last_seq)
+
+    def retire(self, segment: Segment, hwm_seq: int) -> bool:
+        """Unlink a segment if every seq in it is at or below ``hwm_seq``.
+
+        Args:
+            segment: from ``segments``.
+            hwm_seq: the highest seq of the lane the caller has committed
+                (durably, with the rows) from this reader.
+
+        Returns:
+            True if unlinked; False if it still holds a valid frame above
+            ``hwm_seq``, a writer still appends to it, or it is gone.
+        """
+        got = self._load(segment)
+        if got is None or got.active:
+            return False
+        frames = got.frames
+        candidates = _above(frames["seq"], hwm_seq) & (
+            frames["epoch"] == np.uint64(segment.epoch)
+        )
+        if self._crc_ok(got.data, frames, candidates).any():
+            return False
+        with self._lane_dir(segment.epoch, segment.lane) as fd:
+            if fd < 0:
+                return False
+            try:
+                os.unlink(segment.name, dir_fd=fd)
+            except FileNotFoundError:
+                return False
+            os.fsync(fd)  # the unlink is durable before the caller moves on
+        self._reported.pop(segment.path, None)
+        return True
+
+    def backlog(self, epoch: int, lane: int, after_seq: int = -1) -> Backlog:
+        """Estimate a lane's uncommitted records from headers and seqs.
+
+        Counts published frames, unvalidated (a bad frame counts); reads
+        frames only of the one segment that straddles ``after_seq``.
+        """
+        segments = self.segments(epoch, lane)
+        records, oldest = 0, None
+        for segment, after in zip(
+            segments, [*segments[1:], None], strict=True
+        ):
+            if after is not None and after.first_seq <= after_seq + 1:
+                continue
+            got = self._load(segment, published_only=True)
+            if got is None:
+                continue
+            frames = got.frames
+            pending = frames[_above(frames["seq"], after_seq)]
+            records += len(pending)
+            if oldest is None and len(pending):
+                oldest = int(pending["spilled_ns"][0])
+        size = sum(s.size_bytes for s in segments)
+        return Backlog(len(segments), records, size, oldest)
+
+    # -- internals -------------------------------------------------------
+
+    def _load(
+        self, segment: Segment, *, published_only: bool = False
+    ) -> _Frames | None:
+        with self._lane_dir(segment.epoch, segment.lane) as dir_fd:
+            if dir_fd < 0:
+                return None
+            try:
+                fd = os.open(
+                    segment.name, os.O_RDONLY | _fs.OPEN_FILE, dir_fd=dir_fd
+                )
+            except FileNotFoundError:
+                return None
+            try:
+                active = _fs.is_locked(fd)
+                head = os.pread(fd, _format.DATA_OFFSET, 0)
+                try:
+                    header = self._check(head, segment)
+                except _format.HeaderError as exc:
+                    self._set_aside(dir_fd, segment.name, exc)
+                    return None
+                published = min(
+                    int.from_bytes(
+                        head[_format.COMMITTED_OFFSET : _format.SEALED_OFFSET],
+                        "little",
+                    ),
+                    header.capacity_frames,
+                )
+                # Read the count before the frames: every frame below it
+                # was complete when the count was stored (see the writer).
+                size = os.fstat(fd).st_size - _format.DATA_OFFSET
+                whole = min(
+                    header.capacity_frames, max(size, 0) // self._frame_bytes
+                )
+                limit = (
+                    min(published, whole)
+                    if active or published_only
+                    else whole
+                )
+                data = os.pread(
+                    fd, limit * self._frame_bytes, _format.DATA_OFFSET
+                )
+            finally:
+                os.close(fd)
+        count = len(data) // self._frame_bytes
+        frames = np.frombuffer(data, self._frame_dtype, count)
+        return _Frames(header, active, published, frames, data)
+
+    def _check(self, head: bytes, segment: Segment) -> _format.Header:
+        header = _format.unpack_header(head)
+        if header.fingerprint != self._fingerprint:
+            raise _format.HeaderError(
+                "records of another dtype (the record layout changed?)"
+            )
+        if header.record_bytes != self.dtype.itemsize:
+            raise _format.HeaderError("records of another size")
+        if (header.epoch, header.lane, header.first_seq) != (
+            segment.epoch,
+            segment.lane,
+            segment.first_seq,
+        ):
+            raise _format.HeaderError("header does not match the file name")
+        return header
+
+    def _listed(
+        self, dir_fd: int, epoch: int, lane: int, first_seq: int, name: str
+    ) -> Segment | None:
+        path = os.path.join(
+            self.spill_dir,
+            self.ring,
+            _format.epoch_name(epoch),
+            _format.lane_name(lane),
+            name,
+        )
+        try:
+            fd = os.open(name, os.O_RDONLY | _fs.OPEN_FILE, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None
+        try:
+            head = os.pread(fd, _format.DATA_OFFSET, 0)
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        segment = Segment(epoch, lane, first_seq, name, path, size, 0)
+        try:
+            header = self._check(head, segment)
+        except _format.HeaderError as exc:
+            self._set_aside(dir_fd, name, exc)
+            return None
+        return segment._replace(created_ns=header.created_ns)
+
+    def _set_aside(self, dir_fd: int, name: str, exc: Exception) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(
+                name,
+                name + _format.BAD_SUFFIX,
+                src_dir_fd=dir_fd,
+                dst_dir_fd=dir_fd,
+            )
+            self.bad_segments += 1
+            logger.warning(
+                "spill segment %s set aside as %s%s: %s",
+                name,
+                name,
+                _format.BAD_SUFFIX,
+                exc,
+            )
+
+    def _crc_ok(
+        self,
+        data: bytes,
+        frames: npt.NDArray[np.void],
+        which: npt.NDArray[np.bool_],
+    ) -> npt.NDArray[np.bool_]:
+        ok = np.zeros(len(frames), bool)
+        idx = np.flatnonzero(which)
+        if len(idx):
+            view, size, end = memoryview(data), self._frame_bytes, self._crc_at
+            crcs = [
+                zlib.crc32(view[i * size : i * size + end])
+                for i in idx.tolist()
+            ]
+            ok[idx] = np.array(crcs, np.uint32) == frames["crc"][idx]
+        return ok
+
+    def _batches(self, lane: int, frames: npt.NDArray[np.void]) -> list[Batch]:
+        if not len(frames):
+            return []
+        seqs = frames["seq"]
+        records = np.ascontiguousarray(frames["record"]).view(self.dtype)
+        cuts = np.flatnonzero(seqs[1:] != seqs[:-1] + np.uint64(1)) + 1
+        starts = [0, *cuts.tolist()]
+        ends = [*cuts.tolist(), len(frames)]
+        return [
+            Batch(lane, int(seqs[a]), records[a:b])
+            for a, b in zip(starts, ends, strict=True)
+        ]
+
+    def _report(
+        self, path: str, positions: npt.NDArray[np.int64], kind: int
+    ) -> int:
+        seen = self._reported.setdefault(path, set())
+        new = {int(p) + kind for p in positions.tolist()} - seen
+        seen |= new
+        return len(new)
+
+    def _subdirs(
+        self, below: tuple[str, ...], parse: object
+    ) -> list[tuple[str, int]]:
+        assert callable(parse)
+        try:
+            fd = _fs.open_dirs(self.spill_dir, (self.ring, *below), None)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        try:
+            with os.scandir(fd) as entries:
+                out = []
+                for entry in entries:
+                    value = parse(entry.name)
+                    if value is not None and entry.is_dir(
+                        follow_symlinks=False
+                    ):
+                        out.append((entry.name, value))
+                return out
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def _lane_dir(self, epoch: int, lane: int) -> Iterator[int]:
+        names = (self.ring, _format.epoch_name(epoch), _format.lane_name(lane))
+        try:
+            fd = _fs.open_dirs(self.spill_dir, names, None)
+        except (FileNotFoundError, NotADirectoryError):
+            yield -1
+            return
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+
+def _above(
+    seqs: npt.NDArray[np.uint64], after_seq: int
+) -> npt.NDArray[np.bool_]:
+    """Which seqs are above ``after_seq`` (-1: all of them)."""
+    if after_seq < 0:
+        return np.ones(len(seqs), bool)
+    return seqs > np.uint64(after_seq)
+
+
+def _drop_out_of_order(
+    seqs: npt.NDArray[np.uint64], valid: npt.NDArray[np.bool_]
+) -> None:
+    """Invalidate valid frames whose seq is not above the previous one's."""
+    idx = np.flatnonzero(valid)
+    kept = seqs[idx]
+    if bool(np.all(kept[1:] > kept[:-1])):
+        return
+    last = -1
+    for i, seq in zip(idx.tolist(), kept.tolist(), strict=True):
+        if seq <= last:
+            valid[i] = False
+        else:
+            last = seq
+
+
+def _remove_stale_tmp(dir_fd: int, name: str) -> None:
+    """Unlink a creation leftover: unlocked, and older than STALE_TMP_S."""
+    try:
+        fd = os.open(name, os.O_RDONLY | _fs.OPEN_FILE, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return
+    try:
+        info = os.fstat(fd)
+        stale = time.time() - info.st_mtime > STALE_TMP_S
+        if stat.S_ISREG(info.st_mode) and stale and not _fs.is_locked(fd):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=dir_fd)
+    finally:
+        os.close(fd)
