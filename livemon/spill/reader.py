@@ -10,14 +10,13 @@ import logging
 import os
 import stat
 import time
-import zlib
 from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
-from livemon.spill import _format, _fs
+from livemon.spill import _format, _frames, _fs
 from ringbuf import Batch
 
 logger = logging.getLogger(__name__)
@@ -122,6 +121,7 @@ class SpillReader:
         self._crc_at = _format.crc_offset(self._frame_bytes)
         self._frame_dtype = _format.frame_dtype(self.dtype.itemsize)
         self._reported: dict[str, set[int]] = {}
+        self._verified: dict[str, npt.NDArray[np.bool_]] = {}
         self.bad_frames = 0
         self.torn_frames = 0
         self.bad_segments = 0
@@ -184,35 +184,23 @@ class SpillReader:
         got = self._load(segment)
         if got is None:
             return Scan([], 0, 0, False, -1)
-        frames, n = got.frames, len(got.frames)
-        seqs = frames["seq"]
-        lowest = np.uint64(segment.first_seq) + np.arange(n, dtype=np.uint64)
-        plausible = (
-            (frames["epoch"] == np.uint64(segment.epoch))
-            & (frames["lane"] == np.uint32(segment.lane))
-            & (seqs >= lowest)
-        )
-        if n:
-            plausible[0] &= bool(seqs[0] == segment.first_seq)
-        # Frames at or below the HWM were committed: no CRC, not yielded.
-        committed = plausible & ~_above(seqs, after_seq)
-        valid = committed | self._crc_ok(
-            got.data, frames, plausible & ~committed
-        )
-        _drop_out_of_order(seqs, valid)
+        frames, seqs = got.frames, got.frames["seq"]
+        valid = self._validate(segment, got)
         kept = np.flatnonzero(valid)
         last = int(kept[-1]) if len(kept) else -1
-        done = np.flatnonzero(committed & valid)
+        fresh = valid & _frames.above(seqs, after_seq)
+        # Frames before the last committed one were counted when read.
+        done = np.flatnonzero(valid & ~fresh)
         counted_from = int(done[-1]) + 1 if len(done) else 0
         invalid = np.flatnonzero(~valid)
-        if got.active:
-            bad = invalid[invalid >= counted_from]
+        if got.active:  # every frame below the published count is whole
+            lost = invalid[invalid >= counted_from]
             torn = np.empty(0, np.int64)
-        else:
-            bad = invalid[(invalid >= counted_from) & (invalid < last)]
+        else:  # the invalid frames after the last valid one: the tail
+            lost = invalid[(invalid >= counted_from) & (invalid < last)]
             torn = np.arange(max(last + 1, counted_from), got.published)
-        new_bad = self._report(segment.path, bad, 0)
-        new_torn = self._report(segment.path, torn, 1 << 40)
+        new_bad = self._report(segment.path, lost)
+        new_torn = self._report(segment.path, torn)
         self.bad_frames += new_bad
         self.torn_frames += new_torn
         if new_bad or new_torn:
@@ -222,10 +210,9 @@ class SpillReader:
                 new_bad,
                 new_torn,
             )
-        fresh = valid & ~committed
-        batches = self._batches(segment.lane, frames[fresh])
+        found = _frames.batches(segment.lane, frames[fresh], self.dtype)
         last_seq = int(seqs[last]) if last >= 0 else -1
-        return Scan(batches, new_bad, new_torn, got.active, last_seq)
+        return Scan(found, new_bad, new_torn, got.active, last_seq)
 
     def retire(self, segment: Segment, hwm_seq: int) -> bool:
         """Unlink a segment if every seq in it is at or below ``hwm_seq``.
@@ -242,11 +229,8 @@ class SpillReader:
         got = self._load(segment)
         if got is None or got.active:
             return False
-        frames = got.frames
-        candidates = _above(frames["seq"], hwm_seq) & (
-            frames["epoch"] == np.uint64(segment.epoch)
-        )
-        if self._crc_ok(got.data, frames, candidates).any():
+        valid = self._validate(segment, got)
+        if (valid & _frames.above(got.frames["seq"], hwm_seq)).any():
             return False
         with self._lane_dir(segment.epoch, segment.lane) as fd:
             if fd < 0:
@@ -257,6 +241,7 @@ class SpillReader:
                 return False
             os.fsync(fd)  # the unlink is durable before the caller moves on
         self._reported.pop(segment.path, None)
+        self._verified.pop(segment.path, None)
         return True
 
     def backlog(self, epoch: int, lane: int, after_seq: int = -1) -> Backlog:
@@ -276,7 +261,7 @@ class SpillReader:
             if got is None:
                 continue
             frames = got.frames
-            pending = frames[_above(frames["seq"], after_seq)]
+            pending = frames[_frames.above(frames["seq"], after_seq)]
             records += len(pending)
             if oldest is None and len(pending):
                 oldest = int(pending["spilled_ns"][0])
@@ -392,41 +377,26 @@ class SpillReader:
                 exc,
             )
 
-    def _crc_ok(
-        self,
-        data: bytes,
-        frames: npt.NDArray[np.void],
-        which: npt.NDArray[np.bool_],
+    def _validate(
+        self, segment: Segment, got: _Frames
     ) -> npt.NDArray[np.bool_]:
-        ok = np.zeros(len(frames), bool)
-        idx = np.flatnonzero(which)
-        if len(idx):
-            view, size, end = memoryview(data), self._frame_bytes, self._crc_at
-            crcs = [
-                zlib.crc32(view[i * size : i * size + end])
-                for i in idx.tolist()
-            ]
-            ok[idx] = np.array(crcs, np.uint32) == frames["crc"][idx]
-        return ok
+        valid = _frames.valid_frames(
+            got.data,
+            got.frames,
+            epoch=segment.epoch,
+            lane=segment.lane,
+            first_seq=segment.first_seq,
+            crc_at=self._crc_at,
+            known=self._verified.get(segment.path),
+        )
+        # Published frames never change: later reads check only new ones.
+        self._verified[segment.path] = valid
+        return valid
 
-    def _batches(self, lane: int, frames: npt.NDArray[np.void]) -> list[Batch]:
-        if not len(frames):
-            return []
-        seqs = frames["seq"]
-        records = np.ascontiguousarray(frames["record"]).view(self.dtype)
-        cuts = np.flatnonzero(seqs[1:] != seqs[:-1] + np.uint64(1)) + 1
-        starts = [0, *cuts.tolist()]
-        ends = [*cuts.tolist(), len(frames)]
-        return [
-            Batch(lane, int(seqs[a]), records[a:b])
-            for a, b in zip(starts, ends, strict=True)
-        ]
-
-    def _report(
-        self, path: str, positions: npt.NDArray[np.int64], kind: int
-    ) -> int:
+    def _report(self, path: str, positions: npt.NDArray[np.int64]) -> int:
+        """Count lost frames this reader has not counted yet."""
         seen = self._reported.setdefault(path, set())
-        new = {int(p) + kind for p in positions.tolist()} - seen
+        new = set(positions.tolist()) - seen
         seen |= new
         return len(new)
 
@@ -463,31 +433,6 @@ class SpillReader:
             yield fd
         finally:
             os.close(fd)
-
-
-def _above(
-    seqs: npt.NDArray[np.uint64], after_seq: int
-) -> npt.NDArray[np.bool_]:
-    """Which seqs are above ``after_seq`` (-1: all of them)."""
-    if after_seq < 0:
-        return np.ones(len(seqs), bool)
-    return seqs > np.uint64(after_seq)
-
-
-def _drop_out_of_order(
-    seqs: npt.NDArray[np.uint64], valid: npt.NDArray[np.bool_]
-) -> None:
-    """Invalidate valid frames whose seq is not above the previous one's."""
-    idx = np.flatnonzero(valid)
-    kept = seqs[idx]
-    if bool(np.all(kept[1:] > kept[:-1])):
-        return
-    last = -1
-    for i, seq in zip(idx.tolist(), kept.tolist(), strict=True):
-        if seq <= last:
-            valid[i] = False
-        else:
-            last = seq
 
 
 def _remove_stale_tmp(dir_fd: int, name: str) -> None:

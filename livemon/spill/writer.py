@@ -225,7 +225,7 @@ class SpillWriter:
         self._refusal = SpillStatus.STORED
         self._drops = [0] * len(SpillStatus)
         self.sync_errors = 0
-        method = weakref.WeakMethod(self._after_fork_in_child)
+        method = weakref.WeakMethod(self._abandon)
 
         def reinit() -> None:
             bound = method()
@@ -488,6 +488,11 @@ class SpillWriter:
         return {s: self._drops[s] for s in SpillStatus if s}
 
     @property
+    def segment_frames(self) -> int:
+        """Frames stored in the current segment (0 if none is open)."""
+        return self._count
+
+    @property
     def unsynced_frames(self) -> int:
         """Frames stored since the last msync (the power-loss window)."""
         return self._count - self._synced_count
@@ -510,9 +515,13 @@ class SpillWriter:
             f"epoch={self.epoch:#x}, lane={self.lane})"
         )
 
-    def _after_fork_in_child(self) -> None:
-        # The parent still appends to the segment: the child must neither
-        # write nor seal it.  Closing our copies leaves the parent's lock.
+    def _abandon(self) -> None:
+        """Let go of the segment unsealed, as a killed producer would.
+
+        After a fork the parent still appends to the segment, so the
+        child must neither write nor seal it; closing the child's copies
+        leaves the parent's lock in place.
+        """
         self._closed = True
         self._release()
         if self._fd >= 0:
