@@ -6,6 +6,7 @@ frames in seq order, retire segments behind a committed high-water mark.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import stat
@@ -167,12 +168,7 @@ class SpillReader:
         took starts a new one).  Segments wholly at or below ``after_seq``
         are passed over without being opened.
         """
-        segments = self.segments(epoch, lane)
-        for segment, after in zip(
-            segments, [*segments[1:], None], strict=True
-        ):
-            if after is not None and after.first_seq <= after_seq + 1:
-                continue  # every seq in it is below the next segment's
+        for segment in _uncommitted(self.segments(epoch, lane), after_seq):
             yield from self.scan(segment, after_seq).batches
 
     def scan(self, segment: Segment, after_seq: int = -1) -> Scan:
@@ -252,23 +248,46 @@ class SpillReader:
         """
         segments = self.segments(epoch, lane)
         records, oldest = 0, None
-        for segment, after in zip(
-            segments, [*segments[1:], None], strict=True
-        ):
-            if after is not None and after.first_seq <= after_seq + 1:
+        for segment in _uncommitted(segments, after_seq):
+            if segment.first_seq > after_seq:
+                # Wholly uncommitted: the header's count will do.
+                published, first_ns = self._peek(segment)
+                records += published
+                if oldest is None and published:
+                    oldest = first_ns
                 continue
             got = self._load(segment, published_only=True)
-            if got is None:
-                continue
-            frames = got.frames
-            pending = frames[_frames.above(frames["seq"], after_seq)]
-            records += len(pending)
-            if oldest is None and len(pending):
-                oldest = int(pending["spilled_ns"][0])
+            if got is not None:
+                pending = got.frames[
+                    _frames.above(got.frames["seq"], after_seq)
+                ]
+                records += len(pending)
+                if oldest is None and len(pending):
+                    oldest = int(pending["spilled_ns"][0])
         size = sum(s.size_bytes for s in segments)
         return Backlog(len(segments), records, size, oldest)
 
     # -- internals -------------------------------------------------------
+
+    def _peek(self, segment: Segment) -> tuple[int, int]:
+        """A segment's published count and its first frame's spill time."""
+        with self._lane_dir(segment.epoch, segment.lane) as dir_fd:
+            if dir_fd < 0:
+                return 0, 0
+            try:
+                fd = os.open(
+                    segment.name, os.O_RDONLY | _fs.OPEN_FILE, dir_fd=dir_fd
+                )
+            except FileNotFoundError:
+                return 0, 0
+            try:
+                head = os.pread(fd, _format.DATA_OFFSET + 32, 0)
+            finally:
+                os.close(fd)
+        if len(head) < _format.DATA_OFFSET + 32:
+            return 0, 0
+        published = _word(head, _format.COMMITTED_OFFSET)
+        return published, _word(head, _format.DATA_OFFSET + 24)
 
     def _load(
         self, segment: Segment, *, published_only: bool = False
@@ -291,10 +310,7 @@ class SpillReader:
                     self._set_aside(dir_fd, segment.name, exc)
                     return None
                 published = min(
-                    int.from_bytes(
-                        head[_format.COMMITTED_OFFSET : _format.SEALED_OFFSET],
-                        "little",
-                    ),
+                    _word(head, _format.COMMITTED_OFFSET),
                     header.capacity_frames,
                 )
                 # Read the count before the frames: every frame below it
@@ -433,6 +449,23 @@ class SpillReader:
             yield fd
         finally:
             os.close(fd)
+
+
+def _word(data: bytes, offset: int) -> int:
+    return int.from_bytes(data[offset : offset + 8], "little")
+
+
+def _uncommitted(segments: list[Segment], after_seq: int) -> list[Segment]:
+    """Drop segments whose every seq is at or below ``after_seq``.
+
+    Seqs rise across a lane's segments, so a segment is wholly committed
+    when the next one starts at or below ``after_seq + 1``.
+    """
+    return [
+        segment
+        for segment, after in itertools.pairwise(segments)
+        if after.first_seq > after_seq + 1
+    ] + segments[-1:]
 
 
 def _remove_stale_tmp(dir_fd: int, name: str) -> None:

@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 
 from livemon.record import RECORD_DTYPE
-from livemon.spill import SpillReader, SpillWriter
-from livemon.spill import _format
+from livemon.spill import SpillReader, SpillWriter, _format
 
 RING = "lmtest-ring"
 EPOCH = 0x1234_5678_9ABC_DEF0
@@ -38,9 +37,7 @@ def record_seqs(records: np.ndarray) -> list[int]:
 
 def segment_bytes(frames: int, record_bytes: int = RECORD_DTYPE.itemsize):
     """A segment size that holds exactly ``frames`` frames."""
-    return _format.DATA_OFFSET + frames * _format.frame_bytes_for(
-        record_bytes
-    )
+    return _format.DATA_OFFSET + frames * _format.frame_bytes_for(record_bytes)
 
 
 def frame_offset(position: int, frame_bytes: int = FRAME_BYTES) -> int:

@@ -22,10 +22,9 @@ from livemon.spill import (
     SpillReader,
     SpillStatus,
     SpillWriter,
+    _format,
 )
-from livemon.spill import _format
-
-from .conftest import (
+from tests.livemon.spill.conftest import (
     EPOCH,
     LANE,
     RING,
@@ -184,9 +183,7 @@ class TestRotation:
         writer = make_writer(segment_bytes=segment_bytes(8))
         put_all(writer, range(100, 120))
         names = sorted(p.name for p in lane_dir(spill_dir).iterdir())
-        assert names == [
-            _format.segment_name(seq) for seq in (100, 108, 116)
-        ]
+        assert names == [_format.segment_name(seq) for seq in (100, 108, 116)]
         assert read_all(reader) == [(s, s) for s in range(100, 120)]
 
     def test_rotated_segments_are_sealed_and_full_size(
