@@ -156,7 +156,8 @@ class SpillWriter:
                 frame, at most 2 GiB).
             lane_cap_bytes: most bytes of this lane's files.
             total_cap_bytes: most bytes of all files below ``spill_dir``.
-            min_free_bytes: free space a new segment must leave.
+            min_free_bytes: free space a new segment must leave (0: no
+                floor; a full disk then shows as ENOSPC preallocating).
             sync_interval_ms: most time between msyncs, None for none.
             retry_interval_ms: wait after a refused segment.
             mode: file permission bits: owner read-write, optionally
@@ -384,7 +385,8 @@ class SpillWriter:
                 os.close(root_fd)
             if total + size > self._total_cap_bytes:
                 return SpillStatus.SPILL_CAP
-            if _fs.free_bytes(lane_fd) - size < self._min_free_bytes:
+            floor = self._min_free_bytes
+            if floor and _fs.free_bytes(lane_fd) - size < floor:
                 return SpillStatus.DISK_FULL
             self._create(lane_fd, seq)
         finally:
