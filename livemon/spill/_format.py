@@ -36,7 +36,12 @@ _HEADER = struct.Struct("<8sHHIII QQQQI")
 _HEADER_CRC = struct.Struct("<I")
 assert _HEADER.size + _HEADER_CRC.size == HEADER_BYTES
 
-FRAME_PREFIX = struct.Struct("<QQIIQ")  # seq, epoch, lane, flags=0, ns
+# Frame prefix: epoch u64, lane u32, flags u32 (0), seq u64, spilled ns
+# u64.  Epoch, lane and flags are the same in every frame of a segment, so
+# the writer fills them in for all frames when it creates the segment, and
+# a put writes only seq, time and record.
+FRAME_PREFIX = struct.Struct("<QIIQQ")
+FRAME_SEQ_OFFSET = 16
 assert FRAME_PREFIX.size == FRAME_PREFIX_BYTES
 CRC = struct.Struct("<I")
 
@@ -83,9 +88,9 @@ def capacity_for(segment_bytes: int, frame_bytes: int) -> int:
 def frame_dtype(record_bytes: int) -> np.dtype[np.void]:
     """The numpy view of a frame, for reading frames in bulk."""
     frame = frame_bytes_for(record_bytes)
-    names = ["seq", "epoch", "lane", "flags", "spilled_ns", "record", "crc"]
-    formats = ["<u8", "<u8", "<u4", "<u4", "<u8", f"V{record_bytes}", "<u4"]
-    offsets = [0, 8, 16, 20, 24, FRAME_PREFIX_BYTES, crc_offset(frame)]
+    names = ["epoch", "lane", "flags", "seq", "spilled_ns", "record", "crc"]
+    formats = ["<u8", "<u4", "<u4", "<u8", "<u8", f"V{record_bytes}", "<u4"]
+    offsets = [0, 8, 12, 16, 24, FRAME_PREFIX_BYTES, crc_offset(frame)]
     spec = {
         "names": names,
         "formats": formats,

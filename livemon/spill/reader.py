@@ -12,7 +12,7 @@ import os
 import stat
 import time
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -122,7 +122,8 @@ class SpillReader:
         self._crc_at = _format.crc_offset(self._frame_bytes)
         self._frame_dtype = _format.frame_dtype(self.dtype.itemsize)
         self._reported: dict[str, set[int]] = {}
-        self._verified: dict[str, npt.NDArray[np.bool_]] = {}
+        # Per segment: which frames were valid, and their seqs, when read.
+        self._verified: dict[str, tuple[npt.NDArray[np.bool_], Any]] = {}
         self.bad_frames = 0
         self.torn_frames = 0
         self.bad_segments = 0
@@ -186,8 +187,7 @@ class SpillReader:
         last = int(kept[-1]) if len(kept) else -1
         fresh = valid & _frames.above(seqs, after_seq)
         # Frames before the last committed one were counted when read.
-        done = np.flatnonzero(valid & ~fresh)
-        counted_from = int(done[-1]) + 1 if len(done) else 0
+        counted_from = self._committed_end(segment.path, after_seq)
         invalid = np.flatnonzero(~valid)
         if got.active:  # every frame below the published count is whole
             lost = invalid[invalid >= counted_from]
@@ -396,6 +396,7 @@ class SpillReader:
     def _validate(
         self, segment: Segment, got: _Frames
     ) -> npt.NDArray[np.bool_]:
+        known = self._verified.get(segment.path)
         valid = _frames.valid_frames(
             got.data,
             got.frames,
@@ -403,11 +404,23 @@ class SpillReader:
             lane=segment.lane,
             first_seq=segment.first_seq,
             crc_at=self._crc_at,
-            known=self._verified.get(segment.path),
+            known=None if known is None else known[0],
         )
         # Published frames never change: later reads check only new ones.
-        self._verified[segment.path] = valid
+        # Keep the longer record: a power loss may have cut the file since.
+        if known is None or len(valid) >= len(known[0]):
+            self._verified[segment.path] = (valid, got.frames["seq"].copy())
         return valid
+
+    def _committed_end(self, path: str, after_seq: int) -> int:
+        """Position after the last valid frame at or below ``after_seq``.
+
+        Losses before it were counted when the frames were read, or
+        happened after commit (a power loss cutting committed frames).
+        """
+        valid, seqs = self._verified[path]
+        done = np.flatnonzero(valid & ~_frames.above(seqs, after_seq))
+        return int(done[-1]) + 1 if len(done) else 0
 
     def _report(self, path: str, positions: npt.NDArray[np.int64]) -> int:
         """Count lost frames this reader has not counted yet."""

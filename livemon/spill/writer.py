@@ -36,6 +36,7 @@ DEFAULT_MODE = 0o600
 _NEVER_NS = 1 << 62
 _COMMITTED_WORD = _format.COMMITTED_OFFSET // 8
 _SEALED_WORD = _format.SEALED_OFFSET // 8
+_SEQ_AT = _format.FRAME_SEQ_OFFSET
 
 
 class SpillStatus(enum.IntEnum):
@@ -55,6 +56,9 @@ class SpillStatus(enum.IntEnum):
     REJECTED = 4
     """Not storable: wrong size or dtype, seq not above the last one, a
     seq already spilled, or the writer is closed (or was forked)."""
+
+
+_STORED = SpillStatus.STORED
 
 
 class SpillWriter:
@@ -82,7 +86,7 @@ class SpillWriter:
     128     frames, ``frame_bytes`` each, frame ``i`` at 128 + i * size
     ======  ==========================================================
 
-    A frame is u64 seq, u64 epoch, u32 lane, u32 flags (0), u64 spilled
+    A frame is u64 epoch, u32 lane, u32 flags (0), u64 seq, u64 spilled
     ns, the record's bytes, zero padding to 8, and last a u32 CRC-32 of
     everything before it.  Seqs come from the caller (the lane's seq
     space) and strictly increase within a lane; they may skip (records the
@@ -122,7 +126,8 @@ class SpillWriter:
     _view: memoryview = memoryview(b"")
     _words: memoryview = memoryview(b"")
     _count: int = 0
-    _capacity: int = 0
+    _offset: int = 0  # of the next frame; at _end when no room (or none)
+    _end: int = 0
     _closed: bool = False
     segment_path: str | None = None
     """The segment being appended to, if any."""
@@ -214,13 +219,12 @@ class SpillWriter:
             _format.epoch_name(self.epoch),
             _format.lane_name(self.lane),
         )
-        self._pack_frame = struct.Struct(
-            f"<QQIIQ{self._record_bytes}s"
-        ).pack_into
+        self._pack_frame = struct.Struct(f"<QQ{self._record_bytes}s").pack_into
         self._pack_crc = _format.CRC.pack_into
         self._last_seq = -1
         self._first_seq = -1
-        self._synced_ns = 0
+        self._synced_ns = time.time_ns()
+        self._sync_at_ns = self._synced_ns + self._sync_interval_ns
         self._synced_count = 0
         self._retry_at_ns = 0
         self._refusal = SpillStatus.STORED
@@ -248,37 +252,36 @@ class SpillWriter:
         Returns:
             STORED, or the reason it was dropped: the caller counts it.
         """
-        count = self._count
-        view = self._view
-        offset = _format.DATA_OFFSET + count * self._frame_bytes
+        offset = self._offset
         now = time.time_ns()
         try:  # free in 3.11 unless raised: the hot path never raises
             if (
-                count >= self._capacity
+                offset >= self._end
                 or seq <= self._last_seq
                 or len(record) != self._record_bytes
             ):
                 return self._put_slow(seq, record)
-            self._pack_frame(
-                view, offset, seq, self.epoch, self.lane, 0, now, record
-            )
+            # Epoch and lane were filled in when the segment was created.
+            self._pack_frame(self._view, offset + _SEQ_AT, seq, now, record)
         except (struct.error, TypeError):
             return self._put_slow(seq, record)  # not bytes, odd seq
+        view = self._view
         crc_at = offset + self._crc_at
         # The CRC is the frame's last store: frame bytes, then CRC.
         self._pack_crc(view, crc_at, zlib.crc32(view[offset:crc_at]))
-        count += 1
-        self._count = count
+        self._offset = offset + self._frame_bytes
+        self._count += 1
         self._last_seq = seq
         # Publish with one aligned 8-byte store after the frame: x86-64
         # (TSO) makes the frame visible to any reader that sees the count.
         # Other architectures would need a release fence here.
-        self._words[_COMMITTED_WORD] = count
-        if not 0 <= now - self._synced_ns < self._sync_interval_ns:
+        self._words[_COMMITTED_WORD] = self._count
+        if not self._synced_ns <= now < self._sync_at_ns:
             self._sync(now)  # interval elapsed, or the clock went back
-        return SpillStatus.STORED
+        return _STORED
 
     def _put_slow(self, seq: int, record: Any) -> SpillStatus:
+        """Convert, check, rotate or refuse: all but the common put."""
         if self._closed:
             return self._drop(SpillStatus.REJECTED)
         if type(record) is not bytes or len(record) != self._record_bytes:
@@ -291,7 +294,7 @@ class SpillWriter:
             or not self._last_seq < seq <= _format.MAX_SEQ
         ):
             return self._drop(SpillStatus.REJECTED)
-        if self._count >= self._capacity:
+        if self._offset >= self._end:
             status = self._rotate(seq)
             if status is not SpillStatus.STORED:
                 return self._drop(status)
@@ -321,7 +324,7 @@ class SpillWriter:
         to keep the power-failure window bounded without a thread.
         """
         now = time.time_ns()
-        due = not 0 <= now - self._synced_ns < self._sync_interval_ns
+        due = not self._synced_ns <= now < self._sync_at_ns
         if due and self._count > self._synced_count:
             self._sync(now)
             return True
@@ -333,6 +336,7 @@ class SpillWriter:
 
     def _sync(self, now: int) -> bool:
         self._synced_ns = now
+        self._sync_at_ns = now + self._sync_interval_ns
         if self._mmap is None or self._count == self._synced_count:
             return True
         try:
@@ -403,6 +407,7 @@ class SpillWriter:
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | _fs.OPEN_FILE
         fd = os.open(tmp, flags, self._mode, dir_fd=lane_fd)
         mm = None
+        capacity = _format.capacity_for(self._segment_bytes, self._frame_bytes)
         try:
             os.fchmod(fd, self._mode)
             if not _fs.lock(fd):
@@ -412,9 +417,7 @@ class SpillWriter:
             header = _format.Header(
                 frame_bytes=self._frame_bytes,
                 record_bytes=self._record_bytes,
-                capacity_frames=_format.capacity_for(
-                    self._segment_bytes, self._frame_bytes
-                ),
+                capacity_frames=capacity,
                 fingerprint=_format.dtype_fingerprint(self.dtype),
                 epoch=self.epoch,
                 first_seq=seq,
@@ -424,6 +427,7 @@ class SpillWriter:
             os.pwrite(fd, _format.pack_header(header), 0)
             os.fsync(fd)
             mm = mmap.mmap(fd, self._segment_bytes)
+            _fill_identity(mm, self.dtype.itemsize, capacity, header)
             # Readers only see the segment once header and lock are in
             # place: link refuses to replace an existing segment.
             os.link(
@@ -446,7 +450,10 @@ class SpillWriter:
         self._view = memoryview(mm)
         self._words = self._view[: _format.DATA_OFFSET].cast("Q")
         self._count = self._synced_count = 0
-        self._capacity = header.capacity_frames
+        self._synced_ns = time.time_ns()  # fsynced just above
+        self._sync_at_ns = self._synced_ns + self._sync_interval_ns
+        self._offset = _format.DATA_OFFSET
+        self._end = _format.DATA_OFFSET + capacity * self._frame_bytes
         self._first_seq = seq
         self.segment_path = os.path.join(self.spill_dir, *self._dirs, final)
 
@@ -479,7 +486,7 @@ class SpillWriter:
         if self._mmap is not None:
             self._mmap.close()
         self._mmap = None
-        self._count = self._capacity = 0
+        self._count = self._offset = self._end = 0
         self.segment_path = None
 
     # -- lifetime --------------------------------------------------------
@@ -529,6 +536,22 @@ class SpillWriter:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _fill_identity(
+    mm: mmap.mmap, record_bytes: int, capacity: int, header: _format.Header
+) -> None:
+    """Write epoch and lane into every frame of a new segment.
+
+    Puts then write only seq, time and record; and every page is touched
+    here, once, rather than faulted in by puts one at a time.
+    """
+    frames = np.ndarray(
+        (capacity,), _format.frame_dtype(record_bytes), mm, _format.DATA_OFFSET
+    )
+    frames["epoch"] = header.epoch
+    frames["lane"] = header.lane
+    del frames  # release the export, or the mmap cannot close
 
 
 def _make_root(path: str, mode: int) -> None:

@@ -130,7 +130,8 @@ class SpillModel(RuleBasedStateMachine):
         os.truncate(path, cut)
         for seq, (where, position) in self.where.items():
             end = _format.DATA_OFFSET + (position + 1) * FRAME
-            if where == path and end > cut:
+            # Records already committed are safe in the database.
+            if where == path and end > cut and seq > self.hwm:
                 self.lost.add(seq)
 
     @rule(data=st.data())

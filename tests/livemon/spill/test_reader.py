@@ -137,7 +137,7 @@ class TestDamagedFrames:
         path = only_segment(spill_dir)
         data = bytearray(path.read_bytes())
         offset = frame_offset(1)
-        data[offset + 16 : offset + 20] = (LANE + 1).to_bytes(4, "little")
+        data[offset + 8 : offset + 12] = (LANE + 1).to_bytes(4, "little")
         crc = _format.frame_crc(bytes(data[offset:]), FRAME_BYTES)
         end = offset + FRAME_BYTES
         data[end - 4 : end] = crc.to_bytes(4, "little")
