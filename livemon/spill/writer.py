@@ -37,6 +37,8 @@ _NEVER_NS = 1 << 62
 _COMMITTED_WORD = _format.COMMITTED_OFFSET // 8
 _SEALED_WORD = _format.SEALED_OFFSET // 8
 _SEQ_AT = _format.FRAME_SEQ_OFFSET
+_crc32 = zlib.crc32
+_time_ns = time.time_ns
 
 
 class SpillStatus(enum.IntEnum):
@@ -253,7 +255,8 @@ class SpillWriter:
             STORED, or the reason it was dropped: the caller counts it.
         """
         offset = self._offset
-        now = time.time_ns()
+        view = self._view
+        now = _time_ns()
         try:  # free in 3.11 unless raised: the hot path never raises
             if (
                 offset >= self._end
@@ -262,20 +265,20 @@ class SpillWriter:
             ):
                 return self._put_slow(seq, record)
             # Epoch and lane were filled in when the segment was created.
-            self._pack_frame(self._view, offset + _SEQ_AT, seq, now, record)
+            self._pack_frame(view, offset + _SEQ_AT, seq, now, record)
         except (struct.error, TypeError):
             return self._put_slow(seq, record)  # not bytes, odd seq
-        view = self._view
         crc_at = offset + self._crc_at
         # The CRC is the frame's last store: frame bytes, then CRC.
-        self._pack_crc(view, crc_at, zlib.crc32(view[offset:crc_at]))
+        self._pack_crc(view, crc_at, _crc32(view[offset:crc_at]))
+        count = self._count + 1
+        self._count = count
         self._offset = offset + self._frame_bytes
-        self._count += 1
         self._last_seq = seq
         # Publish with one aligned 8-byte store after the frame: x86-64
         # (TSO) makes the frame visible to any reader that sees the count.
         # Other architectures would need a release fence here.
-        self._words[_COMMITTED_WORD] = self._count
+        self._words[_COMMITTED_WORD] = count
         if not self._synced_ns <= now < self._sync_at_ns:
             self._sync(now)  # interval elapsed, or the clock went back
         return _STORED
