@@ -10,7 +10,8 @@ import errno
 import fcntl
 import os
 import stat
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 
 OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 OPEN_FILE = os.O_NOFOLLOW | os.O_CLOEXEC
@@ -117,3 +118,49 @@ def free_bytes(fd: int) -> int:
     """Bytes an unprivileged writer may still allocate on ``fd``'s volume."""
     info = os.fstatvfs(fd)
     return info.f_bavail * info.f_frsize
+
+
+@contextlib.contextmanager
+def dir_or_none(root: str, names: Iterable[str]) -> Iterator[int]:
+    """Open ``root/names...`` as ``open_dirs`` does; -1 if it is missing."""
+    try:
+        fd = open_dirs(root, names, None)
+    except (FileNotFoundError, NotADirectoryError):
+        yield -1
+        return
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def subdirs(
+    root: str, names: Iterable[str], parse: Callable[[str], int | None]
+) -> list[tuple[str, int]]:
+    """The directories in ``root/names...`` whose name ``parse`` reads."""
+    found = []
+    with dir_or_none(root, names) as fd:
+        if fd < 0:
+            return []
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                value = parse(entry.name)
+                if value is not None and entry.is_dir(follow_symlinks=False):
+                    found.append((entry.name, value))
+    return found
+
+
+def remove_stale(dir_fd: int, name: str, age_s: float) -> None:
+    """Unlink a leftover file if unlocked and older than ``age_s``."""
+    try:
+        fd = os.open(name, os.O_RDONLY | OPEN_FILE, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return
+    try:
+        info = os.fstat(fd)
+        stale = time.time() - info.st_mtime > age_s
+        if stat.S_ISREG(info.st_mode) and stale and not is_locked(fd):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=dir_fd)
+    finally:
+        os.close(fd)

@@ -9,7 +9,6 @@ import contextlib
 import itertools
 import logging
 import os
-import stat
 import time
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -133,15 +132,21 @@ class SpillReader:
     def lanes(self) -> list[tuple[int, int]]:
         """Every (epoch, lane) that has a spill directory, sorted."""
         found = []
-        for epoch_dir, epoch in self._subdirs((), _format.parse_epoch):
-            for _, lane in self._subdirs((epoch_dir,), _format.parse_lane):
+        ring = (self.ring,)
+        for name, epoch in _fs.subdirs(
+            self.spill_dir, ring, _format.parse_epoch
+        ):
+            below = (self.ring, name)
+            for _, lane in _fs.subdirs(
+                self.spill_dir, below, _format.parse_lane
+            ):
                 found.append((epoch, lane))
         return sorted(found)
 
     def segments(self, epoch: int, lane: int) -> list[Segment]:
         """A lane's segments in seq order; bad headers renamed aside."""
         found = []
-        with self._lane_dir(epoch, lane) as fd:
+        with _fs.dir_or_none(self.spill_dir, self._names(epoch, lane)) as fd:
             if fd < 0:
                 return []
             with os.scandir(fd) as entries:
@@ -155,7 +160,7 @@ class SpillReader:
                     if segment is not None:
                         found.append(segment)
                 elif name.endswith(_format.TMP_SUFFIX):
-                    _remove_stale_tmp(fd, name)
+                    _fs.remove_stale(fd, name, STALE_TMP_S)
         return sorted(found, key=lambda s: s.first_seq)
 
     # -- reading ---------------------------------------------------------
@@ -228,7 +233,7 @@ class SpillReader:
         valid = self._validate(segment, got)
         if (valid & _frames.above(got.frames["seq"], hwm_seq)).any():
             return False
-        with self._lane_dir(segment.epoch, segment.lane) as fd:
+        with self._lane_dir(segment) as fd:
             if fd < 0:
                 return False
             try:
@@ -271,7 +276,7 @@ class SpillReader:
 
     def _peek(self, segment: Segment) -> tuple[int, int]:
         """A segment's published count and its first frame's spill time."""
-        with self._lane_dir(segment.epoch, segment.lane) as dir_fd:
+        with self._lane_dir(segment) as dir_fd:
             if dir_fd < 0:
                 return 0, 0
             try:
@@ -292,7 +297,7 @@ class SpillReader:
     def _load(
         self, segment: Segment, *, published_only: bool = False
     ) -> _Frames | None:
-        with self._lane_dir(segment.epoch, segment.lane) as dir_fd:
+        with self._lane_dir(segment) as dir_fd:
             if dir_fd < 0:
                 return None
             try:
@@ -422,46 +427,21 @@ class SpillReader:
         done = np.flatnonzero(valid & ~_frames.above(seqs, after_seq))
         return int(done[-1]) + 1 if len(done) else 0
 
+    def _names(self, epoch: int, lane: int) -> tuple[str, str, str]:
+        return (self.ring, _format.epoch_name(epoch), _format.lane_name(lane))
+
+    def _lane_dir(
+        self, segment: Segment
+    ) -> contextlib.AbstractContextManager[int]:
+        names = self._names(segment.epoch, segment.lane)
+        return _fs.dir_or_none(self.spill_dir, names)
+
     def _report(self, path: str, positions: npt.NDArray[np.int64]) -> int:
         """Count lost frames this reader has not counted yet."""
         seen = self._reported.setdefault(path, set())
         new = set(positions.tolist()) - seen
         seen |= new
         return len(new)
-
-    def _subdirs(
-        self, below: tuple[str, ...], parse: object
-    ) -> list[tuple[str, int]]:
-        assert callable(parse)
-        try:
-            fd = _fs.open_dirs(self.spill_dir, (self.ring, *below), None)
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        try:
-            with os.scandir(fd) as entries:
-                out = []
-                for entry in entries:
-                    value = parse(entry.name)
-                    if value is not None and entry.is_dir(
-                        follow_symlinks=False
-                    ):
-                        out.append((entry.name, value))
-                return out
-        finally:
-            os.close(fd)
-
-    @contextlib.contextmanager
-    def _lane_dir(self, epoch: int, lane: int) -> Iterator[int]:
-        names = (self.ring, _format.epoch_name(epoch), _format.lane_name(lane))
-        try:
-            fd = _fs.open_dirs(self.spill_dir, names, None)
-        except (FileNotFoundError, NotADirectoryError):
-            yield -1
-            return
-        try:
-            yield fd
-        finally:
-            os.close(fd)
 
 
 def _word(data: bytes, offset: int) -> int:
@@ -479,19 +459,3 @@ def _uncommitted(segments: list[Segment], after_seq: int) -> list[Segment]:
         for segment, after in itertools.pairwise(segments)
         if after.first_seq > after_seq + 1
     ] + segments[-1:]
-
-
-def _remove_stale_tmp(dir_fd: int, name: str) -> None:
-    """Unlink a creation leftover: unlocked, and older than STALE_TMP_S."""
-    try:
-        fd = os.open(name, os.O_RDONLY | _fs.OPEN_FILE, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return
-    try:
-        info = os.fstat(fd)
-        stale = time.time() - info.st_mtime > STALE_TMP_S
-        if stat.S_ISREG(info.st_mode) and stale and not _fs.is_locked(fd):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name, dir_fd=dir_fd)
-    finally:
-        os.close(fd)

@@ -5,9 +5,7 @@ memory-mapped segment files while its ring lane is full.
 
 from __future__ import annotations
 
-import contextlib
 import enum
-import errno
 import logging
 import mmap
 import os
@@ -20,8 +18,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from livemon.spill import _format, _fs
-from livemon.spill.exceptions import SpillConfigError, SpillDirError
+from livemon.spill import _format, _fs, _segment
+from livemon.spill.exceptions import SpillConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +213,7 @@ class SpillWriter:
         self._mode = mode
         self._dir_mode = _fs.dir_mode(mode)
         self.spill_dir = os.fspath(spill_dir)
-        _make_root(self.spill_dir, self._dir_mode)
+        _segment.make_root(self.spill_dir, self._dir_mode)
         self._dirs = (
             self.ring,
             _format.epoch_name(self.epoch),
@@ -401,64 +399,32 @@ class SpillWriter:
         return SpillStatus.STORED
 
     def _create(self, lane_fd: int, seq: int) -> None:
-        final = _format.segment_name(seq)
-        tmp = final + ".tmp"
-        # A stale tmp of this very name holds no frames (frames are only
-        # written once the segment has its final name): replace it.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp, dir_fd=lane_fd)
-        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | _fs.OPEN_FILE
-        fd = os.open(tmp, flags, self._mode, dir_fd=lane_fd)
-        mm = None
         capacity = _format.capacity_for(self._segment_bytes, self._frame_bytes)
-        try:
-            os.fchmod(fd, self._mode)
-            if not _fs.lock(fd):
-                raise OSError(errno.EAGAIN, f"{tmp} is locked by another")
-            # ENOSPC here, not SIGBUS later on a mapped page.
-            os.posix_fallocate(fd, 0, self._segment_bytes)
-            header = _format.Header(
-                frame_bytes=self._frame_bytes,
-                record_bytes=self._record_bytes,
-                capacity_frames=capacity,
-                fingerprint=_format.dtype_fingerprint(self.dtype),
-                epoch=self.epoch,
-                first_seq=seq,
-                created_ns=time.time_ns(),
-                lane=self.lane,
-            )
-            os.pwrite(fd, _format.pack_header(header), 0)
-            os.fsync(fd)
-            mm = mmap.mmap(fd, self._segment_bytes)
-            _fill_identity(mm, self.dtype.itemsize, capacity, header)
-            # Readers only see the segment once header and lock are in
-            # place: link refuses to replace an existing segment.
-            os.link(
-                tmp,
-                final,
-                src_dir_fd=lane_fd,
-                dst_dir_fd=lane_fd,
-                follow_symlinks=False,
-            )
-            os.unlink(tmp, dir_fd=lane_fd)
-            os.fsync(lane_fd)  # the new name survives a power failure
-        except BaseException:
-            if mm is not None:
-                mm.close()
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=lane_fd)
-            raise
+        header = _format.Header(
+            frame_bytes=self._frame_bytes,
+            record_bytes=self._record_bytes,
+            capacity_frames=capacity,
+            fingerprint=_format.dtype_fingerprint(self.dtype),
+            epoch=self.epoch,
+            first_seq=seq,
+            created_ns=time.time_ns(),
+            lane=self.lane,
+        )
+        fd, mm = _segment.create(
+            lane_fd, header, self._segment_bytes, self._mode
+        )
         self._fd, self._mmap = fd, mm
         self._view = memoryview(mm)
         self._words = self._view[: _format.DATA_OFFSET].cast("Q")
         self._count = self._synced_count = 0
-        self._synced_ns = time.time_ns()  # fsynced just above
+        self._synced_ns = time.time_ns()  # fsynced on creation
         self._sync_at_ns = self._synced_ns + self._sync_interval_ns
         self._offset = _format.DATA_OFFSET
         self._end = _format.DATA_OFFSET + capacity * self._frame_bytes
         self._first_seq = seq
-        self.segment_path = os.path.join(self.spill_dir, *self._dirs, final)
+        self.segment_path = os.path.join(
+            self.spill_dir, *self._dirs, _format.segment_name(seq)
+        )
 
     def _seal(self, *, truncate: bool) -> None:
         """Mark the segment closed, make it durable, let go of it."""
@@ -539,36 +505,3 @@ class SpillWriter:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-
-def _fill_identity(
-    mm: mmap.mmap, record_bytes: int, capacity: int, header: _format.Header
-) -> None:
-    """Write epoch and lane into every frame of a new segment.
-
-    Puts then write only seq, time and record; and every page is touched
-    here, once, rather than faulted in by puts one at a time.
-    """
-    frames = np.ndarray(
-        (capacity,), _format.frame_dtype(record_bytes), mm, _format.DATA_OFFSET
-    )
-    frames["epoch"] = header.epoch
-    frames["lane"] = header.lane
-    del frames  # release the export, or the mmap cannot close
-
-
-def _make_root(path: str, mode: int) -> None:
-    try:
-        os.mkdir(path, mode)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise SpillDirError(
-            exc.errno, f"cannot create spill directory {path!r}: {exc}"
-        ) from exc
-    else:
-        os.chmod(path, mode)
-    if not os.path.isdir(path):
-        raise SpillDirError(
-            errno.ENOTDIR, f"spill directory {path!r} is not a directory"
-        )
