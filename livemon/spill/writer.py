@@ -62,8 +62,8 @@ _STORED = SpillStatus.STORED
 
 
 class SpillWriter:
-    """Appends one lane's records to spill segments, never blocking on I/O
-    per record and never raising from ``put``.
+    """Appends one lane's records to spill segments, with no syscall per
+    record and never raising from ``put``.
 
     Files live at ``<spill_dir>/<ring>/<epoch:016x>/<lane:05d>/
     <first_seq:020d>.lms``; each segment is preallocated to
@@ -242,7 +242,11 @@ class SpillWriter:
     # -- the hot path ----------------------------------------------------
 
     def put(self, seq: int, record: Any) -> SpillStatus:
-        """Store one record under ``seq``; never blocks on I/O, never raises.
+        """Store one record under ``seq``; never raises, never waits.
+
+        A put makes no syscall, except the one that starts a segment
+        (once per ``segment_bytes``: creation, caps, fsyncs) and the one
+        that falls due for the msync (once per ``sync_interval_ms``).
 
         Args:
             seq: the record's seq in its lane, above every seq put before.
@@ -364,11 +368,15 @@ class SpillWriter:
         try:
             status = self._open_segment(seq)
         except FileExistsError:
-            status = SpillStatus.REJECTED  # that seq was spilled before
-        except OSError as exc:
+            # That seq was spilled before: refuse it, not the seqs after.
+            logger.warning(
+                "spill lane %d: seq %d spilled twice", self.lane, seq
+            )
+            return SpillStatus.REJECTED
+        except (OSError, ValueError) as exc:
             status = (
                 SpillStatus.DISK_FULL
-                if exc.errno in _fs.DISK_FULL_ERRNOS
+                if getattr(exc, "errno", None) in _fs.DISK_FULL_ERRNOS
                 else SpillStatus.IO_ERROR
             )
             logger.warning("spill lane %d: %s", self.lane, exc)

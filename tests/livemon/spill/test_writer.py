@@ -325,7 +325,8 @@ class TestFiles:
         first.close()
         second = make_writer()
         assert put_all(second, [0]) == [SpillStatus.REJECTED]
-        assert read_all(reader) == [(0, 0), (1, 1)]
+        assert put_all(second, [5]) == [STORED]  # later seqs go on
+        assert read_all(reader) == [(0, 0), (1, 1), (5, 5)]
 
 
 class TestSync:
