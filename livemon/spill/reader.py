@@ -95,10 +95,21 @@ class SpillReader:
     ``<name>.bad`` and counted in ``bad_segments``; reading goes on.
 
     Frames at or below ``after_seq`` (the caller's committed high-water
-    mark) are skipped without a CRC, so a crash between commit and
-    ``retire`` replays nothing.  The HWM must be the highest seq the
-    caller committed *from this reader* (it yields in seq order); a seq
-    committed from the ring may be above spilled ones not yet read.
+    mark) are not yielded, so a crash between commit and ``retire``
+    replays nothing.  The HWM must be the highest seq the caller committed
+    *from this reader* (it yields in seq order); a seq committed from the
+    ring may be above spilled ones not yet read.  Published frames never
+    change, so the reader checks each frame's CRC once and remembers;
+    losses are counted once, and not at all if they lie before a frame
+    already committed (counted then, or cut after their commit).
+
+    The daemon's loop, per lane, with ``hwm`` kept in SQLite::
+
+        for segment in reader.segments(epoch, lane):
+            for batch in reader.scan(segment, hwm).batches:
+                ...  # insert rows (identity: epoch, lane, seq)
+            hwm = ...  # committed with the rows, in one transaction
+            reader.retire(segment, hwm)  # False while seqs > hwm remain
     """
 
     def __init__(
@@ -312,7 +323,7 @@ class SpillReader:
                 try:
                     header = self._check(head, segment)
                 except _format.HeaderError as exc:
-                    self._set_aside(dir_fd, segment.name, exc)
+                    self._set_aside(dir_fd, segment.name, exc, active)
                     return None
                 published = min(
                     _word(head, _format.COMMITTED_OFFSET),
@@ -371,17 +382,26 @@ class SpillReader:
         try:
             head = os.pread(fd, _format.DATA_OFFSET, 0)
             size = os.fstat(fd).st_size
+            active = _fs.is_locked(fd)
         finally:
             os.close(fd)
         segment = Segment(epoch, lane, first_seq, name, path, size, 0)
         try:
             header = self._check(head, segment)
         except _format.HeaderError as exc:
-            self._set_aside(dir_fd, name, exc)
+            self._set_aside(dir_fd, name, exc, active)
             return None
         return segment._replace(created_ns=header.created_ns)
 
-    def _set_aside(self, dir_fd: int, name: str, exc: Exception) -> None:
+    def _set_aside(
+        self, dir_fd: int, name: str, exc: Exception, active: bool
+    ) -> None:
+        if active:
+            # A live writer still appends to it (a reader of another dtype
+            # during an upgrade?): skip it now, set it aside once it is
+            # abandoned, never pull it from under its writer.
+            logger.warning("spill segment %s skipped: %s", name, exc)
+            return
         with contextlib.suppress(FileNotFoundError):
             os.rename(
                 name,

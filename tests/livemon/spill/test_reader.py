@@ -181,6 +181,21 @@ class TestBadHeader:
         assert (lane / (victim.name + ".bad")).exists()
         assert not victim.exists()
 
+    def test_active_segment_of_another_dtype_is_left_alone(
+        self, make_writer, spill_dir
+    ):
+        """A live writer's segment is skipped, not set aside, until it
+        is abandoned."""
+        writer = spill(make_writer, range(3), close=False)
+        other = np.dtype([("x", "<u8"), *RECORD_DTYPE.descr[1:]])
+        reader = SpillReader(spill_dir, RING, other)
+        assert read_all(reader) == []
+        assert reader.bad_segments == 0
+        assert only_segment(spill_dir).exists()
+        writer.close()
+        assert read_all(reader) == []
+        assert reader.bad_segments == 1
+
     def test_other_files_and_dirs_ignored(
         self, make_writer, reader, spill_dir
     ):
