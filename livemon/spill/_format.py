@@ -42,6 +42,7 @@ assert _HEADER.size + _HEADER_CRC.size == HEADER_BYTES
 # a put writes only seq, time and record.
 FRAME_PREFIX = struct.Struct("<QIIQQ")
 FRAME_SEQ_OFFSET = 16
+FRAME_NS_OFFSET = 24
 assert FRAME_PREFIX.size == FRAME_PREFIX_BYTES
 CRC = struct.Struct("<I")
 

@@ -22,6 +22,8 @@ from ringbuf import Batch
 logger = logging.getLogger(__name__)
 
 STALE_TMP_S = 60.0  # a segment still being created is gone well before
+_PEEK_BYTES = _format.DATA_OFFSET + _format.FRAME_PREFIX_BYTES
+_FIRST_NS_AT = _format.DATA_OFFSET + _format.FRAME_NS_OFFSET
 
 
 class Segment(NamedTuple):
@@ -297,13 +299,13 @@ class SpillReader:
             except FileNotFoundError:
                 return 0, 0
             try:
-                head = os.pread(fd, _format.DATA_OFFSET + 32, 0)
+                head = os.pread(fd, _PEEK_BYTES, 0)
             finally:
                 os.close(fd)
-        if len(head) < _format.DATA_OFFSET + 32:
+        if len(head) < _PEEK_BYTES:
             return 0, 0
         published = _word(head, _format.COMMITTED_OFFSET)
-        return published, _word(head, _format.DATA_OFFSET + 24)
+        return published, _word(head, _FIRST_NS_AT)
 
     def _load(
         self, segment: Segment, *, published_only: bool = False

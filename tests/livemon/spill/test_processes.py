@@ -8,7 +8,9 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 import time
+import types
 
 import pytest
 
@@ -49,7 +51,16 @@ def produce(spill_dir, count, frames_per_segment, stored) -> None:
 
 
 def start_producer(method, spill_dir, count, frames_per_segment):
-    """Start ``produce`` in a child; return it and its stored counter."""
+    """Start ``produce`` in a child (or a thread); return it and its
+    stored counter."""
+    if method == "thread":
+        stored = types.SimpleNamespace(value=-1)
+        thread = threading.Thread(
+            target=produce,
+            args=(str(spill_dir), count, frames_per_segment, stored),
+        )
+        thread.start()
+        return thread, stored
     ctx = multiprocessing.get_context(method)
     stored = ctx.Value("q", -1, lock=False)
     child = ctx.Process(
@@ -67,7 +78,7 @@ def check_increasing(pairs, after_seq):
     assert all(a < b for a, b in zip([after_seq, *seqs], seqs, strict=False))
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", ["thread", *METHODS])
 class TestConcurrentRead:
     """A reader follows a producer that is still appending."""
 
@@ -91,7 +102,7 @@ class TestConcurrentRead:
             if not alive:
                 break
         child.join(timeout=60)
-        assert child.exitcode == 0
+        assert getattr(child, "exitcode", 0) == 0
         assert seen == list(range(count))
         assert (reader.bad_frames, reader.torn_frames) == (0, 0)
         assert reader.segments(EPOCH, LANE) == []
