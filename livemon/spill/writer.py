@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 import logging
 import mmap
+import operator
 import os
 import struct
 import time
@@ -294,10 +295,11 @@ class SpillWriter:
             if converted is None:
                 return self._drop(SpillStatus.REJECTED)
             record = converted
-        if (
-            not isinstance(seq, int)
-            or not self._last_seq < seq <= _format.MAX_SEQ
-        ):
+        try:
+            seq = operator.index(seq)  # numpy integers are seqs too
+        except TypeError:
+            return self._drop(SpillStatus.REJECTED)
+        if not self._last_seq < seq <= _format.MAX_SEQ:
             return self._drop(SpillStatus.REJECTED)
         if self._offset >= self._end:
             status = self._rotate(seq)
@@ -310,9 +312,9 @@ class SpillWriter:
         return status
 
     def _as_bytes(self, record: Any) -> bytes | None:
-        if isinstance(record, (np.void, np.ndarray)):
+        if isinstance(record, (np.void, np.ndarray)) and record.dtype.names:
             if record.dtype != self.dtype or record.size != 1:
-                return None
+                return None  # a record of another dtype, or several
             return np.ascontiguousarray(record).tobytes()
         try:
             view = memoryview(record)

@@ -110,11 +110,23 @@ class TestPut:
     def test_accepts_void_and_bytes_like(self, make_writer, reader):
         """np.void, a one-record array and a bytearray are stored too."""
         writer = make_writer()
-        records = make_records([0, 1, 2])
+        records = make_records([0, 1, 2, 3])
         assert writer.put(0, records[0]) is STORED
         assert writer.put(1, records[1:2]) is STORED
         assert writer.put(2, bytearray(records[2].tobytes())) is STORED
-        assert read_all(reader) == [(0, 0), (1, 1), (2, 2)]
+        raw = np.frombuffer(records[3:4].tobytes(), np.uint8)
+        assert writer.put(3, raw) is STORED
+        assert read_all(reader) == [(0, 0), (1, 1), (2, 2), (3, 3)]
+
+    def test_numpy_integer_seqs(self, make_writer, reader):
+        """Seqs may be numpy integers, on a segment's first put too."""
+        writer = make_writer(segment_bytes=segment_bytes(2))
+        statuses = [
+            writer.put(np.uint64(seq), rec.tobytes())
+            for seq, rec in enumerate(make_records(range(5)))
+        ]
+        assert statuses == [STORED] * 5
+        assert [s for s, _ in read_all(reader)] == list(range(5))
 
     @pytest.mark.parametrize(
         "bad",
