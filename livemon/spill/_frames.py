@@ -54,7 +54,10 @@ def valid_frames(
     idx = np.flatnonzero(plausible) + start
     if len(idx):
         view, size = memoryview(data), frames.dtype.itemsize
-        crcs = [zlib.crc32(view[i * size : i * size + crc_at]) for i in idx]
+        crcs = [
+            zlib.crc32(view[i * size : i * size + crc_at])
+            for i in idx.tolist()
+        ]
         valid[idx] = np.array(crcs, np.uint32) == frames["crc"][idx]
     _drop_out_of_order(seqs, valid)
     return valid

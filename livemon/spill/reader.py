@@ -185,7 +185,7 @@ class SpillReader:
 
         Each batch holds consecutive seqs (a lost frame or a seq the ring
         took starts a new one).  Segments wholly at or below ``after_seq``
-        are passed over without being opened.
+        are passed over (their headers checked, their frames not read).
         """
         for segment in _uncommitted(self.segments(epoch, lane), after_seq):
             yield from self.scan(segment, after_seq).batches
