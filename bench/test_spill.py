@@ -1,0 +1,103 @@
+"""
+Spill file put against a ring put, in one run; and the reader's cost per
+record.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ringbuf
+from livemon.record import RECORD_DTYPE
+from livemon.spill import SpillReader, SpillStatus, SpillWriter
+
+pytestmark = pytest.mark.benchmark(group="spill")
+
+LOOP = 1000  # puts per timed call: the per-record figure divides by it
+ROUNDS = 300
+RECORD = np.zeros(1, RECORD_DTYPE)[0]
+EPOCH, LANE = 1, 0
+
+
+@pytest.fixture
+def ring(ring_name):
+    """A one-lane ring of livemon records, big enough for a round."""
+    with ringbuf.Ring.create(ring_name, RECORD_DTYPE, 1, 1 << 15) as ring:
+        yield ring
+
+
+def spill_writer(tmp_path, ring_name, **kwargs) -> SpillWriter:
+    """A writer with default segments and caps wide enough for a run."""
+    return SpillWriter(
+        tmp_path / "spill",
+        ring_name,
+        EPOCH,
+        LANE,
+        RECORD_DTYPE,
+        lane_cap_bytes=1 << 40,
+        total_cap_bytes=1 << 40,
+        min_free_bytes=0,
+        **kwargs,
+    )
+
+
+def test_ring_put(benchmark, record, ring):
+    """RingWriter.put of one livemon record (bytes), lane kept drained."""
+    writer = ring.writer()
+    packed = RECORD.tobytes()
+
+    def put_loop():
+        for _ in range(LOOP):
+            writer.put(packed)
+
+    def drain():
+        ring.advance(0, ring.lane_state(0).head)
+
+    benchmark.pedantic(put_loop, setup=drain, rounds=ROUNDS)
+    state = ring.lane_state(0)
+    assert (state.head, state.dropped) == (ROUNDS * LOOP, 0)
+    record(benchmark, items=LOOP)
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    "sync_ms", [500, None], ids=["sync=500ms", "sync=none"]
+)
+def test_spill_put(benchmark, record, tmp_path, ring_name, sync_ms):
+    """SpillWriter.put of one record (bytes): fresh pages, rotations and
+    the periodic msync included, as a spilling producer pays them."""
+    writer = spill_writer(tmp_path, ring_name, sync_interval_ms=sync_ms)
+    packed = RECORD.tobytes()
+    seq = iter(range(10**12))
+
+    def put_loop():
+        put = writer.put
+        for _ in range(LOOP):
+            put(next(seq), packed)
+
+    benchmark.pedantic(put_loop, rounds=ROUNDS)
+    assert sum(writer.drops.values()) == 0
+    writer.close()
+    reader = SpillReader(tmp_path / "spill", ring_name, RECORD_DTYPE)
+    stored = sum(len(b.records) for b in reader.read(EPOCH, LANE))
+    assert stored == ROUNDS * LOOP
+    record(benchmark, items=LOOP, baseline="test_ring_put")
+
+
+def test_spill_read(benchmark, record, tmp_path, ring_name):
+    """SpillReader.read of 10,000 spilled records (CRC each), per record."""
+    writer = spill_writer(tmp_path, ring_name)
+    packed = RECORD.tobytes()
+    for seq in range(10_000):
+        assert writer.put(seq, packed) is SpillStatus.STORED
+    writer.close()
+
+    def read():
+        reader = SpillReader(tmp_path / "spill", ring_name, RECORD_DTYPE)
+        return sum(len(b.records) for b in reader.read(EPOCH, LANE))
+
+    counts = []
+    benchmark.pedantic(lambda: counts.append(read()), rounds=50)
+    assert set(counts) == {10_000}
+    record(benchmark, items=10_000)

@@ -1,0 +1,39 @@
+"""
+Spill files: a full ring lane's records taken to disk by its producer
+(``SpillWriter``) and replayed by the daemon (``SpillReader``).
+"""
+
+from __future__ import annotations
+
+from livemon.spill.exceptions import (
+    SpillConfigError,
+    SpillDirError,
+    SpillDtypeError,
+)
+from livemon.spill.reader import Backlog, Scan, Segment, SpillReader
+from livemon.spill.writer import (
+    DEFAULT_LANE_CAP_BYTES,
+    DEFAULT_MIN_FREE_BYTES,
+    DEFAULT_SEGMENT_BYTES,
+    DEFAULT_SYNC_INTERVAL_MS,
+    DEFAULT_TOTAL_CAP_BYTES,
+    SpillStatus,
+    SpillWriter,
+)
+
+__all__ = [
+    "DEFAULT_LANE_CAP_BYTES",
+    "DEFAULT_MIN_FREE_BYTES",
+    "DEFAULT_SEGMENT_BYTES",
+    "DEFAULT_SYNC_INTERVAL_MS",
+    "DEFAULT_TOTAL_CAP_BYTES",
+    "Backlog",
+    "Scan",
+    "Segment",
+    "SpillConfigError",
+    "SpillDirError",
+    "SpillDtypeError",
+    "SpillReader",
+    "SpillStatus",
+    "SpillWriter",
+]

@@ -1,0 +1,483 @@
+"""
+The daemon's side of spilling: list a lane's segments, read their valid
+frames in seq order, retire segments behind a committed high-water mark.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import time
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from livemon.spill import _format, _frames, _fs
+from ringbuf import Batch
+
+logger = logging.getLogger(__name__)
+
+STALE_TMP_S = 60.0  # a segment still being created is gone well before
+_PEEK_BYTES = _format.DATA_OFFSET + _format.FRAME_PREFIX_BYTES
+_FIRST_NS_AT = _format.DATA_OFFSET + _format.FRAME_NS_OFFSET
+
+
+class Segment(NamedTuple):
+    """One segment file of a lane, its header checked when listed."""
+
+    epoch: int
+    lane: int
+    first_seq: int
+    name: str
+    path: str
+    size_bytes: int
+    created_ns: int
+
+
+class Scan(NamedTuple):
+    """What one read of a segment found.
+
+    ``bad_frames`` and ``torn_frames`` count only frames this reader had
+    not reported before (each lost record is counted once).
+    """
+
+    batches: list[Batch]
+    bad_frames: int
+    torn_frames: int
+    active: bool
+    last_seq: int
+
+
+class Backlog(NamedTuple):
+    """A lane's spilled records not yet committed, from headers (cheap)."""
+
+    segments: int
+    records: int
+    size_bytes: int
+    oldest_ns: int | None
+
+    def oldest_age_s(self, now_ns: int | None = None) -> float:
+        """Seconds since the oldest uncommitted record was spilled."""
+        if self.oldest_ns is None:
+            return 0.0
+        now = time.time_ns() if now_ns is None else now_ns
+        return max(0.0, (now - self.oldest_ns) / 1e9)
+
+
+class _Frames(NamedTuple):
+    header: _format.Header
+    active: bool
+    published: int
+    frames: npt.NDArray[np.void]
+    data: bytes
+
+
+class SpillReader:
+    """Reads the spill files of one ring, written by ``SpillWriter``s.
+
+    Every seq comes back exactly as written, in order, once per read.
+    A frame is valid if its CRC checks and its identity fits its place:
+    the segment's epoch and lane, a seq at least ``first_seq`` plus its
+    position (exactly ``first_seq`` at position 0) and above the previous
+    valid frame's.  Invalid frames are skipped and counted
+    (``bad_frames``): each costs one record.
+
+    A segment still locked by its writer is *active*: only frames below
+    its published count are read, so the frame being appended is never
+    taken for a corrupt one.  In an abandoned or sealed segment every
+    frame is examined; the invalid frames after the last valid one are
+    the tail, cut (never read, never corrupt); those of them the header
+    said were published are counted as ``torn_frames`` (lost to a crash
+    before the kernel wrote them back).  A segment whose header is
+    damaged, or of another dtype or version, is renamed aside to
+    ``<name>.bad`` and counted in ``bad_segments``; reading goes on.
+
+    Frames at or below ``after_seq`` (the caller's committed high-water
+    mark) are not yielded, so a crash between commit and ``retire``
+    replays nothing.  The HWM must be the highest seq the caller committed
+    *from this reader* (it yields in seq order); a seq committed from the
+    ring may be above spilled ones not yet read.  Published frames never
+    change, so the reader checks each frame's CRC once and remembers;
+    losses are counted once, and not at all if they lie before a frame
+    already committed (counted then, or cut after their commit).
+
+    The daemon's loop, per lane, with ``hwm`` kept in SQLite::
+
+        for segment in reader.segments(epoch, lane):
+            for batch in reader.scan(segment, hwm).batches:
+                ...  # insert rows (identity: epoch, lane, seq)
+            hwm = ...  # committed with the rows, in one transaction
+            reader.retire(segment, hwm)  # False while seqs > hwm remain
+    """
+
+    def __init__(
+        self,
+        spill_dir: str | os.PathLike[str],
+        ring: str,
+        dtype: npt.DTypeLike,
+    ) -> None:
+        """Check the arguments; nothing is opened until asked.
+
+        Raises:
+            SpillConfigError: unsafe ring name.
+            SpillDtypeError: ``dtype`` is not a structured dtype.
+        """
+        self.spill_dir = os.fspath(spill_dir)
+        self.ring = _format.check_ring(ring)
+        self.dtype = _format.check_dtype(dtype)
+        self._fingerprint = _format.dtype_fingerprint(self.dtype)
+        self._frame_bytes = _format.frame_bytes_for(self.dtype.itemsize)
+        self._crc_at = _format.crc_offset(self._frame_bytes)
+        self._frame_dtype = _format.frame_dtype(self.dtype.itemsize)
+        self._reported: dict[str, set[int]] = {}
+        # Per segment: which frames were valid, and their seqs, when read.
+        self._verified: dict[str, tuple[npt.NDArray[np.bool_], Any]] = {}
+        self.bad_frames = 0
+        self.torn_frames = 0
+        self.bad_segments = 0
+
+    # -- listing ---------------------------------------------------------
+
+    def lanes(self) -> list[tuple[int, int]]:
+        """Every (epoch, lane) that has a spill directory, sorted."""
+        found = []
+        ring = (self.ring,)
+        for name, epoch in _fs.subdirs(
+            self.spill_dir, ring, _format.parse_epoch
+        ):
+            below = (self.ring, name)
+            for _, lane in _fs.subdirs(
+                self.spill_dir, below, _format.parse_lane
+            ):
+                found.append((epoch, lane))
+        return sorted(found)
+
+    def segments(self, epoch: int, lane: int) -> list[Segment]:
+        """A lane's segments in seq order; bad headers renamed aside."""
+        found = []
+        with _fs.dir_or_none(self.spill_dir, self._names(epoch, lane)) as fd:
+            if fd < 0:
+                return []
+            with os.scandir(fd) as entries:
+                names = [
+                    e.name for e in entries if e.is_file(follow_symlinks=False)
+                ]
+            for name in names:
+                first_seq = _format.parse_segment(name)
+                if first_seq is not None:
+                    segment = self._listed(fd, epoch, lane, first_seq, name)
+                    if segment is not None:
+                        found.append(segment)
+                elif name.endswith(_format.TMP_SUFFIX):
+                    _fs.remove_stale(fd, name, STALE_TMP_S)
+        return sorted(found, key=lambda s: s.first_seq)
+
+    # -- reading ---------------------------------------------------------
+
+    def read(
+        self, epoch: int, lane: int, after_seq: int = -1
+    ) -> Iterator[Batch]:
+        """Yield a lane's valid records above ``after_seq``, in seq order.
+
+        Each batch holds consecutive seqs (a lost frame or a seq the ring
+        took starts a new one).  Segments wholly at or below ``after_seq``
+        are passed over (their headers checked, their frames not read).
+        """
+        for segment in _uncommitted(self.segments(epoch, lane), after_seq):
+            yield from self.scan(segment, after_seq).batches
+
+    def scan(self, segment: Segment, after_seq: int = -1) -> Scan:
+        """Read one segment's valid frames above ``after_seq``.
+
+        Returns an empty scan if the segment vanished (retired) or had a
+        bad header (then renamed aside).
+        """
+        got = self._load(segment)
+        if got is None:
+            return Scan([], 0, 0, False, -1)
+        frames, seqs = got.frames, got.frames["seq"]
+        valid = self._validate(segment, got)
+        kept = np.flatnonzero(valid)
+        last = int(kept[-1]) if len(kept) else -1
+        fresh = valid & _frames.above(seqs, after_seq)
+        # Frames before the last committed one were counted when read.
+        counted_from = self._committed_end(segment.path, after_seq)
+        invalid = np.flatnonzero(~valid)
+        if got.active:  # every frame below the published count is whole
+            lost = invalid[invalid >= counted_from]
+            torn = np.empty(0, np.int64)
+        else:  # the invalid frames after the last valid one: the tail
+            lost = invalid[(invalid >= counted_from) & (invalid < last)]
+            torn = np.arange(max(last + 1, counted_from), got.published)
+        new_bad = self._report(segment.path, lost)
+        new_torn = self._report(segment.path, torn)
+        self.bad_frames += new_bad
+        self.torn_frames += new_torn
+        if new_bad or new_torn:
+            logger.warning(
+                "spill %s: %d bad and %d torn frames (records lost)",
+                segment.path,
+                new_bad,
+                new_torn,
+            )
+        found = _frames.batches(segment.lane, frames[fresh], self.dtype)
+        last_seq = int(seqs[last]) if last >= 0 else -1
+        return Scan(found, new_bad, new_torn, got.active, last_seq)
+
+    def retire(self, segment: Segment, hwm_seq: int) -> bool:
+        """Unlink a segment if every seq in it is at or below ``hwm_seq``.
+
+        Args:
+            segment: from ``segments``.
+            hwm_seq: the highest seq of the lane the caller has committed
+                (durably, with the rows) from this reader.
+
+        Returns:
+            True if unlinked; False if it still holds a valid frame above
+            ``hwm_seq``, a writer still appends to it, or it is gone.
+        """
+        got = self._load(segment)
+        if got is None or got.active:
+            return False
+        valid = self._validate(segment, got)
+        if (valid & _frames.above(got.frames["seq"], hwm_seq)).any():
+            return False
+        with self._lane_dir(segment) as fd:
+            if fd < 0:
+                return False
+            try:
+                os.unlink(segment.name, dir_fd=fd)
+            except FileNotFoundError:
+                return False
+            os.fsync(fd)  # the unlink is durable before the caller moves on
+        self._reported.pop(segment.path, None)
+        self._verified.pop(segment.path, None)
+        return True
+
+    def backlog(self, epoch: int, lane: int, after_seq: int = -1) -> Backlog:
+        """Estimate a lane's uncommitted records from headers and seqs.
+
+        Counts published frames, unvalidated (a bad frame counts); reads
+        frames only of the one segment that straddles ``after_seq``.
+        """
+        segments = self.segments(epoch, lane)
+        records, oldest = 0, None
+        for segment in _uncommitted(segments, after_seq):
+            if segment.first_seq > after_seq:
+                # Wholly uncommitted: the header's count will do.
+                published, first_ns = self._peek(segment)
+                records += published
+                if oldest is None and published:
+                    oldest = first_ns
+                continue
+            got = self._load(segment, published_only=True)
+            if got is not None:
+                pending = got.frames[
+                    _frames.above(got.frames["seq"], after_seq)
+                ]
+                records += len(pending)
+                if oldest is None and len(pending):
+                    oldest = int(pending["spilled_ns"][0])
+        size = sum(s.size_bytes for s in segments)
+        return Backlog(len(segments), records, size, oldest)
+
+    # -- internals -------------------------------------------------------
+
+    def _peek(self, segment: Segment) -> tuple[int, int]:
+        """A segment's published count and its first frame's spill time."""
+        with self._lane_dir(segment) as dir_fd:
+            if dir_fd < 0:
+                return 0, 0
+            try:
+                fd = os.open(
+                    segment.name, os.O_RDONLY | _fs.OPEN_FILE, dir_fd=dir_fd
+                )
+            except FileNotFoundError:
+                return 0, 0
+            try:
+                head = os.pread(fd, _PEEK_BYTES, 0)
+            finally:
+                os.close(fd)
+        if len(head) < _PEEK_BYTES:
+            return 0, 0
+        published = _word(head, _format.COMMITTED_OFFSET)
+        return published, _word(head, _FIRST_NS_AT)
+
+    def _load(
+        self, segment: Segment, *, published_only: bool = False
+    ) -> _Frames | None:
+        with self._lane_dir(segment) as dir_fd:
+            if dir_fd < 0:
+                return None
+            try:
+                fd = os.open(
+                    segment.name, os.O_RDONLY | _fs.OPEN_FILE, dir_fd=dir_fd
+                )
+            except FileNotFoundError:
+                return None
+            try:
+                active = _fs.is_locked(fd)
+                head = os.pread(fd, _format.DATA_OFFSET, 0)
+                try:
+                    header = self._check(head, segment)
+                except _format.HeaderError as exc:
+                    self._set_aside(dir_fd, segment.name, exc, active)
+                    return None
+                published = min(
+                    _word(head, _format.COMMITTED_OFFSET),
+                    header.capacity_frames,
+                )
+                # Read the count before the frames: every frame below it
+                # was complete when the count was stored (see the writer).
+                size = os.fstat(fd).st_size - _format.DATA_OFFSET
+                whole = min(
+                    header.capacity_frames, max(size, 0) // self._frame_bytes
+                )
+                limit = (
+                    min(published, whole)
+                    if active or published_only
+                    else whole
+                )
+                data = os.pread(
+                    fd, limit * self._frame_bytes, _format.DATA_OFFSET
+                )
+            finally:
+                os.close(fd)
+        count = len(data) // self._frame_bytes
+        frames = np.frombuffer(data, self._frame_dtype, count)
+        return _Frames(header, active, published, frames, data)
+
+    def _check(self, head: bytes, segment: Segment) -> _format.Header:
+        header = _format.unpack_header(head)
+        if header.fingerprint != self._fingerprint:
+            raise _format.HeaderError(
+                "records of another dtype (the record layout changed?)"
+            )
+        if header.record_bytes != self.dtype.itemsize:
+            raise _format.HeaderError("records of another size")
+        if (header.epoch, header.lane, header.first_seq) != (
+            segment.epoch,
+            segment.lane,
+            segment.first_seq,
+        ):
+            raise _format.HeaderError("header does not match the file name")
+        return header
+
+    def _listed(
+        self, dir_fd: int, epoch: int, lane: int, first_seq: int, name: str
+    ) -> Segment | None:
+        path = os.path.join(
+            self.spill_dir,
+            self.ring,
+            _format.epoch_name(epoch),
+            _format.lane_name(lane),
+            name,
+        )
+        try:
+            fd = os.open(name, os.O_RDONLY | _fs.OPEN_FILE, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None
+        try:
+            head = os.pread(fd, _format.DATA_OFFSET, 0)
+            size = os.fstat(fd).st_size
+            active = _fs.is_locked(fd)
+        finally:
+            os.close(fd)
+        segment = Segment(epoch, lane, first_seq, name, path, size, 0)
+        try:
+            header = self._check(head, segment)
+        except _format.HeaderError as exc:
+            self._set_aside(dir_fd, name, exc, active)
+            return None
+        return segment._replace(created_ns=header.created_ns)
+
+    def _set_aside(
+        self, dir_fd: int, name: str, exc: Exception, active: bool
+    ) -> None:
+        if active:
+            # A live writer still appends to it (a reader of another dtype
+            # during an upgrade?): skip it now, set it aside once it is
+            # abandoned, never pull it from under its writer.
+            logger.warning("spill segment %s skipped: %s", name, exc)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(
+                name,
+                name + _format.BAD_SUFFIX,
+                src_dir_fd=dir_fd,
+                dst_dir_fd=dir_fd,
+            )
+            self.bad_segments += 1
+            logger.warning(
+                "spill segment %s set aside as %s%s: %s",
+                name,
+                name,
+                _format.BAD_SUFFIX,
+                exc,
+            )
+
+    def _validate(
+        self, segment: Segment, got: _Frames
+    ) -> npt.NDArray[np.bool_]:
+        known = self._verified.get(segment.path)
+        valid = _frames.valid_frames(
+            got.data,
+            got.frames,
+            epoch=segment.epoch,
+            lane=segment.lane,
+            first_seq=segment.first_seq,
+            crc_at=self._crc_at,
+            known=None if known is None else known[0],
+        )
+        # Published frames never change: later reads check only new ones.
+        # Keep the longer record: a power loss may have cut the file since.
+        if known is None or len(valid) >= len(known[0]):
+            self._verified[segment.path] = (valid, got.frames["seq"].copy())
+        return valid
+
+    def _committed_end(self, path: str, after_seq: int) -> int:
+        """Position after the last valid frame at or below ``after_seq``.
+
+        Losses before it were counted when the frames were read, or
+        happened after commit (a power loss cutting committed frames).
+        """
+        valid, seqs = self._verified[path]
+        done = np.flatnonzero(valid & ~_frames.above(seqs, after_seq))
+        return int(done[-1]) + 1 if len(done) else 0
+
+    def _names(self, epoch: int, lane: int) -> tuple[str, str, str]:
+        return (self.ring, _format.epoch_name(epoch), _format.lane_name(lane))
+
+    def _lane_dir(
+        self, segment: Segment
+    ) -> contextlib.AbstractContextManager[int]:
+        names = self._names(segment.epoch, segment.lane)
+        return _fs.dir_or_none(self.spill_dir, names)
+
+    def _report(self, path: str, positions: npt.NDArray[np.int64]) -> int:
+        """Count lost frames this reader has not counted yet."""
+        seen = self._reported.setdefault(path, set())
+        new = set(positions.tolist()) - seen
+        seen |= new
+        return len(new)
+
+
+def _word(data: bytes, offset: int) -> int:
+    return int.from_bytes(data[offset : offset + 8], "little")
+
+
+def _uncommitted(segments: list[Segment], after_seq: int) -> list[Segment]:
+    """Drop segments whose every seq is at or below ``after_seq``.
+
+    Seqs rise across a lane's segments, so a segment is wholly committed
+    when the next one starts at or below ``after_seq + 1``.
+    """
+    return [
+        segment
+        for segment, after in itertools.pairwise(segments)
+        if after.first_seq > after_seq + 1
+    ] + segments[-1:]
