@@ -6,6 +6,7 @@ reconciled, idempotent, and archived.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -153,9 +154,11 @@ def archive(path: str, directory: str, stamp: str) -> str:
     os.makedirs(directory, exist_ok=True)
     name = pathlib.Path(path).stem
     target = os.path.join(directory, f"{name}.{stamp}.db")
-    with _open_legacy(path) as source, sqlite3.connect(target) as copy:
+    with (
+        contextlib.closing(_open_legacy(path)) as source,
+        contextlib.closing(sqlite3.connect(target)) as copy,
+    ):
         source.backup(copy)
-    copy.close()
     digest = hashlib.sha256(pathlib.Path(target).read_bytes()).hexdigest()
     checksum = target + ".sha256"
     pathlib.Path(checksum).write_text(

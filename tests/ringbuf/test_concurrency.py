@@ -55,10 +55,19 @@ def read_then_die(name: str, lane: int, seen) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def drain_until(ring: ringbuf.Ring, done) -> list[ringbuf.Batch]:
-    """Consume every lane until ``done()`` and nothing is pending."""
+def drain_until(
+    ring: ringbuf.Ring, done, timeout_s: float = 120.0
+) -> list[ringbuf.Batch]:
+    """Consume every lane until ``done()`` and nothing is pending.
+
+    Fails (instead of hanging the run) after ``timeout_s``.
+    """
     batches = []
+    deadline = time.monotonic() + timeout_s
     while True:
+        if time.monotonic() > deadline:
+            got = sum(len(b.records) for b in batches)
+            pytest.fail(f"drain_until: {got} records in {timeout_s:.0f} s")
         finished = done()
         moved = 0
         for lane in range(ring.lanes):
