@@ -6,6 +6,7 @@ the database, ``stats`` and ``top`` from the rings.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable
 
 import click
@@ -196,6 +197,15 @@ class _Names:
     def __init__(self, path: str) -> None:
         self._path = path
         self._labels: reading.Labels | None = None
+        self._connection: sqlite3.Connection | None = None
+
+    def __enter__(self) -> _Names:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     def __call__(self, snap: live.Snapshot) -> Callable[[int], str]:
         if self._labels is None:
@@ -205,6 +215,7 @@ class _Names:
                 return lambda label: (
                     snap.names.get(label) or (reading.unknown_name(label))
                 )
+            self._connection = connection
             self._labels = reading.Labels(connection)
         self._labels.learn(snap.names)
         return self._labels.text
@@ -223,7 +234,8 @@ def stats(
     config = config_for(ring, db, config_file)
     with errors_for_people():
         snap = live.snapshot(config)
-    tables = live.stats_tables(snap, _Names(config.db)(snap))
+    with _Names(config.db) as names:
+        tables = live.stats_tables(snap, names(snap))
     if as_json:
         click.echo(
             json.dumps(
@@ -269,4 +281,5 @@ def top_command(
     """A live view like top: daemon health, ring fill, monitoring overhead,
     per agent and per category; q or Ctrl-C quits."""
     config = config_for(ring, db, config_file)
-    top.run(config, _Names(config.db), interval, iterations)
+    with _Names(config.db) as names:
+        top.run(config, names, interval, iterations)
