@@ -57,9 +57,9 @@ class Config:
 
     ring: str = "livemon"
     db: str = ""
-    lanes: int = 16
+    lanes: int = 64
     capacity_records: int = 16384
-    label_capacity_records: int = 256
+    label_capacity_records: int = 512
     group_access: bool = False
     synchronous: str = "NORMAL"
     batch_records: int = 20000

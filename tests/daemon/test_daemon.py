@@ -18,6 +18,7 @@ import numpy as np
 import psutil
 import pytest
 
+from livemon.config import Config
 from tests.daemon.conftest import ROOT, coordinators, recorded
 
 NO_DUPLICATES = "SELECT count(*) - count(DISTINCT request_id) FROM events"
@@ -197,7 +198,7 @@ class TestCli:
             import json
 
             report = json.loads(status.stdout)
-            assert report["running"] and report["lanes"] == 16
+            assert report["running"] and report["lanes"] == Config.lanes
             assert report["drained"] == sent
             assert report["rss_bytes"] > 0 and report["uptime_s"] >= 0
             text = self.run_cli(daemon_env, "status").stdout
