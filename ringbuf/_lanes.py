@@ -162,6 +162,7 @@ class Lanes:
             RingClosed: the ring was closed.
         """
         cap = self.geometry.capacity_records
+        step = _layout.publish_step(cap)
         w = self.words()
         # One output array: fresh pages cost a fault each, so allocating
         # per lane and concatenating would more than double the time.
@@ -176,10 +177,12 @@ class Lanes:
             self.copy_into(out[size:], lane, low, head)
             # Re-read head after the copy: x86-64 keeps load->load order,
             # so it is at least the head of any slot bytes we copied.  A
-            # producer now at head' may be writing seq head' into the slot
-            # of seq head' - cap: keep only seqs it cannot have touched.
-            # (A producer that lapped the whole copy leaves nothing safe.)
-            first_safe = min(head, max(low, w[head_word] - cap + 1))
+            # producer now at head' may be writing seqs up to head' +
+            # step - 1 (put_many publishes every step slots; put, every
+            # one) into the slots of seqs from head' + step - cap: keep only
+            # seqs it cannot have touched.  (A lapped copy keeps nothing.)
+            touched = w[head_word] + step - cap
+            first_safe = min(head, max(low, touched))
             kept = head - first_safe
             if first_safe > low:
                 skip = size + first_safe - low

@@ -32,6 +32,18 @@ LANE_HEADER_BYTES = 2 * CACHE_LINE_BYTES
 MAX_NAME_CHARS = 200
 MAX_LANES = 4096
 MAX_CAPACITY_RECORDS = 2**31
+MAX_PUBLISH_STEP = 64  # put_many publishes head at least this often
+
+
+def publish_step(capacity_records: int) -> int:
+    """How many slots ``put_many`` writes before it publishes ``head``.
+
+    The window reader discards that many more of the oldest slots, so
+    the step stays a small share of the lane (an eighth at most).
+    """
+    return max(1, min(MAX_PUBLISH_STEP, capacity_records // 8))
+
+
 CONSUMER_LOCK_BYTE = 1 << 32  # in the lock file, past every lane's byte
 COUNTER_LOCK_BYTE = CONSUMER_LOCK_BYTE + 1  # guards H_REFUSED_CLAIMS
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")

@@ -202,15 +202,20 @@ class RingWriter:
             count = int(min(len(records), free))
             slots = self._lanes.slots(self._lane)
             raw = np.ascontiguousarray(records).view(self._lanes.raw)
-            start = head % cap
-            first = min(count, cap - start)
-            slots[start : start + first] = raw[:first]
-            slots[: count - first] = raw[first:count]
             if count < len(records):
                 words[self._dropped_word] += len(records) - count
-            # Same ordering argument as in put: slots before head.
-            head += count
-            words[self._head_word] = head
+            # Head is published after every publish_step slots: a window
+            # reader trusts only slots that many below the head it sees.
+            step = _layout.publish_step(cap)
+            for done in range(0, count, step):
+                n = min(step, count - done)
+                start = head % cap
+                first = min(n, cap - start)
+                slots[start : start + first] = raw[done : done + first]
+                slots[: n - first] = raw[done + first : done + n]
+                # Same ordering argument as in put: slots before head.
+                head += n
+                words[self._head_word] = head
             self._head = head
             return count
 
