@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import weakref
 from typing import Any
@@ -22,6 +23,7 @@ from livemon import record as rec
 from livemon.config import Config, load_config
 from livemon.context import RequestContext
 from livemon.exceptions import MonitoringUnavailable
+from livemon.labels import LabelCache
 from livemon.sink import Counters, Sink
 
 __all__ = ["Counters", "Monitor"]
@@ -72,7 +74,7 @@ class Monitor:
         self.config = config or load_config({"ring": ring})
         self.strict = strict
         self.counters = Counters()
-        self._label_cache = rec.LabelCache(
+        self._label_cache = LabelCache(
             self._put_label, self.counters, _MAX_CACHED_LABELS
         )
         # The same dict object: _write checks it without a lookup chain.
@@ -84,6 +86,10 @@ class Monitor:
             write=self._write,
         )
         self._retry_at = 0.0
+        # Held only on the slow paths (connect, follow, close): two
+        # threads of one process never claim two lanes or close a writer
+        # under each other's put.
+        self._reconnecting = threading.RLock()
         self._connect()
         _MONITORS.add(self)
 
@@ -121,8 +127,9 @@ class Monitor:
 
         Requests ended later are counted in ``counters.unavailable``.
         """
-        self._closed = True
-        self._detach()
+        with self._reconnecting:
+            self._closed = True
+            self._detach()
 
     def __enter__(self) -> Monitor:
         return self
@@ -142,36 +149,59 @@ class Monitor:
             self._label_cache.flush()
         try:
             stored = events.put(packed)
+            stale = not stored and events.stale
         except ringbuf.LanesExhausted as exc:  # a forked child found none
             return self._lost("lanes_exhausted", str(exc), exc)
+        except ringbuf.RingClosed:
+            # Another thread closed the Monitor, or moved it to a new ring
+            # between our read of the writer and its put.
+            return self._follow(packed, events)
         except _RING_FAILURES as exc:
             message = f"cannot write to ring {self.config.ring!r}: {exc}"
             return self._lost("failed", message, exc)
         if stored:
             self.counters.recorded += 1
             return True
-        if events.stale:
-            return self._follow(packed)
+        if stale:
+            return self._follow(packed, events)
         return self._lost(
             "dropped",
             f"ring {self.config.ring!r} lane is full: is livemon-daemon "
             "running? (or raise capacity_records)",
         )
 
-    def _follow(self, packed: bytes) -> bool:
+    def _follow(self, packed: bytes, stale: ringbuf.RingWriter) -> bool:
         """Move to the ring now under our ring's name, then write.
 
         Our segment was retired (the daemon replaces it, say with more
         lanes, and drains it to the end) or unlinked and perhaps replaced
         (a cleanup script, ``RemoveIPC=yes``).  With no consumer left on
         it, nobody would drain what we wrote there: those records move
-        along, labels first, into the new ring.
+        along, labels first, into the new ring.  One thread moves; the
+        others, arriving with the same ``stale`` writer, use its result.
         """
+        with self._reconnecting:
+            if self._closed:
+                return self._lost("unavailable", "this Monitor is closed")
+            if self._events is not stale:  # another thread moved already
+                return self._put_moved(packed)
+            return self._move(packed)
+
+    def _put_moved(self, packed: bytes) -> bool:
+        events = self._events
+        try:
+            stored = events is not None and events.put(packed)
+        except _RING_FAILURES:
+            stored = False
+        if stored:
+            self.counters.recorded += 1
+            return True
+        return self._lost("dropped", f"ring {self.config.ring!r} is full")
+
+    def _move(self, packed: bytes) -> bool:
         labels_left, events_left = self._unconsumed_if_orphaned()
-        self._detach()
         self._label_cache.clear()  # announced into the old ring only
-        self._connect()
-        events, labels = self._events, self._labels
+        events, labels = self._connect_again(), self._labels
         if events is None or labels is None:
             return self._lost(
                 "unavailable", f"ring {self.config.ring!r} is unavailable"
@@ -190,10 +220,7 @@ class Monitor:
         )
         if self._pending_labels:
             self._label_cache.flush()
-        if events.put(packed):
-            self.counters.recorded += 1
-            return True
-        return self._lost("dropped", f"ring {self.config.ring!r} is full")
+        return self._put_moved(packed)
 
     def _unconsumed_if_orphaned(self) -> tuple[Any, Any]:
         """This process's undrained labels and events, if no consumer is
@@ -219,17 +246,24 @@ class Monitor:
 
     def _reconnected(self) -> ringbuf.RingWriter | None:
         """Try the rings again if it is time; count the record if not."""
-        if self._closed:
-            self._lost("unavailable", "this Monitor is closed")
-            return None
-        if time.monotonic() >= self._retry_at:
-            self._detach()
-            self._connect()
-            if self._events is not None:
+        with self._reconnecting:
+            if self._closed:
+                self._lost("unavailable", "this Monitor is closed")
+                return None
+            if self._events is not None:  # another thread reconnected
                 return self._events
+            if time.monotonic() >= self._retry_at:
+                events = self._connect_again()
+                if events is not None:
+                    return events
         counter = "lanes_exhausted" if self._lanes_exhausted else "unavailable"
         self._lost(counter, f"ring {self.config.ring!r} is unavailable")
         return None
+
+    def _connect_again(self) -> ringbuf.RingWriter | None:
+        self._detach()
+        self._connect()
+        return self._events
 
     def _put_label(self, text: str) -> bool:
         labels = self._labels

@@ -14,8 +14,7 @@ import hashlib
 import math
 import numbers
 import struct
-from collections.abc import Callable, Iterable
-from typing import Protocol
+from collections.abc import Iterable
 
 import numpy as np
 import numpy.typing as npt
@@ -27,7 +26,6 @@ MAX_TEXT_BYTES = 4096
 NO_LABEL = 0
 UNKNOWN_FLAG = -1
 UNKNOWN_COUNT = -1
-MAX_PENDING_LABELS = 1024
 """Label texts held for a retry at most; beyond, the oldest is given up."""
 TEXT_ERRORS = "backslashreplace"
 """How text that UTF-8 cannot encode (lone surrogates, as ``json.loads``
@@ -315,89 +313,3 @@ def _integer(value: object) -> int | None:
         return int(value)
     except Exception:  # a hostile __int__: refused, never raised
         return None
-
-
-# -- the label cache ---------------------------------------------------
-
-
-class LabelCounts(Protocol):
-    """Where a ``LabelCache`` counts texts held and given up."""
-
-    labels_dropped: int
-    labels_lost: int
-
-
-class LabelCache:
-    """This process's label ids by text, and packed lists of them.
-
-    A text is announced once (``announce`` stores its label record and
-    says whether that worked); one that could not be is held, and
-    ``flush`` retries the held texts, oldest first, before later records.
-
-    Attributes:
-        ids: label id by name (a non-empty text of at most
-            ``MAX_NAME_BYTES``) for every name announced; the hot path
-            reads it, so a text held here is always a valid name.
-        texts: label id by any other text announced (long, or empty).
-        lists: packed id lists by tuple of names, all of them announced.
-        pending: texts held for a retry, oldest first (at most
-            ``MAX_PENDING_LABELS``).
-    """
-
-    def __init__(
-        self,
-        announce: Callable[[str], bool],
-        counters: LabelCounts,
-        max_texts: int = 100_000,
-    ) -> None:
-        self.ids: dict[str, int] = {}
-        self.texts: dict[str, int] = {}
-        self.lists: dict[tuple[str, ...], bytes] = {}
-        self.pending: dict[str, None] = {}
-        self._announce = announce
-        self._counters = counters
-        self._max_texts = max_texts
-
-    def intern(self, text: str) -> int:
-        """Return the label id of ``text``, announcing it once."""
-        label = self.ids.get(text)
-        if label is None:
-            label = self.texts.get(text)
-        if label is not None:
-            return label
-        label = label_id(text)
-        if self._announce(text):
-            self.pending.pop(text, None)
-            self._remember(text, label)
-        elif text not in self.pending:
-            self._counters.labels_dropped += 1
-            self.pending[text] = None
-            if len(self.pending) > MAX_PENDING_LABELS:
-                del self.pending[next(iter(self.pending))]
-                self._counters.labels_lost += 1
-        return label
-
-    def flush(self) -> None:
-        """Announce the held texts until one fails again."""
-        for text in list(self.pending):
-            if not self._announce(text):
-                return
-            del self.pending[text]
-            self._remember(text, label_id(text))
-
-    def clear(self) -> None:
-        """Forget every text: each is announced again when next used."""
-        self.ids.clear()
-        self.texts.clear()
-        self.lists.clear()
-        self.pending.clear()
-
-    def _remember(self, text: str, label: int) -> None:
-        if len(self.ids) + len(self.texts) >= self._max_texts:
-            self.ids.clear()
-            self.texts.clear()
-            self.lists.clear()
-        if text and len(encode_text(text)) <= MAX_NAME_BYTES:
-            self.ids[text] = label
-        else:
-            self.texts[text] = label

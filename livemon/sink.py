@@ -12,7 +12,7 @@ import os
 import secrets
 from collections.abc import Callable
 
-from livemon import record as rec
+from livemon.labels import LabelCache
 
 __all__ = ["Counters", "Sink"]
 
@@ -75,7 +75,7 @@ class Sink:
         *,
         strict: bool,
         counters: Counters,
-        labels: rec.LabelCache,
+        labels: LabelCache,
         write: Callable[[bytes], bool],
     ) -> None:
         self.strict = strict

@@ -8,6 +8,7 @@ under the name, and what nobody would drain moves with them.
 from __future__ import annotations
 
 import multiprocessing
+import threading
 import time
 
 import numpy as np
@@ -113,15 +114,18 @@ def monitor_lane(ring: ringbuf.Ring) -> int:
     return next(n for n in range(ring.lanes) if ring.lane_state(n).head)
 
 
-def produce(ring_name: str, count: int, started) -> None:
-    """A coordinator process recording ``count`` requests, steadily."""
+def produce(ring_name: str, count: int, started, unlinked, results) -> None:
+    """A coordinator process recording steadily until the ring is unlinked
+    under it, then ``count`` requests more; it reports how many."""
     writer_module.STALE_CHECK_S = 0.01
     with Monitor(ring_name) as monitor:
         started.set()
-        for i in range(count):
+        i = 0
+        while not unlinked.is_set() or i < count:
             record(monitor, 1, agent=f"agent{i % 3}")
             time.sleep(0.0005)
-        assert monitor.counters.recorded == count
+            i = i + 1 if unlinked.is_set() else 0
+        results.put(monitor.counters.recorded)
 
 
 class TestUnderRunningProducers:
@@ -130,21 +134,66 @@ class TestUnderRunningProducers:
         """Three processes record while the ring is unlinked and
         recreated under them: every request is in the ring at the end."""
         context = multiprocessing.get_context(method)
-        count = 400
-        events = [context.Event() for _ in range(3)]
+        started = [context.Event() for _ in range(3)]
+        unlinked = context.Event()
+        results = context.Queue()
         workers = [
-            context.Process(target=produce, args=(ring_name, count, e))
-            for e in events
+            context.Process(
+                target=produce,
+                args=(ring_name, 200, event, unlinked, results),
+            )
+            for event in started
         ]
         for worker in workers:
             worker.start()
-        for event in events:
+        for event in started:
             assert event.wait(30)
         time.sleep(0.05)
         unlink_all(ring_name)
+        unlinked.set()
+        recorded = sum(results.get(timeout=60) for _ in workers)
         for worker in workers:
             worker.join(60)
             assert worker.exitcode == 0
         records = events_in(ring_name)
-        assert len(records) == 3 * count
-        assert np.unique(records["request_id"]).size == 3 * count
+        assert len(records) == recorded
+        assert np.unique(records["request_id"]).size == recorded
+
+
+class TestUnderRunningThreads:
+    def test_threads_follow_together(self, ring_name, quick_stale):
+        """Four request threads of one process while the ring is unlinked
+        under them: no error reaches a request, one lane each ring, and
+        every record is in the ring now under the name."""
+        per_thread = 500
+        errors: list[BaseException] = []
+        with Monitor(ring_name) as monitor:
+            started = threading.Barrier(5)
+            unlinked = threading.Event()
+
+            def requests() -> None:
+                started.wait(10)
+                try:
+                    while not unlinked.is_set():
+                        record(monitor, 1)
+                    record(monitor, per_thread)
+                except BaseException as exc:
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=requests) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            started.wait(10)
+            time.sleep(0.01)
+            unlink_all(ring_name)
+            unlinked.set()
+            for thread in threads:
+                thread.join(60)
+            assert errors == []
+            assert monitor.counters.dropped == 0
+            recorded = monitor.counters.recorded
+            records = events_in(ring_name)
+            with ipc.attach_ring(ipc.events_ring(monitor.config)) as ring:
+                owned = [ring.lane_state(n).owned for n in range(ring.lanes)]
+        assert len(records) == recorded
+        assert sum(owned) == 1

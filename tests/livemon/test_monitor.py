@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 import ringbuf
 from livemon import InvalidField, Monitor, MonitoringUnavailable
+from livemon import labels as labels_module
 from livemon import monitor as monitor_module
-from livemon import record as rec
 from livemon.config import load_config
 from livemon.context import query_hash
 from livemon.coordinator import Coordinator, Result
@@ -582,7 +582,7 @@ class TestLabels:
         self, ring_name, monkeypatch
     ):
         """Beyond the bound, the oldest held text is given up, counted."""
-        monkeypatch.setattr(rec, "MAX_PENDING_LABELS", 2)
+        monkeypatch.setattr(labels_module, "MAX_PENDING_LABELS", 2)
         config = load_config({"ring": ring_name, "label_capacity_records": 2})
         with Monitor(config=config) as mon:
             full_request(mon)
