@@ -39,6 +39,13 @@ class FeedbackLoop:
         policy: thresholds, steps and guards.
         on_alert: called with each alert ``Action``, besides logging.
         clock: monotonic seconds (injectable for simulations).
+
+    Attributes:
+        state: the standing decisions (``rules.FeedbackState``).
+        actions_taken: actions decided since creation.
+        actions_dropped: actions not recorded for the daemon (feedback
+            lane full, or no feedback ring).
+        failures: updates that failed (logged; routing went on).
     """
 
     def __init__(
@@ -61,7 +68,11 @@ class FeedbackLoop:
         self._events: ringbuf.Ring | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        # update() runs in the thread or inside route(); close() must not
+        # unmap a ring while a window is being copied out of it.
+        self._rings_lock = threading.RLock()  # on_alert may close()
         self.failures = 0
+        self.actions_dropped = 0
 
     @property
     def running(self) -> bool:
@@ -138,6 +149,10 @@ class FeedbackLoop:
 
     def update(self) -> list[Action]:
         """Read the window, compute statistics, decide, record, apply."""
+        with self._rings_lock:
+            return self._update()
+
+    def _update(self) -> list[Action]:
         events = self._events_ring()
         if events is None:
             return []
@@ -194,21 +209,27 @@ class FeedbackLoop:
             self.monitor.intern(action.message) or NO_LABEL,
         )
         if not writer.put(packed):
-            self.monitor.counters.dropped += 1
+            self.actions_dropped += 1
 
     def _events_ring(self) -> ringbuf.Ring | None:
         # The loop attaches its own ring: the thread may be inside
         # window() while the monitor closes (or reconnects) its own.
-        if self._events is None:
+        events = self._events
+        if events is not None and (events.retired or events.replaced):
+            events.close()  # the daemon replaced it: read the new one
+            events = self._events = None
+        if events is None:
             try:
-                self._events = ipc.attach_ring(
+                events = self._events = ipc.attach_ring(
                     ipc.events_ring(self.monitor.config)
                 )
             except (ringbuf.RingError, OSError):
                 return None
-        return self._events
+        return events
 
     def _feedback_writer(self) -> ringbuf.RingWriter | None:
+        if self._writer is not None and self._writer.stale:
+            self._close_feedback()  # replaced or retired: open the new one
         if self._writer is None:
             config = self.monitor.config
             try:
@@ -217,17 +238,27 @@ class FeedbackLoop:
                 )
                 self._writer = self._feedback.writer()
             except (ringbuf.RingError, OSError):
-                self.monitor.counters.unavailable += 1
+                self._close_feedback()
+                self.actions_dropped += 1
                 return None
         return self._writer
 
-    def close(self) -> None:
-        """Stop the thread, give back the feedback lane. Idempotent."""
-        self.stop()
+    def _close_feedback(self) -> None:
         if self._writer is not None:
             self._writer.close()
-            self._writer = None
-        for ring in (self._feedback, self._events):
-            if ring is not None:
-                ring.close()
-        self._feedback = self._events = None
+        if self._feedback is not None:
+            self._feedback.close()
+        self._writer = self._feedback = None
+
+    def close(self) -> None:
+        """Stop the thread, give back the feedback lane. Idempotent.
+
+        Waits for an update in progress (the thread's, or one inside
+        ``route``) before it unmaps the rings that update reads.
+        """
+        self.stop()
+        with self._rings_lock:
+            self._close_feedback()
+            if self._events is not None:
+                self._events.close()
+                self._events = None

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import ringbuf
-from livemon import Monitor, ipc
+from livemon import FeedbackLoop, Monitor, ipc
 from livemon.config import load_config
 from livemon.record import label_id
 from ringbuf import writer as writer_module
@@ -197,3 +197,23 @@ class TestUnderRunningThreads:
                 owned = [ring.lane_state(n).owned for n in range(ring.lanes)]
         assert len(records) == recorded
         assert sum(owned) == 1
+
+
+class TestFeedbackFollows:
+    def test_loop_reads_the_new_ring(self, ring_name, quick_stale):
+        """After the ring is replaced, the loop's window is the new
+        segment's, not the frozen old one."""
+        with Monitor(ring_name) as monitor:
+            loop = FeedbackLoop(monitor)
+            try:
+                record(monitor, 40)
+                loop.update()
+                assert loop.last_stats is not None
+                assert loop.last_stats.records == 40
+                unlink_all(ring_name)
+                record(monitor, 15)
+                loop.update()
+                assert loop.last_stats.records == 55  # 40 carried + 15
+                assert loop.failures == 0
+            finally:
+                loop.close()
