@@ -33,4 +33,15 @@ def atomic(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
             if nested:
                 db.execute(f"RELEASE {name}")
         raise
-    db.execute(f"RELEASE {name}" if nested else "COMMIT")
+    if nested:
+        db.execute(f"RELEASE {name}")
+        return
+    try:
+        db.execute("COMMIT")
+    except BaseException:
+        # A COMMIT that fails (SQLITE_BUSY, a full disk) may leave the
+        # transaction open: the next atomic() would nest in it and its
+        # work never commit, while the caller believes it failed.
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise

@@ -102,3 +102,21 @@ class TestAtomic:
             db.execute("ROLLBACK")
             raise KeyError("original")
         assert self.rows(db) == []
+
+    def test_failed_commit_leaves_no_transaction_open(self, db, tmp_path):
+        """A COMMIT refused (a reader holds the database) is rolled back:
+        the next block is a transaction of its own, not a savepoint."""
+        reader = sqlite3.connect(str(tmp_path / "t.db"), isolation_level=None)
+        try:
+            db.execute("PRAGMA busy_timeout = 0")
+            db.execute("PRAGMA journal_mode = DELETE")
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM t").fetchone()  # SHARED
+            with pytest.raises(sqlite3.OperationalError), atomic(db):
+                db.execute("INSERT INTO t VALUES (1)")
+            assert not db.in_transaction
+        finally:
+            reader.close()
+        with atomic(db):
+            db.execute("INSERT INTO t VALUES (2)")
+        assert self.rows(db) == [2]
