@@ -107,7 +107,15 @@ def migrate(
     db = None if dry_run else open_unified(db_path, mode)
     try:
         for source in found:
-            reports.append(_migrate_table(db, source))
+            try:
+                reports.append(_migrate_table(db, source))
+            except sqlite3.OperationalError as exc:
+                raise LegacyError(
+                    f"writing into {db_path} stopped ({exc}): what was "
+                    "committed stays, the chunk in progress was rolled "
+                    "back; run the same migrate again when the database "
+                    "is writable (it adds nothing twice)"
+                ) from exc
         if db is not None and all(r.reconciled for r in reports):
             stamp = datetime.datetime.now(datetime.UTC).strftime(
                 "%Y%m%dT%H%M%SZ"

@@ -233,3 +233,17 @@ class TestBadInput:
             catch_exceptions=False,
         )
         assert ok.exit_code == 0 and "ok " in ok.output
+
+
+class TestUnwritableDestination:
+    def test_locked_database_is_one_clear_error(self, legacy, unified):
+        """Another writer holds the unified database: a LegacyError that
+        says what to do, and the source is not archived."""
+        migrate(unified, paths(legacy)[:1])  # create it
+        holder = sqlite3.connect(unified, isolation_level=None, timeout=0)
+        try:
+            holder.execute("BEGIN EXCLUSIVE")
+            with pytest.raises(LegacyError, match="writ"):
+                migrate(unified, paths(legacy)[1:2])
+        finally:
+            holder.close()
