@@ -36,10 +36,15 @@ def _typed_event_columns() -> list[tuple[str, str]]:
 
 def _run(db: sqlite3.Connection, script: str) -> None:
     # executescript() would COMMIT first; a migration must stay inside its
-    # own transaction, so statements run one by one.
-    for statement in script.split(";"):
-        if statement.strip():
-            db.execute(statement)
+    # own transaction, so statements run one by one.  A statement ends at
+    # a ';' that SQLite agrees ends it (not one inside a literal).
+    statement = ""
+    for piece in script.split(";"):
+        statement += piece + ";"
+        if sqlite3.complete_statement(statement):
+            if statement.strip(" \n;"):
+                db.execute(statement)
+            statement = ""
 
 
 def unknown_text(label: int) -> str:
