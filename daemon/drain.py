@@ -188,8 +188,8 @@ class Drainer:
                         part.lane,
                         part.first_seq,
                         part.records,
-                        "not a record a producer writes (zero timestamp "
-                        "or impossible length)",
+                        "not a record a producer writes (all zero bytes, "
+                        "or a label longer than its slot)",
                     )
         return kept
 
@@ -346,18 +346,33 @@ class Drainer:
     def _reopen_moved(self, exc: DatabaseMoved) -> None:
         self.close()
         path = self.config.db
+        # The WAL and index beside the path are the old file's (SQLite
+        # will not checkpoint into a file that moved): applied to the new
+        # file they would make a chimera.  The WAL holds the old file's
+        # last commits, so it is kept, under a name of its own.
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        orphan = f"{path}.orphan-{stamp}-wal"
+        try:
+            os.rename(path + "-wal", orphan)
+            kept = (
+                f"; the old file's WAL (its last commits) is kept as {orphan}"
+            )
+        except OSError:
+            kept = ""
+        with contextlib.suppress(OSError):
+            os.unlink(path + "-shm")
         if isinstance(exc, DatabaseGone):
             self._note_incident(
                 f"DATABASE DELETED: {path} was deleted while the daemon "
                 "wrote it; a new, empty database is created there and "
                 "the records still in the ring go into it (what the "
-                "deleted file held is gone unless you have a backup)"
+                f"deleted file held is gone unless you have a backup){kept}"
             )
         else:
             self._note_incident(
                 f"DATABASE REPLACED: another file was put at {path} while "
                 "the daemon wrote it; the daemon reopens the path and uses "
-                "that file if it is a livemon database"
+                f"that file if it is a livemon database{kept}"
             )
         self._retry_at = 0.0
 
@@ -393,9 +408,11 @@ class Drainer:
 
 
 def _sane_events(records: npt.NDArray[np.void]) -> npt.NDArray[np.bool_]:
-    # Every producer stamps its records; an all-zero slot was never written.
-    good: npt.NDArray[np.bool_] = records["timestamp_ns"] > 0
-    return good
+    # A slot no producer ever wrote is all zero bytes (a lane whose head
+    # was pushed past what was written reads such slots).
+    raw = np.ascontiguousarray(records).view(np.uint8)
+    shape = (len(records), records.dtype.itemsize)
+    return np.asarray(raw.reshape(shape).any(axis=1), np.bool_)
 
 
 def _sane_labels(records: npt.NDArray[np.void]) -> npt.NDArray[np.bool_]:
