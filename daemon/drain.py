@@ -76,6 +76,7 @@ class Drainer:
         self.incident: str | None = None
         self.incident_at: float | None = None
         self._opened = False  # a store was open once: the file was sound
+        self._reopening = False  # after an incident: say when it is over
         self._set_asides: list[float] = []
         self._backoff_s = 0.0
         self._retry_at = 0.0
@@ -316,8 +317,11 @@ class Drainer:
     def _store(self) -> Store | None:
         if self.store is None and time.monotonic() >= self._retry_at:
             self.store = self._open_store()
-            if self.incident and not self._opened:
-                logger.info("database %s open", self.config.db)
+            if self._reopening:
+                self._reopening = False
+                logger.warning(
+                    "database %s open again; the drain resumes", self.config.db
+                )
             self._opened = True
         return self.store
 
@@ -341,6 +345,7 @@ class Drainer:
         logger.error("%s", text)
         self.incident = text
         self.incident_at = time.time()
+        self._reopening = True
         self.last_error = text
 
     def _reopen_moved(self, exc: DatabaseMoved) -> None:

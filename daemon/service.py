@@ -77,7 +77,8 @@ class Service:
         # Everything the daemon creates (logs, WAL, archives, spill files)
         # is owner-only, plus the group's bits when a group is configured.
         os.umask(0o077 & ~(config.mode & 0o070))
-        with contextlib.suppress(sqlite3.OperationalError):  # locked: later
+        # Locked or damaged: the store says so and retries, as ever.
+        with contextlib.suppress(sqlite3.Error):
             check_database_path(config.db)
         events, labels, feedback, lock = _open_and_lock(config)
         rings = (events, labels, feedback)
@@ -134,7 +135,7 @@ class Service:
                 )  # the database may come back before the deadline
             elif moved == 0:
                 break
-        left = sum(s.pending for s in drainer.lanes())
+        left = sum(max(s.pending, 0) for s in drainer.lanes())
         logger.info(
             "stopped after draining %d records; %d left in the ring%s",
             drainer.drained,

@@ -134,6 +134,29 @@ class TestDatabaseMoved:
         assert daemon.count() == after
         assert "DATABASE DAMAGED" in harness.output(daemon)
 
+    def test_damaged_before_start_is_reported_not_set_aside(
+        self, start_daemon, daemon_env
+    ):
+        """A damaged database at start is the person's to judge: the daemon
+        runs, says so, keeps the records in the ring, moves nothing."""
+        first = start_daemon()
+        sent = recorded(coordinators(first.env, 1, 3000))
+        first.wait_until(lambda: first.count() == sent)
+        assert first.stop() == 0
+        size = os.path.getsize(first.db)
+        with open(first.db, "r+b") as file:
+            file.seek(size // 2)
+            file.write(os.urandom(size // 4))
+        daemon = start_daemon()
+        more = recorded(coordinators(daemon.env, 1, 500))
+        daemon.wait_until(
+            lambda: "damaged" in (daemon.status()["last_error"] or "")
+        )
+        daemon.wait_until(lambda: daemon.status()["lag_records"] == more)
+        assert not glob.glob(daemon.db + ".damaged-*")
+        # (SIGTERM would wait STOP_DEADLINE_S for the database to heal.)
+        daemon.stop(signal.SIGKILL)
+
 
 class TestBadRecords:
     def test_unknown_feedback_action_is_quarantined(self, start_daemon):
