@@ -7,22 +7,17 @@ lane or record) becomes a retry, a reopen or a quarantine, never a crash.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import os
 import sqlite3
 import time
 from collections.abc import Callable
 
-import numpy as np
-import numpy.typing as npt
-
 import ringbuf
 from daemon.exceptions import DaemonError, DatabaseGone, DatabaseMoved
-from daemon.quarantine import Quarantine
+from daemon.quarantine import Quarantine, sane_events, sane_labels
 from daemon.store import Store, is_damage
 from livemon.config import Config
-from livemon.record import MAX_TEXT_BYTES
 
 logger = logging.getLogger("livemon.daemon")
 
@@ -102,8 +97,8 @@ class Drainer:
         started = time.perf_counter()
         self._write(
             store,
-            self._screen(self.labels, labels, _sane_labels),
-            self._screen(self.events, events, _sane_events),
+            self.quarantine.screen(self.labels.name, labels, sane_labels),
+            self.quarantine.screen(self.events.name, events, sane_events),
             feedback,
         )
         for batch in labels:
@@ -157,42 +152,6 @@ class Drainer:
                 batches.append(batch)
                 room -= len(batch.records)
         return batches
-
-    def _screen(
-        self,
-        ring: ringbuf.Ring,
-        batches: list[ringbuf.Batch],
-        sane: Callable[[npt.NDArray[np.void]], npt.NDArray[np.bool_]],
-    ) -> list[ringbuf.Batch]:
-        """The batches without the records that cannot be real.
-
-        What is left of a batch is split into runs of consecutive seqs,
-        so each stored record keeps its identity.
-        """
-        kept = []
-        for batch in batches:
-            good = sane(batch.records)
-            if good.all():
-                kept.append(batch)
-                continue
-            edges = np.flatnonzero(np.diff(good.astype(np.int8))) + 1
-            bounds = [0, *edges.tolist(), len(good)]
-            for low, high in itertools.pairwise(bounds):
-                part = ringbuf.Batch(
-                    batch.lane, batch.first_seq + low, batch.records[low:high]
-                )
-                if good[low]:
-                    kept.append(part)
-                else:
-                    self.quarantine.add(
-                        ring.name,
-                        part.lane,
-                        part.first_seq,
-                        part.records,
-                        "not a record a producer writes (all zero bytes, "
-                        "or a label longer than its slot)",
-                    )
-        return kept
 
     def _write(
         self,
@@ -410,16 +369,3 @@ class Drainer:
             "records still in the ring go into it"
         )
         self._retry_at = 0.0
-
-
-def _sane_events(records: npt.NDArray[np.void]) -> npt.NDArray[np.bool_]:
-    # A slot no producer ever wrote is all zero bytes (a lane whose head
-    # was pushed past what was written reads such slots).
-    raw = np.ascontiguousarray(records).view(np.uint8)
-    shape = (len(records), records.dtype.itemsize)
-    return np.asarray(raw.reshape(shape).any(axis=1), np.bool_)
-
-
-def _sane_labels(records: npt.NDArray[np.void]) -> npt.NDArray[np.bool_]:
-    good: npt.NDArray[np.bool_] = records["length"] <= MAX_TEXT_BYTES
-    return good

@@ -315,3 +315,36 @@ def unlink_rings(config: Config) -> None:
             ring.close()
     for ring in rings:
         ring.unlink()
+
+
+def open_and_lock(
+    config: Config,
+) -> tuple[ringbuf.Ring, ringbuf.Ring, ringbuf.Ring, InstanceLock]:
+    """Attach (or create) the three rings and take the instance lock.
+
+    A daemon refused here leaves nothing behind: a ring it created and no
+    coordinator has used since is removed again.
+    """
+    rings: list[ringbuf.Ring] = []
+    created: list[ringbuf.Ring] = []
+    try:
+        for spec in ipc.all_rings(config):
+            ring, made = ipc.open_ring_created(config, spec)
+            rings.append(ring)
+            if made:
+                created.append(ring)
+        lock = InstanceLock(config, rings[0])
+        lock.acquire()
+    except BaseException:
+        unused = [r for r in created if _unused(r)]
+        for ring in rings:
+            ring.close()
+        for ring in unused:
+            ring.unlink()
+        raise
+    return rings[0], rings[1], rings[2], lock
+
+
+def _unused(ring: ringbuf.Ring) -> bool:
+    states = [ring.lane_state(i) for i in range(ring.lanes)]
+    return not any(s.owned or s.head for s in states)

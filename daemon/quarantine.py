@@ -6,13 +6,18 @@ rows, counted and kept in a JSON-lines file beside the database.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import time
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
+
+import ringbuf
+from livemon.record import MAX_TEXT_BYTES
 
 logger = logging.getLogger("livemon.daemon")
 
@@ -73,6 +78,42 @@ class Quarantine:
             for lane, why in sorted(bad.items())
         ]
 
+    def screen(
+        self,
+        ring: str,
+        batches: list[ringbuf.Batch],
+        sane: Callable[[npt.NDArray[np.void]], npt.NDArray[np.bool_]],
+    ) -> list[ringbuf.Batch]:
+        """The batches without the records that cannot be real.
+
+        What is left of a batch is split into runs of consecutive seqs,
+        so each stored record keeps its identity.
+        """
+        kept = []
+        for batch in batches:
+            good = sane(batch.records)
+            if good.all():
+                kept.append(batch)
+                continue
+            edges = np.flatnonzero(np.diff(good.astype(np.int8))) + 1
+            bounds = [0, *edges.tolist(), len(good)]
+            for low, high in itertools.pairwise(bounds):
+                part = ringbuf.Batch(
+                    batch.lane, batch.first_seq + low, batch.records[low:high]
+                )
+                if good[low]:
+                    kept.append(part)
+                else:
+                    self.add(
+                        ring,
+                        part.lane,
+                        part.first_seq,
+                        part.records,
+                        "not a record a producer writes (all zero bytes, "
+                        "or a label longer than its slot)",
+                    )
+        return kept
+
     def add(
         self,
         ring: str,
@@ -131,3 +172,18 @@ class Quarantine:
         )
         with os.fdopen(fd, "w") as file:
             file.writelines(lines)
+
+
+def sane_events(records: npt.NDArray[np.void]) -> npt.NDArray[np.bool_]:
+    """Which ``RECORD_DTYPE`` records a producer can have written."""
+    # A slot no producer ever wrote is all zero bytes (a lane whose head
+    # was pushed past what was written reads such slots).
+    raw = np.ascontiguousarray(records).view(np.uint8)
+    shape = (len(records), records.dtype.itemsize)
+    return np.asarray(raw.reshape(shape).any(axis=1), np.bool_)
+
+
+def sane_labels(records: npt.NDArray[np.void]) -> npt.NDArray[np.bool_]:
+    """Which ``LABEL_DTYPE`` records have a length that fits their slot."""
+    good: npt.NDArray[np.bool_] = records["length"] <= MAX_TEXT_BYTES
+    return good

@@ -18,15 +18,14 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import ringbuf
 from daemon import proc
 from daemon.drain import Drainer
 from daemon.exceptions import DatabaseCorrupt
 from daemon.notify import Notifier
 from daemon.retention import DAEMON_SHARE, Retention
-from daemon.store import Store, check_database_path
+from daemon.store import IntegrityCheck, Store, check_database_path
 from livemon import ipc
-from livemon.config import Config, load_config
+from livemon.config import load_config
 from livemon.exceptions import ConfigError
 
 logger = logging.getLogger("livemon.daemon")
@@ -62,7 +61,7 @@ class Service:
         # read-only filesystem): what failed, shown in status and health.
         self.file_errors: dict[str, str] = {}
         self._pidfile_written = False
-        self._integrity: _IntegrityCheck | None = None
+        self._integrity: IntegrityCheck | None = None
 
     def run(self) -> int:
         """Run until SIGTERM or SIGINT; return the exit status.
@@ -80,7 +79,7 @@ class Service:
         # Locked or damaged: the store says so and retries, as ever.
         with contextlib.suppress(sqlite3.Error):
             check_database_path(config.db)
-        events, labels, feedback, lock = _open_and_lock(config)
+        events, labels, feedback, lock = proc.open_and_lock(config)
         rings = (events, labels, feedback)
         pidfile = proc.Pidfile(config.pidfile)
 
@@ -201,7 +200,7 @@ class Service:
         job = self._integrity
         if job is None:
             if self._due("integrity", self.config.integrity_check_interval_s):
-                self._integrity = _IntegrityCheck(store)
+                self._integrity = IntegrityCheck(store)
                 self._integrity.start()
             return
         if job.is_alive():
@@ -349,55 +348,6 @@ def _summary(f: dict[str, Any]) -> str:
         f"{f['lag_records']}, dropped {f['dropped']}, lanes "
         f"{f['lanes_in_use']}/{f['lanes']}{trouble}"
     )
-
-
-class _IntegrityCheck(threading.Thread):
-    """``Store.integrity_problems`` off the drain loop (SQLite lets go
-    of the GIL while it reads)."""
-
-    def __init__(self, store: Store) -> None:
-        super().__init__(name="livemon-quick-check", daemon=True)
-        self.store = store
-        self.problems: list[str] = []
-
-    def run(self) -> None:
-        try:
-            self.problems = self.store.integrity_problems()
-        except (sqlite3.Error, OSError) as exc:  # locked or gone: next time
-            logger.info("quick_check skipped: %s", exc)
-
-
-def _open_and_lock(
-    config: Config,
-) -> tuple[ringbuf.Ring, ringbuf.Ring, ringbuf.Ring, proc.InstanceLock]:
-    """Attach (or create) the three rings and take the instance lock.
-
-    A daemon refused here leaves nothing behind: a ring it created and no
-    coordinator has used since is removed again.
-    """
-    rings: list[ringbuf.Ring] = []
-    created: list[ringbuf.Ring] = []
-    try:
-        for spec in ipc.all_rings(config):
-            ring, made = ipc.open_ring_created(config, spec)
-            rings.append(ring)
-            if made:
-                created.append(ring)
-        lock = proc.InstanceLock(config, rings[0])
-        lock.acquire()
-    except BaseException:
-        unused = [r for r in created if _unused(r)]
-        for ring in rings:
-            ring.close()
-        for ring in unused:
-            ring.unlink()
-        raise
-    return rings[0], rings[1], rings[2], lock
-
-
-def _unused(ring: ringbuf.Ring) -> bool:
-    states = [ring.lane_state(i) for i in range(ring.lanes)]
-    return not any(s.owned or s.head for s in states)
 
 
 def reopen_log(path: str) -> None:

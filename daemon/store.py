@@ -6,9 +6,11 @@ checks that it still writes the file at the configured path, undamaged.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import stat
+import threading
 from typing import Any
 
 from daemon.exceptions import (
@@ -23,6 +25,8 @@ from livemon.db.rows import ListLabels, insert_records
 from livemon.db.transaction import atomic
 from livemon.db.writer import BUSY_TIMEOUT_MS, open_writer
 from ringbuf import Batch
+
+logger = logging.getLogger("livemon.daemon")
 
 CHECKPOINT_BUSY_TIMEOUT_MS = 50
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -343,3 +347,19 @@ class Store:
         if self._fd >= 0:  # after SQLite let go of its locks
             os.close(self._fd)
             self._fd = -1
+
+
+class IntegrityCheck(threading.Thread):
+    """``Store.integrity_problems`` off the drain loop (SQLite lets go
+    of the GIL while it reads)."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(name="livemon-quick-check", daemon=True)
+        self.store = store
+        self.problems: list[str] = []
+
+    def run(self) -> None:
+        try:
+            self.problems = self.store.integrity_problems()
+        except (sqlite3.Error, OSError) as exc:  # locked or gone: next time
+            logger.info("quick_check skipped: %s", exc)
