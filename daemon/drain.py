@@ -22,9 +22,16 @@ from livemon.config import Config
 logger = logging.getLogger("livemon.daemon")
 
 MAX_BACKOFF_S = 5.0
+# Past this many records set aside in one step, the store, not the
+# records, is at fault: the step fails and everything stays in the ring.
+MAX_ISOLATED_PER_STEP = 16
 # A fresh database that is "damaged" again at once is more likely a bug
 # here than bad luck: past this many set-asides an hour, only retry.
 MAX_SET_ASIDE_PER_HOUR = 3
+
+
+class SystemicFault(RuntimeError):
+    """Every record fails to be stored: a fault of the store, not theirs."""
 
 
 def _is_trouble(exc: BaseException) -> bool:
@@ -76,6 +83,7 @@ class Drainer:
         self._backoff_s = 0.0
         self._retry_at = 0.0
         self._first_lane = 0
+        self._isolated = 0  # records set aside by this step's write
 
     def drain_once(self) -> int:
         """Commit what is pending now; return the records moved.
@@ -172,6 +180,7 @@ class Drainer:
                 type(exc).__name__,
                 exc,
             )
+        self._isolated = 0
         # Labels first: they must be stored with or before what uses them.
         for batch in labels:
             self._write_isolating(store, self.labels, batch)
@@ -208,6 +217,15 @@ class Drainer:
             if _is_trouble(exc):
                 raise
             if len(batch.records) == 1:
+                self._isolated += 1
+                if self._isolated > MAX_ISOLATED_PER_STEP:
+                    # Record after record fails: the fault is not theirs
+                    # (a bug, say).  Keep them all in the ring instead.
+                    raise SystemicFault(
+                        f"{self._isolated} records in a row cannot be "
+                        f"stored ({type(exc).__name__}: {exc}); they stay "
+                        "in the ring"
+                    ) from exc
                 self.quarantine.add(
                     ring.name,
                     batch.lane,
@@ -246,7 +264,11 @@ class Drainer:
         return moved
 
     def handle_failure(self, exc: Exception) -> None:
-        """Turn a failure into a reopen, a set-aside, or a retry later."""
+        """Turn a failure into a reopen, a set-aside, or a retry later.
+
+        Call it from the ``except`` block that caught ``exc`` (its
+        traceback is logged for unexpected failures).
+        """
         if isinstance(exc, DatabaseMoved):
             self._reopen_moved(exc)
         elif is_damage(exc) and self._opened:
@@ -255,11 +277,10 @@ class Drainer:
             self.report_trouble(exc)
         else:
             self.failures += 1
-            logger.error(
+            logger.exception(  # called in the boundary's except blocks
                 "drain step failed (%d unexpected failures so far); the "
                 "records stay in the ring, retrying",
                 self.failures,
-                exc_info=exc,
             )
             self._back_off(exc)
 
