@@ -9,10 +9,16 @@ from daemon.exceptions import (
     AlreadyRunning,
     DaemonError,
     DatabaseCorrupt,
+    DatabaseGone,
+    DatabaseMoved,
+    DatabaseReplaced,
+    ForeignDatabase,
     NotRunning,
     StartFailed,
+    StartRefused,
     StopTimedOut,
 )
+from daemon.quarantine import Quarantine
 from daemon.service import Service
 from daemon.store import Store
 
@@ -20,10 +26,16 @@ __all__ = [
     "AlreadyRunning",
     "DaemonError",
     "DatabaseCorrupt",
+    "DatabaseGone",
+    "DatabaseMoved",
+    "DatabaseReplaced",
     "Drainer",
+    "ForeignDatabase",
     "NotRunning",
+    "Quarantine",
     "Service",
     "StartFailed",
+    "StartRefused",
     "StopTimedOut",
     "Store",
 ]

@@ -1,5 +1,5 @@
 """
-The ``livemon-daemon`` command: start, stop, status, demo.
+The ``livemon-daemon`` command: start, stop, status, retain, demo.
 
 Only argument parsing and error translation live here.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +28,8 @@ from livemon.ipc import read_status
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_NOT_RUNNING = 3  # LSB: "program is not running"
+EXIT_HUNG = 4  # LSB: "program or service status is unknown"
+HUNG_AFTER_S = 10.0  # the daemon publishes its figures every second
 
 
 def config_options(command: F) -> F:
@@ -62,15 +65,45 @@ def errors_for_people() -> Iterator[None]:
         raise click.UsageError(str(exc)) from exc
     except (DaemonError, ringbuf.RingError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except PermissionError as exc:
+        raise click.ClickException(permission_hint(exc)) from exc
+
+
+def permission_hint(exc: PermissionError) -> str:
+    """One line for a file or ring this user may not open, and what to do."""
+    what = str(exc.filename or "a file")
+    if not os.path.exists(what) and os.path.exists("/dev/shm" + what):
+        what = "/dev/shm" + what  # shm_open names a segment "/<ring>"
+    owner = ""
+    try:
+        info = os.stat(what)
+        owner = f", owned by uid {info.st_uid} gid {info.st_gid}, mode "
+        owner += f"{info.st_mode & 0o777:04o}"
+    except OSError:
+        pass
+    return (
+        f"permission denied: {what}{owner}. Run as the user that owns it "
+        "(the service runs as 'livemon': sudo -u livemon ...), or let "
+        "your user in through the group (LIVEMON_GROUP, and add yourself "
+        "to that group), or use your own --ring and --db"
+    )
 
 
 def resolve(
-    ring: str | None, db: str | None, config_file: str | None, **more: Any
+    ring: str | None,
+    db: str | None,
+    config_file: str | None,
+    find_system: bool = False,
+    **more: Any,
 ) -> tuple[Config, dict[str, Any]]:
-    """Resolve the configuration; return it and the explicit flags."""
+    """Resolve the configuration; return it and the explicit flags.
+
+    ``find_system``: a command that looks at a running daemon falls back
+    to the system service's database when the user has none.
+    """
     overrides = {"ring": ring, "db": db, "config": config_file, **more}
     with errors_for_people():
-        return load_config(overrides), overrides
+        return load_config(overrides, find_system=find_system), overrides
 
 
 def flags_for_child(overrides: dict[str, Any]) -> list[str]:
@@ -156,7 +189,7 @@ def stop(
     unlink: bool,
 ) -> None:
     """Stop the daemon: SIGTERM, then wait for it to drain and exit."""
-    config, _ = resolve(ring, db, config_file)
+    config, _ = resolve(ring, db, config_file, find_system=True)
     with errors_for_people():
         pid = proc.stop(config, timeout_s)
         click.echo(f"livemon daemon (pid {pid}) stopped")
@@ -168,33 +201,63 @@ def stop(
 @cli.command()
 @config_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable.")
+@click.option(
+    "--hung-after",
+    "hung_after_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=HUNG_AFTER_S,
+    show_default=True,
+    help="Call a live daemon hung when its figures are older (seconds).",
+)
 def status(
-    ring: str | None, db: str | None, config_file: str | None, as_json: bool
+    ring: str | None,
+    db: str | None,
+    config_file: str | None,
+    as_json: bool,
+    hung_after_s: float,
 ) -> None:
-    """Show whether the daemon runs, and its figures (exit 3 if not)."""
-    config, _ = resolve(ring, db, config_file)
+    """Show whether the daemon runs, and its figures with their age.
+
+    \b
+    Exit status:
+      0  running: its figures are fresh
+      3  not running
+      4  hung: the process lives but published nothing for --hung-after
+         seconds (stopped by a signal, stuck, or unable to write its
+         status file: see its log)
+    """
+    config, _ = resolve(ring, db, config_file, find_system=True)
     process = proc.Pidfile(config.pidfile).process()
-    report = {
+    report: dict[str, Any] = {
         "running": process is not None,
+        "state": "not running",
         "ring": config.ring,
         "db": config.db,
         "pidfile": config.pidfile,
     }
     if process is not None:
-        with process.oneshot():
+        with errors_for_people(), process.oneshot():
             report.update(
                 pid=process.pid,
                 uptime_s=round(time.time() - process.create_time(), 1),
                 rss_bytes=process.memory_info().rss,
                 cpu_percent=process.cpu_percent(interval=0.1),
+                process_state=process.status(),
             )
         report.update(read_status(config) or {})
+        published = report.get("published_at")
+        age = None if published is None else time.time() - published
+        report["figures_age_s"] = None if age is None else round(age, 1)
+        hung = age is None or age > hung_after_s
+        report["state"] = "hung" if hung else "running"
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
     else:
         click.echo(_status_text(report))
     if process is None:
         raise SystemExit(EXIT_NOT_RUNNING)
+    if report["state"] == "hung":
+        raise SystemExit(EXIT_HUNG)
 
 
 def _status_text(report: dict[str, Any]) -> str:
@@ -205,10 +268,21 @@ def _status_text(report: dict[str, Any]) -> str:
         )
     fill = report.get("ring_fill") or [0.0]
     size = report.get("db_size_bytes")
+    age = report.get("figures_age_s")
+    shown_age = "none yet" if age is None else f"{age:.0f} s old"
     lines = [
-        f"livemon daemon: running, pid {report['pid']}, up "
+        f"livemon daemon: {report['state']}, pid {report['pid']}, up "
         f"{report['uptime_s']:.0f} s, {report['rss_bytes'] / 2**20:.1f} MiB, "
-        f"{report['cpu_percent']:.0f}% CPU",
+        f"{report['cpu_percent']:.0f}% CPU, figures {shown_age}",
+    ]
+    if report["state"] == "hung":
+        why = (
+            "it is stopped (SIGSTOP): kill -CONT it"
+            if report.get("process_state") == "stopped"
+            else "it is stuck, or cannot write its status file: see its log"
+        )
+        lines.append(f"  HUNG      no figures published lately; {why}")
+    lines += [
         f"  ring      {report['ring']!r}: lanes in use "
         f"{report.get('lanes_in_use', '?')}/{report.get('lanes', '?')}, "
         f"fill max {max(fill):.1%}",
@@ -220,6 +294,23 @@ def _status_text(report: dict[str, Any]) -> str:
     ]
     if report.get("last_error"):
         lines.append(f"  TROUBLE   {report['last_error']} (retrying)")
+    if report.get("incident") and report["incident"] != report.get(
+        "last_error"
+    ):
+        lines.append(f"  INCIDENT  {report['incident']}")
+    for text in report.get("file_errors") or []:
+        lines.append(f"  FILES     {text} (retrying)")
+    if report.get("quarantined_lanes"):
+        lines.append(
+            "  QUARANTINE lanes "
+            + ", ".join(report["quarantined_lanes"])
+            + " (cursors out of range: not read)"
+        )
+    if report.get("quarantined_records"):
+        lines.append(
+            f"  QUARANTINE {report['quarantined_records']} records set "
+            f"aside in {report['db']}.quarantine.jsonl"
+        )
     return "\n".join(lines)
 
 

@@ -1,23 +1,44 @@
 """
-The drain loop: records from the rings into SQLite, exactly once, with
-database trouble turned into retries while the records wait in the ring.
+The drain loop: records from the rings into SQLite, exactly once.  What
+goes wrong on the way (database trouble, a moved or damaged file, a bad
+lane or record) becomes a retry, a reopen or a quarantine, never a crash.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable
 
 import ringbuf
-from daemon.exceptions import DaemonError
-from daemon.store import Store
+from daemon.exceptions import DaemonError, DatabaseGone, DatabaseMoved
+from daemon.quarantine import Quarantine, sane_events, sane_labels
+from daemon.store import Store, is_damage
 from livemon.config import Config
 
 logger = logging.getLogger("livemon.daemon")
 
 MAX_BACKOFF_S = 5.0
+# Past this many records set aside in one step, the store, not the
+# records, is at fault: the step fails and everything stays in the ring.
+MAX_ISOLATED_PER_STEP = 16
+# A fresh database that is "damaged" again at once is more likely a bug
+# here than bad luck: past this many set-asides an hour, only retry.
+MAX_SET_ASIDE_PER_HOUR = 3
+
+
+class SystemicFault(RuntimeError):
+    """Every record fails to be stored: a fault of the store, not theirs."""
+
+
+def _is_trouble(exc: BaseException) -> bool:
+    """Database or filesystem trouble, as opposed to a record's fault."""
+    return isinstance(
+        exc, (OSError, DaemonError, sqlite3.OperationalError)
+    ) or is_damage(exc)
 
 
 class Drainer:
@@ -25,8 +46,9 @@ class Drainer:
 
     Labels are read after the events' heads are fixed, so every label an
     event refers to is committed with it or before it.  Tails advance
-    only after the commit: a crash in between replays the batch, and the
-    store ignores what it already holds.
+    only after the commit, and only when the store still writes the file
+    at the configured path: a crash, a deleted or replaced file replay
+    the batch, and the store ignores what it already holds.
     """
 
     def __init__(
@@ -36,26 +58,39 @@ class Drainer:
         labels: ringbuf.Ring,
         open_store: Callable[[], Store],
         feedback: ringbuf.Ring | None = None,
+        quarantine: Quarantine | None = None,
     ) -> None:
         self.config = config
         self.events = events
         self.labels = labels
         self.feedback = feedback
+        self.quarantine = quarantine or Quarantine(
+            config.db + ".quarantine.jsonl", config.mode
+        )
         self._open_store = open_store
         self.store: Store | None = None
         self.drained = 0
+        self.failures = 0  # unexpected errors caught at the boundary
         self.batch_latency_ms: float | None = None
         self.last_error: str | None = None
+        # The last thing that happened to the database file (deleted,
+        # replaced, set aside): kept for status and health until restart.
+        self.incident: str | None = None
+        self.incident_at: float | None = None
+        self._opened = False  # a store was open once: the file was sound
+        self._reopening = False  # after an incident: say when it is over
+        self._set_asides: list[float] = []
         self._backoff_s = 0.0
         self._retry_at = 0.0
         self._first_lane = 0
+        self._isolated = 0  # records set aside by this step's write
 
     def drain_once(self) -> int:
         """Commit what is pending now; return the records moved.
 
         Raises:
-            sqlite3.Error, DaemonError: the store failed; nothing was
-                advanced, the records stay in the ring.
+            sqlite3.Error, DaemonError, OSError: the store failed (or was
+                moved); nothing was advanced, the records stay in the ring.
         """
         store = self._store()
         if store is None:
@@ -68,9 +103,11 @@ class Drainer:
         if not events and not labels and not feedback:
             return 0
         started = time.perf_counter()
-        feedback_epoch = self.feedback.epoch if self.feedback else 0
-        store.write(
-            self.events.epoch, labels, events, (feedback_epoch, feedback)
+        self._write(
+            store,
+            self.quarantine.screen(self.labels.name, labels, sane_labels),
+            self.quarantine.screen(self.events.name, events, sane_events),
+            feedback,
         )
         for batch in labels:
             self.labels.advance(batch.lane, batch.end_seq)
@@ -84,12 +121,28 @@ class Drainer:
         self.drained += moved
         return moved
 
-    @staticmethod
-    def _pending_all(ring: ringbuf.Ring | None) -> list[ringbuf.Batch]:
+    def _lane_batch(
+        self, ring: ringbuf.Ring, lane: int, room: int | None = None
+    ) -> ringbuf.Batch | None:
+        # The cursors come from shared memory any process can scribble
+        # on: a head behind the tail, or more than a lap ahead, would
+        # read garbage (or fail); such a lane waits in quarantine.
+        state = ring.lane_state(lane)
+        count = state.head - state.tail
+        if not 0 <= count <= ring.capacity_records:
+            self.quarantine.lane(ring.name, lane, state.head, state.tail)
+            return None
+        self.quarantine.release(ring.name, lane)
+        if count == 0 or room == 0:
+            return None
+        batch = ring.pending(lane, count if room is None else min(count, room))
+        return batch if len(batch.records) else None
+
+    def _pending_all(self, ring: ringbuf.Ring | None) -> list[ringbuf.Batch]:
         if ring is None:
             return []
-        batches = [ring.pending(lane) for lane in range(ring.lanes)]
-        return [b for b in batches if len(b.records)]
+        batches = [self._lane_batch(ring, lane) for lane in range(ring.lanes)]
+        return [b for b in batches if b is not None]
 
     def _pending_events(self) -> list[ringbuf.Batch]:
         # Up to batch_records in all; the first lane rotates so that a busy
@@ -101,23 +154,135 @@ class Drainer:
         for i in range(lanes):
             if room == 0:
                 break
-            batch = self.events.pending((self._first_lane + i) % lanes, room)
-            if len(batch.records):
+            lane = (self._first_lane + i) % lanes
+            batch = self._lane_batch(self.events, lane, room)
+            if batch is not None:
                 batches.append(batch)
                 room -= len(batch.records)
         return batches
 
+    def _write(
+        self,
+        store: Store,
+        labels: list[ringbuf.Batch],
+        events: list[ringbuf.Batch],
+        feedback: list[ringbuf.Batch],
+    ) -> None:
+        try:
+            self._write_parts(store, labels, events, feedback)
+            return
+        except Exception as exc:
+            if _is_trouble(exc):
+                raise
+            logger.warning(
+                "a batch could not be stored (%s: %s); storing it in parts "
+                "to set the records at fault aside",
+                type(exc).__name__,
+                exc,
+            )
+        self._isolated = 0
+        # Labels first: they must be stored with or before what uses them.
+        for batch in labels:
+            self._write_isolating(store, self.labels, batch)
+        for batch in events:
+            self._write_isolating(store, self.events, batch)
+        for batch in feedback:
+            assert self.feedback is not None
+            self._write_isolating(store, self.feedback, batch)
+
+    def _write_parts(
+        self,
+        store: Store,
+        labels: list[ringbuf.Batch],
+        events: list[ringbuf.Batch],
+        feedback: list[ringbuf.Batch],
+    ) -> None:
+        feedback_epoch = self.feedback.epoch if self.feedback else 0
+        store.write(
+            self.events.epoch, labels, events, (feedback_epoch, feedback)
+        )
+
+    def _write_isolating(
+        self, store: Store, ring: ringbuf.Ring, batch: ringbuf.Batch
+    ) -> None:
+        """Store ``batch``, halving it until the failing records are found."""
+        parts: tuple[list[ringbuf.Batch], ...] = {
+            self.labels.name: ([batch], [], []),
+            self.events.name: ([], [batch], []),
+        }.get(ring.name, ([], [], [batch]))
+        try:
+            self._write_parts(store, *parts)
+            return
+        except Exception as exc:
+            if _is_trouble(exc):
+                raise
+            if len(batch.records) == 1:
+                self._isolated += 1
+                if self._isolated > MAX_ISOLATED_PER_STEP:
+                    # Record after record fails: the fault is not theirs
+                    # (a bug, say).  Keep them all in the ring instead.
+                    raise SystemicFault(
+                        f"{self._isolated} records in a row cannot be "
+                        f"stored ({type(exc).__name__}: {exc}); they stay "
+                        "in the ring"
+                    ) from exc
+                self.quarantine.add(
+                    ring.name,
+                    batch.lane,
+                    batch.first_seq,
+                    batch.records,
+                    f"cannot be stored: {type(exc).__name__}: {exc}",
+                )
+                return
+        half = len(batch.records) // 2
+        for low, high in ((0, half), (half, len(batch.records))):
+            self._write_isolating(
+                store,
+                ring,
+                ringbuf.Batch(
+                    batch.lane, batch.first_seq + low, batch.records[low:high]
+                ),
+            )
+
     def step(self) -> int:
-        """``drain_once``, turning database trouble into a retry later."""
+        """``drain_once``, every failure turned into a retry (never raises).
+
+        This is the drain loop's boundary: whatever goes wrong is logged,
+        counted and retried with backoff while the records wait in the
+        ring.
+        """
+        if time.monotonic() < self._retry_at:
+            return 0
         try:
             moved = self.drain_once()
-        except (sqlite3.Error, DaemonError, OSError) as exc:
-            self.report_trouble(exc)
+        except Exception as exc:  # the boundary (STYLE 7): never crash
+            self.handle_failure(exc)
             return 0
         if self.store is not None:
             self.last_error = None
             self._backoff_s = 0.0
         return moved
+
+    def handle_failure(self, exc: Exception) -> None:
+        """Turn a failure into a reopen, a set-aside, or a retry later.
+
+        Call it from the ``except`` block that caught ``exc`` (its
+        traceback is logged for unexpected failures).
+        """
+        if isinstance(exc, DatabaseMoved):
+            self._reopen_moved(exc)
+        elif is_damage(exc) and self._opened:
+            self._set_aside(exc)
+        elif _is_trouble(exc) or isinstance(exc, sqlite3.Error):
+            self.report_trouble(exc)
+        else:
+            self.failures += 1
+            logger.exception(  # called in the boundary's except blocks
+                "drain step failed (%d unexpected failures so far); the "
+                "records stay in the ring, retrying",
+                self.failures,
+            )
+            self._back_off(exc)
 
     def lanes(self) -> list[ringbuf.LaneState]:
         """Every event lane's counters."""
@@ -131,17 +296,23 @@ class Drainer:
 
     def _store(self) -> Store | None:
         if self.store is None and time.monotonic() >= self._retry_at:
-            try:
-                self.store = self._open_store()
-            except (sqlite3.Error, DaemonError, OSError) as exc:
-                self.report_trouble(exc)
+            self.store = self._open_store()
+            if self._reopening:
+                self._reopening = False
+                logger.warning(
+                    "database %s open again; the drain resumes", self.config.db
+                )
+            self._opened = True
         return self.store
 
-    def report_trouble(self, exc: BaseException) -> None:
-        """Note database trouble: close the store, retry it with backoff."""
+    def _back_off(self, exc: BaseException) -> None:
         self.last_error = f"{type(exc).__name__}: {exc}"
         self._backoff_s = min(max(0.1, 2 * self._backoff_s), MAX_BACKOFF_S)
         self._retry_at = time.monotonic() + self._backoff_s
+
+    def report_trouble(self, exc: BaseException) -> None:
+        """Note database trouble: close the store, retry it with backoff."""
+        self._back_off(exc)
         logger.warning(
             "database unavailable (%s); records stay in the ring, retrying "
             "in %.1f s",
@@ -149,3 +320,73 @@ class Drainer:
             self._backoff_s,
         )
         self.close()  # reopen afresh: a read-only or broken handle stays so
+
+    def _note_incident(self, text: str) -> None:
+        logger.error("%s", text)
+        self.incident = text
+        self.incident_at = time.time()
+        self._reopening = True
+        self.last_error = text
+
+    def _reopen_moved(self, exc: DatabaseMoved) -> None:
+        self.close()
+        path = self.config.db
+        # The WAL and index beside the path are the old file's (SQLite
+        # will not checkpoint into a file that moved): applied to the new
+        # file they would make a chimera.  The WAL holds the old file's
+        # last commits, so it is kept, under a name of its own.
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        orphan = f"{path}.orphan-{stamp}-wal"
+        try:
+            os.rename(path + "-wal", orphan)
+            kept = (
+                f"; the old file's WAL (its last commits) is kept as {orphan}"
+            )
+        except OSError:
+            kept = ""
+        with contextlib.suppress(OSError):
+            os.unlink(path + "-shm")
+        if isinstance(exc, DatabaseGone):
+            self._note_incident(
+                f"DATABASE DELETED: {path} was deleted while the daemon "
+                "wrote it; a new, empty database is created there and "
+                "the records still in the ring go into it (what the "
+                f"deleted file held is gone unless you have a backup){kept}"
+            )
+        else:
+            self._note_incident(
+                f"DATABASE REPLACED: another file was put at {path} while "
+                "the daemon wrote it; the daemon reopens the path and uses "
+                f"that file if it is a livemon database{kept}"
+            )
+        self._retry_at = 0.0
+
+    def _set_aside(self, exc: BaseException) -> None:
+        self.close()
+        now = time.time()
+        self._set_asides = [t for t in self._set_asides if now - t < 3600]
+        if len(self._set_asides) >= MAX_SET_ASIDE_PER_HOUR:
+            self.report_trouble(exc)
+            return
+        path = self.config.db
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+        aside = f"{path}.damaged-{stamp}"
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            aside = "(gone already)"
+        except OSError as error:
+            self.report_trouble(error)
+            return
+        # The WAL belongs with the damaged file; the index is rebuilt.
+        with contextlib.suppress(OSError):
+            os.rename(path + "-wal", aside + "-wal")
+        with contextlib.suppress(OSError):
+            os.unlink(path + "-shm")
+        self._set_asides.append(now)
+        self._note_incident(
+            f"DATABASE DAMAGED: {path} ({type(exc).__name__}: {exc}) was "
+            f"moved aside to {aside}; a fresh database is started and the "
+            "records still in the ring go into it"
+        )
+        self._retry_at = 0.0

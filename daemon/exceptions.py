@@ -9,8 +9,13 @@ __all__ = [
     "AlreadyRunning",
     "DaemonError",
     "DatabaseCorrupt",
+    "DatabaseGone",
+    "DatabaseMoved",
+    "DatabaseReplaced",
+    "ForeignDatabase",
     "NotRunning",
     "StartFailed",
+    "StartRefused",
     "StopTimedOut",
 ]
 
@@ -41,3 +46,32 @@ class DatabaseCorrupt(DaemonError, ValueError):
     Restore the database from a backup (``livemon backup``), or move it
     aside so a fresh one is created.
     """
+
+
+class DatabaseMoved(DaemonError, OSError):
+    """The configured path no longer names the file the daemon opened.
+
+    Nothing is committed into a file that is gone from its path: the
+    daemon closes it and opens the path again.
+    """
+
+
+class DatabaseGone(DatabaseMoved):
+    """The database file was deleted (or renamed away) while open."""
+
+
+class DatabaseReplaced(DatabaseMoved):
+    """Another file now sits at the database's path."""
+
+
+class ForeignDatabase(DaemonError, ValueError):
+    """The path holds an SQLite database that is not livemon's.
+
+    The daemon never adds its tables to someone else's database: name
+    another file with ``--db``.
+    """
+
+
+class StartRefused(DaemonError, ValueError):
+    """The configuration cannot work (a path that is no database file,
+    no permission); retrying would not help, the message says what to do."""

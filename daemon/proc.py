@@ -30,12 +30,44 @@ from livemon.db.writer import create_file
 from livemon.ipc import read_status
 
 _CREATE_TIME_TOLERANCE_S = 0.05
+_START_FIELD = 22  # /proc/<pid>/stat: start time, clock ticks after boot
+
+
+def start_ticks(pid: int) -> int:
+    """When process ``pid`` started, in clock ticks since boot.
+
+    Read from ``/proc/<pid>/stat`` alone: unlike psutil's create_time it
+    needs no ``/proc/stat`` (hidden by systemd's ``ProcSubset=pid``), and
+    it is exact, so it needs no tolerance.
+
+    Raises:
+        ProcessLookupError: no such process.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            text = file.read()
+    except (FileNotFoundError, PermissionError):
+        raise ProcessLookupError(pid) from None
+    # The command name (field 2) may hold spaces and parentheses: the
+    # fields after it start behind the last ')'.
+    fields = text[text.rindex(b")") + 2 :].split()
+    return int(fields[_START_FIELD - 3])
+
+
+def make_private_dir(path: str, mode: int) -> None:
+    """Create directory ``path`` (and parents): owner-only, plus the group
+    bits of ``mode``; an existing one is left as it is."""
+    os.makedirs(path, mode=0o700 | (mode & 0o070), exist_ok=True)
 
 
 def write_atomic(path: str, text: str, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``text`` so readers never see half a file."""
+    """Replace ``path`` with ``text`` so readers never see half a file.
+
+    Raises:
+        OSError: the directory is full, read-only or not writable.
+    """
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
+    make_private_dir(directory, mode)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
     try:
         with os.fdopen(fd, "w") as file:
@@ -52,24 +84,34 @@ class Pidfile:
     """A pidfile holding the daemon's identity: pid and process start time.
 
     A pid alone can be reused by an unrelated process after a crash; the
-    start time (from psutil) makes the identity unambiguous.
+    start time (clock ticks after boot, ``start_ticks``) makes the
+    identity unambiguous.  A pidfile of an older livemon holds psutil's
+    create_time (a float) instead, and is still understood.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
 
     def write(self, mode: int = 0o600) -> None:
-        """Record this process as the daemon (mkstemp plus rename)."""
-        me = psutil.Process()
-        write_atomic(self.path, f"{me.pid}\n{me.create_time():.6f}\n", mode)
+        """Record this process as the daemon (mkstemp plus rename).
 
-    def read(self) -> tuple[int, float] | None:
-        """Return (pid, create_time), or None if absent or unreadable."""
+        Raises:
+            OSError: the directory is full, read-only or not writable.
+        """
+        pid = os.getpid()
+        write_atomic(self.path, f"{pid}\n{start_ticks(pid)}\n", mode)
+
+    def read(self) -> tuple[int, int | float] | None:
+        """Return (pid, start ticks or legacy create_time), or None if
+        absent or unreadable."""
         try:
             with open(self.path) as file:
                 pid_text, time_text = file.read().split()[:2]
-            return int(pid_text), float(time_text)
-        except (FileNotFoundError, ValueError):
+            start: int | float = (
+                float(time_text) if "." in time_text else int(time_text)
+            )
+            return int(pid_text), start
+        except (OSError, ValueError):
             return None
 
     def process(self) -> psutil.Process | None:
@@ -77,13 +119,16 @@ class Pidfile:
         identity = self.read()
         if identity is None:
             return None
-        pid, created = identity
+        pid, started = identity
         try:
+            if isinstance(started, int):
+                same = start_ticks(pid) == started
+            else:
+                same = abs(psutil.Process(pid).create_time() - started) < (
+                    _CREATE_TIME_TOLERANCE_S
+                )
             process = psutil.Process(pid)
-            same = abs(process.create_time() - created) < (
-                _CREATE_TIME_TOLERANCE_S
-            )
-        except psutil.Error:
+        except (psutil.Error, ProcessLookupError):
             return None
         return process if same and process.is_running() else None
 
@@ -107,6 +152,7 @@ class InstanceLock:
         self._config = config
         self._ring = ring
         self._fd = -1
+        self._locked: tuple[int, int] | None = None
 
     def acquire(self) -> None:
         """Take both locks.
@@ -116,23 +162,45 @@ class InstanceLock:
         """
         if not self._ring.lock_consumer():
             self._refuse(f"ring {self._config.ring!r}")
+        self.lock_database()
+
+    def lock_database(self) -> None:
+        """Hold the lock on the file now at the database's path.
+
+        A no-op while the path names the file already locked; after the
+        file was deleted or replaced, the new one is locked (and created
+        if missing) before anything is written to it.
+
+        Raises:
+            AlreadyRunning: another daemon holds the file now at the path.
+            OSError: it cannot be created or opened.
+        """
+        path = self._config.db
+        with contextlib.suppress(FileNotFoundError):
+            info = os.stat(path)
+            if self._locked == (info.st_dev, info.st_ino):
+                return
         # flock() on the database file itself: independent of SQLite's
         # fcntl() locks on Linux, and it needs no writable directory, so a
         # database on a read-only filesystem is locked, then retried.
-        create_file(self._config.db, self._config.mode)
-        fd = os.open(self._config.db, os.O_RDONLY | os.O_CLOEXEC)
+        create_file(path, self._config.mode)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            self._refuse(f"database {self._config.db}")
+            self._refuse(f"database {path}")
+        info = os.fstat(fd)
+        self.release()
         self._fd = fd
+        self._locked = (info.st_dev, info.st_ino)
 
     def release(self) -> None:
         """Drop the database lock (the ring's goes with ``ring.close``)."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+            self._locked = None
 
     def _refuse(self, what: str) -> None:
         holder = Pidfile(self._config.pidfile).read()
@@ -161,8 +229,15 @@ def start_detached(
             f"livemon daemon already running (pid {running.pid}): "
             "'livemon-daemon status' shows it"
         )
-    os.makedirs(os.path.dirname(config.log_file) or ".", exist_ok=True)
-    with open(config.log_file, "ab") as log:
+    make_private_dir(os.path.dirname(config.log_file) or ".", config.mode)
+    fd = os.open(
+        config.log_file,
+        os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+        config.mode,
+    )
+    with contextlib.suppress(OSError):  # a log from before may be 0644
+        os.fchmod(fd, config.mode)
+    with os.fdopen(fd, "ab") as log:
         child = subprocess.Popen(
             [sys.executable, "-m", "daemon", "start", "--foreground", *argv],
             stdin=subprocess.DEVNULL,
@@ -240,3 +315,36 @@ def unlink_rings(config: Config) -> None:
             ring.close()
     for ring in rings:
         ring.unlink()
+
+
+def open_and_lock(
+    config: Config,
+) -> tuple[ringbuf.Ring, ringbuf.Ring, ringbuf.Ring, InstanceLock]:
+    """Attach (or create) the three rings and take the instance lock.
+
+    A daemon refused here leaves nothing behind: a ring it created and no
+    coordinator has used since is removed again.
+    """
+    rings: list[ringbuf.Ring] = []
+    created: list[ringbuf.Ring] = []
+    try:
+        for spec in ipc.all_rings(config):
+            ring, made = ipc.open_ring_created(config, spec)
+            rings.append(ring)
+            if made:
+                created.append(ring)
+        lock = InstanceLock(config, rings[0])
+        lock.acquire()
+    except BaseException:
+        unused = [r for r in created if _unused(r)]
+        for ring in rings:
+            ring.close()
+        for ring in unused:
+            ring.unlink()
+        raise
+    return rings[0], rings[1], rings[2], lock
+
+
+def _unused(ring: ringbuf.Ring) -> bool:
+    states = [ring.lane_state(i) for i in range(ring.lanes)]
+    return not any(s.owned or s.head for s in states)

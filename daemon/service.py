@@ -18,12 +18,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import ringbuf
 from daemon import proc
 from daemon.drain import Drainer
+from daemon.exceptions import DatabaseCorrupt
 from daemon.notify import Notifier
 from daemon.retention import DAEMON_SHARE, Retention
-from daemon.store import Store
+from daemon.store import IntegrityCheck, Store, check_database_path
 from livemon import ipc
 from livemon.config import load_config
 from livemon.exceptions import ConfigError
@@ -35,6 +35,7 @@ CHECKPOINT_INTERVAL_S = 2.0
 OPTIMIZE_INTERVAL_S = 3600.0
 RETENTION_CHECK_S = 3600.0
 STOP_DEADLINE_S = 20.0
+PIDFILE_RETRY_S = 2.0
 
 
 class Service:
@@ -56,33 +57,44 @@ class Service:
         self._rate = 0.0  # records drained per second, between publications
         self._rate_since = (time.monotonic(), 0)
         self._next: dict[str, float] = {}
+        # Files beside the database that could not be written (full or
+        # read-only filesystem): what failed, shown in status and health.
+        self.file_errors: dict[str, str] = {}
+        self._pidfile_written = False
+        self._integrity: IntegrityCheck | None = None
 
     def run(self) -> int:
-        """Run until SIGTERM or SIGINT; return the exit status."""
+        """Run until SIGTERM or SIGINT; return the exit status.
+
+        Raises:
+            StartRefused, ForeignDatabase: the database path can never
+                work; nothing was created.
+            AlreadyRunning: another daemon drains the ring or database;
+                rings this call created are removed again.
+        """
         config = self.config
-        events, labels = ipc.open_rings(config)
-        rings: tuple[ringbuf.Ring, ...] = (events, labels)
-        lock = proc.InstanceLock(config, events)
-        try:
-            lock.acquire()
-            feedback = ipc.open_ring(config, ipc.feedback_ring(config))
-        except BaseException:
-            events.close()
-            labels.close()
-            raise
-        rings += (feedback,)
+        # Everything the daemon creates (logs, WAL, archives, spill files)
+        # is owner-only, plus the group's bits when a group is configured.
+        os.umask(0o077 & ~(config.mode & 0o070))
+        # Locked or damaged: the store says so and retries, as ever.
+        with contextlib.suppress(sqlite3.Error):
+            check_database_path(config.db)
+        events, labels, feedback, lock = proc.open_and_lock(config)
+        rings = (events, labels, feedback)
         pidfile = proc.Pidfile(config.pidfile)
-        drainer = Drainer(
-            config,
-            events,
-            labels,
-            lambda: Store(
+
+        def open_store() -> Store:
+            lock.lock_database()  # the file now at the path, before writing
+            return Store(
                 config.db, synchronous=config.synchronous, mode=config.mode
-            ),
-            feedback,
+            )
+
+        drainer = Drainer(config, events, labels, open_store, feedback)
+        self._next["integrity"] = (
+            time.monotonic() + config.integrity_check_interval_s
         )
         try:
-            pidfile.write(config.mode)
+            self._write_pidfile(pidfile)
             self._install_signals()
             drainer.step()  # open the store now, so readiness means it
             self.notifier.ready(self._publish(drainer))
@@ -122,7 +134,7 @@ class Service:
                 )  # the database may come back before the deadline
             elif moved == 0:
                 break
-        left = sum(s.pending for s in drainer.lanes())
+        left = sum(max(s.pending, 0) for s in drainer.lanes())
         logger.info(
             "stopped after draining %d records; %d left in the ring%s",
             drainer.drained,
@@ -137,11 +149,34 @@ class Service:
         self._next[what] = now + every_s
         return True
 
+    def _write_pidfile(self, pidfile: proc.Pidfile) -> None:
+        # A full or read-only filesystem must not stop the drain: the
+        # pidfile is retried until it can be written.
+        try:
+            pidfile.write(self.config.mode)
+        except OSError as exc:
+            self._file_trouble("pidfile", pidfile.path, exc)
+            return
+        self._pidfile_written = True
+        self._file_fine("pidfile", pidfile.path)
+
+    def _file_trouble(self, what: str, path: str, exc: OSError) -> None:
+        text = f"cannot write {what} {path}: {exc.strerror or exc}"
+        if self.file_errors.get(what) != text:
+            logger.warning("%s; retrying, the drain goes on", text)
+        self.file_errors[what] = text
+
+    def _file_fine(self, what: str, path: str) -> None:
+        if self.file_errors.pop(what, None) is not None:
+            logger.info("%s %s written again", what, path)
+
     def _upkeep(self, drainer: Drainer) -> None:
         self.notifier.watchdog()
         if self._reload:
             self._reload = False
             self._reread_config(drainer)
+        if not self._pidfile_written and self._due("pidfile", PIDFILE_RETRY_S):
+            self._write_pidfile(proc.Pidfile(self.config.pidfile))
         if self._due("status", STATUS_INTERVAL_S):
             self.notifier.status(self._publish(drainer))
         store = drainer.store
@@ -149,14 +184,30 @@ class Service:
             return
         try:
             if self._due("checkpoint", CHECKPOINT_INTERVAL_S):
+                store.verify()  # before a checkpoint writes into the file
                 store.checkpoint()
             if self._due("health", self.config.health_interval_s):
                 self._add_health(drainer, store)
             if self._due("optimize", OPTIMIZE_INTERVAL_S):
                 store.optimize()
             self._retain(store)
-        except sqlite3.Error as exc:
-            drainer.report_trouble(exc)
+            self._check_integrity(store)
+        except Exception as exc:  # the loop's boundary, as Drainer.step
+            drainer.handle_failure(exc)
+
+    def _check_integrity(self, store: Store) -> None:
+        """quick_check in a thread now and then; raise what it found."""
+        job = self._integrity
+        if job is None:
+            if self._due("integrity", self.config.integrity_check_interval_s):
+                self._integrity = IntegrityCheck(store)
+                self._integrity.start()
+            return
+        if job.is_alive():
+            return
+        self._integrity = None
+        if job.store is store and job.problems:
+            raise DatabaseCorrupt(f"quick_check: {'; '.join(job.problems)}")
 
     def _retain(self, store: Store) -> None:
         # A batch now and then, so draining goes on while old rows move.
@@ -173,7 +224,10 @@ class Service:
     def _figures(self, drainer: Drainer) -> dict[str, Any]:
         lanes = drainer.lanes()
         capacity = drainer.events.capacity_records
-        fill = [round(s.pending / capacity, 4) for s in lanes]
+        fill = [
+            round(min(max(s.pending, 0), capacity) / capacity, 4)
+            for s in lanes
+        ]
         return {
             "pid": os.getpid(),
             "ring": self.config.ring,
@@ -182,7 +236,9 @@ class Service:
             "drained": drainer.drained,
             "drain_per_s": round(self._rate, 1),
             "dropped": sum(s.dropped for s in lanes),
-            "lag_records": sum(s.pending for s in lanes),
+            "lag_records": sum(
+                min(max(s.pending, 0), capacity) for s in lanes
+            ),
             "lanes_in_use": sum(s.owned for s in lanes),
             "lanes": len(lanes),
             "ring_fill": fill,
@@ -191,6 +247,12 @@ class Service:
             if drainer.store
             else None,
             "last_error": drainer.last_error,
+            "file_errors": sorted(self.file_errors.values()),
+            "incident": drainer.incident,
+            "incident_at": drainer.incident_at,
+            "quarantined_lanes": drainer.quarantine.describe(),
+            "quarantined_records": drainer.quarantine.records,
+            "failures": drainer.failures,
         }
 
     def _publish(self, drainer: Drainer) -> str:
@@ -202,11 +264,15 @@ class Service:
         self._rate_since = (now, drainer.drained)
         figures = self._figures(drainer)
         figures["ready"] = True
-        proc.write_atomic(
-            ipc.status_file(self.config),
-            json.dumps(figures),
-            self.config.mode,
-        )
+        figures["published_at"] = time.time()
+        path = ipc.status_file(self.config)
+        try:
+            proc.write_atomic(path, json.dumps(figures), self.config.mode)
+        except OSError as exc:
+            self._file_trouble("status file", path, exc)
+            figures["file_errors"] = sorted(self.file_errors.values())
+        else:
+            self._file_fine("status file", path)
         return _summary(figures)
 
     def _add_health(self, drainer: Drainer, store: Store) -> None:
@@ -222,7 +288,12 @@ class Service:
             drain_per_s=f["drain_per_s"],
             batch_latency_ms=f["batch_latency_ms"],
             db_size_bytes=store.size_bytes(),
-            last_error=f["last_error"],
+            last_error="; ".join(
+                [t for t in (f["last_error"], f["incident"]) if t]
+                + f["file_errors"]
+                + [f"quarantined lane {q}" for q in f["quarantined_lanes"]]
+            )
+            or None,
         )
 
     def _install_signals(self) -> None:
@@ -245,7 +316,14 @@ class Service:
         except ConfigError as exc:
             logger.error("SIGHUP: configuration not reloaded: %s", exc)
             return
-        fixed = ("ring", "db", "lanes", "capacity_records", "pidfile")
+        fixed = (
+            "ring",
+            "db",
+            "lanes",
+            "capacity_records",
+            "pidfile",
+            "status_file",
+        )
         changed = [
             k for k in fixed if getattr(fresh, k) != getattr(self.config, k)
         ]
@@ -259,6 +337,12 @@ class Service:
 
 def _summary(f: dict[str, Any]) -> str:
     trouble = f"; DB TROUBLE: {f['last_error']}" if f["last_error"] else ""
+    if f["incident"] and f["incident"] != f["last_error"]:
+        trouble += f"; {f['incident']}"
+    for text in f["file_errors"]:
+        trouble += f"; {text}"
+    if f["quarantined_lanes"]:
+        trouble += f"; QUARANTINED lanes {', '.join(f['quarantined_lanes'])}"
     return (
         f"drained {f['drained']} ({f['drain_per_s']}/s), lag "
         f"{f['lag_records']}, dropped {f['dropped']}, lanes "

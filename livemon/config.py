@@ -9,6 +9,7 @@ Each setting comes from, in order: an explicit argument (a CLI flag), the
 from __future__ import annotations
 
 import dataclasses
+import grp
 import os
 import pathlib
 import tomllib
@@ -19,6 +20,9 @@ from livemon.exceptions import ConfigError
 from ringbuf import RingNameError, validate_name
 
 DB_FILENAME = "unified_monitoring.db"
+SYSTEM_STATE_DIR = pathlib.Path("/var/lib/livemon")
+"""The system service's ``StateDirectory=`` (systemd/livemon-daemon.service).
+"""
 
 
 def default_state_dir(env: Mapping[str, str] = os.environ) -> pathlib.Path:
@@ -43,13 +47,22 @@ class Config:
         lanes: producer processes that can write at once.
         capacity_records: event slots per lane.
         label_capacity_records: label slots per lane.
-        group_access: make the ring and database group read-writable.
+        group_access: make the ring and database group read-writable
+            (implied by ``group``).
+        group: the group (name or number) that may share the ring and
+            read the database; empty: owner-only.
         synchronous: SQLite ``synchronous`` mode, NORMAL or FULL.
         batch_records: most records the daemon commits in one transaction.
         batch_interval_s: longest the daemon waits before committing.
         health_interval_s: how often the daemon writes a health row.
-        pidfile: the daemon's pidfile (default: beside the database).
-        log_file: the daemon's log file when detached (default: beside it).
+        pidfile: the daemon's pidfile (default ``<db>.pid``: one per
+            database, so two databases in a directory never mix up).
+        log_file: the daemon's log file when detached (``<db>.log``).
+        status_file: where the daemon publishes its figures (default
+            ``<db>.status.json``, or ``<pidfile>.status.json`` when the
+            pidfile is configured).
+        integrity_check_interval_s: how often the daemon runs SQLite's
+            ``quick_check`` on the database while it runs.
         retention_days: events older than this move to monthly archives.
         archive_dir: where those archives go (default: archive/ beside
             the database).
@@ -61,12 +74,15 @@ class Config:
     capacity_records: int = 16384
     label_capacity_records: int = 512
     group_access: bool = False
+    group: str = ""
     synchronous: str = "NORMAL"
     batch_records: int = 20000
     batch_interval_s: float = 0.25
     health_interval_s: float = 5.0
     pidfile: str = ""
     log_file: str = ""
+    status_file: str = ""
+    integrity_check_interval_s: float = 3600.0
     retention_days: float = 90.0
     archive_dir: str = ""
 
@@ -88,6 +104,7 @@ class Config:
         for name in (
             "batch_interval_s",
             "health_interval_s",
+            "integrity_check_interval_s",
             "retention_days",
         ):
             if not getattr(self, name) > 0:
@@ -100,17 +117,41 @@ class Config:
                 "fills in the default"
             )
         db_dir = pathlib.Path(self.db).parent
+        if not self.status_file:
+            # Beside an explicit pidfile, as before per-database defaults.
+            beside = self.pidfile or self.db
+            object.__setattr__(self, "status_file", beside + ".status.json")
         if not self.pidfile:
-            object.__setattr__(self, "pidfile", str(db_dir / "daemon.pid"))
+            object.__setattr__(self, "pidfile", self.db + ".pid")
         if not self.log_file:
-            object.__setattr__(self, "log_file", str(db_dir / "daemon.log"))
+            object.__setattr__(self, "log_file", self.db + ".log")
         if not self.archive_dir:
             object.__setattr__(self, "archive_dir", str(db_dir / "archive"))
 
     @property
     def mode(self) -> int:
-        """Permission bits for the ring, lock files and database."""
-        return 0o660 if self.group_access else 0o600
+        """Permission bits for the ring, lock files, database, logs."""
+        return 0o660 if self.group_access or self.group else 0o600
+
+    @property
+    def gid(self) -> int | None:
+        """The numeric id of ``group``; None when it is empty.
+
+        Raises:
+            ConfigError: no such group on this machine.
+        """
+        if not self.group:
+            return None
+        if self.group.isdigit():
+            return int(self.group)
+        try:
+            return grp.getgrnam(self.group).gr_gid
+        except KeyError:
+            raise ConfigError(
+                f"group {self.group!r} does not exist here: create it "
+                "(groupadd, or systemd/livemon.sysusers.conf) or set "
+                "LIVEMON_GROUP to an existing group"
+            ) from None
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -120,6 +161,7 @@ def load_config(
     overrides: Mapping[str, Any] | None = None,
     *,
     env: Mapping[str, str] = os.environ,
+    find_system: bool = False,
 ) -> Config:
     """Resolve every setting: overrides, then environment, file, default.
 
@@ -127,6 +169,10 @@ def load_config(
         overrides: explicit values (None means "not given"); the key
             ``config`` names a TOML file.
         env: the environment to read ``LIVEMON_*`` from.
+        find_system: for commands that look at a running instance (status,
+            reports): when no database is named and the user's default
+            holds none, use the system service's (``SYSTEM_STATE_DIR``)
+            if it exists.  A root shell then finds the service's daemon.
 
     Raises:
         ConfigError: an unknown key, a value of the wrong type, an
@@ -147,6 +193,13 @@ def load_config(
         _check_type(name, value)
     if not values.get("db"):
         values["db"] = str(default_state_dir(env) / DB_FILENAME)
+        system = SYSTEM_STATE_DIR / DB_FILENAME
+        if (
+            find_system
+            and not os.path.exists(values["db"])
+            and system.exists()
+        ):
+            values["db"] = str(system)
     return Config(**values)
 
 

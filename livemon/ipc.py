@@ -83,6 +83,30 @@ def attach_ring(spec: RingSpec) -> ringbuf.Ring:
     return ringbuf.Ring.attach(spec.name, spec.dtype)
 
 
+def open_ring_created(
+    config: Config, spec: RingSpec
+) -> tuple[ringbuf.Ring, bool]:
+    """``open_ring``, and whether this call created the ring.
+
+    A daemon refused at start removes what it created, and only that.
+    """
+    try:
+        return attach_ring(spec), False
+    except ringbuf.RingNotFound:
+        pass
+    try:
+        ring = ringbuf.Ring.create(
+            spec.name,
+            spec.dtype,
+            config.lanes,
+            spec.capacity_records,
+            mode=config.mode,
+        )
+    except ringbuf.RingExists:
+        return attach_ring(spec), False
+    return ring, True
+
+
 def open_rings(config: Config) -> tuple[ringbuf.Ring, ringbuf.Ring]:
     """Attach to (or create) the events ring and the labels ring."""
     events = open_ring(config, events_ring(config))
@@ -96,7 +120,7 @@ def open_rings(config: Config) -> tuple[ringbuf.Ring, ringbuf.Ring]:
 
 def status_file(config: Config) -> str:
     """Where the running daemon publishes its figures each second."""
-    return config.pidfile + ".status.json"
+    return config.status_file
 
 
 def read_status(config: Config) -> dict[str, Any] | None:
@@ -105,5 +129,5 @@ def read_status(config: Config) -> dict[str, Any] | None:
         with open(status_file(config)) as file:
             data: dict[str, Any] = json.load(file)
             return data
-    except (FileNotFoundError, ValueError):
+    except (OSError, ValueError):
         return None

@@ -55,13 +55,17 @@ FORBIDDEN = {
 # in ringbuf or livemon still fails here until it is added on purpose.
 STDLIB = {
     "ringbuf": {
+        "collections.abc",
         "contextlib",
+        "errno",
         "fcntl",
         "hashlib",
-        "multiprocessing.shared_memory",
+        "mmap",
         "os",
+        "platform",
         "re",
         "secrets",
+        "stat",
         "struct",
         "sys",
         "threading",
@@ -79,6 +83,7 @@ STDLIB["livemon"] = STDLIB["ringbuf"] | {
     "email.message",
     "email.parser",
     "enum",
+    "grp",  # config: the configured group's gid
     "importlib.metadata",
     "itertools",
     "json",

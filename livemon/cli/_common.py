@@ -30,11 +30,23 @@ def errors_for_people() -> Iterator[None]:
         raise click.UsageError(str(exc)) from exc
     except LivemonError as exc:
         raise click.ClickException(str(exc)) from exc
+    except PermissionError as exc:
+        raise click.ClickException(
+            f"permission denied: {exc.filename or exc}. Ask for the "
+            "group that may read livemon's ring and database (LIVEMON_GROUP"
+            "; add yourself to it), or run as their owner"
+        ) from exc
 
 
-def database(db: str | None, config_file: str | None) -> str:
-    """The unified database path from flags, LIVEMON_*, config file."""
-    return config_for(None, db, config_file).db
+def database(
+    db: str | None, config_file: str | None, find_system: bool = False
+) -> str:
+    """The unified database path from flags, LIVEMON_*, config file.
+
+    ``find_system``: for readers, the system service's database when the
+    user has none of their own (``load_config``).
+    """
+    return config_for(None, db, config_file, find_system=find_system).db
 
 
 db_option = click.option(
@@ -55,11 +67,17 @@ ring_option = click.option(
 
 
 def config_for(
-    ring: str | None, db: str | None, config_file: str | None
+    ring: str | None,
+    db: str | None,
+    config_file: str | None,
+    find_system: bool = False,
 ) -> Config:
     """The configuration from flags, LIVEMON_*, config file, defaults."""
     with errors_for_people():
-        return load_config({"ring": ring, "db": db, "config": config_file})
+        return load_config(
+            {"ring": ring, "db": db, "config": config_file},
+            find_system=find_system,
+        )
 
 
 def open_database(ctx: click.Context, path: str) -> sqlite3.Connection:

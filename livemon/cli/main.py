@@ -8,11 +8,13 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import time
 
 import click
 
 from livemon.cli import views
 from livemon.cli._common import (
+    config_for,
     config_option,
     database,
     db_option,
@@ -106,28 +108,77 @@ def _report_text(report: TableReport, dry_run: bool) -> str:
 @click.argument("destination", type=click.Path(dir_okay=False))
 @db_option
 @config_option
-def backup(destination: str, db: str | None, config_file: str | None) -> None:
-    """Copy the unified database online (safe while the daemon writes)."""
-    path = database(db, config_file)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Give up (exit 1) when the copy takes longer, e.g. while another "
+    "process holds the database locked.",
+)
+def backup(
+    destination: str, db: str | None, config_file: str | None, timeout_s: float
+) -> None:
+    """Copy the unified database online (safe while the daemon writes).
+
+    The copy is owner-only (group-readable when a group is configured).
+    """
+    config = config_for(None, db, config_file, find_system=True)
+    path = config.db
     if not os.path.isfile(path):
         raise click.ClickException(f"{path}: no such database")
     if os.path.exists(destination):
         raise click.UsageError(f"{destination} exists: name a new file")
     try:
-        with contextlib.closing(
-            sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        ) as source:
-            target = sqlite3.connect(destination)
-            source.backup(target, pages=1024)
-            verdict = target.execute("PRAGMA integrity_check").fetchone()[0]
-            target.close()
-    except sqlite3.Error as exc:
+        # Created here with the database's mode: sqlite3 would use 0644.
+        os.close(os.open(destination, os.O_CREAT | os.O_EXCL, config.mode))
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot create {destination}: {exc.strerror}"
+        ) from exc
+    try:
+        verdict = _copy(path, destination, timeout_s)
+    except (sqlite3.Error, TimeoutError) as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(destination)
         raise click.ClickException(f"backup of {path} failed: {exc}") from exc
     if verdict != "ok":
         raise click.ClickException(
             f"the copy fails integrity_check: {verdict}"
         )
     click.echo(f"backed up {path} to {destination} (integrity_check ok)")
+
+
+def _copy(path: str, destination: str, timeout_s: float) -> str:
+    """Back ``path`` up into ``destination``; return its integrity_check.
+
+    Raises:
+        TimeoutError: not done within ``timeout_s`` (sqlite3's backup
+            retries a locked database forever by itself).
+        sqlite3.Error: the copy failed.
+    """
+    deadline = time.monotonic() + timeout_s
+
+    def progress(status: int, remaining: int, total: int) -> None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"not done after {timeout_s:g} s (the database is locked, "
+                "or busier than the copy): try again, or raise --timeout"
+            )
+
+    with (
+        contextlib.closing(
+            sqlite3.connect(
+                f"file:{path}?mode=ro", uri=True, timeout=timeout_s
+            )
+        ) as source,
+        contextlib.closing(sqlite3.connect(destination)) as target,
+    ):
+        # All pages in one step: one read snapshot, so writes by the
+        # daemon meanwhile never make the copy start over.
+        source.backup(target, pages=-1, progress=progress, sleep=0.05)
+        return str(target.execute("PRAGMA integrity_check").fetchone()[0])
 
 
 for _command in (

@@ -100,7 +100,7 @@ def report(
         span = reading.TimeRange.parse(since, until)
     if per == "auto":
         per = "hour" if span.end_ns - span.start_ns <= 3 * 86400e9 else "day"
-    path = database(db, config_file)
+    path = database(db, config_file, find_system=True)
     connection = open_database(ctx, path)
     with reading_errors(path):
         result = build_report(
@@ -117,8 +117,13 @@ def report(
         )
         click.echo(render.report_text(result), nl=False)
     if plot:
-        with open(plot, "w") as file:
-            file.write(render.trend_svg(result))
+        try:
+            with open(plot, "w") as file:
+                file.write(render.trend_svg(result))
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot write the chart to {plot}: {exc.strerror}"
+            ) from exc
         click.echo(f"trend chart written to {plot}", err=True)
 
 
@@ -168,7 +173,7 @@ def tail(
 ) -> None:
     """Print the newest events, and with -f keep following the database
     as the daemon commits; Ctrl-C stops."""
-    path = database(db, config_file)
+    path = database(db, config_file, find_system=True)
     connection = open_database(ctx, path)
     labels = reading.Labels(connection)
     show = events.as_json if as_json else events.describe
@@ -231,7 +236,7 @@ def stats(
 ) -> None:
     """The feedback loop's live statistics from the ring's recent window:
     per agent, per category, and active alerts."""
-    config = config_for(ring, db, config_file)
+    config = config_for(ring, db, config_file, find_system=True)
     with errors_for_people():
         snap = live.snapshot(config)
     with _Names(config.db) as names:
@@ -280,6 +285,6 @@ def top_command(
 ) -> None:
     """A live view like top: daemon health, ring fill, monitoring overhead,
     per agent and per category; q or Ctrl-C quits."""
-    config = config_for(ring, db, config_file)
+    config = config_for(ring, db, config_file, find_system=True)
     with _Names(config.db) as names:
         top.run(config, names, interval, iterations)

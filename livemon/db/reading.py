@@ -186,22 +186,39 @@ class TimeRange:
         return cls(parse_moment(since, now), parse_moment(until, now))
 
 
+_LAST_NS = 2**63 - 1  # events store ns since 1970 as SQLite integers
+
+
 def parse_moment(text: str, now_ns: int) -> int:
-    """A moment in ns: ``now``, an age (``6h``) or a UTC date or time."""
+    """A moment in ns: ``now``, an age (``6h``) or a UTC date or time.
+
+    Raises:
+        BadTimeRange: unreadable, or outside 1970 .. 2262 (what a
+            timestamp in ns can hold); the message shows the forms.
+    """
     value = text.strip().lower()
     if value == "now":
         return now_ns
     if match := _AGO.match(value):
         seconds = float(match[1]) * _UNITS_S[match[2]]
-        return now_ns - int(seconds * 1e9)
-    try:
-        moment = datetime.datetime.fromisoformat(text.strip())
-    except ValueError:
+        moment_ns = now_ns - seconds * 1e9
+    else:
+        try:
+            moment = datetime.datetime.fromisoformat(text.strip())
+        except ValueError:
+            raise BadTimeRange(
+                f"cannot read the time {text!r}: use {TIME_FORMS}"
+            ) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.UTC)
+        moment_ns = moment.timestamp() * 1e9
+    if not 0 <= moment_ns <= _LAST_NS:
         raise BadTimeRange(
-            f"cannot read the time {text!r}: use {TIME_FORMS}"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.UTC)
+            f"the time {text!r} is outside what events can carry (1970-01-01"
+            " to 2262-04-11 UTC): give a shorter age or a nearer date"
+        )
+    if match:
+        return int(moment_ns)
     return int(moment.timestamp() * 1e6) * 1000
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -226,3 +227,63 @@ class TestTheDemo:
             result = CliRunner().invoke(cli, args, catch_exceptions=False)
             assert result.exit_code == 0, result.output
             assert "coder" in result.output
+
+
+class TestOneLineErrors:
+    @pytest.mark.parametrize(
+        ("args", "code", "message"),
+        [
+            (["report", "--since", "99999999w"], 2, "outside what events"),
+            (["report", "--since", "0001-01-01"], 2, "outside what events"),
+            (["report", "--plot", "missing/dir/x.svg"], 1, "cannot write"),
+        ],
+    )
+    def test_report_mistakes(self, tmp_path, args, code, message):
+        """Out-of-range times and an unwritable chart path: a message and an
+        exit code, no traceback."""
+        from livemon.db.writer import open_writer
+
+        db = tmp_path / "u.db"
+        open_writer(str(db)).close()
+        result = subprocess.run(
+            [sys.executable, "-m", "livemon", *args, "--db", str(db)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+        assert result.returncode == code, result.stderr
+        assert message in result.stderr
+        assert "Traceback" not in result.stderr
+
+    def test_stats_without_permission(self, daemon_env, ring_name):
+        """stats as a user who may not open root's ring: one line, exit 1."""
+        from livemon import ipc
+        from livemon.config import load_config
+
+        config = load_config(env=daemon_env)
+        ipc.open_ring(config, ipc.events_ring(config)).close()
+        ipc.open_ring(config, ipc.labels_ring(config)).close()
+        venv = pathlib.Path(sys.prefix)
+        site = next(str(p) for p in venv.glob("lib/python3*/site-packages"))
+        env = dict(daemon_env, PYTHONPATH=f"{ROOT}:{site}", HOME="/")
+        result = subprocess.run(
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "/usr/bin/python3",
+                "-m",
+                "livemon",
+                "stats",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd="/",
+        )
+        assert result.returncode == 1, result.stderr
+        assert "permission denied" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
