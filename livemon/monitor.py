@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 import ringbuf
-from livemon import ipc
+from livemon import ipc, spill
 from livemon import record as rec
 from livemon.config import Config, load_config
 from livemon.context import RequestContext
@@ -30,6 +30,49 @@ logger = logging.getLogger("livemon")
 
 _MAX_CACHED_LABELS = 100_000
 _RING_FAILURES = (ringbuf.RingError, ValueError, OSError)
+_SPILL_FAILURES = (spill.SpillConfigError, spill.SpillDtypeError, OSError)
+_STORED = spill.SpillStatus.STORED
+# Which counter a spill refusal adds to, beside ``dropped``.
+_SPILL_DROPS = {
+    spill.SpillStatus.SPILL_CAP: "dropped_spill_cap",
+    spill.SpillStatus.DISK_FULL: "dropped_disk_full",
+    spill.SpillStatus.IO_ERROR: "dropped_io_error",
+    spill.SpillStatus.REJECTED: "dropped_io_error",
+}
+SPILL_IDLE_S = 1.0
+"""Seconds of ring puts succeeding again before the spill is sealed."""
+# Config keys a later Config will carry: (name, default).  Read with
+# getattr so this Monitor works with the Config of today.
+_SPILL_OPTIONS = (
+    ("segment_bytes", "spill_segment_bytes"),
+    ("lane_cap_bytes", "spill_lane_cap_bytes"),
+    ("total_cap_bytes", "spill_total_cap_bytes"),
+    ("min_free_bytes", "spill_min_free_bytes"),
+    ("sync_interval_ms", "spill_sync_interval_ms"),
+)
+
+
+def spill_enabled(config: Config) -> bool:
+    """Whether a full lane spills (``config.spill``; off until set)."""
+    return bool(getattr(config, "spill", False))
+
+
+def spill_dir(config: Config) -> str:
+    """The spill root: ``config.spill_dir``, else beside the database."""
+    return getattr(config, "spill_dir", "") or spill.default_spill_dir(
+        config.db
+    )
+
+
+def spill_options(config: Config) -> dict[str, Any]:
+    """``SpillWriter`` keywords from ``config`` (its defaults if unset)."""
+    options: dict[str, Any] = {
+        keyword: getattr(config, key)
+        for keyword, key in _SPILL_OPTIONS
+        if getattr(config, key, None) is not None
+    }
+    options["mode"] = config.mode
+    return options
 
 
 class Monitor:
@@ -61,6 +104,13 @@ class Monitor:
     _rings: tuple[ringbuf.Ring, ringbuf.Ring] | None = None
     _closed = False
     _lanes_exhausted = False  # the last attempt found no free lane
+    # The spills of this process's events and labels lanes, made when a
+    # lane is first found full; None while not spilling.
+    _events_spill: spill.LaneSpill | None = None
+    _labels_spill: spill.LaneSpill | None = None
+    _spilling = False  # either spill is open
+    _spilled_at = 0.0  # monotonic time of the last spilled put
+    _spill_retry_at = 0.0  # after a spill could not be opened
 
     def __init__(
         self,
@@ -84,6 +134,7 @@ class Monitor:
             write=self._write,
         )
         self._retry_at = 0.0
+        self._spill_on = spill_enabled(self.config)
         self._connect()
         _MONITORS.add(self)
 
@@ -149,14 +200,93 @@ class Monitor:
             return self._lost("failed", message, exc)
         if stored:
             self.counters.recorded += 1
+            if self._spilling:  # one load: the only cost when not full
+                self._settle_spills()
             return True
         if events.stale:
             return self._follow(packed)
+        return self._spill_event(packed)
+
+    def _spill_event(self, packed: bytes) -> bool:
+        """Spill a record the full lane refused; count it if that fails."""
+        if self._spill_on:
+            lane_spill = self._events_spill
+            if lane_spill is None:
+                lane_spill = self._events_spill = self._open_spill(0)
+            if lane_spill is None:
+                self.counters.dropped_io_error += 1
+            else:
+                status = lane_spill.put(packed)
+                if status is _STORED:
+                    self.counters.spilled += 1
+                    self._spilled_at = time.monotonic()
+                    self._spilling = True
+                    return True
+                reason = _SPILL_DROPS[status]
+                setattr(
+                    self.counters, reason, getattr(self.counters, reason) + 1
+                )
         return self._lost(
             "dropped",
             f"ring {self.config.ring!r} lane is full: is livemon-daemon "
             "running? (or raise capacity_records)",
         )
+
+    def _open_spill(self, which: int) -> spill.LaneSpill | None:
+        """Open the spill of the events (0) or labels (1) lane, or None.
+
+        Opening reads the lane's spill directory once; after a failure it
+        is tried again only after ``retry_interval_s``.
+        """
+        rings = self._rings
+        writer = (self._events, self._labels)[which]
+        if rings is None or writer is None or self._closed:
+            return None
+        now = time.monotonic()
+        if now < self._spill_retry_at:
+            return None
+        ring = rings[which]
+        try:
+            lane = writer.lane
+            if lane is None:
+                return None
+            return spill.LaneSpill.open(
+                spill_dir(self.config),
+                ring.name,
+                ring.epoch,
+                lane,
+                ring.dtype,
+                **spill_options(self.config),
+            )
+        except _SPILL_FAILURES as exc:
+            self._spill_retry_at = now + self.retry_interval_s
+            logger.warning(
+                "cannot spill ring %r lane (records are dropped): %s",
+                ring.name,
+                exc,
+            )
+            return None
+
+    def _settle_spills(self) -> None:
+        """While the ring takes records again: sync, then seal the spills.
+
+        The daemon retires only sealed segments; sealing after
+        ``SPILL_IDLE_S`` rather than at once keeps a lane that is full on
+        and off from making a segment each time.
+        """
+        if time.monotonic() - self._spilled_at >= SPILL_IDLE_S:
+            self._close_spills()
+            return
+        for lane_spill in (self._events_spill, self._labels_spill):
+            if lane_spill is not None:
+                lane_spill.sync_if_due()
+
+    def _close_spills(self) -> None:
+        for lane_spill in (self._events_spill, self._labels_spill):
+            if lane_spill is not None:
+                lane_spill.close()
+        self._events_spill = self._labels_spill = None
+        self._spilling = False
 
     def _follow(self, packed: bytes) -> bool:
         """Move to the ring now under our ring's name, then write.
@@ -235,10 +365,27 @@ class Monitor:
         labels = self._labels
         if labels is None:
             return False
+        record = rec.label_record(text)
         try:
-            return labels.put(rec.label_record(text))
+            if labels.put(record):
+                return True
+            if labels.stale or not self._spill_on:
+                return False
         except _RING_FAILURES:
             return False
+        # The labels lane is full: spill the label so that it survives an
+        # outage longer than the held labels last (see LabelCache).
+        lane_spill = self._labels_spill
+        if lane_spill is None:
+            lane_spill = self._labels_spill = self._open_spill(1)
+            if lane_spill is None:
+                return False
+        if lane_spill.put(record) is not _STORED:
+            return False  # held by the label cache, tried again later
+        self.counters.labels_spilled += 1
+        self._spilled_at = time.monotonic()
+        self._spilling = True
+        return True
 
     def _connect(self) -> None:
         try:
@@ -292,6 +439,8 @@ class Monitor:
         self.geometry_mismatch = mismatch
 
     def _detach(self) -> None:
+        # A spill belongs to its ring's epoch and this process's lane.
+        self._close_spills()
         for writer in (self._events, self._labels):
             if writer is not None:
                 writer.close()
@@ -308,6 +457,10 @@ class Monitor:
             return  # already renewed
         self._sink.renew_identity()
         self._label_cache.clear()
+        # The parent's spills were abandoned in this process by their own
+        # at-fork hooks; the child spills from its own lane, when needed.
+        self._events_spill = self._labels_spill = None
+        self._spilling = False
 
 
 _MONITORS: weakref.WeakSet[Monitor] = weakref.WeakSet()
