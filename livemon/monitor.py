@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import weakref
 from typing import Any
@@ -135,6 +136,9 @@ class Monitor:
         )
         self._retry_at = 0.0
         self._spill_on = spill_enabled(self.config)
+        # A SpillWriter takes one put at a time (the ring's writer locks
+        # its own); only the spilling path pays for this lock.
+        self._spill_lock = threading.Lock()
         self._connect()
         _MONITORS.add(self)
 
@@ -210,22 +214,22 @@ class Monitor:
     def _spill_event(self, packed: bytes) -> bool:
         """Spill a record the full lane refused; count it if that fails."""
         if self._spill_on:
-            lane_spill = self._events_spill
-            if lane_spill is None:
-                lane_spill = self._events_spill = self._open_spill(0)
-            if lane_spill is None:
-                self.counters.dropped_io_error += 1
-            else:
-                status = lane_spill.put(packed)
-                if status is _STORED:
-                    self.counters.spilled += 1
-                    self._spilled_at = time.monotonic()
-                    self._spilling = True
-                    return True
-                reason = _SPILL_DROPS[status]
-                setattr(
-                    self.counters, reason, getattr(self.counters, reason) + 1
+            with self._spill_lock:
+                lane_spill = self._events_spill
+                if lane_spill is None:
+                    lane_spill = self._events_spill = self._open_spill(0)
+                status = (
+                    spill.SpillStatus.IO_ERROR
+                    if lane_spill is None
+                    else lane_spill.put(packed)
                 )
+            if status is _STORED:
+                self.counters.spilled += 1
+                self._spilled_at = time.monotonic()
+                self._spilling = True
+                return True
+            reason = _SPILL_DROPS[status]
+            setattr(self.counters, reason, getattr(self.counters, reason) + 1)
         return self._lost(
             "dropped",
             f"ring {self.config.ring!r} lane is full: is livemon-daemon "
@@ -277,16 +281,18 @@ class Monitor:
         if time.monotonic() - self._spilled_at >= SPILL_IDLE_S:
             self._close_spills()
             return
-        for lane_spill in (self._events_spill, self._labels_spill):
-            if lane_spill is not None:
-                lane_spill.sync_if_due()
+        with self._spill_lock:
+            for lane_spill in (self._events_spill, self._labels_spill):
+                if lane_spill is not None:
+                    lane_spill.sync_if_due()
 
     def _close_spills(self) -> None:
-        for lane_spill in (self._events_spill, self._labels_spill):
-            if lane_spill is not None:
-                lane_spill.close()
-        self._events_spill = self._labels_spill = None
-        self._spilling = False
+        with self._spill_lock:
+            for lane_spill in (self._events_spill, self._labels_spill):
+                if lane_spill is not None:
+                    lane_spill.close()
+            self._events_spill = self._labels_spill = None
+            self._spilling = False
 
     def _follow(self, packed: bytes) -> bool:
         """Move to the ring now under our ring's name, then write.
@@ -375,13 +381,12 @@ class Monitor:
             return False
         # The labels lane is full: spill the label so that it survives an
         # outage longer than the held labels last (see LabelCache).
-        lane_spill = self._labels_spill
-        if lane_spill is None:
-            lane_spill = self._labels_spill = self._open_spill(1)
+        with self._spill_lock:
+            lane_spill = self._labels_spill
             if lane_spill is None:
-                return False
-        if lane_spill.put(record) is not _STORED:
-            return False  # held by the label cache, tried again later
+                lane_spill = self._labels_spill = self._open_spill(1)
+            if lane_spill is None or lane_spill.put(record) is not _STORED:
+                return False  # held by the label cache, tried again later
         self.counters.labels_spilled += 1
         self._spilled_at = time.monotonic()
         self._spilling = True
@@ -459,6 +464,8 @@ class Monitor:
         self._label_cache.clear()
         # The parent's spills were abandoned in this process by their own
         # at-fork hooks; the child spills from its own lane, when needed.
+        # A new lock: another thread of the parent may have held the old.
+        self._spill_lock = threading.Lock()
         self._events_spill = self._labels_spill = None
         self._spilling = False
 

@@ -326,3 +326,53 @@ class TestFullDisk:
             counters["recorded"],
             counters["spilled"],
         )
+
+
+def _record_in_child(monitor: Monitor, count: int, out: object) -> None:
+    """Record through a Monitor inherited over fork; publish counters."""
+    for i in range(count):
+        one_request(monitor, 100_000 + i)
+    out[0] = monitor.counters.recorded  # type: ignore[index]
+    out[1] = monitor.counters.spilled  # type: ignore[index]
+    out[2] = monitor.counters.dropped  # type: ignore[index]
+    monitor.close()
+
+
+class TestForkedChild:
+    """A forked child spills from its own lane, never its parent's."""
+
+    def test_parent_and_child_both_spill(self, tmp_path, ring_name):
+        """Both spill while their lanes are full; all reach the database."""
+        config = spilling_config(tmp_path, ring_name)
+        ctx = multiprocessing.get_context("fork")
+        out = ctx.Array("q", 3, lock=False)
+        with Monitor(config=config) as monitor:
+            for i in range(300):
+                one_request(monitor, i)
+            assert monitor.counters.spilled == 300 - 64
+            # The child inherits the counters as they were at the fork.
+            at_fork = dataclasses.asdict(monitor.counters)
+            child = ctx.Process(
+                target=_record_in_child, args=(monitor, 300, out)
+            )
+            child.start()
+            child.join(30)
+            assert child.exitcode == 0
+            for i in range(300, 400):
+                one_request(monitor, i)
+            parent = dataclasses.asdict(monitor.counters)
+        assert out[2] == parent["dropped"] == 0
+        child_recorded = out[0] - at_fork["recorded"]
+        child_spilled = out[1] - at_fork["spilled"]
+        assert child_recorded + child_spilled == 300
+        assert child_spilled > 0
+        from_ring, from_spill = drain_all(config)
+        assert from_ring + from_spill == 700
+        assert from_spill == parent["spilled"] + child_spilled
+        lanes = query(
+            config,
+            "SELECT DISTINCT lane FROM events WHERE lane >= ?",
+            SPILL_LANE_BASE,
+        )
+        assert len(lanes) == 2
+        assert segment_files(config) == []
