@@ -232,6 +232,8 @@ class SpillReplayer:
                 else:
                     after = _hwm_or_none(store, epoch, lane)
                 got = reader.backlog(epoch, lane, after)
+                if not got.segments:
+                    continue  # a lane dir left empty by retire
                 lanes.append(
                     {
                         "tree": tree,
