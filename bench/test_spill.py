@@ -168,3 +168,84 @@ def test_monitor_request_spilling(benchmark, record, tmp_path, ring_name):
         assert monitor.counters.spilled >= MONITOR_ROUNDS
         assert monitor.counters.dropped == 0
     record(benchmark, baseline="test_monitor_request_ring")
+
+
+REPLAY_BATCH = 20_000
+REPLAY_ROUNDS = 8
+
+
+def test_drain_batch(benchmark, record, tmp_path, ring_name):
+    """Drainer.drain_once of a full 20,000-record lane into SQLite."""
+    from bench.test_drain import realistic_records
+    from daemon.drain import Drainer
+    from daemon.store import Store
+    from livemon.ipc import open_rings
+
+    config = load_config(
+        {
+            "ring": ring_name,
+            "db": str(tmp_path / "drain.db"),
+            "lanes": 1,
+            "capacity_records": REPLAY_BATCH,
+        }
+    )
+    events, labels = open_rings(config)
+    writer = events.writer()
+    store = Store(config.db)
+    drainer = Drainer(config, events, labels, lambda: store)
+    records = realistic_records(REPLAY_BATCH, 3)
+    moved = []
+
+    def fill():
+        assert writer.put_many(records) == REPLAY_BATCH
+
+    benchmark.pedantic(
+        lambda: moved.append(drainer.drain_once()),
+        setup=fill,
+        rounds=REPLAY_ROUNDS,
+    )
+    assert set(moved) == {REPLAY_BATCH}
+    record(benchmark, items=REPLAY_BATCH)
+    drainer.close()
+    writer.close()
+    events.close()
+    labels.close()
+
+
+def test_replay_batch(benchmark, record, tmp_path, ring_name):
+    """SpillReplayer.replay_once of 20,000 spilled records into SQLite
+    (read, CRC, insert, commit, retire): must keep up with the drain."""
+    from bench.test_drain import realistic_records
+    from daemon.replay import SpillReplayer
+    from daemon.store import Store
+    from livemon.spill import LaneSpill
+
+    spill_root = tmp_path / "spill"
+    store = Store(str(tmp_path / "replay.db"))
+    replayer = SpillReplayer(spill_root, ring_name, store)
+    records = [r.tobytes() for r in realistic_records(REPLAY_BATCH, 3)]
+    lanes = iter(range(4096))
+    moved = []
+
+    def spill_a_lane():
+        lane_spill = LaneSpill.open(
+            spill_root,
+            ring_name,
+            EPOCH,
+            next(lanes),
+            RECORD_DTYPE,
+            min_free_bytes=0,
+        )
+        for packed in records:
+            lane_spill.put(packed)
+        lane_spill.close()
+
+    benchmark.pedantic(
+        lambda: moved.append(replayer.replay_once(REPLAY_BATCH)),
+        setup=spill_a_lane,
+        rounds=REPLAY_ROUNDS,
+    )
+    assert set(moved) == {REPLAY_BATCH}
+    assert replayer.backlog()["records"] == 0
+    record(benchmark, items=REPLAY_BATCH, baseline="test_drain_batch")
+    store.close()

@@ -254,8 +254,10 @@ class Monitor:
             lane = writer.lane
             if lane is None:
                 return None
+            root = spill_dir(self.config)
+            _make_parent(root, self.config.mode)
             return spill.LaneSpill.open(
-                spill_dir(self.config),
+                root,
                 ring.name,
                 ring.epoch,
                 lane,
@@ -329,7 +331,7 @@ class Monitor:
         if events.put(packed):
             self.counters.recorded += 1
             return True
-        return self._lost("dropped", f"ring {self.config.ring!r} is full")
+        return self._spill_event(packed)  # the new ring is full already
 
     def _unconsumed_if_orphaned(self) -> tuple[Any, Any]:
         """This process's undrained labels and events, if no consumer is
@@ -468,6 +470,13 @@ class Monitor:
         self._spill_lock = threading.Lock()
         self._events_spill = self._labels_spill = None
         self._spilling = False
+
+
+def _make_parent(path: str, mode: int) -> None:
+    """Make the spill root's parent (the database's directory, by default)
+    as the daemon would, should coordinators spill before it ever ran."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, mode=0o700 | (mode & 0o070), exist_ok=True)
 
 
 _MONITORS: weakref.WeakSet[Monitor] = weakref.WeakSet()

@@ -54,7 +54,6 @@ def spilling_config(
             "label_capacity_records": 16,
         }
     )
-    (tmp_path / "state").mkdir(exist_ok=True)
     fields = {
         f.name: getattr(base, f.name) for f in dataclasses.fields(Config)
     }
@@ -171,6 +170,15 @@ class TestSpillInsteadOfDrop:
         assert errors == REQUESTS // 5
         # The Monitor sealed its segments at close: all retired.
         assert segment_files(config) == []
+
+    def test_the_state_directory_is_made_if_missing(self, tmp_path, ring_name):
+        """Coordinators may spill before the daemon ever made its dir."""
+        config = spilling_config(tmp_path, ring_name)
+        assert not (tmp_path / "state").exists()
+        counters = record_requests(config, 100)
+        assert counters["spilled"] == 36
+        assert (tmp_path / "state" / "spill").is_dir()
+        assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
 
     def test_off_without_the_spill_key_drops_as_before(
         self, tmp_path, ring_name
