@@ -283,13 +283,16 @@ def _head(batch: Batch, room: int) -> Batch:
 
 
 def _retire(reader: SpillReader, key: _Lane, hwm: int) -> int:
-    """Unlink a lane's segments wholly at or below ``hwm``; count them."""
-    if hwm < 0:
-        return 0
+    """Unlink a lane's segments wholly at or below ``hwm``; count them.
+
+    A segment starting above ``hwm`` holds nothing committed, so it is
+    read (by ``retire``) only if its header says it has no frames: a
+    producer killed right after making it leaves such a one behind.
+    """
     retired = 0
     for segment in reader.segments(*key):
-        if segment.first_seq > hwm:
-            break  # seqs rise across segments: the rest are above too
+        if segment.first_seq > hwm and reader.published(segment):
+            continue  # records to replay first
         if reader.retire(segment, hwm):
             retired += 1
     return retired

@@ -42,8 +42,8 @@ _SPILL_DROPS = {
 }
 SPILL_IDLE_S = 1.0
 """Seconds of ring puts succeeding again before the spill is sealed."""
-# Config keys a later Config will carry: (name, default).  Read with
-# getattr so this Monitor works with the Config of today.
+# SpillWriter keyword, and the Config key a later Config will carry for
+# it.  Read with getattr so this Monitor works with today's Config.
 _SPILL_OPTIONS = (
     ("segment_bytes", "spill_segment_bytes"),
     ("lane_cap_bytes", "spill_lane_cap_bytes"),
@@ -72,6 +72,8 @@ def spill_options(config: Config) -> dict[str, Any]:
         for keyword, key in _SPILL_OPTIONS
         if getattr(config, key, None) is not None
     }
+    if options.get("sync_interval_ms") == 0:
+        options["sync_interval_ms"] = None  # 0: writeback by the kernel
     options["mode"] = config.mode
     return options
 

@@ -195,6 +195,26 @@ class TestExactlyOnce:
         ]
 
 
+class TestAbandoned:
+    """Segments a killed producer left behind are replayed, then gone."""
+
+    def test_empty_segment_of_a_killed_producer_is_unlinked(
+        self, spill_dir, store
+    ):
+        """Killed right after making a segment: nothing to replay in it,
+        and it starts above the HWM, yet it is retired."""
+        spill(spill_dir, 50)
+        lane_spill = LaneSpill.open(
+            spill_dir, RING, EPOCH, LANE, rec.RECORD_DTYPE, min_free_bytes=0
+        )
+        writer = lane_spill.writer
+        assert writer._rotate(lane_spill.next_seq) is SpillStatus.STORED
+        writer._abandon()  # its lock gone, unsealed: as after SIGKILL
+        replayer = SpillReplayer(spill_dir, RING, store)
+        assert replay_all(replayer) == 50
+        assert segments(spill_dir) == []
+
+
 class TestTrouble:
     """Damaged files and a missing store never crash the replayer."""
 
