@@ -81,6 +81,15 @@ def spill_options(config: Config) -> dict[str, Any]:
 class Monitor:
     """Records requests of this process into the shared ring.
 
+    When this process's lane is full (no daemon draining, or a burst) and
+    ``config.spill`` is set, the record goes to this lane's spill files
+    under ``spill_dir(config)`` instead (``counters.spilled``), and so do
+    label texts the labels lane refuses (``counters.labels_spilled``);
+    the daemon replays them exactly once (``daemon.replay``).  What the
+    spill refuses too is dropped, counted per reason.  The spill is
+    opened when the lane is first found full, and sealed once ring puts
+    have succeeded again for ``SPILL_IDLE_S``, or at ``close()``.
+
     Args:
         ring: ring name; else ``config``, ``LIVEMON_RING``, the config
             file, the default ``livemon``.
