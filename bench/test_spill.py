@@ -1,14 +1,19 @@
 """
-Spill file put against a ring put, in one run; and the reader's cost per
-record.
+Spill file put against a ring put, in one run; the reader's cost per
+record; and a whole Monitor request spilling against one the ring takes.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
 
 import ringbuf
+from bench.test_monitor import ITERATIONS, one_request
+from livemon import Monitor
+from livemon.config import Config, load_config
 from livemon.record import RECORD_DTYPE
 from livemon.spill import SpillReader, SpillStatus, SpillWriter
 
@@ -101,3 +106,146 @@ def test_spill_read(benchmark, record, tmp_path, ring_name):
     benchmark.pedantic(lambda: counts.append(read()), rounds=50)
     assert set(counts) == {10_000}
     record(benchmark, items=10_000)
+
+
+MONITOR_ROUNDS = 3000
+
+
+@dataclasses.dataclass(frozen=True)
+class _SpillingConfig(Config):
+    """The Config with the spill keys a later Config will carry."""
+
+    spill: bool = True
+    spill_min_free_bytes: int = 0
+
+
+def monitor_config(tmp_path, ring_name, capacity: int) -> _SpillingConfig:
+    """One lane of ``capacity`` records; full lanes spill beside the db."""
+    base = load_config(
+        {
+            "ring": ring_name,
+            "db": str(tmp_path / "livemon.db"),
+            "lanes": 1,
+            "capacity_records": capacity,
+        }
+    )
+    fields = {
+        f.name: getattr(base, f.name) for f in dataclasses.fields(Config)
+    }
+    return _SpillingConfig(**fields)
+
+
+def test_monitor_request_ring(benchmark, record, tmp_path, ring_name):
+    """One whole request (bench/test_monitor.py's) the ring takes."""
+    config = monitor_config(tmp_path, ring_name, 2 * MONITOR_ROUNDS)
+    with Monitor(config=config) as monitor:
+        benchmark.pedantic(
+            one_request,
+            args=(monitor,),
+            rounds=MONITOR_ROUNDS // ITERATIONS,
+            iterations=ITERATIONS,
+            warmup_rounds=10,
+        )
+        assert monitor.counters.recorded >= MONITOR_ROUNDS
+        assert monitor.counters.spilled == monitor.counters.dropped == 0
+    record(benchmark)
+
+
+def test_monitor_request_spilling(benchmark, record, tmp_path, ring_name):
+    """The same request while the lane is full: spilled to a file."""
+    config = monitor_config(tmp_path, ring_name, 4)
+    with Monitor(config=config) as monitor:
+        for _ in range(10):  # fill the lane, open the spill
+            one_request(monitor)
+        assert monitor.counters.spilled
+        benchmark.pedantic(
+            one_request,
+            args=(monitor,),
+            rounds=MONITOR_ROUNDS // ITERATIONS,
+            iterations=ITERATIONS,
+            warmup_rounds=10,
+        )
+        assert monitor.counters.spilled >= MONITOR_ROUNDS
+        assert monitor.counters.dropped == 0
+    record(benchmark, baseline="test_monitor_request_ring")
+
+
+REPLAY_BATCH = 20_000
+REPLAY_ROUNDS = 8
+
+
+def test_drain_batch(benchmark, record, tmp_path, ring_name):
+    """Drainer.drain_once of a full 20,000-record lane into SQLite."""
+    from bench.test_drain import realistic_records
+    from daemon.drain import Drainer
+    from daemon.store import Store
+    from livemon.ipc import open_rings
+
+    config = load_config(
+        {
+            "ring": ring_name,
+            "db": str(tmp_path / "drain.db"),
+            "lanes": 1,
+            "capacity_records": REPLAY_BATCH,
+        }
+    )
+    events, labels = open_rings(config)
+    writer = events.writer()
+    store = Store(config.db)
+    drainer = Drainer(config, events, labels, lambda: store)
+    records = realistic_records(REPLAY_BATCH, 3)
+    moved = []
+
+    def fill():
+        assert writer.put_many(records) == REPLAY_BATCH
+
+    benchmark.pedantic(
+        lambda: moved.append(drainer.drain_once()),
+        setup=fill,
+        rounds=REPLAY_ROUNDS,
+    )
+    assert set(moved) == {REPLAY_BATCH}
+    record(benchmark, items=REPLAY_BATCH)
+    drainer.close()
+    writer.close()
+    events.close()
+    labels.close()
+
+
+def test_replay_batch(benchmark, record, tmp_path, ring_name):
+    """SpillReplayer.replay_once of 20,000 spilled records into SQLite
+    (read, CRC, insert, commit, retire): must keep up with the drain."""
+    from bench.test_drain import realistic_records
+    from daemon.replay import SpillReplayer
+    from daemon.store import Store
+    from livemon.spill import LaneSpill
+
+    spill_root = tmp_path / "spill"
+    store = Store(str(tmp_path / "replay.db"))
+    replayer = SpillReplayer(spill_root, ring_name, store)
+    records = [r.tobytes() for r in realistic_records(REPLAY_BATCH, 3)]
+    lanes = iter(range(4096))
+    moved = []
+
+    def spill_a_lane():
+        lane_spill = LaneSpill.open(
+            spill_root,
+            ring_name,
+            EPOCH,
+            next(lanes),
+            RECORD_DTYPE,
+            min_free_bytes=0,
+        )
+        for packed in records:
+            lane_spill.put(packed)
+        lane_spill.close()
+
+    benchmark.pedantic(
+        lambda: moved.append(replayer.replay_once(REPLAY_BATCH)),
+        setup=spill_a_lane,
+        rounds=REPLAY_ROUNDS,
+    )
+    assert set(moved) == {REPLAY_BATCH}
+    assert replayer.backlog()["records"] == 0
+    record(benchmark, items=REPLAY_BATCH, baseline="test_drain_batch")
+    store.close()

@@ -23,7 +23,19 @@ class Counters:
 
     Attributes:
         recorded: records stored in the ring.
-        dropped: records lost because the lane was full.
+        spilled: records the ring's full lane refused, stored instead in
+            this process's spill files (the daemon replays them): not
+            lost, not counted in ``recorded``.
+        dropped: records lost because the lane was full (and the spill
+            refused them too, or spilling is off); the total of every
+            such loss, whatever the reason below.
+        dropped_spill_cap: of ``dropped``, those the spill refused for
+            its byte caps (per lane, or of the whole spill directory).
+        dropped_disk_full: of ``dropped``, those the spill refused for a
+            full disk (ENOSPC, EDQUOT, or below its free-space floor).
+        dropped_io_error: of ``dropped``, those the spill refused for any
+            other error (spill directory missing or not writable, a
+            segment that cannot be created, a record it would not take).
         invalid: field values refused and stored as unknown (wrong type,
             NaN, inf, out of range, a bool where a number is meant, None
             inside a list, an error whose ``str()`` raises).
@@ -35,6 +47,8 @@ class Counters:
         labels_dropped: label texts that could not be stored at first
             (labels lane full, or no ring); held and retried before the
             next records.
+        labels_spilled: label texts the full labels lane refused, stored
+            in the spill files instead (so not in ``labels_dropped``).
         labels_lost: held label texts given up (more than 1024 waiting):
             records that use them show the id without its text.
         texts_escaped: texts holding lone surrogates, stored with
@@ -43,12 +57,17 @@ class Counters:
     """
 
     recorded: int = 0
+    spilled: int = 0
     dropped: int = 0
+    dropped_spill_cap: int = 0
+    dropped_disk_full: int = 0
+    dropped_io_error: int = 0
     invalid: int = 0
     unavailable: int = 0
     lanes_exhausted: int = 0
     failed: int = 0
     labels_dropped: int = 0
+    labels_spilled: int = 0
     labels_lost: int = 0
     texts_escaped: int = 0
     logged_after_end: int = 0

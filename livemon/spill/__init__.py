@@ -10,6 +10,13 @@ from livemon.spill.exceptions import (
     SpillDirError,
     SpillDtypeError,
 )
+from livemon.spill.lane import (
+    SPILL_LANE_BASE,
+    LaneSpill,
+    default_spill_dir,
+    resume_seq,
+    spill_lane,
+)
 from livemon.spill.reader import Backlog, Scan, Segment, SpillReader
 from livemon.spill.writer import (
     DEFAULT_LANE_CAP_BYTES,
@@ -27,7 +34,9 @@ __all__ = [
     "DEFAULT_SEGMENT_BYTES",
     "DEFAULT_SYNC_INTERVAL_MS",
     "DEFAULT_TOTAL_CAP_BYTES",
+    "SPILL_LANE_BASE",
     "Backlog",
+    "LaneSpill",
     "Scan",
     "Segment",
     "SpillConfigError",
@@ -36,4 +45,7 @@ __all__ = [
     "SpillReader",
     "SpillStatus",
     "SpillWriter",
+    "default_spill_dir",
+    "resume_seq",
+    "spill_lane",
 ]

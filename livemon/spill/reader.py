@@ -285,6 +285,15 @@ class SpillReader:
         size = sum(s.size_bytes for s in segments)
         return Backlog(len(segments), records, size, oldest)
 
+    def published(self, segment: Segment) -> int:
+        """A segment's published frame count, from its header (cheap).
+
+        0 also if it vanished.  A segment of 0 that no writer holds has
+        nothing to replay unless a power loss cut its count: ``retire``
+        (which reads every frame) decides.
+        """
+        return self._peek(segment)[0]
+
     # -- internals -------------------------------------------------------
 
     def _peek(self, segment: Segment) -> tuple[int, int]:

@@ -1,0 +1,298 @@
+"""
+Spill replay: the records producers spilled while their lanes were full,
+committed into the store exactly once, then their segments unlinked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import Any
+
+from daemon.exceptions import DaemonError
+from daemon.store import Store
+from livemon.record import LABEL_DTYPE, RECORD_DTYPE
+from livemon.spill import SpillReader, spill_lane
+from ringbuf import Batch
+
+logger = logging.getLogger("livemon.daemon")
+
+DEFAULT_MAX_RECORDS = 20000
+RETIRE_INTERVAL_S = 1.0  # segments sealed since: looked at this often
+_HWM = "SELECT max(seq) FROM events WHERE epoch = ? AND lane = ?"
+
+_Lane = tuple[int, int]  # (epoch, ring lane)
+
+
+class SpillReplayer:
+    """Moves spilled records into the store, exactly once, in seq order.
+
+    A record spilled from ring lane ``l`` of epoch ``e`` under spill seq
+    ``s`` is stored as ``(e, SPILL_LANE_BASE + l, s)``: spill seqs never
+    meet the ring's.  Each step reads, per lane, the records above the
+    lane's committed high-water mark (HWM), labels first, commits them in
+    one transaction, and only then unlinks every segment wholly at or
+    below the HWM.  The events HWM is the committed rows themselves
+    (``max(seq)`` of the lane, answered by the identity index), so a
+    crash anywhere replays nothing twice: a crash between commit and
+    unlink finds the rows committed, and ``INSERT OR IGNORE`` covers the
+    rest.  Labels are idempotent by id; their HWM is kept in memory only,
+    so a restarted daemon replays them once more, harmlessly.
+
+    Hook it into the drain loop *before* ``Drainer.step``: a label spilled
+    before an event it names reached the ring is then committed no later
+    than that event.
+
+    Args:
+        spill_dir: the spill root the producers write under.
+        ring: the events ring's name (labels: ``<ring>.labels``).
+        store: the store, or a callable returning the current one (say
+            ``lambda: drainer.store``), None while it is unavailable.
+    """
+
+    def __init__(
+        self,
+        spill_dir: str | os.PathLike[str],
+        ring: str,
+        store: Store | Callable[[], Store | None],
+    ) -> None:
+        self.spill_dir = os.fspath(spill_dir)
+        self.events = SpillReader(self.spill_dir, ring, RECORD_DTYPE)
+        self.labels = SpillReader(
+            self.spill_dir, ring + ".labels", LABEL_DTYPE
+        )
+        self._store = store
+        self._label_hwm: dict[_Lane, int] = {}
+        self._retire_at = 0.0
+        self.replayed = 0
+        """Events committed from spill files by this replayer."""
+        self.retired = 0
+        """Segments unlinked after their last record was committed."""
+        self.last_error: str | None = None
+
+    @property
+    def store(self) -> Store | None:
+        """The store now (None while it is unavailable)."""
+        store = self._store
+        return store if isinstance(store, Store) else store()
+
+    def step(self, max_records: int = DEFAULT_MAX_RECORDS) -> int:
+        """``replay_once``, turning trouble into a retry at the next step.
+
+        Database trouble is left to the drain loop (it backs off and
+        reopens the store); the records stay in their files meanwhile.
+        """
+        try:
+            moved = self.replay_once(max_records)
+        except (sqlite3.Error, DaemonError, OSError, ValueError) as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            logger.warning(
+                "spill replay failed (%s); the records stay in their "
+                "spill files, retrying",
+                self.last_error,
+            )
+            return 0
+        self.last_error = None
+        return moved
+
+    def replay_once(self, max_records: int = DEFAULT_MAX_RECORDS) -> int:
+        """Commit up to ``max_records`` spilled events (and the labels
+        spilled meanwhile); return the events committed.
+
+        Raises:
+            sqlite3.Error, DaemonError: the store failed; nothing was
+                retired, the records stay in their files.
+            OSError: the spill directory cannot be read.
+        """
+        store = self.store
+        if store is None:
+            return 0
+        label_batches = self._pending_labels(max_records)
+        event_lanes = self._pending_events(store, max_records)
+        if label_batches or event_lanes:
+            moved = self._commit(store, label_batches, event_lanes)
+        else:
+            moved = 0
+        now = time.monotonic()
+        if now >= self._retire_at:  # segments sealed since, or retained
+            self._retire_at = now + RETIRE_INTERVAL_S
+            self._retire_all(store)
+        else:
+            self._retire_labels({key for key, _ in label_batches})
+            self._retire_events(store, set(event_lanes))
+        self.replayed += moved
+        return moved
+
+    # -- reading ---------------------------------------------------------
+
+    def _pending_labels(self, max_records: int) -> list[tuple[_Lane, Batch]]:
+        found: list[tuple[_Lane, Batch]] = []
+        room = max_records
+        for key in self.labels.lanes():
+            after = self._label_hwm.get(key, -1)
+            for batch in self.labels.read(*key, after):
+                if room <= 0:
+                    return found
+                batch = _head(batch, room)
+                room -= len(batch.records)
+                found.append((key, batch))
+        return found
+
+    def _pending_events(
+        self, store: Store, max_records: int
+    ) -> dict[_Lane, list[Batch]]:
+        found: dict[_Lane, list[Batch]] = {}
+        room = max_records
+        for key in self.events.lanes():
+            if room <= 0:
+                break
+            epoch, lane = key
+            after = _hwm(store, epoch, lane)
+            for batch in self.events.read(epoch, lane, after):
+                if room <= 0:
+                    break
+                batch = _head(batch, room)
+                room -= len(batch.records)
+                # Stored under the spill lane: its own seq space.
+                found.setdefault(key, []).append(
+                    batch._replace(lane=spill_lane(lane))
+                )
+        return found
+
+    # -- committing ------------------------------------------------------
+
+    def _commit(
+        self,
+        store: Store,
+        label_batches: list[tuple[_Lane, Batch]],
+        event_lanes: dict[_Lane, list[Batch]],
+    ) -> int:
+        labels = [batch for _, batch in label_batches]
+        by_epoch: dict[int, list[Batch]] = {}
+        for (epoch, _), batches in event_lanes.items():
+            by_epoch.setdefault(epoch, []).extend(batches)
+        inserted = 0
+        with store.atomic():  # one transaction; the writes nest inside
+            if not by_epoch:
+                store.write(0, labels, [])
+            for epoch, batches in by_epoch.items():
+                inserted += store.write(epoch, labels, batches)
+                labels = []  # once, in the first write
+        # Committed: now the labels' HWM may move (events' is the rows).
+        for key, batch in label_batches:
+            hwm = self._label_hwm.get(key, -1)
+            self._label_hwm[key] = max(hwm, batch.end_seq - 1)
+        moved = sum(len(b.records) for bs in event_lanes.values() for b in bs)
+        if inserted != moved:
+            logger.info(
+                "spill replay: %d of %d records were already stored",
+                moved - inserted,
+                moved,
+            )
+        return moved
+
+    # -- retiring --------------------------------------------------------
+
+    def _retire_all(self, store: Store) -> None:
+        self._retire_labels(set(self.labels.lanes()))
+        self._retire_events(store, set(self.events.lanes()))
+
+    def _retire_labels(self, keys: set[_Lane]) -> None:
+        for key in keys:
+            hwm = self._label_hwm.get(key, -1)
+            self.retired += _retire(self.labels, key, hwm)
+
+    def _retire_events(self, store: Store, keys: set[_Lane]) -> None:
+        for epoch, lane in keys:
+            hwm = _hwm(store, epoch, lane)
+            self.retired += _retire(self.events, (epoch, lane), hwm)
+
+    # -- status ----------------------------------------------------------
+
+    def backlog(self) -> dict[str, Any]:
+        """What waits in the spill files, for status, top and health.
+
+        Returns:
+            ``records``, ``size_bytes``, ``segments``, ``oldest_age_s``
+            (of the oldest record not yet committed) in all; the readers'
+            ``bad_frames``, ``torn_frames``, ``bad_segments`` (records
+            lost to damage, counted once); and ``lanes``: the same
+            figures per ``tree`` (events, labels), ``epoch`` and ``lane``.
+        """
+        store = self.store
+        now_ns = time.time_ns()
+        lanes: list[dict[str, Any]] = []
+        for tree, reader in (("labels", self.labels), ("events", self.events)):
+            for epoch, lane in reader.lanes():
+                if tree == "labels":
+                    after = self._label_hwm.get((epoch, lane), -1)
+                else:
+                    after = _hwm_or_none(store, epoch, lane)
+                got = reader.backlog(epoch, lane, after)
+                if not got.segments:
+                    continue  # a lane dir left empty by retire
+                lanes.append(
+                    {
+                        "tree": tree,
+                        "epoch": epoch,
+                        "lane": lane,
+                        "records": got.records,
+                        "size_bytes": got.size_bytes,
+                        "segments": got.segments,
+                        "oldest_age_s": round(got.oldest_age_s(now_ns), 3),
+                    }
+                )
+        readers = (self.labels, self.events)
+        return {
+            "records": sum(lane["records"] for lane in lanes),
+            "size_bytes": sum(lane["size_bytes"] for lane in lanes),
+            "segments": sum(lane["segments"] for lane in lanes),
+            "oldest_age_s": max(
+                (lane["oldest_age_s"] for lane in lanes), default=0.0
+            ),
+            "bad_frames": sum(r.bad_frames for r in readers),
+            "torn_frames": sum(r.torn_frames for r in readers),
+            "bad_segments": sum(r.bad_segments for r in readers),
+            "lanes": lanes,
+        }
+
+
+def _hwm(store: Store, epoch: int, lane: int) -> int:
+    """The highest spill seq committed for a ring lane, -1 if none."""
+    row = store.db.execute(_HWM, (epoch, spill_lane(lane))).fetchone()
+    return -1 if row is None or row[0] is None else int(row[0])
+
+
+def _hwm_or_none(store: Store | None, epoch: int, lane: int) -> int:
+    if store is None:
+        return -1
+    try:
+        return _hwm(store, epoch, lane)
+    except (sqlite3.Error, ValueError):
+        return -1  # unknown: count every record as waiting
+
+
+def _head(batch: Batch, room: int) -> Batch:
+    """The first ``room`` records of ``batch``."""
+    if len(batch.records) <= room:
+        return batch
+    return batch._replace(records=batch.records[:room])
+
+
+def _retire(reader: SpillReader, key: _Lane, hwm: int) -> int:
+    """Unlink a lane's segments wholly at or below ``hwm``; count them.
+
+    A segment starting above ``hwm`` holds nothing committed, so it is
+    read (by ``retire``) only if its header says it has no frames: a
+    producer killed right after making it leaves such a one behind.
+    """
+    retired = 0
+    for segment in reader.segments(*key):
+        if segment.first_seq > hwm and reader.published(segment):
+            continue  # records to replay first
+        if reader.retire(segment, hwm):
+            retired += 1
+    return retired
