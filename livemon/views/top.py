@@ -66,7 +66,14 @@ def _daemon_line(config: Config, status: dict[str, Any] | None) -> str:
         )
     size = status.get("db_size_bytes") or 0
     up_s = int(time.time() - status.get("started_at", time.time()))
-    trouble = status.get("last_error")
+    lanes = status.get("quarantined_lanes") or []
+    problems = [
+        status.get("last_error"),
+        status.get("incident"),
+        *(status.get("file_errors") or []),
+        *(f"quarantined lane {q}" for q in lanes),
+    ]
+    trouble = "; ".join(dict.fromkeys(p for p in problems if p))
     return (
         f"daemon    pid {status['pid']}  up {up_s // 3600}h"
         f"{up_s % 3600 // 60:02d}m  drained {status['drained']:,} "
@@ -77,7 +84,8 @@ def _daemon_line(config: Config, status: dict[str, Any] | None) -> str:
 
 
 def _ring_line(snap: Snapshot) -> str:
-    fills = [s.pending / snap.capacity_records for s in snap.lanes]
+    cap = snap.capacity_records
+    fills = [min(max(s.pending, 0), cap) / cap for s in snap.lanes]
     in_use = sum(s.owned for s in snap.lanes)
     dropped = sum(s.dropped for s in snap.lanes)
     return (

@@ -246,6 +246,14 @@ class TestBadRecords:
             assert daemon.status()["quarantined_lanes"][0].startswith(
                 f"{daemon.env['LIVEMON_RING']}:{lane} "
             )
+            top = subprocess.run(
+                [sys.executable, "-m", "livemon", "top", "--iterations", "1"],
+                env=daemon.env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert "quarantined lane" in top.stdout, top.stdout + top.stderr
             sent = recorded(coordinators(daemon.env, 2, 1000))
             daemon.wait_until(lambda: daemon.count() == 5 + sent)
             if cursor == "tail past head":
