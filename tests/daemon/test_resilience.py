@@ -321,7 +321,10 @@ class TestFilesystem:
             )
             daemon = start_daemon(env=env, wait_ready=False)
             sent = recorded(coordinators(env, 1, 1500))
-            daemon.wait_until(lambda: daemon.process.poll() is None)
+            daemon.wait_until(
+                lambda: "cannot write status file" in harness.output(daemon)
+            )
+            assert daemon.process.poll() is None  # running, not crashed
             subprocess.run(
                 ["mount", "-o", "remount,rw", str(mount)], check=True
             )
