@@ -321,9 +321,13 @@ class TestFilesystem:
             )
             daemon = start_daemon(env=env, wait_ready=False)
             sent = recorded(coordinators(env, 1, 1500))
-            daemon.wait_until(
-                lambda: "cannot write status file" in harness.output(daemon)
-            )
+            seen: list[str] = []  # output() hands out what is new
+
+            def met_read_only() -> bool:
+                seen.append(harness.output(daemon))
+                return "cannot write status file" in "".join(seen)
+
+            daemon.wait_until(met_read_only)
             assert daemon.process.poll() is None  # running, not crashed
             subprocess.run(
                 ["mount", "-o", "remount,rw", str(mount)], check=True
@@ -333,4 +337,3 @@ class TestFilesystem:
             )
             daemon.wait_until(lambda: daemon.count() == sent)
             assert daemon.stop(signal.SIGTERM) == 0
-            assert "cannot write status file" in harness.output(daemon)
