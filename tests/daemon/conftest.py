@@ -146,22 +146,3 @@ def recorded(processes, timeout_s=300) -> int:
         assert counters["failed"] == counters["unavailable"] == 0
         total += counters["recorded"]
     return total
-
-
-def pytest_configure(config):
-    """Register the ``systemd`` marker (setup.cfg is not this file's)."""
-    config.addinivalue_line(
-        "markers",
-        "systemd: boots real systemd in a container (root, nspawn); run "
-        "with -m systemd",
-    )
-
-
-def pytest_collection_modifyitems(config, items):
-    """Leave ``systemd`` tests out unless ``-m`` names them."""
-    if "systemd" in (config.getoption("-m") or ""):
-        return
-    skip = pytest.mark.skip(reason="boots systemd: run with -m systemd")
-    for item in items:
-        if "systemd" in item.keywords and item.get_closest_marker("systemd"):
-            item.add_marker(skip)
