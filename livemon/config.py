@@ -17,9 +17,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from livemon.exceptions import ConfigError
-from ringbuf import RingNameError, validate_name
+from ringbuf import (
+    MAX_CAPACITY_RECORDS,
+    MAX_LANES,
+    RingNameError,
+    validate_name,
+)
 
 DB_FILENAME = "unified_monitoring.db"
+LABELS_RING_SUFFIX = ".labels"  # livemon.ipc names the rings
+FEEDBACK_RING_SUFFIX = ".feedback"
 SYSTEM_STATE_DIR = pathlib.Path("/var/lib/livemon")
 """The system service's ``StateDirectory=`` (systemd/livemon-daemon.service).
 """
@@ -88,9 +95,13 @@ class Config:
 
     def __post_init__(self) -> None:
         try:
-            validate_name(self.ring)
+            # The longest name made from it must be valid too.
+            validate_name(self.ring + FEEDBACK_RING_SUFFIX)
         except RingNameError as exc:
-            raise ConfigError(f"ring: {exc}") from exc
+            raise ConfigError(
+                f"ring {self.ring!r}: {exc} (with its {FEEDBACK_RING_SUFFIX!r}"
+                " ring)"
+            ) from exc
         for name, low in (
             ("lanes", 1),
             ("capacity_records", 2),
@@ -99,8 +110,14 @@ class Config:
         ):
             if getattr(self, name) < low:
                 raise ConfigError(f"{name} must be at least {low}")
-        if self.lanes > 4096:
-            raise ConfigError("lanes must be at most 4096")
+        for name, high in (
+            ("lanes", MAX_LANES),
+            ("capacity_records", MAX_CAPACITY_RECORDS),
+            ("label_capacity_records", MAX_CAPACITY_RECORDS),
+        ):
+            if getattr(self, name) > high:
+                raise ConfigError(f"{name} must be at most {high}")
+        self.gid  # noqa: B018  an unknown group is misconfiguration: now
         for name in (
             "batch_interval_s",
             "health_interval_s",

@@ -15,7 +15,7 @@ import numpy as np
 
 import ringbuf
 from livemon import record as rec
-from livemon.config import Config
+from livemon.config import FEEDBACK_RING_SUFFIX, LABELS_RING_SUFFIX, Config
 
 FEEDBACK_CAPACITY_RECORDS = 1024
 
@@ -27,28 +27,33 @@ class RingSpec:
     name: str
     dtype: np.dtype[np.void]
     capacity_records: int
+    group: int | None = None  # the configured group's gid, if any
 
 
 def events_ring(config: Config) -> RingSpec:
     """The ring of request records."""
-    return RingSpec(config.ring, rec.RECORD_DTYPE, config.capacity_records)
+    return RingSpec(
+        config.ring, rec.RECORD_DTYPE, config.capacity_records, config.gid
+    )
 
 
 def labels_ring(config: Config) -> RingSpec:
     """The ring that carries label texts, drained before the events."""
     return RingSpec(
-        config.ring + ".labels",
+        config.ring + LABELS_RING_SUFFIX,
         rec.LABEL_DTYPE,
         config.label_capacity_records,
+        config.gid,
     )
 
 
 def feedback_ring(config: Config) -> RingSpec:
     """The ring that carries the feedback loop's actions and alerts."""
     return RingSpec(
-        config.ring + ".feedback",
+        config.ring + FEEDBACK_RING_SUFFIX,
         rec.FEEDBACK_DTYPE,
         FEEDBACK_CAPACITY_RECORDS,
+        config.gid,
     )
 
 
@@ -70,6 +75,7 @@ def open_ring(config: Config, spec: RingSpec) -> ringbuf.Ring:
         config.lanes,
         spec.capacity_records,
         mode=config.mode,
+        group=spec.group,
     )
 
 
@@ -80,7 +86,7 @@ def attach_ring(spec: RingSpec) -> ringbuf.Ring:
         ringbuf.RingNotFound: no such ring exists.
         ringbuf.RingError: it has another layout, or is damaged.
     """
-    return ringbuf.Ring.attach(spec.name, spec.dtype)
+    return ringbuf.Ring.attach(spec.name, spec.dtype, group=spec.group)
 
 
 def open_ring_created(
@@ -101,6 +107,7 @@ def open_ring_created(
             config.lanes,
             spec.capacity_records,
             mode=config.mode,
+            group=spec.group,
         )
     except ringbuf.RingExists:
         return attach_ring(spec), False

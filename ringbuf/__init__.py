@@ -4,7 +4,7 @@ A multi-producer shared-memory ring of fixed-width numpy records.
 
 from __future__ import annotations
 
-from ringbuf._layout import validate_name
+from ringbuf._layout import MAX_CAPACITY_RECORDS, MAX_LANES, validate_name
 from ringbuf.exceptions import (
     LaneIndexError,
     LanesExhausted,
@@ -24,6 +24,8 @@ from ringbuf.ring import Batch, LaneState, Ring, Window, unlink
 from ringbuf.writer import RingWriter
 
 __all__ = [
+    "MAX_CAPACITY_RECORDS",
+    "MAX_LANES",
     "Batch",
     "LaneIndexError",
     "LaneState",
