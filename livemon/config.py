@@ -73,6 +73,14 @@ class Config:
         retention_days: events older than this move to monthly archives.
         archive_dir: where those archives go (default: archive/ beside
             the database).
+        spill: a full lane's records go to spill files (else dropped).
+        spill_dir: the spill root (default: spill/ beside the database).
+        spill_segment_bytes: size of one spill segment file.
+        spill_lane_cap_bytes: most spill bytes one lane may hold.
+        spill_total_cap_bytes: most spill bytes in all.
+        spill_min_free_bytes: free space a new segment must leave.
+        spill_sync_interval_ms: longest a spilled record waits for msync
+            (0: the kernel's writeback).
     """
 
     ring: str = "livemon"
@@ -92,6 +100,13 @@ class Config:
     integrity_check_interval_s: float = 3600.0
     retention_days: float = 90.0
     archive_dir: str = ""
+    spill: bool = True
+    spill_dir: str = ""
+    spill_segment_bytes: int = 4 * 2**20
+    spill_lane_cap_bytes: int = 256 * 2**20
+    spill_total_cap_bytes: int = 2**30
+    spill_min_free_bytes: int = 128 * 2**20
+    spill_sync_interval_ms: int = 500
 
     def __post_init__(self) -> None:
         try:
@@ -118,6 +133,7 @@ class Config:
             if getattr(self, name) > high:
                 raise ConfigError(f"{name} must be at most {high}")
         self.gid  # noqa: B018  an unknown group is misconfiguration: now
+        self._check_spill()
         for name in (
             "batch_interval_s",
             "health_interval_s",
@@ -144,6 +160,25 @@ class Config:
             object.__setattr__(self, "log_file", self.db + ".log")
         if not self.archive_dir:
             object.__setattr__(self, "archive_dir", str(db_dir / "archive"))
+
+    def _check_spill(self) -> None:
+        segment = self.spill_segment_bytes
+        if not 64 * 2**10 <= segment <= 2**31:
+            raise ConfigError("spill_segment_bytes must be 64 KiB to 2 GiB")
+        if self.spill_lane_cap_bytes < segment:
+            raise ConfigError(
+                "spill_lane_cap_bytes must be at least spill_segment_bytes"
+            )
+        if self.spill_total_cap_bytes < self.spill_lane_cap_bytes:
+            raise ConfigError(
+                "spill_total_cap_bytes must be at least spill_lane_cap_bytes"
+            )
+        if self.spill_min_free_bytes < 0:
+            raise ConfigError("spill_min_free_bytes must be at least 0")
+        if not 0 <= self.spill_sync_interval_ms <= 60_000:
+            raise ConfigError("spill_sync_interval_ms must be 0 to 60000")
+        if "\0" in self.spill_dir:
+            raise ConfigError("spill_dir holds a NUL character")
 
     @property
     def mode(self) -> int:

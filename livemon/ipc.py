@@ -16,6 +16,7 @@ import numpy as np
 import ringbuf
 from livemon import record as rec
 from livemon.config import FEEDBACK_RING_SUFFIX, LABELS_RING_SUFFIX, Config
+from livemon.spill.lane import default_spill_dir
 
 FEEDBACK_CAPACITY_RECORDS = 1024
 
@@ -123,6 +124,23 @@ def open_rings(config: Config) -> tuple[ringbuf.Ring, ringbuf.Ring]:
         events.close()
         raise
     return events, labels
+
+
+def spill_root(config: Config) -> str:
+    """Where full lanes spill: ``spill_dir``, else spill/ beside the db."""
+    return config.spill_dir or default_spill_dir(config.db)
+
+
+def spill_options(config: Config) -> dict[str, Any]:
+    """``SpillWriter`` keywords for ``config``'s caps, sync and mode."""
+    return {
+        "segment_bytes": config.spill_segment_bytes,
+        "lane_cap_bytes": config.spill_lane_cap_bytes,
+        "total_cap_bytes": config.spill_total_cap_bytes,
+        "min_free_bytes": config.spill_min_free_bytes,
+        "sync_interval_ms": config.spill_sync_interval_ms or None,
+        "mode": config.mode,
+    }
 
 
 def status_file(config: Config) -> str:

@@ -18,13 +18,15 @@ from typing import Any
 import numpy as np
 
 import ringbuf
-from livemon import ipc, spill
+from livemon import ipc
 from livemon import record as rec
 from livemon.config import Config, load_config
 from livemon.context import RequestContext
 from livemon.exceptions import MonitoringUnavailable
 from livemon.labels import LabelCache
 from livemon.sink import Counters, Sink
+from livemon.spill.process import EVENTS, LABELS, ProcessSpill
+from livemon.spill.writer import SpillStatus
 
 __all__ = ["Counters", "Monitor"]
 
@@ -32,51 +34,7 @@ logger = logging.getLogger("livemon")
 
 _MAX_CACHED_LABELS = 100_000
 _RING_FAILURES = (ringbuf.RingError, ValueError, OSError)
-_SPILL_FAILURES = (spill.SpillConfigError, spill.SpillDtypeError, OSError)
-_STORED = spill.SpillStatus.STORED
-# Which counter a spill refusal adds to, beside ``dropped``.
-_SPILL_DROPS = {
-    spill.SpillStatus.SPILL_CAP: "dropped_spill_cap",
-    spill.SpillStatus.DISK_FULL: "dropped_disk_full",
-    spill.SpillStatus.IO_ERROR: "dropped_io_error",
-    spill.SpillStatus.REJECTED: "dropped_io_error",
-}
-SPILL_IDLE_S = 1.0
-"""Seconds of ring puts succeeding again before the spill is sealed."""
-# SpillWriter keyword, and the Config key a later Config will carry for
-# it.  Read with getattr so this Monitor works with today's Config.
-_SPILL_OPTIONS = (
-    ("segment_bytes", "spill_segment_bytes"),
-    ("lane_cap_bytes", "spill_lane_cap_bytes"),
-    ("total_cap_bytes", "spill_total_cap_bytes"),
-    ("min_free_bytes", "spill_min_free_bytes"),
-    ("sync_interval_ms", "spill_sync_interval_ms"),
-)
-
-
-def spill_enabled(config: Config) -> bool:
-    """Whether a full lane spills (``config.spill``; off until set)."""
-    return bool(getattr(config, "spill", False))
-
-
-def spill_dir(config: Config) -> str:
-    """The spill root: ``config.spill_dir``, else beside the database."""
-    return getattr(config, "spill_dir", "") or spill.default_spill_dir(
-        config.db
-    )
-
-
-def spill_options(config: Config) -> dict[str, Any]:
-    """``SpillWriter`` keywords from ``config`` (its defaults if unset)."""
-    options: dict[str, Any] = {
-        keyword: getattr(config, key)
-        for keyword, key in _SPILL_OPTIONS
-        if getattr(config, key, None) is not None
-    }
-    if options.get("sync_interval_ms") == 0:
-        options["sync_interval_ms"] = None  # 0: writeback by the kernel
-    options["mode"] = config.mode
-    return options
+_STORED = SpillStatus.STORED
 
 
 class Monitor:
@@ -84,7 +42,7 @@ class Monitor:
 
     When this process's lane is full (no daemon draining, or a burst) and
     ``config.spill`` is set, the record goes to this lane's spill files
-    under ``spill_dir(config)`` instead (``counters.spilled``), and so do
+    under ``ipc.spill_root(config)`` instead (``counters.spilled``), and so do
     label texts the labels lane refuses (``counters.labels_spilled``);
     the daemon replays them exactly once (``daemon.replay``).  What the
     spill refuses too is dropped, counted per reason.  The spill is
@@ -117,13 +75,7 @@ class Monitor:
     _rings: tuple[ringbuf.Ring, ringbuf.Ring] | None = None
     _closed = False
     _lanes_exhausted = False  # the last attempt found no free lane
-    # The spills of this process's events and labels lanes, made when a
-    # lane is first found full; None while not spilling.
-    _events_spill: spill.LaneSpill | None = None
-    _labels_spill: spill.LaneSpill | None = None
-    _spilling = False  # either spill is open
-    _spilled_at = 0.0  # monotonic time of the last spilled put
-    _spill_retry_at = 0.0  # after a spill could not be opened
+    _spills: ProcessSpill | None = None  # None: config.spill is off
 
     def __init__(
         self,
@@ -151,10 +103,13 @@ class Monitor:
         # threads of one process never claim two lanes or close a writer
         # under each other's put.
         self._reconnecting = threading.RLock()
-        self._spill_on = spill_enabled(self.config)
-        # A SpillWriter takes one put at a time (the ring's writer locks
-        # its own); only the spilling path pays for this lock.
-        self._spill_lock = threading.Lock()
+        if self.config.spill:
+            self._spills = ProcessSpill(
+                ipc.spill_root(self.config),
+                ipc.spill_options(self.config),
+                self.counters,
+                self.retry_interval_s,
+            )
         self._connect()
         _MONITORS.add(self)
 
@@ -226,8 +181,9 @@ class Monitor:
             return self._lost("failed", message, exc)
         if stored:
             self.counters.recorded += 1
-            if self._spilling:  # one load: the only cost when not full
-                self._settle_spills()
+            spills = self._spills
+            if spills is not None and spills.active:  # the only cost
+                spills.settle()
             return True
         if stale:
             return self._follow(packed, events)
@@ -235,88 +191,19 @@ class Monitor:
 
     def _spill_event(self, packed: bytes) -> bool:
         """Spill a record the full lane refused; count it if that fails."""
-        if self._spill_on:
-            with self._spill_lock:
-                lane_spill = self._events_spill
-                if lane_spill is None:
-                    lane_spill = self._events_spill = self._open_spill(0)
-                status = (
-                    spill.SpillStatus.IO_ERROR
-                    if lane_spill is None
-                    else lane_spill.put(packed)
-                )
-            if status is _STORED:
-                self.counters.spilled += 1
-                self._spilled_at = time.monotonic()
-                self._spilling = True
-                return True
-            reason = _SPILL_DROPS[status]
-            setattr(self.counters, reason, getattr(self.counters, reason) + 1)
+        spills, rings, events = self._spills, self._rings, self._events
+        if (
+            spills is not None
+            and rings is not None
+            and events is not None
+            and spills.put(EVENTS, packed, rings[0], events) is _STORED
+        ):
+            return True
         return self._lost(
             "dropped",
             f"ring {self.config.ring!r} lane is full: is livemon-daemon "
             "running? (or raise capacity_records)",
         )
-
-    def _open_spill(self, which: int) -> spill.LaneSpill | None:
-        """Open the spill of the events (0) or labels (1) lane, or None.
-
-        Opening reads the lane's spill directory once; after a failure it
-        is tried again only after ``retry_interval_s``.
-        """
-        rings = self._rings
-        writer = (self._events, self._labels)[which]
-        if rings is None or writer is None or self._closed:
-            return None
-        now = time.monotonic()
-        if now < self._spill_retry_at:
-            return None
-        ring = rings[which]
-        try:
-            lane = writer.lane
-            if lane is None:
-                return None
-            root = spill_dir(self.config)
-            _make_parent(root, self.config.mode)
-            return spill.LaneSpill.open(
-                root,
-                ring.name,
-                ring.epoch,
-                lane,
-                ring.dtype,
-                **spill_options(self.config),
-            )
-        except _SPILL_FAILURES as exc:
-            self._spill_retry_at = now + self.retry_interval_s
-            logger.warning(
-                "cannot spill ring %r lane (records are dropped): %s",
-                ring.name,
-                exc,
-            )
-            return None
-
-    def _settle_spills(self) -> None:
-        """While the ring takes records again: sync, then seal the spills.
-
-        The daemon retires only sealed segments; sealing after
-        ``SPILL_IDLE_S`` rather than at once keeps a lane that is full on
-        and off from making a segment each time.
-        """
-        if time.monotonic() - self._spilled_at >= SPILL_IDLE_S:
-            self._close_spills()
-            return
-        with self._spill_lock:
-            for lane_spill in (self._events_spill, self._labels_spill):
-                if lane_spill is not None:
-                    lane_spill.sync_if_due()
-
-    def _close_spills(self) -> None:
-        with self._spill_lock:
-            for lane_spill in (self._events_spill, self._labels_spill):
-                if lane_spill is not None:
-                    lane_spill.close()
-            self._events_spill = self._labels_spill = None
-            self._spilling = False
 
     def _follow(self, packed: bytes, stale: ringbuf.RingWriter) -> bool:
         """Move to the ring now under our ring's name, then write.
@@ -421,22 +308,19 @@ class Monitor:
         try:
             if labels.put(record):
                 return True
-            if labels.stale or not self._spill_on:
+            if labels.stale:
                 return False
         except _RING_FAILURES:
             return False
         # The labels lane is full: spill the label so that it survives an
-        # outage longer than the held labels last (see LabelCache).
-        with self._spill_lock:
-            lane_spill = self._labels_spill
-            if lane_spill is None:
-                lane_spill = self._labels_spill = self._open_spill(1)
-            if lane_spill is None or lane_spill.put(record) is not _STORED:
-                return False  # held by the label cache, tried again later
-        self.counters.labels_spilled += 1
-        self._spilled_at = time.monotonic()
-        self._spilling = True
-        return True
+        # outage longer than the held labels last (see LabelCache); if
+        # that fails too, the cache holds it and tries again later.
+        spills, rings = self._spills, self._rings
+        return (
+            spills is not None
+            and rings is not None
+            and spills.put(LABELS, record, rings[1], labels) is _STORED
+        )
 
     def _connect(self) -> None:
         try:
@@ -491,7 +375,8 @@ class Monitor:
 
     def _detach(self) -> None:
         # A spill belongs to its ring's epoch and this process's lane.
-        self._close_spills()
+        if self._spills is not None:
+            self._spills.close()
         for writer in (self._events, self._labels):
             if writer is not None:
                 writer.close()
@@ -509,18 +394,10 @@ class Monitor:
         self._sink.renew_identity()
         self._label_cache.clear()
         # The parent's spills were abandoned in this process by their own
-        # at-fork hooks; the child spills from its own lane, when needed.
-        # A new lock: another thread of the parent may have held the old.
-        self._spill_lock = threading.Lock()
-        self._events_spill = self._labels_spill = None
-        self._spilling = False
-
-
-def _make_parent(path: str, mode: int) -> None:
-    """Make the spill root's parent (the database's directory, by default)
-    as the daemon would, should coordinators spill before it ever ran."""
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, mode=0o700 | (mode & 0o070), exist_ok=True)
+        # at-fork hooks; the child spills from its own lane, when needed,
+        # with new locks (another thread of the parent may have held one).
+        if self._spills is not None:
+            self._spills = self._spills.renewed()
 
 
 _MONITORS: weakref.WeakSet[Monitor] = weakref.WeakSet()

@@ -40,6 +40,14 @@ def reap_children() -> Iterator[None]:
     psutil.wait_procs(children, timeout=5)
 
 
+@pytest.fixture(autouse=True)
+def state_home(tmp_path_factory, monkeypatch) -> None:
+    """Default databases and spill files go under a temporary state home,
+    for this process and the processes it starts, never to ~/.local."""
+    home = tmp_path_factory.mktemp("state-home")
+    monkeypatch.setenv("XDG_STATE_HOME", str(home))
+
+
 @pytest.fixture
 def ring_name() -> Iterator[str]:
     """A fresh ring name; whatever was created under it is unlinked after."""

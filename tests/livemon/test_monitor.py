@@ -319,7 +319,9 @@ class TestFailuresNeverBreakRouting:
 
     def test_full_ring_drops_and_counts(self, ring_name):
         """With no daemon draining, a full lane drops, never blocks."""
-        config = load_config({"ring": ring_name, "capacity_records": 4})
+        config = load_config(
+            {"ring": ring_name, "capacity_records": 4, "spill": False}
+        )
         with Monitor(config=config) as mon:
             results = [mon.request("q").end() for _ in range(6)]
             assert results == [True] * 4 + [False] * 2
@@ -327,7 +329,9 @@ class TestFailuresNeverBreakRouting:
 
     def test_full_ring_raises_in_strict_mode(self, ring_name):
         """Strict mode turns the drop into MonitoringUnavailable."""
-        config = load_config({"ring": ring_name, "capacity_records": 2})
+        config = load_config(
+            {"ring": ring_name, "capacity_records": 2, "spill": False}
+        )
         with Monitor(config=config, strict=True) as mon:
             mon.request("q").end()
             mon.request("q").end()
@@ -563,7 +567,9 @@ class TestLabels:
         self, ring_name
     ):
         """Held texts go out before later records, once there is room."""
-        config = load_config({"ring": ring_name, "label_capacity_records": 2})
+        config = load_config(
+            {"ring": ring_name, "label_capacity_records": 2, "spill": False}
+        )
         with Monitor(config=config) as mon:
             full_request(mon)
             assert mon.counters.labels_dropped == 6
@@ -583,7 +589,9 @@ class TestLabels:
     ):
         """Beyond the bound, the oldest held text is given up, counted."""
         monkeypatch.setattr(labels_module, "MAX_PENDING_LABELS", 2)
-        config = load_config({"ring": ring_name, "label_capacity_records": 2})
+        config = load_config(
+            {"ring": ring_name, "label_capacity_records": 2, "spill": False}
+        )
         with Monitor(config=config) as mon:
             full_request(mon)
             assert mon.counters.labels_dropped == 6

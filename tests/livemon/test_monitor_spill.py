@@ -23,41 +23,27 @@ from daemon.store import Store
 from livemon import Monitor, ipc
 from livemon.config import Config, load_config
 from livemon.spill import SPILL_LANE_BASE
+from livemon.spill import process as process_module
 
 REQUESTS = 10_000
 AGENTS = ["coder", "reviewer", "planner", "tester"]
 
 
-@dataclasses.dataclass(frozen=True)
-class SpillingConfig(Config):
-    """A Config with the spill keys a later Config will carry."""
-
-    spill: bool = True
-    spill_dir: str = ""
-    spill_segment_bytes: int | None = None
-    spill_lane_cap_bytes: int | None = None
-    spill_total_cap_bytes: int | None = None
-    spill_min_free_bytes: int | None = 0
-    spill_sync_interval_ms: int | None = None
-
-
 def spilling_config(
     tmp_path: pathlib.Path, ring_name: str, **values: object
-) -> SpillingConfig:
+) -> Config:
     """A tiny ring (64 records a lane) whose full lanes spill."""
-    base = load_config(
+    return load_config(
         {
             "ring": ring_name,
             "db": str(tmp_path / "state" / "livemon.db"),
             "lanes": 4,
             "capacity_records": 64,
             "label_capacity_records": 16,
+            "spill_min_free_bytes": 0,
+            **values,
         }
     )
-    fields = {
-        f.name: getattr(base, f.name) for f in dataclasses.fields(Config)
-    }
-    return SpillingConfig(**fields, **values)  # type: ignore[arg-type]
 
 
 def one_request(monitor: Monitor, i: int) -> None:
@@ -108,9 +94,7 @@ def drain_all(config: Config) -> tuple[int, int]:
 
 def spill_dir(config: Config) -> str:
     """Where the Monitor spills for ``config``."""
-    from livemon.monitor import spill_dir as resolve
-
-    return resolve(config)
+    return ipc.spill_root(config)
 
 
 def query(config: Config, sql: str, *args: object) -> list[tuple]:
@@ -180,15 +164,14 @@ class TestSpillInsteadOfDrop:
         assert (tmp_path / "state" / "spill").is_dir()
         assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
 
-    def test_off_without_the_spill_key_drops_as_before(
-        self, tmp_path, ring_name
-    ):
-        """A Config without ``spill`` keeps the old drop-and-count."""
+    def test_off_drops_and_counts(self, tmp_path, ring_name):
+        """``spill = false``: a full lane drops and counts, as before."""
         config = load_config(
             {
                 "ring": ring_name,
                 "db": str(tmp_path / "livemon.db"),
                 "capacity_records": 4,
+                "spill": False,
             }
         )
         with Monitor(config=config) as mon:
@@ -202,18 +185,17 @@ class TestSpillInsteadOfDrop:
         self, tmp_path, ring_name, monkeypatch
     ):
         """Ring puts succeeding again seal the segment (retirable)."""
-        from livemon import monitor as monitor_module
-
-        monkeypatch.setattr(monitor_module, "SPILL_IDLE_S", 0.0)
+        monkeypatch.setattr(process_module, "SPILL_IDLE_S", 0.0)
         config = spilling_config(tmp_path, ring_name)
         with Monitor(config=config) as monitor:
             for i in range(100):
                 one_request(monitor, i)
             assert monitor.counters.spilled == 36
-            assert monitor._events_spill is not None
+            assert monitor._spills is not None
+            assert monitor._spills.active
             drain_all(config)  # frees the lane, replays the spill
             one_request(monitor, 100)
-            assert monitor._events_spill is None  # sealed
+            assert not monitor._spills.active  # sealed
             assert monitor.counters.recorded == 65
         drain_all(config)
         assert segment_files(config) == []
