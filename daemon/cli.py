@@ -285,13 +285,23 @@ def _status_text(report: dict[str, Any]) -> str:
     lines += [
         f"  ring      {report['ring']!r}: lanes in use "
         f"{report.get('lanes_in_use', '?')}/{report.get('lanes', '?')}, "
-        f"fill max {max(fill):.1%}",
+        f"fill max {max(fill):.1%}, refused claims "
+        f"{report.get('refused_claims', 0)}",
         f"  drained   {report.get('drained', 0)} "
         f"({report.get('drain_per_s', 0)}/s), lag "
         f"{report.get('lag_records', 0)}, dropped {report.get('dropped', 0)}",
         f"  database  {report['db']}"
         + (f" ({size / 2**20:.1f} MiB)" if size is not None else ""),
     ]
+    spill = report.get("spill") or {}
+    if spill.get("records") or spill.get("bad_frames"):
+        oldest = spill.get("oldest_age_s")
+        lines.append(
+            f"  spill     {spill.get('records', 0)} records, "
+            f"{spill.get('size_bytes', 0) / 2**20:.1f} MiB to replay"
+            + (f", oldest {oldest:.0f} s" if oldest is not None else "")
+            + f", {spill.get('bad_frames', 0)} bad frames"
+        )
     if report.get("last_error"):
         lines.append(f"  TROUBLE   {report['last_error']} (retrying)")
     if report.get("incident") and report["incident"] != report.get(

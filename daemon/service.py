@@ -18,10 +18,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from daemon import proc
+import ringbuf
+from daemon import follow, proc
 from daemon.drain import Drainer
 from daemon.exceptions import DatabaseCorrupt
 from daemon.notify import Notifier
+from daemon.replay import SpillReplayer
 from daemon.retention import DAEMON_SHARE, Retention
 from daemon.store import IntegrityCheck, Store, check_database_path
 from livemon import ipc
@@ -80,7 +82,7 @@ class Service:
         with contextlib.suppress(sqlite3.Error):
             check_database_path(config.db)
         events, labels, feedback, lock = proc.open_and_lock(config)
-        rings = (events, labels, feedback)
+        self._rings = [events, labels, feedback]
         pidfile = proc.Pidfile(config.pidfile)
 
         def open_store() -> Store:
@@ -90,6 +92,11 @@ class Service:
             )
 
         drainer = Drainer(config, events, labels, open_store, feedback)
+        # Spilled records first: a spilled label then precedes the ring
+        # events that name it.
+        self._replayer = SpillReplayer(
+            ipc.spill_root(config), config.ring, lambda: drainer.store
+        )
         self._next["integrity"] = (
             time.monotonic() + config.integrity_check_interval_s
         )
@@ -110,7 +117,7 @@ class Service:
             return 0
         finally:
             drainer.close()
-            for ring in rings:
+            for ring in self._rings:
                 ring.close()
             pidfile.remove_if_mine()
             _remove(ipc.status_file(config))
@@ -119,7 +126,7 @@ class Service:
 
     def _loop(self, drainer: Drainer) -> None:
         while not self.stop_event.is_set():
-            moved = drainer.step()
+            moved = self._step(drainer)
             self._upkeep(drainer)
             if moved < self.config.batch_records // 2:
                 self.stop_event.wait(self.config.batch_interval_s)
@@ -127,7 +134,7 @@ class Service:
     def _final_drain(self, drainer: Drainer) -> None:
         deadline = time.monotonic() + STOP_DEADLINE_S
         while time.monotonic() < deadline:
-            moved = drainer.step()
+            moved = self._step(drainer)
             if drainer.last_error is not None:
                 time.sleep(
                     0.1
@@ -141,6 +148,22 @@ class Service:
             left,
             f" ({drainer.last_error})" if drainer.last_error else "",
         )
+
+    def _step(self, drainer: Drainer) -> int:
+        """Replay spill files, then drain the rings; return records moved."""
+        return self._replayer.step(self.config.batch_records) + drainer.step()
+
+    def _follow_rings(self, drainer: Drainer) -> None:
+        if not self._due("rings", follow.CHECK_INTERVAL_S):
+            return
+        try:
+            if follow.replaced(drainer):
+                for ring in follow.follow(self.config, drainer):
+                    ring.close()
+                current = (drainer.events, drainer.labels, drainer.feedback)
+                self._rings = [ring for ring in current if ring is not None]
+        except (ringbuf.RingError, OSError) as exc:
+            logger.error("cannot follow the replaced ring: %s", exc)
 
     def _due(self, what: str, every_s: float) -> bool:
         now = time.monotonic()
@@ -172,6 +195,7 @@ class Service:
 
     def _upkeep(self, drainer: Drainer) -> None:
         self.notifier.watchdog()
+        self._follow_rings(drainer)
         if self._reload:
             self._reload = False
             self._reread_config(drainer)
@@ -253,6 +277,10 @@ class Service:
             "quarantined_lanes": drainer.quarantine.describe(),
             "quarantined_records": drainer.quarantine.records,
             "failures": drainer.failures,
+            "refused_claims": drainer.events.refused_claims,
+            "spill": self._replayer.backlog(),
+            "spill_replayed": self._replayer.replayed,
+            "spill_error": self._replayer.last_error,
         }
 
     def _publish(self, drainer: Drainer) -> str:
@@ -288,6 +316,9 @@ class Service:
             drain_per_s=f["drain_per_s"],
             batch_latency_ms=f["batch_latency_ms"],
             db_size_bytes=store.size_bytes(),
+            refused_claims=f["refused_claims"],
+            spill_records=f["spill"].get("records", 0),
+            spill_bytes=f["spill"].get("size_bytes", 0),
             last_error="; ".join(
                 [t for t in (f["last_error"], f["incident"]) if t]
                 + f["file_errors"]
@@ -343,10 +374,15 @@ def _summary(f: dict[str, Any]) -> str:
         trouble += f"; {text}"
     if f["quarantined_lanes"]:
         trouble += f"; QUARANTINED lanes {', '.join(f['quarantined_lanes'])}"
+    if f["refused_claims"]:
+        trouble += f"; {f['refused_claims']} lane claims REFUSED"
+    spilled = f["spill"].get("records", 0)
     return (
         f"drained {f['drained']} ({f['drain_per_s']}/s), lag "
         f"{f['lag_records']}, dropped {f['dropped']}, lanes "
-        f"{f['lanes_in_use']}/{f['lanes']}{trouble}"
+        f"{f['lanes_in_use']}/{f['lanes']}"
+        + (f", spill {spilled}" if spilled else "")
+        + trouble
     )
 
 

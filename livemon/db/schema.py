@@ -175,6 +175,17 @@ def _name_unknown_labels(db: sqlite3.Connection) -> None:
     _create_monitoring_events_view(db, _known_label_text, _known_list_text)
 
 
+def _add_health_spill_columns(db: sqlite3.Connection) -> None:
+    _run(
+        db,
+        """
+        ALTER TABLE health ADD COLUMN refused_claims INTEGER;
+        ALTER TABLE health ADD COLUMN spill_records INTEGER;
+        ALTER TABLE health ADD COLUMN spill_bytes INTEGER;
+        """,
+    )
+
+
 def _create_feedback_tables(db: sqlite3.Connection) -> None:
     common = """
             id INTEGER PRIMARY KEY,
@@ -292,6 +303,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0003_alerts_adjustments", _create_feedback_tables),
     ("0004_hourly_rollups", _create_rollups),
     ("0005_unknown_labels_named", _name_unknown_labels),
+    ("0006_health_spill_and_refused_claims", _add_health_spill_columns),
 ]
 """Every schema change, in order; a name is never reused or reordered."""
 

@@ -39,6 +39,7 @@ class Snapshot:
     stats: WindowStats
     feedback: FeedbackState
     lanes: list[ringbuf.LaneState]
+    refused_claims: int
     capacity_records: int
     overhead_ns: tuple[float, float]
     names: dict[int, str]
@@ -57,6 +58,7 @@ def snapshot(config: Config, policy: Policy | None = None) -> Snapshot:
         with ipc.attach_ring(ipc.events_ring(config)) as events:
             window = events.window(policy.window_per_lane).records
             lanes = [events.lane_state(n) for n in range(events.lanes)]
+            refused = events.refused_claims
             capacity = events.capacity_records
     except ringbuf.RingNotFound as exc:
         raise MonitoringUnavailable(
@@ -77,6 +79,7 @@ def snapshot(config: Config, policy: Policy | None = None) -> Snapshot:
         ),
         feedback=replay(_ring_records(ipc.feedback_ring(config))),
         lanes=lanes,
+        refused_claims=refused,
         capacity_records=capacity,
         overhead_ns=percentiles,
         names=_ring_labels(config),

@@ -74,11 +74,19 @@ def _daemon_line(config: Config, status: dict[str, Any] | None) -> str:
         *(f"quarantined lane {q}" for q in lanes),
     ]
     trouble = "; ".join(dict.fromkeys(p for p in problems if p))
+    spill = status.get("spill") or {}
+    spilled = (
+        f"  spill {spill['records']:,} ({spill.get('oldest_age_s') or 0:.0f}"
+        " s old)"
+        if spill.get("records")
+        else ""
+    )
     return (
         f"daemon    pid {status['pid']}  up {up_s // 3600}h"
         f"{up_s % 3600 // 60:02d}m  drained {status['drained']:,} "
         f"({status['drain_per_s']:,.0f}/s)  lag {status['lag_records']:,}  "
         f"dropped {status['dropped']:,}  db {size / 2**20:,.1f} MiB"
+        + spilled
         + (f"  TROUBLE: {trouble}" if trouble else "")
     )
 
@@ -91,6 +99,12 @@ def _ring_line(snap: Snapshot) -> str:
     return (
         f"ring      lanes {in_use}/{len(fills)} in use  fill "
         f"[{render.bars(fills)}] max {max(fills):.1%}  dropped {dropped:,}"
+        + (
+            f"  REFUSED {snap.refused_claims:,} claims (more processes "
+            "than lanes)"
+            if snap.refused_claims
+            else ""
+        )
     )
 
 

@@ -1,0 +1,93 @@
+"""
+The daemon away while coordinators record (their lanes fill and spill),
+and the ring replaced under a running daemon: everything sent is stored
+exactly once.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+import time
+
+import ringbuf
+from tests.daemon.conftest import coordinators, recorded
+
+NO_DUPLICATES = "SELECT count(*) - count(DISTINCT request_id) FROM events"
+
+
+class TestDaemonAway:
+    def test_spilled_records_are_replayed_exactly_once(
+        self, start_daemon, daemon_env
+    ):
+        """Two coordinators on 64-record lanes with no daemon: most of
+        what they send spills; a daemon started later stores all of it,
+        once, and removes the spill files."""
+        env = dict(
+            daemon_env,
+            LIVEMON_CAPACITY_RECORDS="64",
+            LIVEMON_SPILL_MIN_FREE_BYTES="0",
+        )
+        sent = recorded(coordinators(env, 2, 3000))
+        spill_root = os.path.join(os.path.dirname(env["LIVEMON_DB"]), "spill")
+        assert glob.glob(f"{spill_root}/**/*.lms", recursive=True)
+        daemon = start_daemon(env=env)
+        daemon.wait_until(lambda: daemon.count() == sent, timeout_s=120)
+        assert daemon.count(NO_DUPLICATES) == 0
+        daemon.wait_until(
+            lambda: not glob.glob(f"{spill_root}/**/*.lms", recursive=True)
+        )
+        assert daemon.stop() == 0
+        assert daemon.count() == sent
+
+
+PACED = """
+import dataclasses, json, os, sys, time
+from livemon import Monitor
+flag, more = sys.argv[1], int(sys.argv[2])
+with Monitor() as monitor:
+    left = more
+    while left:
+        with monitor.request("q") as ctx:
+            ctx.log_execution(actual_agents=["coder"], success=True)
+        time.sleep(0.0005)
+        if os.path.exists(flag):
+            left -= 1
+print(json.dumps(dataclasses.asdict(monitor.counters)))
+"""
+
+
+def paced(env: dict[str, str], flag: str, more: int) -> subprocess.Popen:
+    """A coordinator recording steadily until ``flag`` exists, then
+    ``more`` requests; it prints its counters."""
+    return subprocess.Popen(
+        [sys.executable, "-c", PACED, flag, str(more)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+class TestRingReplaced:
+    def test_unlinked_under_the_daemon_and_coordinators(
+        self, start_daemon, daemon_env, tmp_path
+    ):
+        """A cleanup script removes the ring while the daemon drains two
+        running coordinators: the daemon follows the new segment and
+        stores every request once."""
+        daemon = start_daemon()
+        flag = str(tmp_path / "unlinked")
+        load = [paced(daemon_env, flag, 2000) for _ in range(2)]
+        daemon.wait_until(lambda: daemon.count() > 500)
+        ring = daemon_env["LIVEMON_RING"]
+        for suffix in ("", ".labels", ".feedback"):
+            ringbuf.unlink(ring + suffix)
+        open(flag, "w").close()
+        sent = recorded(load)
+        daemon.wait_until(lambda: daemon.count() == sent, timeout_s=120)
+        assert daemon.count(NO_DUPLICATES) == 0
+        time.sleep(1.5)  # a second look, after the next ring check
+        assert daemon.count() == sent
+        assert daemon.stop() == 0
