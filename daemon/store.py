@@ -218,11 +218,17 @@ class Store:
         Records already stored (same epoch, lane, seq) are ignored, so a
         batch replayed after a crash adds nothing.  Returns events inserted.
         """
-        with self.atomic() as db:
-            inserted = insert_records(
-                db, self._lists, epoch, labels, events, feedback
-            )
-            self.verify()  # raising rolls back: nothing goes into the void
+        try:
+            with self.atomic() as db:
+                inserted = insert_records(
+                    db, self._lists, epoch, labels, events, feedback
+                )
+                self.verify()  # raising rolls back: nothing into the void
+        except BaseException:
+            # The list cache learned what the rollback undid: a list it
+            # now calls stored would never be written again.
+            self._lists = ListLabels(self.db)
+            raise
         # Moved between the check and the commit: the caller must not
         # advance the tails, so the batch is replayed into the new file.
         self.check_identity()

@@ -20,6 +20,7 @@ from livemon.record import (
     LABEL_DTYPE,
     LIST_FIELDS,
     RECORD_DTYPE,
+    label_id,
     label_record,
     list_label_id,
 )
@@ -288,3 +289,30 @@ class TestCorruption:
         path.write_text("hello, I am not a database" * 200)
         with pytest.raises(DatabaseCorrupt, match="damaged"):
             Store(str(path))
+
+
+class TestRetry:
+    def test_a_batch_retried_after_a_rollback_keeps_its_lists(
+        self, store, monkeypatch
+    ):
+        """A batch whose transaction fails after its inserts is retried:
+        its agent list must still be written (the list cache once kept
+        believing the rolled-back list was stored)."""
+        event = one_event()
+        event["actual_agents"][0, 0] = label_id("agent_a")
+        calls = []
+
+        def fail_once() -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                raise DatabaseCorrupt("simulated failure after the inserts")
+
+        monkeypatch.setattr(store, "verify", fail_once)
+        batch = [labels_batch("agent_a")], [events_batch(event)]
+        with pytest.raises(DatabaseCorrupt):
+            store.write(1, *batch)
+        assert store.write(1, *batch) == 1
+        (agents,) = store.db.execute(
+            "SELECT actual_agents FROM monitoring_events"
+        ).fetchone()
+        assert agents == '["agent_a"]'
