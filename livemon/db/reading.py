@@ -154,8 +154,9 @@ class Labels:
 
 
 def unknown_name(label: int) -> str:
-    """How a label id whose text is unknown is shown: its hex digits."""
-    return f"#{label & 2**64 - 1:016x}"
+    """How a label id whose text is unknown is shown: as in the database's
+    ``monitoring_events`` (``schema.unknown_text``)."""
+    return schema.unknown_text(label)
 
 
 @dataclasses.dataclass(frozen=True)
