@@ -311,6 +311,13 @@ class RingWriter:
         # A previous owner may have died; its published records stay and
         # numbering continues after them, so seq never repeats.
         self._head = words[self._head_word]
+        tail = words[self._tail_word]
+        if not tail <= self._head <= tail + geometry.capacity_records:
+            # Cursors no producer or consumer could have left (a damaged
+            # or foreign write): what lies between is not records.  Start
+            # over at the tail, so the consumer reads this lane again.
+            self._head = tail
+            words[self._head_word] = tail
         self._pid = self._getpid()
         words[base + _layout.L_OWNER_PID] = self._pid
         words[base + _layout.L_CLAIMS] += 1

@@ -280,3 +280,20 @@ class TestLanes:
         assert batch.end_seq == 6
         assert list(batch.records["producer"]) == [0] * 5 + [1]
         assert ring.lane_state(0).claims == 2
+
+
+class TestScribbledCursors:
+    def test_new_owner_repairs_a_head_out_of_range(self, make_ring):
+        """A lane whose head was scribbled far ahead (or behind its tail)
+        is taken over at its tail: the consumer reads it again."""
+        ring = make_ring(TEST_DTYPE, lanes=1, capacity=8)
+        words = ring._lanes.words()
+        base = ring._lanes.lane_word(0)
+        for head, tail in ((10**9, 3), (2, 5)):
+            words[base + _layout.L_HEAD] = head
+            words[base + _layout.L_TAIL] = tail
+            with ring.writer() as writer:
+                assert writer.put(make_records(0, 0, 1)[0])
+            state = ring.lane_state(0)
+            assert (state.tail, state.head) == (tail, tail + 1)
+            assert len(ring.pending(0).records) == 1
