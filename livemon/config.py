@@ -103,8 +103,8 @@ class Config:
     spill: bool = True
     spill_dir: str = ""
     spill_segment_bytes: int = 4 * 2**20
-    spill_lane_cap_bytes: int = 256 * 2**20
-    spill_total_cap_bytes: int = 2**30
+    spill_lane_cap_bytes: int = 512 * 2**20
+    spill_total_cap_bytes: int = 2 * 2**30
     spill_min_free_bytes: int = 128 * 2**20
     spill_sync_interval_ms: int = 500
 
