@@ -9,6 +9,7 @@ import contextlib
 import fcntl
 import os
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -348,3 +349,23 @@ def open_and_lock(
 def _unused(ring: ringbuf.Ring) -> bool:
     states = [ring.lane_state(i) for i in range(ring.lanes)]
     return not any(s.owned or s.head for s in states)
+
+
+def reopen_log(path: str) -> None:
+    """Point stdout and stderr at ``path`` again (after log rotation).
+
+    Only when stderr is a regular file (a detached daemon's log); under
+    systemd it is the journal, in a terminal a tty: both are left alone.
+    """
+    if not stat.S_ISREG(os.fstat(2).st_mode):
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def remove_file(path: str) -> None:
+    """Remove ``path`` if it is there."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import sqlite3
-import stat
 import threading
 import time
 from collections.abc import Mapping
@@ -25,6 +24,7 @@ from daemon.exceptions import DatabaseCorrupt
 from daemon.notify import Notifier
 from daemon.replay import SpillReplayer
 from daemon.retention import DAEMON_SHARE, Retention
+from daemon.status import status_line
 from daemon.store import IntegrityCheck, Store, check_database_path
 from livemon import ipc
 from livemon.config import load_config
@@ -120,7 +120,7 @@ class Service:
             for ring in self._rings:
                 ring.close()
             pidfile.remove_if_mine()
-            _remove(ipc.status_file(config))
+            proc.remove_file(ipc.status_file(config))
             lock.release()
             self.notifier.close()
 
@@ -301,7 +301,7 @@ class Service:
             figures["file_errors"] = sorted(self.file_errors.values())
         else:
             self._file_fine("status file", path)
-        return _summary(figures)
+        return status_line(figures)
 
     def _add_health(self, drainer: Drainer, store: Store) -> None:
         f = self._figures(drainer)
@@ -341,7 +341,7 @@ class Service:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
     def _reread_config(self, drainer: Drainer) -> None:
-        reopen_log(self.config.log_file)
+        proc.reopen_log(self.config.log_file)
         try:
             fresh = load_config(self._overrides)
         except ConfigError as exc:
@@ -364,42 +364,3 @@ class Service:
             )
         self.config = drainer.config = fresh
         logger.info("SIGHUP: configuration reread, log reopened")
-
-
-def _summary(f: dict[str, Any]) -> str:
-    trouble = f"; DB TROUBLE: {f['last_error']}" if f["last_error"] else ""
-    if f["incident"] and f["incident"] != f["last_error"]:
-        trouble += f"; {f['incident']}"
-    for text in f["file_errors"]:
-        trouble += f"; {text}"
-    if f["quarantined_lanes"]:
-        trouble += f"; QUARANTINED lanes {', '.join(f['quarantined_lanes'])}"
-    if f["refused_claims"]:
-        trouble += f"; {f['refused_claims']} lane claims REFUSED"
-    spilled = f["spill"].get("records", 0)
-    return (
-        f"drained {f['drained']} ({f['drain_per_s']}/s), lag "
-        f"{f['lag_records']}, dropped {f['dropped']}, lanes "
-        f"{f['lanes_in_use']}/{f['lanes']}"
-        + (f", spill {spilled}" if spilled else "")
-        + trouble
-    )
-
-
-def reopen_log(path: str) -> None:
-    """Point stdout and stderr at ``path`` again (after log rotation).
-
-    Only when stderr is a regular file (a detached daemon's log); under
-    systemd it is the journal, in a terminal a tty: both are left alone.
-    """
-    if not stat.S_ISREG(os.fstat(2).st_mode):
-        return
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-
-
-def _remove(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)

@@ -1,8 +1,9 @@
 """
 Every shared surface of one configuration, in one place: the three rings
-(events, labels, feedback: their names, record dtypes and capacities) and
-the file where the daemon publishes its figures. Coordinators, the daemon
-and the views all open them through here, so they always agree.
+(events, labels, feedback: their names, record dtypes, capacities and
+group), the spill root and its writers' options, and the file where the
+daemon publishes its figures. Coordinators, the daemon and the views all
+open them through here, so they always agree.
 """
 
 from __future__ import annotations
@@ -124,6 +125,28 @@ def open_rings(config: Config) -> tuple[ringbuf.Ring, ringbuf.Ring]:
         events.close()
         raise
     return events, labels
+
+
+def geometry_mismatch(
+    config: Config, rings: tuple[ringbuf.Ring, ringbuf.Ring]
+) -> str | None:
+    """What differs between the events and labels rings and ``config``.
+
+    An existing ring keeps the geometry it was created with; None when
+    both match the config.
+    """
+    wanted = (
+        (config.lanes, config.capacity_records),
+        (config.lanes, config.label_capacity_records),
+    )
+    found = [
+        f"ring {ring.name!r} has {ring.lanes} lanes of "
+        f"{ring.capacity_records} records, the config says {lanes} of "
+        f"{capacity}"
+        for ring, (lanes, capacity) in zip(rings, wanted, strict=True)
+        if (ring.lanes, ring.capacity_records) != (lanes, capacity)
+    ]
+    return "; ".join(found) or None
 
 
 def spill_root(config: Config) -> str:

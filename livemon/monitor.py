@@ -25,8 +25,8 @@ from livemon.context import RequestContext
 from livemon.exceptions import MonitoringUnavailable
 from livemon.labels import LabelCache
 from livemon.sink import Counters, Sink
+from livemon.spill import SpillStatus
 from livemon.spill.process import EVENTS, LABELS, ProcessSpill
-from livemon.spill.writer import SpillStatus
 
 __all__ = ["Counters", "Monitor"]
 
@@ -352,19 +352,7 @@ class Monitor:
     def _check_geometry(
         self, rings: tuple[ringbuf.Ring, ringbuf.Ring]
     ) -> None:
-        config = self.config
-        wanted = (
-            (config.lanes, config.capacity_records),
-            (config.lanes, config.label_capacity_records),
-        )
-        found = [
-            f"ring {ring.name!r} has {ring.lanes} lanes of "
-            f"{ring.capacity_records} records, the config says {lanes} of "
-            f"{capacity}"
-            for ring, (lanes, capacity) in zip(rings, wanted, strict=True)
-            if (ring.lanes, ring.capacity_records) != (lanes, capacity)
-        ]
-        mismatch = "; ".join(found) or None
+        mismatch = ipc.geometry_mismatch(self.config, rings)
         if mismatch is not None and mismatch != self.geometry_mismatch:
             logger.warning(
                 "%s: it was created before with another geometry; unlink "
