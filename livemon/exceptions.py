@@ -13,6 +13,9 @@ __all__ = [
     "LegacyError",
     "LivemonError",
     "MonitoringUnavailable",
+    "SpillConfigError",
+    "SpillDirError",
+    "SpillDtypeError",
     "UnknownName",
 ]
 
@@ -63,3 +66,18 @@ class BadTimeRange(LivemonError, ValueError):
 class UnknownName(LivemonError, LookupError):
     """An agent or category name never seen in the database; the message
     lists the known ones."""
+
+
+class SpillConfigError(LivemonError, ValueError):
+    """A spill argument is out of range (sizes, caps, mode, ring name,
+    epoch or lane); the message names it and the accepted range."""
+
+
+class SpillDtypeError(LivemonError, TypeError):
+    """The record dtype is not a structured dtype of plain numbers and
+    bytes, as a ring's records must be."""
+
+
+class SpillDirError(LivemonError, OSError):
+    """The spill directory cannot be created or is not a directory:
+    create it, owned by the coordinators' user, or configure another."""

@@ -5,11 +5,20 @@ Spill files: a full ring lane's records taken to disk by its producer
 
 from __future__ import annotations
 
-from livemon.spill.exceptions import (
+from livemon.exceptions import (
     SpillConfigError,
     SpillDirError,
     SpillDtypeError,
 )
+from livemon.spill._files import Segment
+from livemon.spill._limits import (
+    DEFAULT_LANE_CAP_BYTES,
+    DEFAULT_MIN_FREE_BYTES,
+    DEFAULT_SEGMENT_BYTES,
+    DEFAULT_SYNC_INTERVAL_MS,
+    DEFAULT_TOTAL_CAP_BYTES,
+)
+from livemon.spill._status import SpillStatus
 from livemon.spill.lane import (
     SPILL_LANE_BASE,
     LaneSpill,
@@ -17,16 +26,8 @@ from livemon.spill.lane import (
     resume_seq,
     spill_lane,
 )
-from livemon.spill.reader import Backlog, Scan, Segment, SpillReader
-from livemon.spill.writer import (
-    DEFAULT_LANE_CAP_BYTES,
-    DEFAULT_MIN_FREE_BYTES,
-    DEFAULT_SEGMENT_BYTES,
-    DEFAULT_SYNC_INTERVAL_MS,
-    DEFAULT_TOTAL_CAP_BYTES,
-    SpillStatus,
-    SpillWriter,
-)
+from livemon.spill.reader import Backlog, Scan, SpillReader
+from livemon.spill.writer import SpillWriter
 
 __all__ = [
     "DEFAULT_LANE_CAP_BYTES",

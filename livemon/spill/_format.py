@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from livemon.spill.exceptions import SpillConfigError, SpillDtypeError
+from livemon.exceptions import SpillConfigError, SpillDtypeError
 from ringbuf import RingNameError, validate_name
 
 MAGIC = b"LMSPILL\0"

@@ -12,8 +12,8 @@ import os
 
 import numpy as np
 
+from livemon.exceptions import SpillDirError
 from livemon.spill import _format, _fs
-from livemon.spill.exceptions import SpillDirError
 
 
 def create(

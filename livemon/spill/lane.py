@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy.typing as npt
 
+from livemon.spill._status import SpillStatus
 from livemon.spill.reader import SpillReader
-from livemon.spill.writer import SpillStatus, SpillWriter
+from livemon.spill.writer import SpillWriter
 
 SPILL_LANE_BASE = 1 << 16
 """Added to a ring lane (always below 4096) to make the lane a spilled

@@ -13,9 +13,9 @@ import time
 from typing import Any, Protocol
 
 import ringbuf
-from livemon.spill.exceptions import SpillConfigError, SpillDtypeError
+from livemon.exceptions import SpillConfigError, SpillDtypeError
+from livemon.spill._status import SpillStatus
 from livemon.spill.lane import LaneSpill
-from livemon.spill.writer import SpillStatus
 
 logger = logging.getLogger("livemon")
 

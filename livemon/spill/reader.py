@@ -5,7 +5,6 @@ frames in seq order, retire segments behind a committed high-water mark.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import os
@@ -16,26 +15,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from livemon.spill import _format, _frames, _fs
+from livemon.spill import _format, _frames
+from livemon.spill._files import Frames, Segment, SegmentFiles
 from ringbuf import Batch
 
 logger = logging.getLogger(__name__)
-
-STALE_TMP_S = 60.0  # a segment still being created is gone well before
-_PEEK_BYTES = _format.DATA_OFFSET + _format.FRAME_PREFIX_BYTES
-_FIRST_NS_AT = _format.DATA_OFFSET + _format.FRAME_NS_OFFSET
-
-
-class Segment(NamedTuple):
-    """One segment file of a lane, its header checked when listed."""
-
-    epoch: int
-    lane: int
-    first_seq: int
-    name: str
-    path: str
-    size_bytes: int
-    created_ns: int
 
 
 class Scan(NamedTuple):
@@ -66,14 +50,6 @@ class Backlog(NamedTuple):
             return 0.0
         now = time.time_ns() if now_ns is None else now_ns
         return max(0.0, (now - self.oldest_ns) / 1e9)
-
-
-class _Frames(NamedTuple):
-    header: _format.Header
-    active: bool
-    published: int
-    frames: npt.NDArray[np.void]
-    data: bytes
 
 
 class SpillReader:
@@ -129,52 +105,25 @@ class SpillReader:
         self.spill_dir = os.fspath(spill_dir)
         self.ring = _format.check_ring(ring)
         self.dtype = _format.check_dtype(dtype)
-        self._fingerprint = _format.dtype_fingerprint(self.dtype)
-        self._frame_bytes = _format.frame_bytes_for(self.dtype.itemsize)
-        self._crc_at = _format.crc_offset(self._frame_bytes)
-        self._frame_dtype = _format.frame_dtype(self.dtype.itemsize)
+        self._files = SegmentFiles(self.spill_dir, self.ring, self.dtype)
+        self._crc_at = _format.crc_offset(
+            _format.frame_bytes_for(self.dtype.itemsize)
+        )
         self._reported: dict[str, set[int]] = {}
         # Per segment: which frames were valid, and their seqs, when read.
         self._verified: dict[str, tuple[npt.NDArray[np.bool_], Any]] = {}
         self.bad_frames = 0
         self.torn_frames = 0
-        self.bad_segments = 0
 
     # -- listing ---------------------------------------------------------
 
     def lanes(self) -> list[tuple[int, int]]:
         """Every (epoch, lane) that has a spill directory, sorted."""
-        found = []
-        ring = (self.ring,)
-        for name, epoch in _fs.subdirs(
-            self.spill_dir, ring, _format.parse_epoch
-        ):
-            below = (self.ring, name)
-            for _, lane in _fs.subdirs(
-                self.spill_dir, below, _format.parse_lane
-            ):
-                found.append((epoch, lane))
-        return sorted(found)
+        return self._files.lanes()
 
     def segments(self, epoch: int, lane: int) -> list[Segment]:
         """A lane's segments in seq order; bad headers renamed aside."""
-        found = []
-        with _fs.dir_or_none(self.spill_dir, self._names(epoch, lane)) as fd:
-            if fd < 0:
-                return []
-            with os.scandir(fd) as entries:
-                names = [
-                    e.name for e in entries if e.is_file(follow_symlinks=False)
-                ]
-            for name in names:
-                first_seq = _format.parse_segment(name)
-                if first_seq is not None:
-                    segment = self._listed(fd, epoch, lane, first_seq, name)
-                    if segment is not None:
-                        found.append(segment)
-                elif name.endswith(_format.TMP_SUFFIX):
-                    _fs.remove_stale(fd, name, STALE_TMP_S)
-        return sorted(found, key=lambda s: s.first_seq)
+        return self._files.segments(epoch, lane)
 
     # -- reading ---------------------------------------------------------
 
@@ -196,7 +145,7 @@ class SpillReader:
         Returns an empty scan if the segment vanished (retired) or had a
         bad header (then renamed aside).
         """
-        got = self._load(segment)
+        got = self._files.load(segment)
         if got is None:
             return Scan([], 0, 0, False, -1)
         frames, seqs = got.frames, got.frames["seq"]
@@ -240,20 +189,14 @@ class SpillReader:
             True if unlinked; False if it still holds a valid frame above
             ``hwm_seq``, a writer still appends to it, or it is gone.
         """
-        got = self._load(segment)
+        got = self._files.load(segment)
         if got is None or got.active:
             return False
         valid = self._validate(segment, got)
         if (valid & _frames.above(got.frames["seq"], hwm_seq)).any():
             return False
-        with self._lane_dir(segment) as fd:
-            if fd < 0:
-                return False
-            try:
-                os.unlink(segment.name, dir_fd=fd)
-            except FileNotFoundError:
-                return False
-            os.fsync(fd)  # the unlink is durable before the caller moves on
+        if not self._files.unlink(segment):
+            return False
         self._reported.pop(segment.path, None)
         self._verified.pop(segment.path, None)
         return True
@@ -269,12 +212,12 @@ class SpillReader:
         for segment in _uncommitted(segments, after_seq):
             if segment.first_seq > after_seq:
                 # Wholly uncommitted: the header's count will do.
-                published, first_ns = self._peek(segment)
+                published, first_ns = self._files.peek(segment)
                 records += published
                 if oldest is None and published:
                     oldest = first_ns
                 continue
-            got = self._load(segment, published_only=True)
+            got = self._files.load(segment, published_only=True)
             if got is not None:
                 pending = got.frames[
                     _frames.above(got.frames["seq"], after_seq)
@@ -292,145 +235,17 @@ class SpillReader:
         nothing to replay unless a power loss cut its count: ``retire``
         (which reads every frame) decides.
         """
-        return self._peek(segment)[0]
+        return self._files.peek(segment)[0]
+
+    @property
+    def bad_segments(self) -> int:
+        """Segments renamed aside to ``<name>.bad`` by this reader."""
+        return self._files.bad_segments
 
     # -- internals -------------------------------------------------------
 
-    def _peek(self, segment: Segment) -> tuple[int, int]:
-        """A segment's published count and its first frame's spill time."""
-        with self._lane_dir(segment) as dir_fd:
-            if dir_fd < 0:
-                return 0, 0
-            try:
-                fd = os.open(
-                    segment.name, os.O_RDONLY | _fs.OPEN_FILE, dir_fd=dir_fd
-                )
-            except FileNotFoundError:
-                return 0, 0
-            try:
-                head = os.pread(fd, _PEEK_BYTES, 0)
-            finally:
-                os.close(fd)
-        if len(head) < _PEEK_BYTES:
-            return 0, 0
-        published = _word(head, _format.COMMITTED_OFFSET)
-        return published, _word(head, _FIRST_NS_AT)
-
-    def _load(
-        self, segment: Segment, *, published_only: bool = False
-    ) -> _Frames | None:
-        with self._lane_dir(segment) as dir_fd:
-            if dir_fd < 0:
-                return None
-            try:
-                fd = os.open(
-                    segment.name, os.O_RDONLY | _fs.OPEN_FILE, dir_fd=dir_fd
-                )
-            except FileNotFoundError:
-                return None
-            try:
-                active = _fs.is_locked(fd)
-                head = os.pread(fd, _format.DATA_OFFSET, 0)
-                try:
-                    header = self._check(head, segment)
-                except _format.HeaderError as exc:
-                    self._set_aside(dir_fd, segment.name, exc, active)
-                    return None
-                published = min(
-                    _word(head, _format.COMMITTED_OFFSET),
-                    header.capacity_frames,
-                )
-                # Read the count before the frames: every frame below it
-                # was complete when the count was stored (see the writer).
-                size = os.fstat(fd).st_size - _format.DATA_OFFSET
-                whole = min(
-                    header.capacity_frames, max(size, 0) // self._frame_bytes
-                )
-                limit = (
-                    min(published, whole)
-                    if active or published_only
-                    else whole
-                )
-                data = os.pread(
-                    fd, limit * self._frame_bytes, _format.DATA_OFFSET
-                )
-            finally:
-                os.close(fd)
-        count = len(data) // self._frame_bytes
-        frames = np.frombuffer(data, self._frame_dtype, count)
-        return _Frames(header, active, published, frames, data)
-
-    def _check(self, head: bytes, segment: Segment) -> _format.Header:
-        header = _format.unpack_header(head)
-        if header.fingerprint != self._fingerprint:
-            raise _format.HeaderError(
-                "records of another dtype (the record layout changed?)"
-            )
-        if header.record_bytes != self.dtype.itemsize:
-            raise _format.HeaderError("records of another size")
-        if (header.epoch, header.lane, header.first_seq) != (
-            segment.epoch,
-            segment.lane,
-            segment.first_seq,
-        ):
-            raise _format.HeaderError("header does not match the file name")
-        return header
-
-    def _listed(
-        self, dir_fd: int, epoch: int, lane: int, first_seq: int, name: str
-    ) -> Segment | None:
-        path = os.path.join(
-            self.spill_dir,
-            self.ring,
-            _format.epoch_name(epoch),
-            _format.lane_name(lane),
-            name,
-        )
-        try:
-            fd = os.open(name, os.O_RDONLY | _fs.OPEN_FILE, dir_fd=dir_fd)
-        except FileNotFoundError:
-            return None
-        try:
-            head = os.pread(fd, _format.DATA_OFFSET, 0)
-            size = os.fstat(fd).st_size
-            active = _fs.is_locked(fd)
-        finally:
-            os.close(fd)
-        segment = Segment(epoch, lane, first_seq, name, path, size, 0)
-        try:
-            header = self._check(head, segment)
-        except _format.HeaderError as exc:
-            self._set_aside(dir_fd, name, exc, active)
-            return None
-        return segment._replace(created_ns=header.created_ns)
-
-    def _set_aside(
-        self, dir_fd: int, name: str, exc: Exception, active: bool
-    ) -> None:
-        if active:
-            # A live writer still appends to it (a reader of another dtype
-            # during an upgrade?): skip it now, set it aside once it is
-            # abandoned, never pull it from under its writer.
-            logger.warning("spill segment %s skipped: %s", name, exc)
-            return
-        with contextlib.suppress(FileNotFoundError):
-            os.rename(
-                name,
-                name + _format.BAD_SUFFIX,
-                src_dir_fd=dir_fd,
-                dst_dir_fd=dir_fd,
-            )
-            self.bad_segments += 1
-            logger.warning(
-                "spill segment %s set aside as %s%s: %s",
-                name,
-                name,
-                _format.BAD_SUFFIX,
-                exc,
-            )
-
     def _validate(
-        self, segment: Segment, got: _Frames
+        self, segment: Segment, got: Frames
     ) -> npt.NDArray[np.bool_]:
         known = self._verified.get(segment.path)
         valid = _frames.valid_frames(
@@ -458,25 +273,12 @@ class SpillReader:
         done = np.flatnonzero(valid & ~_frames.above(seqs, after_seq))
         return int(done[-1]) + 1 if len(done) else 0
 
-    def _names(self, epoch: int, lane: int) -> tuple[str, str, str]:
-        return (self.ring, _format.epoch_name(epoch), _format.lane_name(lane))
-
-    def _lane_dir(
-        self, segment: Segment
-    ) -> contextlib.AbstractContextManager[int]:
-        names = self._names(segment.epoch, segment.lane)
-        return _fs.dir_or_none(self.spill_dir, names)
-
     def _report(self, path: str, positions: npt.NDArray[np.int64]) -> int:
         """Count lost frames this reader has not counted yet."""
         seen = self._reported.setdefault(path, set())
         new = set(positions.tolist()) - seen
         seen |= new
         return len(new)
-
-
-def _word(data: bytes, offset: int) -> int:
-    return int.from_bytes(data[offset : offset + 8], "little")
 
 
 def _uncommitted(segments: list[Segment], after_seq: int) -> list[Segment]:

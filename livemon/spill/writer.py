@@ -5,9 +5,6 @@ memory-mapped segment files while its ring lane is full.
 
 from __future__ import annotations
 
-import enum
-import logging
-import mmap
 import operator
 import os
 import struct
@@ -19,50 +16,27 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from livemon.spill import _format, _fs, _segment
-from livemon.spill.exceptions import SpillConfigError
+from livemon.spill import _format, _fs, _rotation, _segment
+from livemon.spill._limits import (
+    DEFAULT_LANE_CAP_BYTES,
+    DEFAULT_MIN_FREE_BYTES,
+    DEFAULT_MODE,
+    DEFAULT_RETRY_INTERVAL_MS,
+    DEFAULT_SEGMENT_BYTES,
+    DEFAULT_SYNC_INTERVAL_MS,
+    DEFAULT_TOTAL_CAP_BYTES,
+    check_limits,
+)
+from livemon.spill._status import SpillStatus
 
-logger = logging.getLogger(__name__)
-
-MiB = 1 << 20
-DEFAULT_SEGMENT_BYTES = 4 * MiB
-DEFAULT_LANE_CAP_BYTES = 256 * MiB
-DEFAULT_TOTAL_CAP_BYTES = 1024 * MiB
-DEFAULT_MIN_FREE_BYTES = 128 * MiB  # Aeron's low-storage threshold
-DEFAULT_SYNC_INTERVAL_MS = 500  # Vector's flush interval
-DEFAULT_RETRY_INTERVAL_MS = 1000
-DEFAULT_MODE = 0o600
-_NEVER_NS = 1 << 62
 _COMMITTED_WORD = _format.COMMITTED_OFFSET // 8
-_SEALED_WORD = _format.SEALED_OFFSET // 8
 _SEQ_AT = _format.FRAME_SEQ_OFFSET
 _crc32 = zlib.crc32
 _time_ns = time.time_ns
-
-
-class SpillStatus(enum.IntEnum):
-    """What ``SpillWriter.put`` did with a record; all but STORED are drops.
-
-    Index a per-reason drop counter with it: ``drops[status] += 1``.
-    """
-
-    STORED = 0
-    """In the page cache, published: survives a crash of the producer."""
-    SPILL_CAP = 1
-    """The lane's or the spill directory's byte cap refused a segment."""
-    DISK_FULL = 2
-    """ENOSPC/EDQUOT preallocating a segment, or below the free floor."""
-    IO_ERROR = 3
-    """Another OSError creating a segment (permissions, read-only...)."""
-    REJECTED = 4
-    """Not storable: wrong size or dtype, seq not above the last one, a
-    seq already spilled, or the writer is closed (or was forked)."""
-
-
 _STORED = SpillStatus.STORED
 
 
-class SpillWriter:
+class SpillWriter(_rotation.SegmentRotation):
     """Appends one lane's records to spill segments, with no syscall per
     record and never raising from ``put``.
 
@@ -120,18 +94,7 @@ class SpillWriter:
     (REJECTED); the child spills through a writer for its own lane.
     """
 
-    _fd: int = -1
-    _mmap: mmap.mmap | None = None
-    # Empty views while no segment is mapped: the fast path never touches
-    # them then (capacity 0), and no Optional check costs it time.
-    _view: memoryview = memoryview(b"")
-    _words: memoryview = memoryview(b"")
-    _count: int = 0
-    _offset: int = 0  # of the next frame; at _end when no room (or none)
-    _end: int = 0
     _closed: bool = False
-    segment_path: str | None = None
-    """The segment being appended to, if any."""
 
     def __init__(
         self,
@@ -182,48 +145,29 @@ class SpillWriter:
         self._record_bytes = self.dtype.itemsize
         self._frame_bytes = _format.frame_bytes_for(self._record_bytes)
         self._crc_at = _format.crc_offset(self._frame_bytes)
-        low = _format.DATA_OFFSET + self._frame_bytes
-        self._segment_bytes = _format.check_int(
-            "segment_bytes", segment_bytes, low, 2**31
+        self._limits = limits = check_limits(
+            self._frame_bytes,
+            segment_bytes=segment_bytes,
+            lane_cap_bytes=lane_cap_bytes,
+            total_cap_bytes=total_cap_bytes,
+            min_free_bytes=min_free_bytes,
+            sync_interval_ms=sync_interval_ms,
+            retry_interval_ms=retry_interval_ms,
+            mode=mode,
         )
-        for what, value in (
-            ("lane_cap_bytes", lane_cap_bytes),
-            ("total_cap_bytes", total_cap_bytes),
-            ("min_free_bytes", min_free_bytes),
-        ):
-            _format.check_int(what, value, 0, 2**63)
-        self._lane_cap_bytes = lane_cap_bytes
-        self._total_cap_bytes = total_cap_bytes
-        self._min_free_bytes = min_free_bytes
-        if sync_interval_ms is None:
-            self._sync_interval_ns = _NEVER_NS
-        else:
-            ms = _format.check_int(
-                "sync_interval_ms", sync_interval_ms, 0, 2**31
-            )
-            self._sync_interval_ns = ms * 1_000_000
-        self._retry_interval_ns = 1_000_000 * _format.check_int(
-            "retry_interval_ms", retry_interval_ms, 0, 2**31
-        )
-        _format.check_int("mode", mode, 0, 0o777)
-        if mode & 0o600 != 0o600 or mode & 0o117:
-            raise SpillConfigError(
-                f"mode {mode:#o}: spill files need owner read-write and may "
-                "add group read or write, nothing else (e.g. 0o600, 0o640)"
-            )
-        self._mode = mode
+        self._segment_bytes = limits.segment_bytes
+        self._sync_interval_ns = limits.sync_interval_ns
         self._dir_mode = _fs.dir_mode(mode)
         self.spill_dir = os.fspath(spill_dir)
         _segment.make_root(self.spill_dir, self._dir_mode)
-        self._dirs = (
-            self.ring,
-            _format.epoch_name(self.epoch),
-            _format.lane_name(self.lane),
+        epoch_dir = _format.epoch_name(self.epoch)
+        self._dirs = (self.ring, epoch_dir, _format.lane_name(self.lane))
+        self._header = _rotation.header_template(
+            self.dtype, self.epoch, self.lane, self._segment_bytes
         )
         self._pack_frame = struct.Struct(f"<QQ{self._record_bytes}s").pack_into
         self._pack_crc = _format.CRC.pack_into
-        self._last_seq = -1
-        self._first_seq = -1
+        self._last_seq = self._first_seq = -1
         self._synced_ns = time.time_ns()
         self._sync_at_ns = self._synced_ns + self._sync_interval_ns
         self._synced_count = 0
@@ -231,14 +175,7 @@ class SpillWriter:
         self._refusal = SpillStatus.STORED
         self._drops = [0] * len(SpillStatus)
         self.sync_errors = 0
-        method = weakref.WeakMethod(self._abandon)
-
-        def reinit() -> None:
-            bound = method()
-            if bound is not None:
-                bound()
-
-        os.register_at_fork(after_in_child=reinit)
+        _abandon_after_fork(self)
 
     # -- the hot path ----------------------------------------------------
 
@@ -355,119 +292,6 @@ class SpillWriter:
         self._synced_count = self._count
         return True
 
-    def _used_bytes(self) -> int:
-        used = _format.DATA_OFFSET + self._count * self._frame_bytes
-        pages = -(-used // mmap.PAGESIZE) * mmap.PAGESIZE
-        return min(pages, self._segment_bytes)
-
-    # -- segments --------------------------------------------------------
-
-    def _rotate(self, seq: int) -> SpillStatus:
-        self._seal(truncate=False)
-        now = time.monotonic_ns()
-        if now < self._retry_at_ns:
-            return self._refusal
-        try:
-            status = self._open_segment(seq)
-        except FileExistsError:
-            # That seq was spilled before: refuse it, not the seqs after.
-            logger.warning(
-                "spill lane %d: seq %d spilled twice", self.lane, seq
-            )
-            return SpillStatus.REJECTED
-        except (OSError, ValueError) as exc:
-            status = (
-                SpillStatus.DISK_FULL
-                if getattr(exc, "errno", None) in _fs.DISK_FULL_ERRNOS
-                else SpillStatus.IO_ERROR
-            )
-            logger.warning("spill lane %d: %s", self.lane, exc)
-        if status is not SpillStatus.STORED:
-            self._retry_at_ns = now + self._retry_interval_ns
-            self._refusal = status
-        return status
-
-    def _open_segment(self, seq: int) -> SpillStatus:
-        size = self._segment_bytes
-        lane_fd = _fs.open_dirs(self.spill_dir, self._dirs, self._dir_mode)
-        try:
-            if _fs.usage_bytes(lane_fd, 0) + size > self._lane_cap_bytes:
-                return SpillStatus.SPILL_CAP
-            root_fd = os.open(self.spill_dir, _fs.OPEN_DIR & ~os.O_NOFOLLOW)
-            try:
-                total = _fs.usage_bytes(root_fd, len(self._dirs))
-            finally:
-                os.close(root_fd)
-            if total + size > self._total_cap_bytes:
-                return SpillStatus.SPILL_CAP
-            floor = self._min_free_bytes
-            if floor and _fs.free_bytes(lane_fd) - size < floor:
-                return SpillStatus.DISK_FULL
-            self._create(lane_fd, seq)
-        finally:
-            os.close(lane_fd)
-        return SpillStatus.STORED
-
-    def _create(self, lane_fd: int, seq: int) -> None:
-        capacity = _format.capacity_for(self._segment_bytes, self._frame_bytes)
-        header = _format.Header(
-            frame_bytes=self._frame_bytes,
-            record_bytes=self._record_bytes,
-            capacity_frames=capacity,
-            fingerprint=_format.dtype_fingerprint(self.dtype),
-            epoch=self.epoch,
-            first_seq=seq,
-            created_ns=time.time_ns(),
-            lane=self.lane,
-        )
-        fd, mm = _segment.create(
-            lane_fd, header, self._segment_bytes, self._mode
-        )
-        self._fd, self._mmap = fd, mm
-        self._view = memoryview(mm)
-        self._words = self._view[: _format.DATA_OFFSET].cast("Q")
-        self._count = self._synced_count = 0
-        self._synced_ns = time.time_ns()  # fsynced on creation
-        self._sync_at_ns = self._synced_ns + self._sync_interval_ns
-        self._offset = _format.DATA_OFFSET
-        self._end = _format.DATA_OFFSET + capacity * self._frame_bytes
-        self._first_seq = seq
-        self.segment_path = os.path.join(
-            self.spill_dir, *self._dirs, _format.segment_name(seq)
-        )
-
-    def _seal(self, *, truncate: bool) -> None:
-        """Mark the segment closed, make it durable, let go of it."""
-        if self._mmap is None:
-            return
-        self._words[_SEALED_WORD] = _format.SEAL  # after every frame
-        used = _format.DATA_OFFSET + self._count * self._frame_bytes
-        try:
-            self._mmap.flush(0, self._used_bytes())
-        except OSError:
-            self.sync_errors += 1
-        self._release()
-        try:
-            if truncate:  # give back the preallocated, unused tail
-                os.ftruncate(self._fd, used)
-            os.fsync(self._fd)
-        except OSError:
-            self.sync_errors += 1
-        finally:
-            os.close(self._fd)  # with the mmap's own, drops the lock
-            self._fd = -1
-
-    def _release(self) -> None:
-        # Views first: an mmap with exported views refuses to close.
-        self._words.release()
-        self._view.release()
-        self._words = self._view = memoryview(b"")
-        if self._mmap is not None:
-            self._mmap.close()
-        self._mmap = None
-        self._count = self._offset = self._end = 0
-        self.segment_path = None
-
     # -- lifetime --------------------------------------------------------
 
     @property
@@ -515,3 +339,18 @@ class SpillWriter:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _abandon_after_fork(writer: SpillWriter) -> None:
+    """Have a forked child's copy of ``writer`` let go of its segment.
+
+    Through a weak reference: the hook must not keep the writer alive.
+    """
+    method = weakref.WeakMethod(writer._abandon)
+
+    def reinit() -> None:
+        bound = method()
+        if bound is not None:
+            bound()
+
+    os.register_at_fork(after_in_child=reinit)
