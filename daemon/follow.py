@@ -1,7 +1,8 @@
 """
 The daemon's rings replaced under it (a cleanup script unlinked them,
-``RemoveIPC=yes``, a coordinator recreated them): drain the old segments
-to the end, then consume the ones now under the names.
+``RemoveIPC=yes``, a coordinator recreated them), or by it (the config
+asks for another geometry): drain the old segments to the end, then
+consume the ones now under the names.
 """
 
 from __future__ import annotations
@@ -60,3 +61,43 @@ def follow(config: Config, drainer: Drainer) -> list[ringbuf.Ring]:
         config.ring,
     )
     return old
+
+
+def regrow(config: Config, drainer: Drainer) -> list[ringbuf.Ring]:
+    """Replace rings whose geometry is not ``config``'s; return the old.
+
+    How ``lanes`` or ``capacity_records`` change on a running host: the
+    daemon, restarted with the new config, puts new rings under the
+    names and retires the old ones.  Each producer sees the retirement at
+    its next record and moves to the new ring; the daemon drains the old
+    ones to the end, so nothing is lost.  Returns [] when all match.
+
+    Raises:
+        ringbuf.RingError, OSError: the new rings cannot be made (the old
+            ones stay in use, retired only once the new exist).
+    """
+    events = drainer.events
+    if (events.lanes, events.capacity_records) == (
+        config.lanes,
+        config.capacity_records,
+    ) and drainer.labels.lanes == config.lanes:
+        return []
+    old = [drainer.events, drainer.labels]
+    if drainer.feedback is not None:
+        old.append(drainer.feedback)
+    for ring in old:
+        ringbuf.unlink(ring.name)
+    for spec in ipc.all_rings(config):
+        ipc.open_ring(config, spec).close()
+    for ring in old:
+        ring.retire()
+    logger.warning(
+        "ring %r had %d lanes of %d records, the config %d of %d: new "
+        "rings made, coordinators move to them at their next record",
+        config.ring,
+        events.lanes,
+        events.capacity_records,
+        config.lanes,
+        config.capacity_records,
+    )
+    return follow(config, drainer)

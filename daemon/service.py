@@ -14,7 +14,7 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import ringbuf
@@ -27,7 +27,7 @@ from daemon.retention import DAEMON_SHARE, Retention
 from daemon.status import status_line
 from daemon.store import IntegrityCheck, Store, check_database_path
 from livemon import ipc
-from livemon.config import load_config
+from livemon.config import Config, load_config
 from livemon.exceptions import ConfigError
 
 logger = logging.getLogger("livemon.daemon")
@@ -104,6 +104,7 @@ class Service:
             self._write_pidfile(pidfile)
             self._install_signals()
             drainer.step()  # open the store now, so readiness means it
+            self._replace_rings(follow.regrow, drainer)
             self.notifier.ready(self._publish(drainer))
             logger.info(
                 "draining ring %r into %s (pid %d)",
@@ -156,14 +157,21 @@ class Service:
     def _follow_rings(self, drainer: Drainer) -> None:
         if not self._due("rings", follow.CHECK_INTERVAL_S):
             return
+        if follow.replaced(drainer):
+            self._replace_rings(follow.follow, drainer)
+
+    def _replace_rings(
+        self,
+        how: Callable[[Config, Drainer], list[ringbuf.Ring]],
+        drainer: Drainer,
+    ) -> None:
         try:
-            if follow.replaced(drainer):
-                for ring in follow.follow(self.config, drainer):
-                    ring.close()
-                current = (drainer.events, drainer.labels, drainer.feedback)
-                self._rings = [ring for ring in current if ring is not None]
+            for ring in how(self.config, drainer):
+                ring.close()
         except (ringbuf.RingError, OSError) as exc:
-            logger.error("cannot follow the replaced ring: %s", exc)
+            logger.error("cannot move to the new rings: %s", exc)
+        current = (drainer.events, drainer.labels, drainer.feedback)
+        self._rings = [ring for ring in current if ring is not None]
 
     def _due(self, what: str, every_s: float) -> bool:
         now = time.monotonic()

@@ -13,6 +13,7 @@ import sys
 import time
 
 import ringbuf
+from livemon.record import RECORD_DTYPE
 from tests.daemon.conftest import coordinators, recorded
 
 NO_DUPLICATES = "SELECT count(*) - count(DISTINCT request_id) FROM events"
@@ -91,3 +92,27 @@ class TestRingReplaced:
         time.sleep(1.5)  # a second look, after the next ring check
         assert daemon.count() == sent
         assert daemon.stop() == 0
+
+
+class TestRegrow:
+    def test_restart_with_more_lanes_moves_everyone(
+        self, start_daemon, daemon_env, tmp_path
+    ):
+        """The ring was made with 2 lanes; a daemon restarted with 8 puts
+        new rings under the names, the running coordinator follows at its
+        next record, and every request is stored once."""
+        small = dict(daemon_env, LIVEMON_LANES="2")
+        first = start_daemon(env=small)
+        flag = str(tmp_path / "regrown")
+        load = [paced(small, flag, 1000)]
+        first.wait_until(lambda: first.count() > 300)
+        assert first.stop() == 0
+        big = dict(daemon_env, LIVEMON_LANES="8")
+        second = start_daemon(env=big)
+        with ringbuf.Ring.attach(big["LIVEMON_RING"], RECORD_DTYPE) as ring:
+            assert ring.lanes == 8
+        open(flag, "w").close()
+        sent = recorded(load)
+        second.wait_until(lambda: second.count() == sent, timeout_s=120)
+        assert second.count(NO_DUPLICATES) == 0
+        assert second.stop() == 0
