@@ -15,6 +15,7 @@ import pytest
 from hypothesis import settings
 
 import ringbuf
+from tests import mounts
 
 settings.register_profile("livemon", deadline=None, max_examples=60)
 settings.load_profile("livemon")
@@ -46,6 +47,13 @@ def state_home(tmp_path_factory, monkeypatch) -> None:
     for this process and the processes it starts, never to ~/.local."""
     home = tmp_path_factory.mktemp("state-home")
     monkeypatch.setenv("XDG_STATE_HOME", str(home))
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A real 1 MiB tmpfs, unmounted afterwards (needs root)."""
+    with mounts.tmpfs(tmp_path / "tmpfs", "1m") as mount:
+        yield mount
 
 
 @pytest.fixture

@@ -9,9 +9,7 @@ import contextlib
 import os
 import pathlib
 import sqlite3
-import subprocess
 import time
-from collections.abc import Iterator
 
 import numpy as np
 
@@ -87,30 +85,6 @@ def count(path: str | os.PathLike[str], sql: str) -> int:
             return int(db.execute(sql).fetchone()[0])
     except sqlite3.Error:
         return -1
-
-
-@contextlib.contextmanager
-def tmpfs(where: pathlib.Path, size: str) -> Iterator[pathlib.Path]:
-    """A real tmpfs of ``size`` mounted at ``where``, unmounted after."""
-    if os.geteuid() != 0:
-        raise AssertionError("this test mounts a tmpfs: run it as root")
-    where.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [
-            "mount",
-            "-t",
-            "tmpfs",
-            "-o",
-            f"size={size},mode=0700",
-            "tmpfs",
-            str(where),
-        ],
-        check=True,
-    )
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def fill(directory: pathlib.Path) -> pathlib.Path:

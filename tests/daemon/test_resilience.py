@@ -21,6 +21,7 @@ import pytest
 
 from livemon import ipc
 from livemon import record as rec
+from tests import mounts
 from tests.daemon import harness
 from tests.daemon.conftest import coordinators, recorded
 
@@ -276,7 +277,7 @@ class TestFilesystem:
     ):
         """ENOSPC for the database, pidfile and status file: the daemon
         starts and keeps running, and catches up when space returns."""
-        with harness.tmpfs(tmp_path / "small", "8m") as mount:
+        with mounts.tmpfs(tmp_path / "small", "8m") as mount:
             env = dict(daemon_env, LIVEMON_DB=str(mount / "u.db"))
             env["LIVEMON_PIDFILE"] = str(mount / "u.db.pid")  # on the tmpfs
             filler = harness.fill(mount)
@@ -311,7 +312,7 @@ class TestFilesystem:
     ):
         """EROFS for every file beside the database: running, then caught
         up once the filesystem is writable again."""
-        with harness.tmpfs(tmp_path / "ro", "64m") as mount:
+        with mounts.tmpfs(tmp_path / "ro", "64m") as mount:
             env = dict(daemon_env, LIVEMON_DB=str(mount / "u.db"))
             env["LIVEMON_PIDFILE"] = str(mount / "u.db.pid")
             first = start_daemon(env=env)

@@ -24,20 +24,6 @@ from tests.livemon.helpers import events_in, labels_in
 SURROGATE = "\ud800"
 
 
-@pytest.fixture
-def monitor(ring_name):
-    """A default-mode monitor on a fresh ring."""
-    with Monitor(ring_name) as mon:
-        yield mon
-
-
-@pytest.fixture
-def strict(ring_name):
-    """A strict monitor on a fresh ring."""
-    with Monitor(ring_name, strict=True) as mon:
-        yield mon
-
-
 # -- what the record should hold: the documented rules, spelled out -----
 
 

@@ -40,20 +40,6 @@ from tests.livemon.helpers import events_in, labels_in, names
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 
 
-@pytest.fixture
-def monitor(ring_name):
-    """A monitor on a fresh ring, closed after the test."""
-    with Monitor(ring_name) as mon:
-        yield mon
-
-
-@pytest.fixture
-def strict(ring_name):
-    """A strict monitor on a fresh ring."""
-    with Monitor(ring_name, strict=True) as mon:
-        yield mon
-
-
 def full_request(monitor, query="fix my code"):
     """Log every stage of one request."""
     with monitor.request(query, category="support") as ctx:

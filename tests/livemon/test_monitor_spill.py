@@ -12,7 +12,6 @@ import os
 import pathlib
 import signal
 import sqlite3
-import subprocess
 import time
 
 import pytest
@@ -270,25 +269,6 @@ class TestKilledProducer:
         assert count == distinct == from_ring + from_spill
         # The abandoned segments were retired once replayed.
         assert segment_files(config) == []
-
-
-@pytest.fixture
-def tmpfs(tmp_path: pathlib.Path):
-    """A real 1 MiB tmpfs, unmounted afterwards (needs root)."""
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", mount],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", mount], check=True)
 
 
 class TestFullDisk:

@@ -57,7 +57,11 @@ def old_release(tmp_path_factory):
         check=False,
     )
     if archive.returncode:
-        pytest.skip(f"{PREVIOUS_RELEASE} is not in this checkout")
+        pytest.fail(
+            f"{PREVIOUS_RELEASE} (the previous release) is not in this "
+            "checkout: the upgrade test needs the full history (git fetch "
+            "--unshallow)"
+        )
     subprocess.run(
         ["tar", "-x", "-C", str(where)], input=archive.stdout, check=True
     )

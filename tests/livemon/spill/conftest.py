@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import subprocess
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -108,22 +107,3 @@ def make_writer(
 def reader(spill_dir: pathlib.Path) -> SpillReader:
     """A reader of the test ring's spill files."""
     return SpillReader(spill_dir, RING, RECORD_DTYPE)
-
-
-@pytest.fixture
-def tmpfs(tmp_path: pathlib.Path) -> Iterator[pathlib.Path]:
-    """A real 1 MiB tmpfs, unmounted afterwards (needs root)."""
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", mount],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", mount], check=True)
