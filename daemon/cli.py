@@ -72,7 +72,7 @@ def errors_for_people() -> Iterator[None]:
 
 def permission_hint(exc: PermissionError) -> str:
     """One line for a file or ring this user may not open, and what to do."""
-    what = str(exc.filename or "a file")
+    what = str(exc.filename or f"an operation on a file ({exc})")
     if not os.path.exists(what) and os.path.exists("/dev/shm" + what):
         what = "/dev/shm" + what  # shm_open names a segment "/<ring>"
     owner = ""

@@ -46,7 +46,10 @@ def set_access(fd: int, mode: int, group: int | None) -> None:
     Through the descriptor, so never through a symlink; explicitly, as
     the umask would have narrowed the mode given to open().
     """
-    if group is not None:
+    # Only when the file did not get the group already (its creator's
+    # group): a hardened service (systemd's SystemCallFilter=~@privileged)
+    # may not call fchown at all, and needs not.
+    if group is not None and os.fstat(fd).st_gid != group:
         os.fchown(fd, -1, group)
     os.fchmod(fd, mode)
 

@@ -155,7 +155,10 @@ def test_shipped_unit_under_real_systemd(tmp_path):
     assert (out / "result.json").exists(), (boot.stdout[-3000:], log[-3000:])
     result = json.loads((out / "result.json").read_text())
     print(json.dumps({"wall_s": round(wall_s, 1), **result["timings_s"]}))
-    assert "error" not in result, result["error"]["traceback"] + log
+    journal = "\n".join(result.get("journal", {}).get("tail", []))
+    assert "error" not in result, (
+        result["error"]["traceback"] + log + "\n" + journal
+    )
     failed = {k: v for k, v in result["checks"].items() if not v["ok"]}
     assert not failed, (failed, result["journal"]["tail"][-30:])
     assert len(result["checks"]) == 11
