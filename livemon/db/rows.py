@@ -47,9 +47,9 @@ INSERT_LABELS = "INSERT OR IGNORE INTO labels (label_id, text) VALUES (?, ?)"
 REPLACE_LABELS = "INSERT OR REPLACE INTO labels (label_id, text) VALUES (?, ?)"
 FILL_IN_LABELS = f"""
     UPDATE labels SET text = replace(
-        text, json_quote({schema.unknown_text_sql("?1")}), json_quote(?2)
+        text, json_quote({schema.unknown_text_sql("?")}), json_quote(?)
     )
-    WHERE label_id IN (SELECT list FROM list_members WHERE member = ?1)
+    WHERE label_id IN (SELECT list FROM list_members WHERE member = ?)
         AND instr(text, '<unknown #') > 0
 """
 """Put a label's text, just arrived, into the lists stored without it."""
@@ -236,7 +236,7 @@ def insert_labels(
 ) -> None:
     """Insert label texts (ignoring known ids) and remember them."""
     db.executemany(INSERT_LABELS, rows)
-    db.executemany(FILL_IN_LABELS, rows)
+    db.executemany(FILL_IN_LABELS, [(i, text, i) for i, text in rows])
     lists.learn(rows)
 
 

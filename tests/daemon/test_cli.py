@@ -20,30 +20,25 @@ import pytest
 import ringbuf
 from livemon import ipc
 from livemon.config import load_config
-from tests.daemon.conftest import ROOT
-
-SITE = next(
-    str(p) for p in pathlib.Path(sys.prefix).glob("lib/python3*/site-packages")
-)
+from tests import other_users
 
 
 def run_cli(env, *args, user: int | None = None, timeout=60):
     """Run ``livemon-daemon`` (as ``user`` when given) and capture it."""
     command = [sys.executable, "-m", "daemon", *args]
     if user is not None:
-        # An interpreter anyone may run, with this checkout and the venv's
-        # packages on the path (the venv's python lives under /root).
+        python, path = other_users.interpreter()
         command = [
             "setpriv",
             f"--reuid={user}",
             f"--regid={user}",
             "--clear-groups",
-            "/usr/bin/python3",
+            python,
             "-m",
             "daemon",
             *args,
         ]
-        env = dict(env, PYTHONPATH=f"{ROOT}:{SITE}", HOME="/nonexistent")
+        env = dict(env, PYTHONPATH=path, HOME="/nonexistent")
     return subprocess.run(
         command,
         env=env,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import shutil
 import signal
 import subprocess
@@ -18,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from livemon.cli import cli
+from tests import other_users
 from tests.daemon.conftest import ROOT, coordinators, recorded
 
 DEMO_AGENTS = {"coder", "reviewer", "writer", "data_analyst"}
@@ -264,16 +264,15 @@ class TestOneLineErrors:
         config = load_config(env=daemon_env)
         ipc.open_ring(config, ipc.events_ring(config)).close()
         ipc.open_ring(config, ipc.labels_ring(config)).close()
-        venv = pathlib.Path(sys.prefix)
-        site = next(str(p) for p in venv.glob("lib/python3*/site-packages"))
-        env = dict(daemon_env, PYTHONPATH=f"{ROOT}:{site}", HOME="/")
+        python, path = other_users.interpreter()
+        env = dict(daemon_env, PYTHONPATH=path, HOME="/")
         result = subprocess.run(
             [
                 "setpriv",
                 "--reuid=65534",
                 "--regid=65534",
                 "--clear-groups",
-                "/usr/bin/python3",
+                python,
                 "-m",
                 "livemon",
                 "stats",

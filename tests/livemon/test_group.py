@@ -12,16 +12,13 @@ import os
 import pathlib
 import stat
 import subprocess
-import sys
 
 from livemon import Monitor
 from livemon.config import load_config
+from tests import other_users
 
 GROUP = "users"
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-SITE = next(
-    str(p) for p in pathlib.Path(sys.prefix).glob("lib/python3*/site-packages")
-)
 AS_MEMBER = """
 import json, sys
 from livemon import Monitor
@@ -41,14 +38,13 @@ def run_as(uid: int, gid: int, ring_name: str) -> dict:
         os.setgid(gid)
         os.setuid(uid)
 
-    # An interpreter anyone may run (the venv's lives under /root), with
-    # this checkout and the venv's packages on the path.
+    python, path = other_users.interpreter()
     done = subprocess.run(
-        ["/usr/bin/python3", "-c", AS_MEMBER, ring_name],
+        [python, "-c", AS_MEMBER, ring_name],
         env={
             **os.environ,
             "LIVEMON_GROUP": GROUP,
-            "PYTHONPATH": f"{ROOT}:{SITE}",
+            "PYTHONPATH": path,
             "HOME": "/nonexistent",
         },
         preexec_fn=drop,
