@@ -5,6 +5,7 @@ daemon's files per database, paths and permissions refused with one line.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import signal
@@ -174,7 +175,7 @@ class TestFiles:
             "text": tmp_path / "notes.txt",
         }[kind]
         if kind == "foreign":
-            with sqlite3.connect(path) as db:
+            with contextlib.closing(sqlite3.connect(path)) as db:
                 db.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
         elif kind == "text":
             path.write_text("shopping list\n" * 100)

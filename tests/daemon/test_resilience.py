@@ -30,7 +30,9 @@ EVENTS = "SELECT count(*) FROM events"
 
 def health_errors(db: str) -> str:
     """Every last_error of the health rows, joined."""
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+    with contextlib.closing(
+        sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    ) as connection:
         rows = connection.execute(
             "SELECT last_error FROM health WHERE last_error IS NOT NULL"
         ).fetchall()
@@ -67,7 +69,9 @@ class TestDatabaseMoved:
         first = recorded(coordinators(daemon.env, 1, 500))
         daemon.wait_until(lambda: daemon.count() == first)
         other = tmp_path / "other.db"
-        with sqlite3.connect(f"file:{daemon.db}?mode=ro", uri=True) as src:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{daemon.db}?mode=ro", uri=True)
+        ) as src:
             dst = sqlite3.connect(other)
             src.backup(dst)
             dst.close()
@@ -86,7 +90,7 @@ class TestDatabaseMoved:
         records wait in the ring until the path is fixed."""
         daemon = start_daemon()
         foreign = tmp_path / "foreign.db"
-        with sqlite3.connect(foreign) as db:
+        with contextlib.closing(sqlite3.connect(foreign)) as db:
             db.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
         os.replace(foreign, daemon.db)
         sent = recorded(coordinators(daemon.env, 1, 800))
@@ -94,7 +98,7 @@ class TestDatabaseMoved:
             lambda: "another program" in (daemon.status()["last_error"] or "")
         )
         assert daemon.status()["lag_records"] == sent
-        with sqlite3.connect(daemon.db) as db:
+        with contextlib.closing(sqlite3.connect(daemon.db)) as db:
             names = [
                 r[0] for r in db.execute("SELECT name FROM sqlite_master")
             ]
