@@ -287,7 +287,14 @@ class TestFilesystem:
             filler = harness.fill(mount)
             daemon = start_daemon(env=env, wait_ready=False)
             sent = recorded(coordinators(env, 2, 2000))
-            daemon.wait_until(lambda: daemon.process.poll() is None)
+            seen: list[str] = []  # output() hands out what is new
+
+            def met_full_disk() -> bool:
+                seen.append(harness.output(daemon))
+                return "cannot write pidfile" in "".join(seen)
+
+            daemon.wait_until(met_full_disk)  # started, and met the disk
+            assert daemon.process.poll() is None
             assert not os.path.exists(mount / "u.db.pid")
             os.unlink(filler)
             daemon.wait_until(lambda: daemon.status().get("ready"))
@@ -307,9 +314,8 @@ class TestFilesystem:
             )
             assert os.path.exists(mount / "u.db.pid")
             assert daemon.stop() == 0
-            log = harness.output(daemon)
-            assert "cannot write pidfile" in log
-            assert "database unavailable" in log
+            seen.append(harness.output(daemon))
+            assert "database unavailable" in "".join(seen)
 
     def test_read_only_filesystem_at_start(
         self, start_daemon, daemon_env, tmp_path
