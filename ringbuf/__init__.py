@@ -4,7 +4,12 @@ A multi-producer shared-memory ring of fixed-width numpy records.
 
 from __future__ import annotations
 
-from ringbuf._layout import MAX_CAPACITY_RECORDS, MAX_LANES, validate_name
+from ringbuf._layout import (
+    MAX_CAPACITY_RECORDS,
+    MAX_LANES,
+    dtype_fingerprint,
+    validate_name,
+)
 from ringbuf.exceptions import (
     LaneIndexError,
     LanesExhausted,
@@ -44,6 +49,7 @@ __all__ = [
     "RingWriter",
     "UnsupportedPlatform",
     "Window",
+    "dtype_fingerprint",
     "unlink",
     "validate_name",
 ]

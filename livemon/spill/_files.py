@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from livemon.spill import _format, _fs
+from ringbuf import dtype_fingerprint
 
 # The reader's logger: its warnings keep the name they always had.
 logger = logging.getLogger("livemon.spill.reader")
@@ -59,7 +60,7 @@ class SegmentFiles:
         self.spill_dir = spill_dir
         self.ring = ring
         self.dtype = dtype
-        self._fingerprint = _format.dtype_fingerprint(dtype)
+        self._fingerprint = dtype_fingerprint(dtype)
         self._frame_bytes = _format.frame_bytes_for(dtype.itemsize)
         self._frame_dtype = _format.frame_dtype(dtype.itemsize)
         self.bad_segments = 0

@@ -6,7 +6,6 @@ Pure functions and constants; nothing here opens a file.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import struct
 import zlib
@@ -145,17 +144,6 @@ def unpack_header(data: bytes) -> Header:
     if data_offset != DATA_OFFSET or frame != frame_bytes_for(record):
         raise HeaderError("frame geometry does not match the format")
     return Header(frame, record, capacity, *fields[6:])
-
-
-def dtype_fingerprint(dtype: np.dtype[np.void]) -> int:
-    """Return a stable 64-bit fingerprint of a structured dtype's layout.
-
-    The same value ``ringbuf`` stores in a ring header, so a spill file and
-    its ring can be matched.
-    """
-    descr = repr(np.lib.format.dtype_to_descr(dtype)) + f"|{dtype.itemsize}"
-    digest = hashlib.blake2b(descr.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
 
 
 def epoch_name(epoch: int) -> str:

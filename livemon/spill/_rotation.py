@@ -15,6 +15,7 @@ import numpy as np
 from livemon.spill import _format, _fs, _segment
 from livemon.spill._limits import Limits
 from livemon.spill._status import SpillStatus
+from ringbuf import dtype_fingerprint
 
 # The writer's logger: its warnings keep the name they always had.
 logger = logging.getLogger("livemon.spill.writer")
@@ -33,7 +34,7 @@ def header_template(
         frame_bytes=frame_bytes,
         record_bytes=dtype.itemsize,
         capacity_frames=_format.capacity_for(segment_bytes, frame_bytes),
-        fingerprint=_format.dtype_fingerprint(dtype),
+        fingerprint=dtype_fingerprint(dtype),
         epoch=epoch,
         first_seq=0,  # both set per segment
         created_ns=0,
