@@ -27,6 +27,7 @@ from ringbuf import (
 DB_FILENAME = "unified_monitoring.db"
 LABELS_RING_SUFFIX = ".labels"  # livemon.ipc names the rings
 FEEDBACK_RING_SUFFIX = ".feedback"
+AGENTS_RING_SUFFIX = ".agents"
 SYSTEM_STATE_DIR = pathlib.Path("/var/lib/livemon")
 """The system service's ``StateDirectory=`` (systemd/livemon-daemon.service).
 """

@@ -16,7 +16,12 @@ import numpy as np
 
 import ringbuf
 from livemon import record as rec
-from livemon.config import FEEDBACK_RING_SUFFIX, LABELS_RING_SUFFIX, Config
+from livemon.config import (
+    AGENTS_RING_SUFFIX,
+    FEEDBACK_RING_SUFFIX,
+    LABELS_RING_SUFFIX,
+    Config,
+)
 from livemon.spill.lane import default_spill_dir
 
 FEEDBACK_CAPACITY_RECORDS = 1024
@@ -45,6 +50,16 @@ def labels_ring(config: Config) -> RingSpec:
         config.ring + LABELS_RING_SUFFIX,
         rec.LABEL_DTYPE,
         config.label_capacity_records,
+        config.gid,
+    )
+
+
+def agents_ring(config: Config) -> RingSpec:
+    """The ring of agent runs, one record per agent a request ran."""
+    return RingSpec(
+        config.ring + AGENTS_RING_SUFFIX,
+        rec.AGENT_RUN_DTYPE,
+        config.capacity_records,
         config.gid,
     )
 

@@ -118,6 +118,43 @@ ALERT_ACTIONS = (
     FeedbackAction.QUALITY_RECOVERED,
 )
 
+MAX_AGENT_RUNS = 16
+"""Agent runs one request records at most (``log_agent``); beyond, counted."""
+
+
+class AgentOutcome(enum.IntEnum):
+    """What became of one agent's output (``UNKNOWN``: not said)."""
+
+    UNKNOWN = -1
+    SELECTED = 0
+    MERGED = 1
+    DISCARDED = 2
+    CANCELLED = 3  # stopped because a sibling won: censored, not a failure
+
+
+AGENT_RUN_DTYPE = np.dtype(
+    [
+        ("timestamp_ns", "<i8"),
+        ("request_id", "<i8"),  # links the run to its request's record
+        ("pid", "<u4"),
+        ("agent", "<i8"),  # label id of the agent's name
+        ("outcome", "<i1"),  # an AgentOutcome
+        # The request's, copied so the feedback window needs no join.
+        ("query_category", "<i8"),
+        ("routing_strategy", "<i8"),
+        ("execution_time_ms", "<f8"),
+        ("success", "<i1"),
+        ("error", "<i8"),
+        ("input_tokens", "<i8"),
+        ("output_tokens", "<i8"),
+        ("quality_score", "<f8"),
+    ]
+)
+"""One agent's run within a request, packed without padding.
+
+Unknown values follow the request record's rules: NaN, -1, label id 0.
+"""
+
 LABEL_DTYPE = np.dtype(
     [
         ("label_id", "<i8"),
