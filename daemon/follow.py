@@ -13,6 +13,8 @@ import time
 import ringbuf
 from daemon import agent_runs
 from daemon.drain import Drainer
+from daemon.exceptions import DaemonError
+from daemon.store import Store
 from livemon import ipc
 from livemon.config import Config
 
@@ -151,3 +153,76 @@ def _renew_agents(config: Config, drainer: Drainer) -> None:
     ringbuf.unlink(agents.name)
     ipc.open_ring(config, ipc.agents_ring(config)).close()
     agents.retire()
+
+
+def _lent() -> Store:
+    """Never called: a ``Retired`` drainer is lent the main one's store."""
+    raise DaemonError("a retired ring's drainer opens no store")
+
+
+class Retired:
+    """Old segments drained alongside the new ones while producers hold
+    lanes in them, then let go.
+
+    A producer of this release moves to the new ring at its next record
+    (and gives its old lane back); one of an older release never notices
+    a retired or replaced ring (a rolling upgrade: the daemon first) and
+    writes on into the old segment until it restarts.  Its records are
+    drained from there, so a regrow or a replaced ring loses nothing.
+
+    Args:
+        config: the daemon's config (which names are which ring).
+        rings: the old rings ``follow`` or ``regrow`` returned.
+    """
+
+    def __init__(self, config: Config, rings: list[ringbuf.Ring]) -> None:
+        self.rings = rings
+        by_name = {ring.name: ring for ring in rings}
+        names = [spec.name for spec in ipc.all_rings(config)]
+        events, labels, feedback = (by_name.get(n) for n in names)
+        agents = by_name.get(ipc.agents_ring(config).name)
+        self.drainer: Drainer | None = None
+        if events is not None and labels is not None:
+            self.drainer = Drainer(
+                config,
+                events,
+                labels,
+                _lent,  # the main drainer's store is lent per step
+                feedback,
+                agents=agents,
+            )
+
+    def step(self, main: Drainer) -> int:
+        """Drain what the old segments hold into ``main``'s store; return
+        the records moved (failures go to ``main``, which owns the store).
+        """
+        drainer = self.drainer
+        if drainer is None or main.store is None:
+            return 0
+        drainer.store = main.store
+        try:
+            return drainer.drain_once()
+        except Exception as exc:  # the drain loop's boundary, as step()
+            main.handle_failure(exc)
+            return 0
+
+    def done(self) -> bool:
+        """Whether no producer holds a lane and nothing waits: then the
+        rings are closed (the caller forgets them)."""
+        try:
+            busy = any(
+                state.owned or state.pending > 0
+                for ring in self.rings
+                for state in (ring.lane_state(i) for i in range(ring.lanes))
+            )
+        except ringbuf.RingError:
+            busy = False  # closed or damaged: nothing more to drain there
+        if busy and self.drainer is not None:
+            return False
+        self.close()
+        return True
+
+    def close(self) -> None:
+        """Let go of the old segments (the store stays the main one's)."""
+        for ring in self.rings:
+            ring.close()

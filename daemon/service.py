@@ -64,6 +64,8 @@ class Service:
         self.file_errors: dict[str, str] = {}
         self._pidfile_written = False
         self._integrity: IntegrityCheck | None = None
+        # Old segments still drained while producers hold lanes there.
+        self._retired: list[follow.Retired] = []
 
     def run(self) -> int:
         """Run until SIGTERM or SIGINT; return the exit status.
@@ -126,6 +128,8 @@ class Service:
             drainer.close()
             for ring in self._rings:
                 ring.close()
+            for retired in self._retired:
+                retired.close()
             pidfile.remove_if_mine()
             proc.remove_file(ipc.status_file(config))
             lock.release()
@@ -160,11 +164,15 @@ class Service:
         """Replay spill files, then drain the rings; return records moved."""
         n = self.config.batch_records
         replayed = self._replayer.step(n) + self._agent_replayer.step(n)
-        return replayed + drainer.step()
+        moved = replayed + drainer.step()
+        for retired in self._retired:
+            moved += retired.step(drainer)
+        return moved
 
     def _follow_rings(self, drainer: Drainer) -> None:
         if not self._due("rings", follow.CHECK_INTERVAL_S):
             return
+        self._retired = [r for r in self._retired if not r.done()]
         if follow.replaced(drainer):
             self._replace_rings(follow.follow, drainer)
         elif drainer.agents is not None and drainer.agents.replaced:
@@ -180,8 +188,9 @@ class Service:
         drainer: Drainer,
     ) -> None:
         try:
-            for ring in how(self.config, drainer):
-                ring.close()
+            old = how(self.config, drainer)
+            if old:
+                self._retired.append(follow.Retired(self.config, old))
         except (ringbuf.RingError, OSError) as exc:
             logger.error("cannot move to the new rings: %s", exc)
         current = (
