@@ -17,7 +17,13 @@ import numpy as np
 import ringbuf
 from livemon import Monitor
 from livemon.config import load_config
-from livemon.coordinator import Coordinator, Intent, Result, TableSelector
+from livemon.coordinator import (
+    AgentResult,
+    Coordinator,
+    Intent,
+    Result,
+    TableSelector,
+)
 from livemon.feedback import Action, FeedbackLoop, Policy
 from livemon.feedback.decisions import VERDICTS_SUFFIX
 from livemon.record import AGENT_RUN_DTYPE, RECORD_DTYPE, FeedbackAction
@@ -29,8 +35,7 @@ SUFFIXES = ("", ".labels", ".feedback", ".agents", VERDICTS_SUFFIX)
 def unlink_all(ring: str) -> None:
     """Remove every segment and lock file a run created under ``ring``."""
     for suffix in SUFFIXES:
-        ringbuf.unlink(ring + suffix)
-    ringbuf.unlink(ring + VERDICTS_SUFFIX + ".lock")
+        ringbuf.unlink(ring + suffix)  # with its lock file
 
 
 @dataclasses.dataclass
@@ -97,8 +102,9 @@ def run(
 
     Each chosen agent runs (parallel agents: the first success is
     selected, the others discarded; the request succeeds if one did) and
-    its run is logged with ``log_agent``.  ``stop_when_acted``: end at
-    the loop's first action against an agent after the change.
+    its run is recorded as an agent run (``Result.agents``).
+    ``stop_when_acted``: end at the loop's first action against an agent
+    after the change.
     """
     rng = random.Random(seed)
     success = dict(world.success)
@@ -136,7 +142,7 @@ def run(
                 success.update(world.change)
                 at_change = dict(own)
             decision = coordinator.route(categories[i % len(categories)])
-            outcome = _execute(decision, success, world.latency_ms, rng)
+            outcome = _execute(decision.agents, success, world.latency_ms, rng)
             coordinator.complete(decision, outcome)
             for agent in outcome.agents_used:
                 own[agent] += 1
@@ -167,34 +173,30 @@ def _against(action: Action) -> bool:
 
 
 def _execute(
-    decision,  # type: ignore[no-untyped-def]
+    agents: tuple[str, ...],
     success: Mapping[str, float],
     latency_ms: Mapping[str, float],
     rng: random.Random,
 ) -> Result:
-    """Run the chosen agents; log each one's run on the request."""
-    context = decision.context
+    """Run the chosen agents, each with its own run in ``Result.agents``."""
+    runs = []
     winner = None
-    slowest = 0.0
-    for agent in decision.agents:
+    for agent in agents:
         won = rng.random() < success[agent]
         ms = rng.lognormvariate(math.log(latency_ms.get(agent, 1000.0)), 0.3)
-        slowest = max(slowest, ms)
         outcome = None
-        if len(decision.agents) > 1:
+        if len(agents) > 1:
             outcome = "selected" if won and winner is None else "discarded"
         winner = winner or (agent if won else None)
-        if hasattr(context, "log_agent"):  # TEMP until the merge
-            context.log_agent(
-                agent, execution_time_ms=ms, success=won, outcome=outcome
-            )
+        runs.append(AgentResult(agent, ms, won, outcome=outcome))
     ok = winner is not None
     return Result(
-        agents_used=tuple(decision.agents),
+        agents_used=agents,
         success=ok,
-        execution_time_ms=slowest,
+        execution_time_ms=max(r.execution_time_ms or 0.0 for r in runs),
         quality_score=rng.uniform(0.75, 0.95) if ok else 0.2,
         accepted=rng.random() > 0.1,
+        agents=runs,
     )
 
 

@@ -185,9 +185,9 @@ def test_detection_table(benchmark, ring_name, capsys):
             "",
             "| stable agent | false adjustments per 10,000 requests |",
             "| --- | --- |",
-            *(f"| {a[1]}.{a[2:]} | {v:.1f} |" for a, v in stable.items()),
+            *(f"| 0.{a[1:]} | {v:.1f} |" for a, v in stable.items()),
             "",
-            "| 0.90 -> 0.50, stand-in at 0.85 | success, 1,000 requests after |",
+            "| 0.90 -> 0.50, stand-in at 0.85 | success, next 1,000 |",
             "| --- | --- |",
             f"| without the loop | {without:.1%} |",
             f"| with the loop | {with_loop:.1%} "

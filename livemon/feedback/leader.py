@@ -1,7 +1,8 @@
 """
 Who computes the host's feedback: the one process holding an exclusive
-``flock`` on ``<ring>.verdicts.lock`` beside the rings.  The kernel drops
-the lock when its holder dies, so the next process to try takes over.
+``flock`` on the decisions segment's lock file (``<ring>.verdicts.lanes``
+beside the rings, as every ring has one).  The kernel drops the lock when
+its holder dies, so the next process to try takes over.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ _ALL: weakref.WeakSet[LeaderLock] = weakref.WeakSet()
 
 
 def lock_path(config: Config) -> str:
-    """The lock file: ``/dev/shm/<ring>.verdicts.lock``."""
-    return _layout.segment_path(verdicts_name(config)) + ".lock"
+    """The lock file, which ``ringbuf.unlink`` removes with the segment."""
+    return _layout.lock_path(verdicts_name(config))
 
 
 class LeaderLock:
