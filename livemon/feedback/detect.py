@@ -15,6 +15,7 @@ import math
 from livemon.exceptions import ConfigError
 
 _MAX_BASELINE_P = 0.995  # keeps ln(1 - p0) finite for a flawless agent
+_REFRESH = 16  # baseline outcomes between two updates of the increments
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +112,8 @@ class Detector:
         "_pending",
         "_recovery",
         "_s",
+        "_stale",
+        "_steps",
         "bound",
         "changes",
         "low",
@@ -165,17 +168,30 @@ class Detector:
     def _reset_bank(self) -> None:
         self._bank = [[0.0, 0, 0] for _ in self._s.drops]
         self._pending.clear()
+        self._refresh_steps()
+
+    def _refresh_steps(self) -> None:
+        """Each CUSUM's increments (success, failure) for the baseline now.
+
+        Recomputed every ``_REFRESH`` baseline outcomes, not each one: the
+        baseline remembers ``memory`` outcomes, so a few more barely move
+        it, and the increments cost two logarithms each.
+        """
+        s = self._s
+        p0 = self.baseline()
+        self._steps = [
+            (math.log(p1 / p0), math.log((1 - p1) / (1 - p0)))
+            for p1 in (s.threshold - d for d in s.drops)
+        ]
+        self._stale = 0
 
     def _observe_healthy(self, ok: bool) -> None:
         s = self._s
-        p0 = self.baseline()
         self._pending.append(ok)
         longest = 0
         alarm: list[float] | None = None
-        for cusum, drop in zip(self._bank, s.drops, strict=True):
-            p1 = s.threshold - drop
-            step = math.log(p1 / p0) if ok else math.log((1 - p1) / (1 - p0))
-            cusum[0] += step
+        for cusum, (up, down) in zip(self._bank, self._steps, strict=True):
+            cusum[0] += up if ok else down
             cusum[1] += 1
             cusum[2] += ok
             if cusum[0] <= 0:
@@ -191,7 +207,7 @@ class Detector:
         n, k = int(alarm[1]), int(alarm[2])
         low, high = wilson_bounds(k, n, s.z)
         if high < s.threshold:
-            self._good_p = p0
+            self._good_p = self.baseline()
             self._enter_low(n, k, high)
         elif low >= s.threshold:
             # Changed, but still above the threshold: a new baseline.
@@ -202,6 +218,9 @@ class Detector:
         keep = 1 - 1 / self._s.memory
         self._base[0] = self._base[0] * keep + ok
         self._base[1] = self._base[1] * keep + 1
+        self._stale += 1
+        if self._stale >= _REFRESH:
+            self._refresh_steps()
 
     def _enter_low(self, n: int, k: int, bound: float) -> None:
         self.low = True

@@ -16,16 +16,17 @@ import numpy.typing as npt
 
 from livemon.feedback.detect import Detector, DetectorSettings, wilson_bounds
 from livemon.feedback.rules import Policy
-from livemon.feedback.stats import (
-    AgentStats,
-    CategoryStats,
-    WindowStats,
-    wilson,
-)
+from livemon.feedback.stats import AgentStats, CategoryStats, WindowStats
 from livemon.record import AgentOutcome
 
 _WINS = (int(AgentOutcome.SELECTED), int(AgentOutcome.MERGED))
 _COVERED_CYCLES = 3  # updates a run's request id is remembered for
+
+
+@dataclasses.dataclass
+class _Category:
+    accepted: collections.deque[int]
+    quality: collections.deque[float]
 
 
 @dataclasses.dataclass
@@ -52,7 +53,12 @@ class Tracker:
         self.policy = policy
         self.settings = detector_settings(policy)
         self.agents: dict[int, _Agent] = {}
-        self._categories: dict[int, collections.deque[tuple[int, float]]] = {}
+        self._categories: dict[int, _Category] = {}
+        # Figures are recomputed only for what changed since stats().
+        self._agent_figures: dict[int, AgentStats] = {}
+        self._category_figures: dict[int, CategoryStats] = {}
+        self._dirty: set[int] = set()
+        self._dirty_categories: set[int] = set()
         self._covered: collections.deque[npt.NDArray[np.int64]] = (
             collections.deque(maxlen=_COVERED_CYCLES)
         )
@@ -109,6 +115,7 @@ class Tracker:
         ):
             if agent == 0:
                 continue
+            self._dirty.add(agent)
             entry = self._agent(agent)
             entry.runs += 1
             entry.wins += outcome in _WINS
@@ -125,7 +132,9 @@ class Tracker:
             strict=True,
         ):
             if category != 0:
-                self._category(category).append((accepted, quality))
+                window = self._category(category)
+                window.accepted.append(accepted)
+                window.quality.append(quality)
         covered = np.concatenate(list(self._covered))
         alone = requests[~np.isin(requests["request_id"], covered)]
         for agents, success, ms in zip(
@@ -136,13 +145,16 @@ class Tracker:
         ):
             for agent in agents:
                 if agent:
+                    self._dirty.add(agent)
                     self._sample(self._agent(agent), success, ms)
 
-    def _category(self, category: int) -> collections.deque[tuple[int, float]]:
+    def _category(self, category: int) -> _Category:
+        self._dirty_categories.add(category)
         window = self._categories.get(category)
         if window is None:
-            window = self._categories[category] = collections.deque(
-                maxlen=self.policy.recent + self.policy.baseline
+            size = self.policy.recent + self.policy.baseline
+            window = self._categories[category] = _Category(
+                collections.deque(maxlen=size), collections.deque(maxlen=size)
             )
         return window
 
@@ -156,13 +168,18 @@ class Tracker:
 
     def stats(self) -> WindowStats:
         """The figures now, per agent (with its verdict) and category."""
+        for agent in self._dirty:
+            self._agent_figures[agent] = self._agent_stats(agent)
+        for category in self._dirty_categories:
+            self._category_figures[category] = self._category_stats(
+                category, self._categories[category]
+            )
+        self._dirty.clear()
+        self._dirty_categories.clear()
         return WindowStats(
             records=self._fed,
-            agents={a: self._agent_stats(a) for a in sorted(self.agents)},
-            categories={
-                c: self._category_stats(c, w)
-                for c, w in sorted(self._categories.items())
-            },
+            agents=dict(self._agent_figures),
+            categories=dict(self._category_figures),
         )
 
     def _agent_stats(self, agent: int) -> AgentStats:
@@ -171,10 +188,8 @@ class Tracker:
         known = int((outcomes >= 0).sum())
         successes = int((outcomes == 1).sum())
         low, high = wilson_bounds(successes, known, self.policy.z)
-        ms = np.fromiter(entry.latencies, np.float64, len(entry.latencies))
-        p50, p95 = (
-            np.percentile(ms, [50, 95]).tolist() if len(ms) else [math.nan] * 2
-        )
+        ms = sorted(entry.latencies)
+        total = math.fsum(ms)
         d = entry.detector
         return AgentStats(
             agent=agent,
@@ -185,9 +200,9 @@ class Tracker:
             success_low=low if known else math.nan,
             success_high=high if known else math.nan,
             timed=len(ms),
-            mean_ms=float(ms.mean()) if len(ms) else math.nan,
-            p50_ms=p50,
-            p95_ms=p95,
+            mean_ms=total / len(ms) if ms else math.nan,
+            p50_ms=_percentile(ms, 50),
+            p95_ms=_percentile(ms, 95),
             demoted=d.low if d.samples >= self.settings.min_samples else None,
             change_rate=d.statistic,
             change_bound=d.bound,
@@ -197,29 +212,26 @@ class Tracker:
         )
 
     def _category_stats(
-        self, category: int, window: collections.deque[tuple[int, float]]
+        self, category: int, window: _Category
     ) -> CategoryStats:
-        rows = np.array(window, np.float64).reshape(-1, 2)
-        recent, before = (
-            rows[-self.policy.recent :],
-            rows[: -self.policy.recent],
-        )
-        accepted = recent[:, 0]
+        n = len(window.accepted)
+        accepted = np.fromiter(window.accepted, np.int64, n)
+        quality = np.fromiter(window.quality, np.float64, n)
+        cut = max(0, n - self.policy.recent)
+        accepted = accepted[cut:]
         known = int((accepted >= 0).sum())
         overrides = int((accepted == 0).sum())
-        low, high = wilson(
-            np.array([overrides]), np.array([known]), self.policy.z
-        )
-        q_now, sd_now, n_now = _mean_sd(recent[:, 1])
-        q_before, sd_before, n_before = _mean_sd(before[:, 1])
+        low, high = wilson_bounds(overrides, known, self.policy.z)
+        q_now, sd_now, n_now = _mean_sd(quality[cut:])
+        q_before, sd_before, n_before = _mean_sd(quality[:cut])
         return CategoryStats(
             category=category,
-            requests=len(recent),
+            requests=len(accepted),
             known=known,
             overrides=overrides,
             override_rate=overrides / known if known else math.nan,
-            override_low=float(low[0]),
-            override_high=float(high[0]),
+            override_low=low if known else math.nan,
+            override_high=high if known else math.nan,
             quality_recent=q_now,
             quality_recent_sd=sd_now,
             quality_recent_n=n_now,
@@ -227,6 +239,16 @@ class Tracker:
             quality_baseline_sd=sd_before,
             quality_baseline_n=n_before,
         )
+
+
+def _percentile(ordered: list[float], percent: float) -> float:
+    """As ``np.percentile`` interpolates, over an already sorted list."""
+    if not ordered:
+        return math.nan
+    position = (len(ordered) - 1) * percent / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def _mean_sd(values: npt.NDArray[np.float64]) -> tuple[float, float, int]:
