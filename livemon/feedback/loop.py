@@ -116,13 +116,17 @@ class FeedbackLoop:
         self._thread.start()
 
     def stop(self, timeout_s: float = 5.0) -> bool:
-        """Stop the thread; return whether it ended within ``timeout_s``."""
+        """Stop the thread and give leadership up (another process takes
+        over; ``maybe_update`` here may take it back); return whether the
+        thread ended within ``timeout_s``."""
         self._stop.set()
         thread, self._thread = self._thread, None
-        if thread is None:
-            return True
-        thread.join(timeout_s)
-        return not thread.is_alive()
+        if thread is not None:
+            thread.join(timeout_s)
+        with self._rings_lock:
+            self._leader.release()
+            self._tracker = None
+        return thread is None or not thread.is_alive()
 
     @property
     def thread_id(self) -> int | None:
@@ -187,11 +191,12 @@ class FeedbackLoop:
             board = self._board
             if board is None:
                 board = self._board = Board.open(self.monitor.config)
+            led = self._leader.held  # False again in a forked child
             if not self._leader.try_acquire():
                 if board.changed():
                     self.state = board.read() or self.state
                 return []
-            if self._tracker is None:
+            if not led or self._tracker is None:
                 self._take_over(board)
             return self._lead(board)
 
@@ -294,8 +299,6 @@ class FeedbackLoop:
         """
         self.stop()
         with self._rings_lock:
-            self._leader.release()
-            self._tracker = None
             self._close_feedback()
             self._runs.close()
             self._requests.close()
