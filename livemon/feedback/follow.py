@@ -24,7 +24,8 @@ class RingFollower:
     ``step`` per lane and double it while some lane has more new records
     than that.  Records a producer overwrote before we looked are counted
     in ``missed``.  A retired or replaced ring is followed to the new one
-    (its seqs restart).
+    (its seqs restart), skipping the records producers carried over into
+    it (none newer than what was read from the old one).
     """
 
     def __init__(self, spec: ipc.RingSpec, warm_per_lane: int) -> None:
@@ -34,6 +35,8 @@ class RingFollower:
         self._ring: ringbuf.Ring | None = None
         self._cursors: npt.NDArray[np.uint64] | None = None
         self._step = _FIRST_STEP
+        self._latest_ns: int | None = None  # newest timestamp read
+        self._since_ns: int | None = None  # skip at or before, once
 
     def read(self) -> npt.NDArray[np.void]:
         """The records written since the last call (none if no ring)."""
@@ -44,7 +47,13 @@ class RingFollower:
         if self._cursors is None:
             window = ring.window(min(self.warm_per_lane, cap))
             self._cursors = np.zeros(ring.lanes, np.uint64)
-            return self._advance(window, count_missed=False)
+            records = self._advance(window, count_missed=False)
+            if self._since_ns is not None:
+                # A replacement ring holds what producers carried over
+                # from the old one: read already, not to count twice.
+                records = records[records["timestamp_ns"] > self._since_ns]
+                self._since_ns = None
+            return records
         while True:
             per_lane = min(self._step, cap)
             window = ring.window(per_lane)
@@ -86,6 +95,9 @@ class RingFollower:
         busiest = int(np.bincount(lanes).max()) if len(lanes) else 0
         self._step = max(_MIN_STEP, 2 * busiest)
         records: npt.NDArray[np.void] = window.records[new]
+        if len(records):
+            newest = int(records["timestamp_ns"].max())
+            self._latest_ns = max(newest, self._latest_ns or newest)
         return records
 
     def _attached(self) -> ringbuf.Ring | None:
@@ -94,6 +106,7 @@ class RingFollower:
             ring.close()  # the daemon replaced it: follow the new one
             ring = self._ring = None
             self._cursors = None
+            self._since_ns = self._latest_ns
         if ring is None:
             try:
                 ring = self._ring = ipc.attach_ring(self.spec)

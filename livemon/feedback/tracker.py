@@ -90,7 +90,7 @@ class Tracker:
             requests: RECORD_DTYPE[m], new since the last call (judged
                 at the next call, once their runs had time to appear).
         """
-        self._fed = len(runs) + len(requests)
+        self._fed += len(runs) + len(requests)
         self._covered.append(runs["request_id"].astype(np.int64))
         held, self._held = self._held, requests
         self._add_runs(runs)
@@ -167,7 +167,8 @@ class Tracker:
             entry.latencies.append(ms)
 
     def stats(self) -> WindowStats:
-        """The figures now, per agent (with its verdict) and category."""
+        """The figures now, per agent (with its verdict) and category;
+        ``records``: every record read since this tracker began."""
         for agent in self._dirty:
             self._agent_figures[agent] = self._agent_stats(agent)
         for category in self._dirty_categories:

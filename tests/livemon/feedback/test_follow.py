@@ -17,6 +17,7 @@ from livemon.record import RECORD_DTYPE
 def records(count, start=0):
     out = np.zeros(count, RECORD_DTYPE)
     out["request_id"] = np.arange(start, start + count)
+    out["timestamp_ns"] = out["request_id"] + 1
     return out
 
 
@@ -70,7 +71,8 @@ def test_a_lapped_lane_counts_what_it_lost(ring_name):
 
 
 def test_follows_a_replaced_ring(ring_name):
-    """The ring unlinked and recreated: the new one is read from its start."""
+    """The ring unlinked and recreated: the new one is read from its
+    start, except what producers carried over from the old one."""
     ring, (w0, w1), spec = setup(ring_name)
     follower = RingFollower(spec, warm_per_lane=2048)
     w0.put_many(records(20))
@@ -80,6 +82,7 @@ def test_follows_a_replaced_ring(ring_name):
     ring.unlink()
     ring.close()
     ring, (w0, w1), spec = setup(ring_name)
+    w0.put_many(records(5, start=15))  # carried over: read already
     w1.put_many(records(3, start=100))
     assert ids(follower.read()) == [100, 101, 102]
     follower.close()
