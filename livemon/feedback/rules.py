@@ -35,8 +35,8 @@ class Policy:
     Attributes:
         recent: each agent's newest requests the statistics cover.
         baseline: each category's requests before those, for quality.
-        window_per_lane: records read from each lane of the ring.
-        window_s: only records this recent count (None: all in window).
+        window_per_lane: records a new leader reads from each lane of
+            the rings (its history); later it reads only what is new.
         interval_s: seconds between two updates.
         slow_recover: a capped agent is uncapped below this share of
             both latency limits.
@@ -51,7 +51,6 @@ class Policy:
     recent: int = 100
     baseline: int = 1000
     window_per_lane: int = 2048
-    window_s: float | None = None
     interval_s: float = 0.5
     min_samples: int = 30
     z: float = Z_95
