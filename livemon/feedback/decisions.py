@@ -12,6 +12,7 @@ import time
 import zlib
 
 from livemon.config import Config
+from livemon.exceptions import LivemonError
 from livemon.feedback.rules import FeedbackState
 from ringbuf import _layout, _shm
 from ringbuf.exceptions import (
@@ -36,6 +37,10 @@ W_LEADER_PID, W_GENERATION, W_HEARTBEAT_NS = 5, 6, 7
 _MULTIPLIER, _THRESHOLD, _CAPPED, _ALERT = 1, 2, 3, 4
 _READ_ATTEMPTS = 200
 _ALERT_TEXT = "quality regression"
+
+
+class TooManyDecisions(LivemonError, ValueError):
+    """More standing decisions than the segment holds (``MAX_ENTRIES``)."""
 
 
 def verdicts_name(config: Config) -> str:
@@ -148,8 +153,13 @@ class Board:
         """Write ``state`` as the host's standing decisions (leader only).
 
         Raises:
-            ValueError: more than ``MAX_ENTRIES`` decisions.
+            TooManyDecisions: more than ``MAX_ENTRIES`` decisions.
+            TypeError: ``state`` is not a ``FeedbackState``.
         """
+        if not isinstance(state, FeedbackState):
+            raise TypeError(
+                f"publish takes a FeedbackState, not {type(state).__name__}"
+            )
         payload = _pack(state)
         w = self._words()
         buf = self._segment.buf
@@ -218,7 +228,7 @@ def _pack(state: FeedbackState) -> bytes:
         *((_ALERT, s, 1.0) for s in sorted(state.alerts)),
     ]
     if len(entries) > MAX_ENTRIES:
-        raise ValueError(
+        raise TooManyDecisions(
             f"{len(entries)} standing decisions, the segment holds "
             f"{MAX_ENTRIES}: fewer agents and categories, or a newer livemon"
         )

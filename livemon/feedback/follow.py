@@ -29,6 +29,15 @@ class RingFollower:
     """
 
     def __init__(self, spec: ipc.RingSpec, warm_per_lane: int) -> None:
+        """Follow ring ``spec``; a first read copies ``warm_per_lane``.
+
+        Raises:
+            ValueError: ``warm_per_lane`` is negative.
+        """
+        if warm_per_lane < 0:
+            raise ValueError(
+                f"warm_per_lane must be >= 0, got {warm_per_lane}"
+            )
         self.spec = spec
         self.warm_per_lane = warm_per_lane
         self.missed = 0

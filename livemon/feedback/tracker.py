@@ -14,13 +14,18 @@ import math
 import numpy as np
 import numpy.typing as npt
 
+from livemon.exceptions import LivemonError
 from livemon.feedback.detect import Detector, DetectorSettings, wilson_bounds
 from livemon.feedback.rules import Policy
 from livemon.feedback.stats import AgentStats, CategoryStats, WindowStats
-from livemon.record import AgentOutcome
+from livemon.record import AGENT_RUN_DTYPE, RECORD_DTYPE, AgentOutcome
 
 _WINS = (int(AgentOutcome.SELECTED), int(AgentOutcome.MERGED))
 _COVERED_CYCLES = 3  # updates a run's request id is remembered for
+
+
+class InvalidRecords(LivemonError, TypeError):
+    """Records of another dtype than the rings carry."""
 
 
 @dataclasses.dataclass
@@ -89,7 +94,19 @@ class Tracker:
             runs: AGENT_RUN_DTYPE[n], new since the last call.
             requests: RECORD_DTYPE[m], new since the last call (judged
                 at the next call, once their runs had time to appear).
+
+        Raises:
+            InvalidRecords: either array has another dtype.
         """
+        for name, array, dtype in (
+            ("runs", runs, AGENT_RUN_DTYPE),
+            ("requests", requests, RECORD_DTYPE),
+        ):
+            if getattr(array, "dtype", None) != dtype:
+                raise InvalidRecords(
+                    f"{name} must be a numpy array of {dtype.names!r} "
+                    "records, as the rings hold"
+                )
         self._fed += len(runs) + len(requests)
         self._covered.append(runs["request_id"].astype(np.int64))
         held, self._held = self._held, requests

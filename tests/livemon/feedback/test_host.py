@@ -18,7 +18,12 @@ import ringbuf
 from livemon import Monitor, ipc
 from livemon.config import load_config
 from livemon.feedback import FeedbackLoop, Policy
-from livemon.feedback.decisions import W_SEQ, Board, verdicts_name
+from livemon.feedback.decisions import (
+    W_SEQ,
+    Board,
+    TooManyDecisions,
+    verdicts_name,
+)
 from livemon.feedback.leader import LeaderLock
 from livemon.feedback.rules import FeedbackState
 from tests.livemon.feedback.test_tracker import runs
@@ -112,6 +117,15 @@ class TestBoard:
         board.publish(FeedbackState(multipliers={1: 0.7}))
         assert board.read() == FeedbackState(multipliers={1: 0.7})
         assert board.seq % 2 == 0
+        board.close()
+
+    def test_too_many_decisions_are_refused(self, ring_name):
+        """Beyond the segment's entries: a typed error, nothing written."""
+        board = Board.open(config_of(ring_name))
+        huge = FeedbackState(multipliers={i: 0.5 for i in range(1, 5000)})
+        with pytest.raises(TooManyDecisions, match="4096"):
+            board.publish(huge)
+        assert board.seq == 0
         board.close()
 
     def test_a_foreign_segment_is_refused(self, ring_name):

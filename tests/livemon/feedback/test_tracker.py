@@ -121,3 +121,11 @@ class TestFallback:
         category = tracked(runs(A, 100), reqs).stats().categories[CATEGORY]
         assert (category.known, category.overrides) == (100, 40)
         assert category.quality_recent == pytest.approx(0.9)
+
+
+def test_records_of_another_dtype_are_refused():
+    """A typed error naming what the tracker takes."""
+    from livemon.feedback.tracker import InvalidRecords
+
+    with pytest.raises(InvalidRecords, match="runs"):
+        Tracker(Policy()).add(requests([A], 3), requests([A], 3))
