@@ -27,17 +27,34 @@ from livemon.spill import SPILL_LANE_BASE
 WORKER = pathlib.Path(__file__).resolve().parents[1] / "agent_worker.py"
 
 
-def run_workers(env, count: int, requests: int) -> list[dict]:
-    """Run ``count`` coordinator processes to the end; their counters."""
-    processes = [
+def start_workers(env, count: int, requests: int, *pace: str):
+    """Start ``count`` coordinator processes (``pace``: pause every n
+    requests, for s seconds)."""
+    return [
         subprocess.Popen(
-            [sys.executable, "-P", str(WORKER), str(requests), str(seed)],
+            [
+                sys.executable,
+                "-P",
+                str(WORKER),
+                str(requests),
+                str(seed),
+                *pace,
+            ],
             env=env,
             stdout=subprocess.PIPE,
             text=True,
         )
         for seed in range(count)
     ]
+
+
+def run_workers(env, count: int, requests: int) -> list[dict]:
+    """Run ``count`` coordinator processes to the end; their counters."""
+    return finish(start_workers(env, count, requests))
+
+
+def finish(processes) -> list[dict]:
+    """Wait for coordinator processes; return their counters."""
     found = []
     for process in processes:
         out, _ = process.communicate(timeout=300)
@@ -140,6 +157,50 @@ class TestDaemon:
         )
         assert run.stop() == 0
         assert run.count("SELECT count(*) FROM agent_runs") == expected
+
+
+class TestRingsMove:
+    """The agents ring replaced or regrown under running coordinators."""
+
+    def test_restart_with_more_lanes(self, start_daemon, daemon_env):
+        """A daemon restarted with 8 lanes regrows the agents ring too;
+        the coordinators follow, and every run is stored once."""
+        small = dict(daemon_env, LIVEMON_LANES="4")
+        first = start_daemon(env=small)
+        load = start_workers(small, 2, 1500, "50", "0.1")
+        first.wait_until(lambda: first.count(RUNS) > 200)
+        assert first.stop() == 0
+        second = start_daemon(env=dict(daemon_env, LIVEMON_LANES="8"))
+        spec = ipc.agents_ring(load_config(env=small))
+        with ipc.attach_ring(spec) as ring:
+            assert ring.lanes == 8
+        counters = finish(load)
+        assert all(c["agent_runs_dropped"] == 0 for c in counters)
+        second.wait_until(lambda: second.count(RUNS) == 6000, timeout_s=120)
+        assert second.count(DISTINCT_RUNS) == 6000
+        assert second.stop() == 0
+
+    def test_agents_ring_unlinked(self, start_daemon, daemon_env):
+        """A cleanup script removes the agents ring alone: coordinators
+        make a new one, the daemon follows it, and no run is lost."""
+        import ringbuf
+
+        daemon = start_daemon()
+        load = start_workers(daemon_env, 2, 1500, "50", "0.1")
+        daemon.wait_until(lambda: daemon.count(RUNS) > 200)
+        ringbuf.unlink(daemon_env["LIVEMON_RING"] + ".agents")
+        counters = finish(load)
+        assert stored_runs(counters) == 6000
+        daemon.wait_until(lambda: daemon.count(RUNS) == 6000, timeout_s=120)
+        assert daemon.count(DISTINCT_RUNS) == 6000
+        assert daemon.stop() == 0
+
+
+RUNS = "SELECT count(*) FROM agent_runs"
+DISTINCT_RUNS = (
+    "SELECT count(*) FROM (SELECT DISTINCT pid, request_id, agent "
+    "FROM agent_runs)"
+)
 
 
 @pytest.fixture
