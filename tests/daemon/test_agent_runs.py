@@ -15,12 +15,14 @@ import sys
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from daemon.agent_runs import AgentSpillReplayer
 from daemon.drain import Drainer
 from daemon.store import Store
 from livemon import ipc
 from livemon import record as rec
+from livemon.cli import cli
 from livemon.config import load_config
 from livemon.spill import SPILL_LANE_BASE
 
@@ -133,6 +135,44 @@ class TestDaemon:
         # The per-agent rollups count each run once.
         [(rolled,)] = query(run.db, "SELECT sum(runs) FROM rollup_agent_runs")
         assert rolled == expected
+
+    def test_top_and_report_show_runs(self, start_daemon, daemon_env):
+        """``top`` shows the agent runs drained; ``report`` the agents'
+        figures from their runs."""
+        run = start_daemon()
+        expected = stored_runs(run_workers(daemon_env, 1, 200))
+        run.wait_until(
+            lambda: run.count("SELECT count(*) FROM agent_runs") == expected
+        )
+        run.wait_until(
+            lambda: run.status()["agent_runs"]["drained"] == expected
+        )
+        top = CliRunner().invoke(
+            cli,
+            ["top", "--iterations", "1"],
+            env=daemon_env,
+            catch_exceptions=False,
+        )
+        assert f"agents    runs drained {expected:,}  lag 0" in top.output
+        report = CliRunner().invoke(
+            cli,
+            [
+                "report",
+                "--since",
+                "1h",
+                "--format",
+                "json",
+                "--table",
+                "agents",
+            ],
+            env=daemon_env,
+            catch_exceptions=False,
+        )
+        assert report.exit_code == 0, report.output
+        agents = {a["agent"]: a for a in json.loads(report.output)["agents"]}
+        assert {a["source"] for a in agents.values()} == {"runs"}
+        assert sum(a["requests"] for a in agents.values()) == expected
+        assert run.stop() == 0
 
     def test_spilled_runs_are_replayed(self, start_daemon, daemon_env):
         """No daemon while coordinators run with tiny lanes: the runs
