@@ -13,7 +13,7 @@ import struct
 from typing import Any
 
 from livemon import record as rec
-from livemon._checks import FieldChecks
+from livemon._checks import FieldChecks, _short
 from livemon.exceptions import InvalidField, LivemonError
 
 __all__ = ["OUTCOMES", "AgentRun", "keep_run", "pack_runs", "write_runs"]
@@ -75,7 +75,7 @@ def _outcome(ctx: FieldChecks, value: Any) -> int:
         return code
     reason = (
         "must be 'selected', 'merged', 'discarded', 'cancelled', an "
-        f"AgentOutcome or None, not {value!r:.60}"
+        f"AgentOutcome or None, not {_short(value)}"
     )
     return int(ctx._bad("agent.outcome", reason, rec.AgentOutcome.UNKNOWN))
 

@@ -12,15 +12,19 @@ import pathlib
 import sqlite3
 import subprocess
 import sys
+import uuid
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+import ringbuf
 from daemon.agent_runs import AgentSpillReplayer
 from daemon.drain import Drainer
 from daemon.store import Store
-from livemon import ipc
+from livemon import Monitor, ipc
 from livemon import record as rec
 from livemon.cli import cli
 from livemon.config import load_config
@@ -223,8 +227,6 @@ class TestRingsMove:
     def test_agents_ring_unlinked(self, start_daemon, daemon_env):
         """A cleanup script removes the agents ring alone: coordinators
         make a new one, the daemon follows it, and no run is lost."""
-        import ringbuf
-
         daemon = start_daemon()
         load = start_workers(daemon_env, 2, 1500, "50", "0.1")
         daemon.wait_until(lambda: daemon.count(RUNS) > 200)
@@ -340,3 +342,93 @@ def test_spill_replayer_stores_once(tmp_path, ring_name):
         assert replayer.backlog()["records"] == 0
     finally:
         store.close()
+
+
+valid_runs = st.lists(
+    st.fixed_dictionaries(
+        {
+            "name": st.sampled_from(["coder", "reviewer", "é agent"]),
+            "execution_time_ms": st.none() | st.floats(0, 1e6),
+            "success": st.none() | st.booleans(),
+            "error": st.none() | st.text(min_size=1, max_size=30),
+            "input_tokens": st.none() | st.integers(0, 2**40),
+            "output_tokens": st.none() | st.integers(0, 2**40),
+            "quality_score": st.none() | st.floats(0, 1),
+            "outcome": st.sampled_from(
+                [None, "selected", "merged", "discarded", "cancelled"]
+            ),
+        }
+    ),
+    min_size=1,
+    max_size=rec.MAX_AGENT_RUNS,
+)
+
+
+@settings(
+    max_examples=30,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(runs=valid_runs)
+def test_round_trip(tmp_path, ring_name, runs):
+    """log_agent -> ring -> drain -> agent_runs_view gives back each
+    run's values, in order, linked to its request."""
+    config = load_config(
+        {
+            "ring": ring_name,
+            "db": str(tmp_path / f"{uuid.uuid4()}.db"),
+            "lanes": 2,
+        }
+    )
+    with Monitor(config=config) as monitor:
+        with monitor.request("q", category="code") as ctx:
+            for run in runs:
+                ctx.log_agent(
+                    run["name"],
+                    **{k: v for k, v in run.items() if k != "name"},
+                )
+        request_id = ctx.request_id
+        assert monitor.counters.invalid == 0
+        events, labels, agents = (
+            ipc.attach_ring(spec)
+            for spec in (
+                ipc.events_ring(config),
+                ipc.labels_ring(config),
+                ipc.agents_ring(config),
+            )
+        )
+        store = Store(config.db)
+        try:
+            drainer = Drainer(
+                config, events, labels, lambda: store, agents=agents
+            )
+            while drainer.drain_once():
+                pass
+            rows = store.db.execute(
+                "SELECT v.agent, v.execution_time_ms, v.success, v.error, "
+                "v.input_tokens, v.output_tokens, v.quality_score, "
+                "v.outcome, v.request_id, v.query_category FROM "
+                "agent_runs_view AS v JOIN agent_runs AS a ON a.id = v.id "
+                f"WHERE a.request_id = {request_id} ORDER BY a.seq"
+            ).fetchall()
+        finally:
+            store.close()
+            for ring in (events, labels, agents):
+                ring.close()
+    expected = [
+        (
+            run["name"],
+            run["execution_time_ms"],
+            None if run["success"] is None else int(run["success"]),
+            run["error"],
+            run["input_tokens"],
+            run["output_tokens"],
+            run["quality_score"],
+            run["outcome"],
+            request_id,
+            "code",
+        )
+        for run in runs
+    ]
+    assert rows == expected
+    for suffix in ("", ".labels", ".feedback", ".agents"):
+        ringbuf.unlink(ring_name + suffix)  # the next example's are new
