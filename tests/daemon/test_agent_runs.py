@@ -12,6 +12,7 @@ import pathlib
 import sqlite3
 import subprocess
 import sys
+import time
 import uuid
 
 import numpy as np
@@ -177,6 +178,24 @@ class TestDaemon:
         assert {a["source"] for a in agents.values()} == {"runs"}
         assert sum(a["requests"] for a in agents.values()) == expected
         assert run.stop() == 0
+
+    def test_agents_ring_of_another_layout(self, start_daemon, daemon_env):
+        """An agents ring this release cannot read (another layout under
+        the name): the daemon drains the requests, says why in status,
+        logs it once; the coordinators lose only the runs, counted."""
+        other = np.dtype([("x", "<i8")])
+        name = daemon_env["LIVEMON_RING"] + ".agents"
+        with ringbuf.Ring.create(name, other, 2, 8):
+            run = start_daemon()
+            counters = run_workers(daemon_env, 1, 100)
+            run.wait_until(lambda: run.count() == 100)
+            assert counters[0]["agent_runs_unavailable"] == 200
+            status = run.status()["agent_runs"]
+            assert not status["ring"] and "dtype" in status["ring_error"]
+            time.sleep(2.5)  # two more retries
+            assert run.stop() == 0
+        log = run.process.stderr.read()
+        assert log.count("cannot open ring") == 1, log
 
     def test_spilled_runs_are_replayed(self, start_daemon, daemon_env):
         """No daemon while coordinators run with tiny lanes: the runs
