@@ -118,8 +118,17 @@ def follow_agents(config: Config, drainer: Drainer) -> list[ringbuf.Ring]:
     old = drainer.agents
     if old is None or not old.replaced:
         return []
+    # Until its producers moved (they give their old lanes back): one
+    # that saw this daemon still attached carries nothing over.  Idle
+    # ones past the deadline find no consumer when they next write, and
+    # carry their records along themselves.
     deadline = time.monotonic() + DRAIN_OLD_S
-    while time.monotonic() < deadline and drainer.step():
+    while time.monotonic() < deadline:
+        if not drainer.step():
+            if not _held(old):
+                break
+            time.sleep(0.05)
+    while drainer.step():  # what came before the last lane was let go
         pass
     new = agent_runs.open_agents_ring(config)
     if new is None:  # the old one stays in use; tried again next check
@@ -130,6 +139,11 @@ def follow_agents(config: Config, drainer: Drainer) -> list[ringbuf.Ring]:
         new.name,
     )
     return [old]
+
+
+def _held(ring: ringbuf.Ring) -> bool:
+    """Whether a live producer holds a lane of ``ring``."""
+    return any(ring.lane_state(i).owned for i in range(ring.lanes))
 
 
 def regrow_agents(config: Config, drainer: Drainer) -> list[ringbuf.Ring]:

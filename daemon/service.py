@@ -333,6 +333,9 @@ class Service:
             "drained": drainer.agent_runs_drained,
             "lag_records": lag,
             "ring": ring is not None,
+            "ring_error": agent_runs.LAST_OPEN_ERROR.get(
+                ipc.agents_ring(self.config).name
+            ),
             "spill_replayed": spill.replayed,
             "spill": spill.backlog(),
             "spill_error": spill.last_error,

@@ -281,3 +281,16 @@ class TestRollingUpgrade:
             lambda: host.status()["agent_runs"]["spill"]["records"] == 0
         )
         host.stop_daemon(new_daemon)
+
+    def test_previous_daemon_on_a_migrated_database(self, host):
+        """Migrations are additive: the previous daemon, put back on a
+        database this release migrated, stores its requests there."""
+        new_daemon = host.start_daemon("new")
+        host.finish(host.start_workers("new", 1, 100), "new")
+        host.wait_until(lambda: host.count(RUNS) == 200)
+        host.stop_daemon(new_daemon)
+        old_daemon = host.start_daemon("old")
+        old = host.finish(host.start_workers("old", 1, 100, seed=5), "old")
+        host.wait_until(lambda: host.count(EVENTS) == 100 + stored(old))
+        host.stop_daemon(old_daemon)
+        assert host.count(RUNS) == 200
