@@ -7,6 +7,7 @@ exactly once.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -116,3 +117,65 @@ class TestRegrow:
         second.wait_until(lambda: second.count() == sent, timeout_s=120)
         assert second.count(NO_DUPLICATES) == 0
         assert second.stop() == 0
+
+
+class TestDropsReported:
+    def test_status_and_health_tell_spilled_from_lost_per_reason(
+        self, start_daemon, daemon_env
+    ):
+        """Two coordinators one after the other on a 64-record lane with
+        no daemon, the second with spilling off: the daemon's status and
+        health rows tell what the full lane refused, spilled (first) and
+        lost to the ring (second), as the coordinators counted it."""
+        env = dict(
+            daemon_env,
+            LIVEMON_CAPACITY_RECORDS="64",
+            LIVEMON_SPILL_MIN_FREE_BYTES="0",
+        )
+        (spilling,) = coordinators(env, 1, 2000)
+        spilled = json.loads(spilling.communicate(timeout=300)[0])
+        (dropping,) = coordinators(dict(env, LIVEMON_SPILL="false"), 1, 2000)
+        dropped = json.loads(dropping.communicate(timeout=300)[0])
+        assert spilled["spilled"] > 0 and dropped["dropped"] > 0
+        daemon = start_daemon(env=env)
+
+        def reported() -> bool:
+            drops = daemon.status().get("drops") or {}
+            return drops.get("spilled") == spilled["spilled"]
+
+        daemon.wait_until(reported)
+        status = daemon.status()
+        assert status["drops"]["ring_full"] == dropped["dropped"]
+        assert status["dropped"] == dropped["dropped"]
+        assert status["drops"]["lost"] == dropped["dropped"]
+        # The second took the lane the first gave back, and counted on.
+        (lane,) = status["drops"]["lanes"]
+        assert lane["refused"] == spilled["spilled"] + dropped["dropped"]
+        assert (lane["spilled"], lane["ring_full"], lane["lost"]) == (
+            spilled["spilled"],
+            dropped["dropped"],
+            dropped["dropped"],
+        )
+        daemon.wait_until(
+            lambda: (
+                daemon.count(
+                    "SELECT count(*) FROM health WHERE spilled = "
+                    f"{spilled['spilled']} AND dropped_ring_full = "
+                    f"{dropped['dropped']} AND dropped = {dropped['dropped']}"
+                )
+                > 0
+            )
+        )
+        lanes_json = daemon.count(
+            "SELECT json_array_length(lanes_json, '$.drops') FROM health "
+            "ORDER BY id DESC LIMIT 1"
+        )
+        assert lanes_json == 1
+        text = subprocess.run(
+            [sys.executable, "-m", "daemon", "status"],
+            env=env,
+            capture_output=True,
+            text=True,
+        ).stdout
+        assert f"lost {dropped['dropped']} (ring full" in text
+        assert daemon.stop() == 0
