@@ -189,17 +189,36 @@ class SpillReader:
             True if unlinked; False if it still holds a valid frame above
             ``hwm_seq``, a writer still appends to it, or it is gone.
         """
-        got = self._files.load(segment)
-        if got is None or got.active:
+        state = self._files.state(segment)
+        if state is None or state[0]:
             return False
-        valid = self._validate(segment, got)
-        if (valid & _frames.above(got.frames["seq"], hwm_seq)).any():
+        # Sealed or abandoned, its frames never change: what the last
+        # scan validated decides, unless it saw fewer frames than there
+        # are now (it read while a writer appended) or the file changed.
+        known = self._verified.get(segment.path)
+        if known is not None and len(known[0]) == state[1]:
+            valid, seqs = known
+        else:
+            got = self._files.load(segment)
+            if got is None or got.active:
+                return False
+            valid, seqs = self._validate(segment, got), got.frames["seq"]
+        if (valid & _frames.above(seqs, hwm_seq)).any():
             return False
         if not self._files.unlink(segment):
             return False
         self._reported.pop(segment.path, None)
         self._verified.pop(segment.path, None)
         return True
+
+    def prune(self, epoch: int, lane: int) -> bool:
+        """Remove a lane's directory once it holds no file (and its
+        epoch's, once that holds no lane); True if the lane's went.
+
+        Call it only for a lane no live writer holds: one that is about
+        to create a segment makes the directory again, at a cost.
+        """
+        return self._files.prune(epoch, lane)
 
     def backlog(self, epoch: int, lane: int, after_seq: int = -1) -> Backlog:
         """Estimate a lane's uncommitted records from headers and seqs.

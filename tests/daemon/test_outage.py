@@ -41,6 +41,8 @@ class TestDaemonAway:
         daemon.wait_until(
             lambda: not glob.glob(f"{spill_root}/**/*.lms", recursive=True)
         )
+        # The coordinators are gone: their lane and epoch directories too.
+        daemon.wait_until(lambda: not glob.glob(f"{spill_root}/*/*"))
         assert daemon.stop() == 0
         assert daemon.count() == sent
 

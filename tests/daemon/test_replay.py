@@ -1,6 +1,7 @@
 """
 SpillReplayer: spilled records into real SQLite exactly once, segments
-unlinked only after their last record is committed, damage survived.
+unlinked only after their last record is committed, damage survived, and
+empty lane directories pruned (never one a live producer holds).
 """
 
 from __future__ import annotations
@@ -9,14 +10,16 @@ import pathlib
 
 import pytest
 
+import ringbuf
 from daemon import replay as replay_module
-from daemon.replay import SpillReplayer
+from daemon.replay import SpillReplayer, lane_in_use
 from daemon.store import Store
 from livemon import record as rec
 from livemon.spill import (
     SPILL_LANE_BASE,
     LaneSpill,
     SpillStatus,
+    _fs,
     spill_lane,
 )
 from tests.livemon.helpers import synthetic_records
@@ -271,3 +274,122 @@ class TestBacklog:
         after = replayer.backlog()
         assert after["records"] == after["segments"] == 0
         assert after["lanes"] == []
+
+
+def lane_dirs(spill_dir: pathlib.Path) -> list[str]:
+    """Every ring/epoch/lane directory left, relative to the root."""
+    return sorted(
+        str(p.relative_to(spill_dir))
+        for p in spill_dir.glob("*/*/*")
+        if p.is_dir()
+    )
+
+
+def epoch_dirs(spill_dir: pathlib.Path) -> list[str]:
+    return sorted(p.name for p in spill_dir.glob("*/*") if p.is_dir())
+
+
+class TestPrune:
+    def test_replayed_lanes_of_no_producer_are_removed(self, spill_dir, store):
+        """Both trees' lane directories and the epoch go; rings stay."""
+        spill(spill_dir, 500)
+        spill(spill_dir, 300, lane=LANE + 1, seed=2)
+        replayer = SpillReplayer(
+            spill_dir, RING, store, lambda ring, epoch, lane: False
+        )
+        assert replay_all(replayer) == 800
+        replayer._retire_all(store)  # its once-a-second pass, now
+        assert lane_dirs(spill_dir) == []
+        assert epoch_dirs(spill_dir) == []
+        assert replayer.pruned == 4  # events and labels, two lanes each
+        assert sorted(p.name for p in spill_dir.iterdir()) == [
+            RING,
+            RING + ".labels",
+        ]
+        assert replayer.backlog()["lanes"] == []
+
+    def test_a_lane_in_use_is_kept(self, spill_dir, store):
+        """A lane a live producer holds keeps its (empty) directory."""
+        spill(spill_dir, 200)
+        held = []
+
+        def in_use(ring: str, epoch: int, lane: int) -> bool:
+            held.append((ring, epoch, lane))
+            return lane == LANE
+
+        replayer = SpillReplayer(spill_dir, RING, store, in_use)
+        replay_all(replayer)
+        replayer._retire_all(store)
+        assert (RING, EPOCH, LANE) in held
+        assert len(lane_dirs(spill_dir)) == 2  # events and labels
+        assert replayer.pruned == 0
+
+    def test_no_in_use_prunes_nothing(self, spill_dir, store):
+        spill(spill_dir, 100)
+        replayer = SpillReplayer(spill_dir, RING, store)
+        replay_all(replayer)
+        replayer._retire_all(store)
+        assert len(lane_dirs(spill_dir)) == 2
+
+    def test_a_segment_being_appended_keeps_its_directory(
+        self, spill_dir, store
+    ):
+        """Even if asked wrongly: rmdir removes only empty directories."""
+        events, labels = spill(spill_dir, 100, close=False)
+        replayer = SpillReplayer(spill_dir, RING, store, lambda *_: False)
+        assert replay_all(replayer) == 100
+        replayer._retire_all(store)
+        assert len(lane_dirs(spill_dir)) == 2
+        events.close()
+        labels.close()
+
+    def test_a_writer_whose_directory_went_makes_it_again(
+        self, spill_dir, monkeypatch
+    ):
+        """The daemon prunes between the writer making its directories
+        and creating the segment in them (injected: the real directories
+        removed right after the real ``open_dirs``): the segment is made
+        all the same, by the retry."""
+        real_open_dirs = _fs.open_dirs
+        removed = []
+
+        def open_then_pruned(root, names, mode):
+            fd = real_open_dirs(root, names, mode)
+            names = tuple(names)
+            if not removed and len(names) == 3:
+                lane_dir = pathlib.Path(root, *names)
+                lane_dir.rmdir()
+                lane_dir.parent.rmdir()
+                removed.append(lane_dir)
+            return fd
+
+        monkeypatch.setattr(_fs, "open_dirs", open_then_pruned)
+        lane_spill = LaneSpill.open(
+            spill_dir,
+            RING,
+            EPOCH,
+            LANE,
+            rec.RECORD_DTYPE,
+            segment_bytes=SEGMENT_BYTES,
+            min_free_bytes=0,
+        )
+        record = bytes(rec.RECORD_DTYPE.itemsize)
+        assert lane_spill.put(record) is SpillStatus.STORED
+        assert removed and removed[0].is_dir()  # made again
+        lane_spill.close()
+
+
+class TestLaneInUse:
+    def test_owned_lanes_of_the_open_rings(self, ring_name):
+        """Held: a live writer's lane of that ring and epoch only."""
+        with ringbuf.Ring.create(ring_name, rec.RECORD_DTYPE, 2, 64) as ring:
+            writer = ring.writer()
+            rings = [ring]
+            assert lane_in_use(rings, ring_name, ring.epoch, writer.lane)
+            other = 1 - writer.lane
+            assert not lane_in_use(rings, ring_name, ring.epoch, other)
+            assert not lane_in_use(rings, ring_name, ring.epoch + 1, 0)
+            assert not lane_in_use(rings, "elsewhere", ring.epoch, 0)
+            assert not lane_in_use(rings, ring_name, ring.epoch, 99)
+            writer.close()
+            assert not lane_in_use(rings, ring_name, ring.epoch, 0)
