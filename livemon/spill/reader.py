@@ -173,7 +173,9 @@ class SpillReader:
                 new_bad,
                 new_torn,
             )
-        found = _frames.batches(segment.lane, frames[fresh], self.dtype)
+        # Commonly every frame is fresh: no copy of them for the mask.
+        kept_frames = frames if fresh.all() else frames[fresh]
+        found = _frames.batches(segment.lane, kept_frames, self.dtype)
         last_seq = int(seqs[last]) if last >= 0 else -1
         return Scan(found, new_bad, new_torn, got.active, last_seq)
 
