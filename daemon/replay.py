@@ -9,10 +9,9 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
-import ringbuf
 from daemon.exceptions import DaemonError
 from daemon.store import Store
 from livemon.record import LABEL_DTYPE, RECORD_DTYPE
@@ -52,9 +51,6 @@ class SpillReplayer:
         ring: the events ring's name (labels: ``<ring>.labels``).
         store: the store, or a callable returning the current one (say
             ``lambda: drainer.store``), None while it is unavailable.
-        in_use: whether a live producer holds ``(ring name, epoch,
-            lane)`` (``lane_in_use``): lane directories left empty are
-            pruned only if not; None prunes nothing.
     """
 
     def __init__(
@@ -62,7 +58,6 @@ class SpillReplayer:
         spill_dir: str | os.PathLike[str],
         ring: str,
         store: Store | Callable[[], Store | None],
-        in_use: Callable[[str, int, int], bool] | None = None,
     ) -> None:
         self.spill_dir = os.fspath(spill_dir)
         self.events = SpillReader(self.spill_dir, ring, RECORD_DTYPE)
@@ -70,7 +65,6 @@ class SpillReplayer:
             self.spill_dir, ring + ".labels", LABEL_DTYPE
         )
         self._store = store
-        self._in_use = in_use
         self._label_hwm: dict[_Lane, int] = {}
         self._retire_at = 0.0
         self.replayed = 0
@@ -210,16 +204,17 @@ class SpillReplayer:
         self._prune()
 
     def _prune(self) -> None:
-        """Remove lane (and epoch) directories retiring left empty, of
-        lanes no live producer holds (one that does may spill again)."""
-        in_use = self._in_use
-        if in_use is None:
-            return
+        """Remove the lane (and epoch) directories retiring left empty.
+
+        Never one a live producer is using: while it spills, its segment
+        is in the directory (sealed ones stay until replayed), and
+        ``rmdir`` removes only empty ones.  A producer that spills again
+        later, or had just made the directory for its next segment,
+        makes it again (``open_segment`` retries once).
+        """
         for reader in (self.labels, self.events):
             for epoch, lane in reader.lanes():
-                if reader.segments(epoch, lane):
-                    continue
-                if not in_use(reader.ring, epoch, lane):
+                if not reader.segments(epoch, lane):
                     self.pruned += reader.prune(epoch, lane)
 
     def _retire_labels(self, keys: set[_Lane]) -> None:
@@ -280,28 +275,6 @@ class SpillReplayer:
             "bad_segments": sum(r.bad_segments for r in readers),
             "lanes": lanes,
         }
-
-
-def lane_in_use(
-    rings: Iterable[ringbuf.Ring], ring: str, epoch: int, lane: int
-) -> bool:
-    """Whether a live producer holds ``lane`` of ring ``ring`` of
-    ``epoch``, among the ``rings`` the daemon has open now.
-
-    A lane of an epoch none of them has is held by nobody who spills
-    there for long: a producer of a replaced ring follows the new one at
-    its next record, and a segment it still appends to keeps its
-    directory anyway (``rmdir`` removes only empty ones).
-    """
-    for open_ring in rings:
-        if open_ring.name == ring and open_ring.epoch == epoch:
-            if not 0 <= lane < open_ring.lanes:
-                return False
-            try:
-                return open_ring.lane_state(lane).owned
-            except ringbuf.RingError:
-                return True  # closed under us: ask again next time
-    return False
 
 
 def _hwm(store: Store, epoch: int, lane: int, table: str = "events") -> int:

@@ -22,7 +22,7 @@ from daemon import agent_runs, follow, proc
 from daemon.drain import Drainer
 from daemon.exceptions import DatabaseCorrupt
 from daemon.notify import Notifier
-from daemon.replay import SpillReplayer, lane_in_use
+from daemon.replay import SpillReplayer
 from daemon.retention import DAEMON_SHARE, Retention
 from daemon.status import health_columns, status_line
 from daemon.store import IntegrityCheck, Store, check_database_path
@@ -101,10 +101,7 @@ class Service:
         # Spilled records first: a spilled label then precedes the ring
         # events that name it.
         self._replayer = SpillReplayer(
-            ipc.spill_root(config),
-            config.ring,
-            lambda: drainer.store,
-            lambda *lane: lane_in_use(self._rings, *lane),
+            ipc.spill_root(config), config.ring, lambda: drainer.store
         )
         self._agent_replayer = agent_runs.AgentSpillReplayer(
             ipc.spill_root(config), config.ring, lambda: drainer.store

@@ -1,7 +1,7 @@
 """
 SpillReplayer: spilled records into real SQLite exactly once, segments
 unlinked only after their last record is committed, damage survived, and
-empty lane directories pruned (never one a live producer holds).
+empty lane directories pruned (never one a live producer is using).
 """
 
 from __future__ import annotations
@@ -10,9 +10,8 @@ import pathlib
 
 import pytest
 
-import ringbuf
 from daemon import replay as replay_module
-from daemon.replay import SpillReplayer, lane_in_use
+from daemon.replay import SpillReplayer
 from daemon.store import Store
 from livemon import record as rec
 from livemon.spill import (
@@ -294,9 +293,7 @@ class TestPrune:
         """Both trees' lane directories and the epoch go; rings stay."""
         spill(spill_dir, 500)
         spill(spill_dir, 300, lane=LANE + 1, seed=2)
-        replayer = SpillReplayer(
-            spill_dir, RING, store, lambda ring, epoch, lane: False
-        )
+        replayer = SpillReplayer(spill_dir, RING, store)
         assert replay_all(replayer) == 800
         replayer._retire_all(store)  # its once-a-second pass, now
         assert lane_dirs(spill_dir) == []
@@ -308,35 +305,25 @@ class TestPrune:
         ]
         assert replayer.backlog()["lanes"] == []
 
-    def test_a_lane_in_use_is_kept(self, spill_dir, store):
-        """A lane a live producer holds keeps its (empty) directory."""
-        spill(spill_dir, 200)
-        held = []
-
-        def in_use(ring: str, epoch: int, lane: int) -> bool:
-            held.append((ring, epoch, lane))
-            return lane == LANE
-
-        replayer = SpillReplayer(spill_dir, RING, store, in_use)
-        replay_all(replayer)
-        replayer._retire_all(store)
-        assert (RING, EPOCH, LANE) in held
-        assert len(lane_dirs(spill_dir)) == 2  # events and labels
-        assert replayer.pruned == 0
-
-    def test_no_in_use_prunes_nothing(self, spill_dir, store):
-        spill(spill_dir, 100)
+    def test_a_lane_spilling_again_after_its_prune(self, spill_dir, store):
+        """A new owner of a pruned lane makes it again; its records are
+        replayed too, none taken for ones already committed."""
+        spill(spill_dir, 300)
         replayer = SpillReplayer(spill_dir, RING, store)
         replay_all(replayer)
         replayer._retire_all(store)
+        assert lane_dirs(spill_dir) == []
+        spill(spill_dir, 200, seed=3)
         assert len(lane_dirs(spill_dir)) == 2
+        assert replay_all(replayer) == 200
+        assert rows(store) == (500, 500)
 
     def test_a_segment_being_appended_keeps_its_directory(
         self, spill_dir, store
     ):
-        """Even if asked wrongly: rmdir removes only empty directories."""
+        """A live producer's lane: its segment keeps the directory."""
         events, labels = spill(spill_dir, 100, close=False)
-        replayer = SpillReplayer(spill_dir, RING, store, lambda *_: False)
+        replayer = SpillReplayer(spill_dir, RING, store)
         assert replay_all(replayer) == 100
         replayer._retire_all(store)
         assert len(lane_dirs(spill_dir)) == 2
@@ -377,19 +364,3 @@ class TestPrune:
         assert lane_spill.put(record) is SpillStatus.STORED
         assert removed and removed[0].is_dir()  # made again
         lane_spill.close()
-
-
-class TestLaneInUse:
-    def test_owned_lanes_of_the_open_rings(self, ring_name):
-        """Held: a live writer's lane of that ring and epoch only."""
-        with ringbuf.Ring.create(ring_name, rec.RECORD_DTYPE, 2, 64) as ring:
-            writer = ring.writer()
-            rings = [ring]
-            assert lane_in_use(rings, ring_name, ring.epoch, writer.lane)
-            other = 1 - writer.lane
-            assert not lane_in_use(rings, ring_name, ring.epoch, other)
-            assert not lane_in_use(rings, ring_name, ring.epoch + 1, 0)
-            assert not lane_in_use(rings, "elsewhere", ring.epoch, 0)
-            assert not lane_in_use(rings, ring_name, ring.epoch, 99)
-            writer.close()
-            assert not lane_in_use(rings, ring_name, ring.epoch, 0)
