@@ -67,6 +67,7 @@ class SpillReplayer:
         self._store = store
         self._label_hwm: dict[_Lane, int] = {}
         self._retire_at = 0.0
+        self._durable = False
         self.replayed = 0
         """Events committed from spill files by this replayer."""
         self.retired = 0
@@ -118,6 +119,8 @@ class SpillReplayer:
             moved = self._commit(store, label_batches, event_lanes)
         else:
             moved = 0
+        self.replayed += moved  # committed, whatever retiring meets
+        self._durable = False  # the commits above: not yet fsynced
         now = time.monotonic()
         if now >= self._retire_at:  # segments sealed since, or retained
             self._retire_at = now + RETIRE_INTERVAL_S
@@ -125,7 +128,6 @@ class SpillReplayer:
         else:
             self._retire_labels({key for key, _ in label_batches})
             self._retire_events(store, set(event_lanes))
-        self.replayed += moved
         return moved
 
     # -- reading ---------------------------------------------------------
@@ -220,12 +222,36 @@ class SpillReplayer:
     def _retire_labels(self, keys: set[_Lane]) -> None:
         for key in keys:
             hwm = self._label_hwm.get(key, -1)
-            self.retired += _retire(self.labels, key, hwm)
+            self.retired += _retire(self.labels, key, hwm, self._make_durable)
 
     def _retire_events(self, store: Store, keys: set[_Lane]) -> None:
         for epoch, lane in keys:
             hwm = _hwm(store, epoch, lane)
-            self.retired += _retire(self.events, (epoch, lane), hwm)
+            key = (epoch, lane)
+            self.retired += _retire(self.events, key, hwm, self._make_durable)
+
+    def _make_durable(self) -> None:
+        """Fsync the database's WAL and file, once a step, before the
+        first unlink: with ``synchronous=NORMAL`` a commit is not yet on
+        disk, and a segment unlinked after a commit that a power loss
+        undoes would lose its records (they survive in the segment).
+
+        Raises:
+            OSError: the fsync failed; nothing is unlinked this step.
+        """
+        store = self.store
+        if self._durable or store is None:
+            return
+        for path in (store.path + "-wal", store.path):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # no WAL: checkpointed and synced already
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self._durable = True
 
     # -- status ----------------------------------------------------------
 
@@ -301,7 +327,12 @@ def _head(batch: Batch, room: int) -> Batch:
     return batch._replace(records=batch.records[:room])
 
 
-def _retire(reader: SpillReader, key: _Lane, hwm: int) -> int:
+def _retire(
+    reader: SpillReader,
+    key: _Lane,
+    hwm: int,
+    before_unlink: Callable[[], None],
+) -> int:
     """Unlink a lane's segments wholly at or below ``hwm``; count them.
 
     A segment starting above ``hwm`` holds nothing committed, so it is
@@ -312,6 +343,6 @@ def _retire(reader: SpillReader, key: _Lane, hwm: int) -> int:
     for segment in reader.segments(*key):
         if segment.first_seq > hwm and reader.published(segment):
             continue  # records to replay first
-        if reader.retire(segment, hwm):
+        if reader.retire(segment, hwm, before_unlink):
             retired += 1
     return retired

@@ -9,7 +9,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -179,13 +179,20 @@ class SpillReader:
         last_seq = int(seqs[last]) if last >= 0 else -1
         return Scan(found, new_bad, new_torn, got.active, last_seq)
 
-    def retire(self, segment: Segment, hwm_seq: int) -> bool:
+    def retire(
+        self,
+        segment: Segment,
+        hwm_seq: int,
+        before_unlink: Callable[[], None] | None = None,
+    ) -> bool:
         """Unlink a segment if every seq in it is at or below ``hwm_seq``.
 
         Args:
             segment: from ``segments``.
             hwm_seq: the highest seq of the lane the caller has committed
-                (durably, with the rows) from this reader.
+                (with the rows) from this reader.
+            before_unlink: called right before the unlink (to make the
+                commit durable first); what it raises, the call raises.
 
         Returns:
             True if unlinked; False if it still holds a valid frame above
@@ -207,6 +214,8 @@ class SpillReader:
             valid, seqs = self._validate(segment, got), got.frames["seq"]
         if (valid & _frames.above(seqs, hwm_seq)).any():
             return False
+        if before_unlink is not None:
+            before_unlink()
         if not self._files.unlink(segment):
             return False
         self._reported.pop(segment.path, None)

@@ -6,6 +6,8 @@ empty lane directories pruned (never one a live producer is using).
 
 from __future__ import annotations
 
+import errno
+import os
 import pathlib
 
 import pytest
@@ -151,6 +153,58 @@ class TestExactlyOnce:
         assert replay_all(again) == 0
         assert rows(store) == (800, 800)
         assert segments(spill_dir) == []
+
+    def test_unlinked_only_once_the_commit_is_on_disk(
+        self, spill_dir, store, monkeypatch
+    ):
+        """The WAL is fsynced before the first unlink of a step (with
+        synchronous=NORMAL a commit is not on disk yet): calls recorded
+        as they pass to the real os.fsync and os.unlink."""
+        spill(spill_dir, 800)
+        calls = []
+        real_fsync, real_unlink = os.fsync, os.unlink
+
+        def fsync(fd):
+            calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+            return real_fsync(fd)
+
+        def unlink(path, *args, **kwargs):
+            calls.append(("unlink", str(path)))
+            return real_unlink(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "unlink", unlink)
+        replayer = SpillReplayer(spill_dir, RING, store)
+        assert replay_all(replayer) == 800
+        first_unlink = next(i for i, c in enumerate(calls) if c[0] == "unlink")
+        assert ("fsync", store.path + "-wal") in calls[:first_unlink]
+        assert segments(spill_dir) == []
+
+    def test_an_fsync_that_fails_unlinks_nothing(
+        self, spill_dir, store, monkeypatch
+    ):
+        """EIO making the commit durable (injected: a real disk error
+        cannot be made here): the records are committed, the segments
+        kept, the error shown; the next step retires them."""
+        spill(spill_dir, 300)
+        before = segments(spill_dir)
+
+        def fail(fd):
+            raise OSError(errno.EIO, "injected I/O error")
+
+        monkeypatch.setattr(replay_module.os, "fsync", fail)
+        replayer = SpillReplayer(spill_dir, RING, store)
+        assert replayer.step() == 0  # the step failed after its commit
+        assert "injected I/O error" in replayer.last_error
+        assert rows(store) == (300, 300)
+        assert replayer.replayed == 300
+        assert segments(spill_dir) == before
+        monkeypatch.undo()
+        replayer._retire_at = 0.0  # the periodic pass, now
+        assert replayer.step() == 0  # nothing new; retired
+        assert replayer.last_error is None
+        assert segments(spill_dir) == []
+        assert rows(store) == (300, 300)
 
     def test_batches_are_bounded_and_resume(self, spill_dir, store):
         """``max_records`` caps a step; the next step goes on from there."""
