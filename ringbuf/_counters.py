@@ -6,11 +6,12 @@ writer: a base of ``RingWriter``, kept apart to keep the writer small.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 
 from ringbuf import _layout
 from ringbuf._lanes import Lanes
 from ringbuf.exceptions import RingClosed
+
+_L_COUNTERS = _layout.L_COUNTERS
 
 
 class LaneCounters:
@@ -22,7 +23,6 @@ class LaneCounters:
     _lane: int | None
     _lane_word: int
     _words: memoryview
-    _check_pid: Callable[[], None]
 
     def count(self, counter: int, n: int = 1) -> None:
         """Add ``n`` to one of this lane's four producer counters.
@@ -46,10 +46,14 @@ class LaneCounters:
             _layout.check_int("counter", counter, 0, _layout.COUNTERS - 1)
         if n.__class__ is not int or not 0 <= n <= 1 << 32:
             _layout.check_int("n", n, 0, 1 << 32)
+        # No pid check: the at-fork hook lets a child's lane go (as for
+        # put), so a child counts nothing until it claims its own.
         with self._thread_lock:
-            if self._closed or self._lanes.closed:
-                raise RingClosed("this RingWriter is closed")
-            self._check_pid()
-            if self._lane is not None:
-                word = self._lane_word + _layout.L_COUNTERS + counter
-                self._words[word] += n
+            if self._lane is None:
+                if self._closed:
+                    raise RingClosed("this RingWriter is closed")
+                return
+            try:
+                self._words[self._lane_word + _L_COUNTERS + counter] += n
+            except ValueError as exc:  # the ring's views were released
+                raise self._lanes.closed_error() from exc

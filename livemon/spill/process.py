@@ -6,7 +6,6 @@ records again, every outcome counted.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -118,8 +117,10 @@ class ProcessSpill:
                 if lane_spill is None
                 else lane_spill.put(record)
             )
-            with contextlib.suppress(ringbuf.RingError):  # closed under us
+            try:  # noqa: SIM105 (free unless raised; suppress() costs 0.3 us)
                 writer.count(_LANE_COUNTER[status])
+            except ringbuf.RingError:
+                pass  # closed under us: the record's outcome stands
         counters = self._counters
         if status is SpillStatus.STORED:
             if which == EVENTS:
