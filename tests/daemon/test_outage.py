@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -45,6 +46,26 @@ class TestDaemonAway:
         daemon.wait_until(lambda: not glob.glob(f"{spill_root}/*/*"))
         assert daemon.stop() == 0
         assert daemon.count() == sent
+
+    def test_daemon_killed_mid_replay(self, start_daemon, daemon_env):
+        """SIGKILL while it replays a large spill: the next daemon goes on
+        from the committed rows, adds no duplicate, loses nothing."""
+        env = dict(
+            daemon_env,
+            LIVEMON_CAPACITY_RECORDS="64",
+            LIVEMON_SPILL_MIN_FREE_BYTES="0",
+        )
+        sent = recorded(coordinators(env, 3, 30_000))
+        first = start_daemon(env=env)
+        first.wait_until(lambda: first.count() > 0, timeout_s=120)
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(timeout=30)
+        assert first.count() < sent  # killed with records left to replay
+        second = start_daemon(env=env)
+        second.wait_until(lambda: second.count() == sent, timeout_s=300)
+        assert second.count(NO_DUPLICATES) == 0
+        assert second.stop() == 0
+        assert second.count() == sent
 
 
 PACED = """
