@@ -56,6 +56,7 @@ class Plan:
     chaos_every_s: float = 2.0  # 0: no chaos
     capacity_records: int = 1024  # per ring lane: small, so outages spill
     db_mount: str = "256m"  # a tmpfs for the database ("" for none)
+    texts: int = 1  # 1: an error text of its own per request (labels spill)
     seed: int = 1
     catch_up_s: float = 600.0
 
@@ -160,6 +161,7 @@ class Soak:
                 str(plan.rate),
                 str(plan.total),
                 str(self.stop_flag),
+                str(plan.texts),
             ],
             env=self.env,
             stdout=subprocess.DEVNULL,

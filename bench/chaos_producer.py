@@ -3,9 +3,11 @@ A chaos soak's producer: a coordinator process recording requests through
 the real ``Monitor`` at a set rate, publishing what it sent and what it
 counted dropped in a memory-mapped progress file that survives SIGKILL.
 
-Run as ``python -m bench.chaos_producer PROGRESS RATE TOTAL STOP``: RATE
-requests per second (0: full speed), TOTAL requests (0: until the file
-STOP exists).  It prints its ``Counters`` as JSON when it ends.
+Run as ``python -m bench.chaos_producer PROGRESS RATE TOTAL STOP TEXTS``:
+RATE requests per second (0: full speed), TOTAL requests (0: until the
+file STOP exists), TEXTS 1 to give every request an error text of its own
+(a label record each: the labels lane fills and spills too).  It prints
+its ``Counters`` as JSON when it ends.
 
 Progress file, little-endian u64 words (``WORDS``), then one word per
 request the Monitor counted lost, ``n | reason << 56``, in request order.
@@ -70,7 +72,9 @@ def _snapshot(counters: object) -> tuple[int, ...]:
     )
 
 
-def run(progress: str, rate: float, total: int, stop: str) -> dict[str, int]:
+def run(
+    progress: str, rate: float, total: int, stop: str, texts: bool
+) -> dict[str, int]:
     """Record requests, publishing each one's outcome; return counters."""
     from livemon import Monitor
 
@@ -88,7 +92,11 @@ def run(progress: str, rate: float, total: int, stop: str) -> dict[str, int]:
                 break
             before = _snapshot(counters)
             with monitor.request("chaos", category="soak") as ctx:
-                ctx.log_execution(actual_agents=["coder"], success=True)
+                ctx.log_execution(
+                    actual_agents=["coder"],
+                    success=not texts,
+                    error=f"error {ctx.request_id:x}" if texts else None,
+                )
                 request_id = ctx.request_id
             ended += 1
             if ended == 1:
@@ -116,8 +124,8 @@ def run(progress: str, rate: float, total: int, stop: str) -> dict[str, int]:
 
 def main(argv: list[str]) -> int:
     """The command line (see the module docstring)."""
-    progress, rate, total, stop = argv
-    counters = run(progress, float(rate), int(total), stop)
+    progress, rate, total, stop, texts = argv
+    counters = run(progress, float(rate), int(total), stop, texts == "1")
     print(json.dumps(counters), flush=True)
     return 0
 

@@ -27,6 +27,8 @@ class Result:
     producer had stored but not yet reported.  ``lost``: reported, not in
     the database, not counted dropped.  ``drop_stored``: counted dropped
     yet stored (a miscount).  ``foreign``: rows of no producer here.
+    ``texts_unknown``: rows whose error text never reached the labels
+    table (a killed producer's held labels; else a lost label).
     """
 
     processes: int
@@ -38,6 +40,7 @@ class Result:
     duplicated: int
     drop_stored: int
     foreign: int
+    texts_unknown: int = 0
     soak_s: float = 0.0
     catch_up_s: float = 0.0
     peak_spill: int = 0
@@ -82,18 +85,25 @@ def read_progress(path: pathlib.Path) -> Progress:
     )
 
 
-def stored_ids(db_path: str) -> np.ndarray:
-    """Every events.request_id, in one array."""
+_UNKNOWN_TEXTS = """
+SELECT count(*) FROM events
+WHERE error != 0 AND error NOT IN (SELECT label_id FROM labels)
+"""
+
+
+def stored_ids(db_path: str) -> tuple[np.ndarray, int]:
+    """Every events.request_id, in one array; rows of unknown error text."""
     with contextlib.closing(
         sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     ) as db:
         rows = db.execute("SELECT request_id FROM events").fetchall()
-    return np.array([r[0] for r in rows], np.int64)
+        unknown = int(db.execute(_UNKNOWN_TEXTS).fetchone()[0])
+    return np.array([r[0] for r in rows], np.int64), unknown
 
 
 def reconcile(db_path: str, progress_paths: list[pathlib.Path]) -> Result:
     """Check every reported request against the database, one by one."""
-    ids = stored_ids(db_path)
+    ids, texts_unknown = stored_ids(db_path)
     unique = np.unique(ids)
     bases, numbers = unique >> 32, unique & _ID_MASK
     dropped = dict.fromkeys(REASONS, 0)
@@ -130,6 +140,7 @@ def reconcile(db_path: str, progress_paths: list[pathlib.Path]) -> Result:
         duplicated=len(ids) - len(unique),
         drop_stored=drop_stored,
         foreign=int((~known).sum()),
+        texts_unknown=texts_unknown,
     )
 
 
@@ -150,6 +161,7 @@ def table(result: Result) -> str:
         ("duplicated", f"{result.duplicated:,}"),
         ("counted dropped, yet stored", f"{result.drop_stored:,}"),
         ("rows of no producer", f"{result.foreign:,}"),
+        ("error texts unknown", f"{result.texts_unknown:,}"),
         ("peak spill backlog", f"{result.peak_spill:,} records"),
         ("soak / catch-up", f"{result.soak_s} s / {result.catch_up_s} s"),
         (

@@ -62,6 +62,7 @@ def test_daemon_outage(tmp_path):
     assert_exact(result)
     assert sum(result.dropped.values()) == 0, table(result)
     assert result.daemon_drops["spilled"] > 0  # the outage outlasted rings
+    assert result.texts_unknown == 0  # every request's own text, stored
 
 
 def test_burst(tmp_path):
@@ -70,4 +71,5 @@ def test_burst(tmp_path):
     result = soaked("burst", tmp_path)
     assert_exact(result)
     assert result.sent == Plan.from_env("burst").total
+    assert result.texts_unknown == 0
     assert sum(result.dropped.values()) == 0, table(result)
