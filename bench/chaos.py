@@ -126,6 +126,8 @@ class Soak:
         self.stopped: dict[int, float] = {}  # pid -> when to SIGCONT
         self.events = dict.fromkeys(ACTIONS, 0)
         self.peak_spill = 0
+        self.returned_at: float | None = None  # the daemon, after an outage
+        self.cleared_s: float | None = None  # its spill backlog gone since
 
     # -- processes -------------------------------------------------------
 
@@ -250,9 +252,17 @@ class Soak:
                 figures: dict[str, Any] = json.load(f)
         except (OSError, ValueError):
             return {}
-        self.peak_spill = max(
-            self.peak_spill, (figures.get("spill") or {}).get("records", 0)
-        )
+        backlog = (figures.get("spill") or {}).get("records", 0)
+        self.peak_spill = max(self.peak_spill, backlog)
+        daemon_pid = getattr(self.daemon, "pid", None)
+        if (
+            self.returned_at is not None
+            and self.cleared_s is None
+            and figures.get("pid") == daemon_pid
+            and figures.get("ready")
+            and not backlog
+        ):
+            self.cleared_s = time.monotonic() - self.returned_at
         return figures
 
     def run(self) -> Result:
@@ -285,6 +295,7 @@ class Soak:
             soak_s=round(soaked, 1),
             catch_up_s=round(caught_up, 1),
             peak_spill=self.peak_spill,
+            cleared_s=self.cleared_s,
             events=dict(self.events),
             daemon_drops=figures.get("drops") or {},
         )
@@ -296,6 +307,8 @@ class Soak:
             now = time.monotonic()
             elapsed = now - started
             if plan.outage_s and elapsed >= plan.outage_s:
+                if self.returned_at is None:
+                    self.returned_at = time.monotonic()
                 self.start_daemon()
             running = [p for p in self.producers if p and p.poll() is None]
             if plan.total and not running:

@@ -44,6 +44,7 @@ class Result:
     soak_s: float = 0.0
     catch_up_s: float = 0.0
     peak_spill: int = 0
+    cleared_s: float | None = None  # after an outage: backlog replayed in
     events: dict[str, int] = dataclasses.field(default_factory=dict)
     daemon_drops: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -162,8 +163,15 @@ def table(result: Result) -> str:
         ("counted dropped, yet stored", f"{result.drop_stored:,}"),
         ("rows of no producer", f"{result.foreign:,}"),
         ("error texts unknown", f"{result.texts_unknown:,}"),
-        ("peak spill backlog", f"{result.peak_spill:,} records"),
+        ("peak spill backlog", f"{result.peak_spill:,} events and labels"),
         ("soak / catch-up", f"{result.soak_s} s / {result.catch_up_s} s"),
+        (
+            "backlog replayed in",
+            "-"
+            if result.cleared_s is None
+            else f"{result.cleared_s:.1f} s after the daemon returned "
+            f"({result.peak_spill / max(result.cleared_s, 0.1):,.0f}/s)",
+        ),
         (
             "chaos",
             ", ".join(f"{k} {v}" for k, v in result.events.items() if v)
