@@ -28,6 +28,7 @@ from livemon.views.live import Snapshot, snapshot, stats_tables
 
 STALE_STATUS_S = 5.0  # the daemon publishes every second
 SPILL_LANES_SHOWN = 8  # lanes with a spill backlog or losses, at most
+_SUMS = ("records", "size_bytes", "oldest_age_s")
 _ENTER = "\x1b[?1049h\x1b[?25l"  # alternate screen, cursor hidden
 _LEAVE = "\x1b[?25h\x1b[?1049l"
 _HOME, _CLEAR_LINE, _CLEAR_BELOW = "\x1b[H", "\x1b[K", "\x1b[J"
@@ -134,11 +135,16 @@ def _spill_lines(snap: Snapshot) -> list[str]:
     """Per lane: the spill backlog (from the daemon's status) and the
     records lost (from the lane headers, live), busiest lanes first."""
     status = snap.daemon or {}
-    backlog = {
-        lane["lane"]: lane
-        for lane in (status.get("spill") or {}).get("lanes") or []
-        if lane.get("tree") == "events" and lane.get("records")
-    }
+    backlog: dict[int, dict[str, float]] = {}
+    for got in (status.get("spill") or {}).get("lanes") or []:
+        if got.get("tree") == "events" and got.get("records"):
+            # The lane's segments of every epoch (a regrown ring's too).
+            into = backlog.setdefault(got["lane"], dict.fromkeys(_SUMS, 0))
+            for key in ("records", "size_bytes"):
+                into[key] += got[key]
+            into["oldest_age_s"] = max(
+                into["oldest_age_s"], got["oldest_age_s"]
+            )
     lost = {
         lane["lane"]: lane
         for lane in lane_drops(snap.lanes)["lanes"]

@@ -6,10 +6,12 @@ real rings, real spill files, a real full tmpfs.
 
 from __future__ import annotations
 
+import json
+import os
 import pathlib
 
 import ringbuf
-from livemon import Monitor
+from livemon import Monitor, ipc
 from livemon.config import Config, load_config
 from livemon.record import RECORD_DTYPE
 from livemon.spill.drops import lane_drops
@@ -106,3 +108,59 @@ class TestLaneCounts:
 
 def _namer(label: int) -> str:
     return f"#{label}"
+
+
+def test_top_shows_the_spill_backlog_per_lane(tmp_path, ring_name):
+    """The daemon's published backlog (written here as it writes it),
+    summed per lane over epochs, busiest lane first."""
+    config = tiny(tmp_path, ring_name)
+    lane = {"tree": "events", "size_bytes": 2**20, "segments": 1}
+    status = {
+        "pid": os.getpid(),
+        "drained": 0,
+        "drain_per_s": 0,
+        "lag_records": 0,
+        "dropped": 0,
+        "spill": {
+            "records": 700,
+            "lanes": [
+                {
+                    **lane,
+                    "epoch": 1,
+                    "lane": 0,
+                    "records": 100,
+                    "oldest_age_s": 5.0,
+                },
+                {
+                    **lane,
+                    "epoch": 2,
+                    "lane": 0,
+                    "records": 200,
+                    "oldest_age_s": 9.0,
+                },
+                {
+                    **lane,
+                    "epoch": 2,
+                    "lane": 3,
+                    "records": 400,
+                    "oldest_age_s": 1.0,
+                },
+                {
+                    **lane,
+                    "tree": "labels",
+                    "epoch": 2,
+                    "lane": 1,
+                    "records": 50,
+                    "oldest_age_s": 1.0,
+                },
+            ],
+        },
+    }
+    pathlib.Path(ipc.status_file(config)).parent.mkdir(parents=True)
+    pathlib.Path(ipc.status_file(config)).write_text(json.dumps(status))
+    with Monitor(config=config) as monitor:
+        monitor.request("q").end()
+        lines = top.frame(config, lambda snap: _namer)
+    shown = [line.split() for line in lines if line.startswith("  lane")]
+    assert [words[1] for words in shown] == ["3", "0"]  # busiest first
+    assert shown[1][3] == "300" and shown[1][-2] == "9"  # both epochs
