@@ -67,13 +67,11 @@ class SpillReplayer:
         self._store = store
         self._label_hwm: dict[_Lane, int] = {}
         self._retire_at = 0.0
-        self._durable = False
+        self._before_unlink: Callable[[], None] | None = None
         self.replayed = 0
         """Events committed from spill files by this replayer."""
         self.retired = 0
         """Segments unlinked after their last record was committed."""
-        self.pruned = 0
-        """Empty lane directories removed."""
         self.last_error: str | None = None
 
     @property
@@ -120,7 +118,8 @@ class SpillReplayer:
         else:
             moved = 0
         self.replayed += moved  # committed, whatever retiring meets
-        self._durable = False  # the commits above: not yet fsynced
+        # The commits above, fsynced before this step's first unlink.
+        self._before_unlink = durable_once(store)
         now = time.monotonic()
         if now >= self._retire_at:  # segments sealed since, or retained
             self._retire_at = now + RETIRE_INTERVAL_S
@@ -203,55 +202,17 @@ class SpillReplayer:
     def _retire_all(self, store: Store) -> None:
         self._retire_labels(set(self.labels.lanes()))
         self._retire_events(store, set(self.events.lanes()))
-        self._prune()
-
-    def _prune(self) -> None:
-        """Remove the lane (and epoch) directories retiring left empty.
-
-        Never one a live producer is using: while it spills, its segment
-        is in the directory (sealed ones stay until replayed), and
-        ``rmdir`` removes only empty ones.  A producer that spills again
-        later, or had just made the directory for its next segment,
-        makes it again (``open_segment`` retries once).
-        """
-        for reader in (self.labels, self.events):
-            for epoch, lane in reader.lanes():
-                if not reader.segments(epoch, lane):
-                    self.pruned += reader.prune(epoch, lane)
 
     def _retire_labels(self, keys: set[_Lane]) -> None:
         for key in keys:
             hwm = self._label_hwm.get(key, -1)
-            self.retired += _retire(self.labels, key, hwm, self._make_durable)
+            self.retired += _retire(self.labels, key, hwm, self._before_unlink)
 
     def _retire_events(self, store: Store, keys: set[_Lane]) -> None:
         for epoch, lane in keys:
             hwm = _hwm(store, epoch, lane)
             key = (epoch, lane)
-            self.retired += _retire(self.events, key, hwm, self._make_durable)
-
-    def _make_durable(self) -> None:
-        """Fsync the database's WAL and file, once a step, before the
-        first unlink: with ``synchronous=NORMAL`` a commit is not yet on
-        disk, and a segment unlinked after a commit that a power loss
-        undoes would lose its records (they survive in the segment).
-
-        Raises:
-            OSError: the fsync failed; nothing is unlinked this step.
-        """
-        store = self.store
-        if self._durable or store is None:
-            return
-        for path in (store.path + "-wal", store.path):
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue  # no WAL: checkpointed and synced already
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        self._durable = True
+            self.retired += _retire(self.events, key, hwm, self._before_unlink)
 
     # -- status ----------------------------------------------------------
 
@@ -303,6 +264,40 @@ class SpillReplayer:
         }
 
 
+def make_durable(store: Store) -> None:
+    """Fsync the database's WAL and file: call it before unlinking a
+    segment whose records were committed.  With ``synchronous=NORMAL`` a
+    commit is not on disk yet, and a segment unlinked after a commit that
+    a power loss undoes would lose its records (they survive in it).
+
+    Raises:
+        OSError: the fsync failed: unlink nothing.
+    """
+    for path in (store.path + "-wal", store.path):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue  # no WAL: checkpointed and synced already
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def durable_once(store: Store) -> Callable[[], None]:
+    """A ``before_unlink`` for ``_retire``: ``make_durable(store)``, the
+    first time it is called only (one fsync for a step's unlinks)."""
+    done = False
+
+    def once() -> None:
+        nonlocal done
+        if not done:
+            make_durable(store)
+            done = True
+
+    return once
+
+
 def _hwm(store: Store, epoch: int, lane: int, table: str = "events") -> int:
     """The highest spill seq committed for a ring lane into ``table``
     (whose rows carry the ring identity), -1 if none."""
@@ -331,18 +326,29 @@ def _retire(
     reader: SpillReader,
     key: _Lane,
     hwm: int,
-    before_unlink: Callable[[], None],
+    before_unlink: Callable[[], None] | None = None,
 ) -> int:
     """Unlink a lane's segments wholly at or below ``hwm``; count them.
+    Once none is left, remove the lane's directory (and its epoch's).
 
+    ``before_unlink`` runs before the first unlink (``make_durable``).
     A segment starting above ``hwm`` holds nothing committed, so it is
     read (by ``retire``) only if its header says it has no frames: a
     producer killed right after making it leaves such a one behind.
+
+    The directory goes only when empty, and a live producer's is not:
+    while it spills, its segment is in it (sealed ones stay until
+    replayed), and ``rmdir`` removes only empty directories.  A producer
+    that spills again later, or had just made the directory for its next
+    segment, makes it again (``open_segment`` retries once).
     """
     retired = 0
-    for segment in reader.segments(*key):
+    segments = reader.segments(*key)
+    for segment in segments:
         if segment.first_seq > hwm and reader.published(segment):
             continue  # records to replay first
         if reader.retire(segment, hwm, before_unlink):
             retired += 1
+    if retired == len(segments):
+        reader.prune(*key)
     return retired
