@@ -326,6 +326,7 @@ class Service:
     def _agent_figures(self, drainer: Drainer) -> dict[str, Any]:
         """The agents ring's and spill's figures, for status."""
         ring, lag = drainer.agents, 0
+        states: list[ringbuf.LaneState] = []
         if ring is not None:
             states = [ring.lane_state(i) for i in range(ring.lanes)]
             lag = sum(
@@ -342,6 +343,7 @@ class Service:
             "spill_replayed": spill.replayed,
             "spill": spill.backlog(),
             "spill_error": spill.last_error,
+            "drops": lane_drops(states),  # spilled, or lost per reason
         }
 
     def _publish(self, drainer: Drainer) -> str:

@@ -202,3 +202,33 @@ class TestDropsReported:
         ).stdout
         assert f"lost {dropped['dropped']} (ring full" in text
         assert daemon.stop() == 0
+
+    def test_agent_runs_drops_and_spill_directories(
+        self, start_daemon, daemon_env
+    ):
+        """The agents ring's lanes count their spills as the events'
+        do (one ProcessSpill rule for every ring): the daemon reports
+        them, and prunes the agents spill tree once replayed."""
+        from tests.daemon.test_agent_runs import run_workers, stored_runs
+
+        env = dict(
+            daemon_env,
+            LIVEMON_CAPACITY_RECORDS="64",
+            LIVEMON_SPILL_MIN_FREE_BYTES="0",
+        )
+        counters = run_workers(env, 2, 400)
+        spilled = sum(c["agent_runs_spilled"] for c in counters)
+        assert spilled > 0
+        daemon = start_daemon(env=env)
+        daemon.wait_until(
+            lambda: (
+                daemon.count("SELECT count(*) FROM agent_runs")
+                == stored_runs(counters)
+            )
+        )
+        drops = daemon.status()["agent_runs"]["drops"]
+        assert (drops["spilled"], drops["lost"]) == (spilled, 0)
+        spill_root = os.path.join(os.path.dirname(env["LIVEMON_DB"]), "spill")
+        agents_tree = os.path.join(spill_root, env["LIVEMON_RING"] + ".agents")
+        daemon.wait_until(lambda: not glob.glob(f"{agents_tree}/*"))
+        assert daemon.stop() == 0
