@@ -10,8 +10,9 @@ defaults keep ``make stress`` to a few minutes.  The issue's targets:
 ``LIVEMON_CHAOS_OUTAGE_S=600`` for a 10-minute outage under 4 producers
 at 1,000 requests/s, and the 1,000,000-record burst (the default).  Every
 request carries an error text of its own unless ``LIVEMON_CHAOS_TEXTS=0``:
-its label spills as a 4 KiB frame, so a 10-minute outage then needs
-``LIVEMON_SPILL_TOTAL_CAP_BYTES`` of ~11 GiB (docs/tuning.md).
+its label spills as a 4 KiB frame, so a 10-minute outage then needs caps
+of ~2.5 GiB a lane and ~11 GiB in all (``LIVEMON_SPILL_LANE_CAP_BYTES``,
+``LIVEMON_SPILL_TOTAL_CAP_BYTES``; docs/tuning.md).
 """
 
 from __future__ import annotations
