@@ -249,3 +249,72 @@ def test_replay_batch(benchmark, record, tmp_path, ring_name):
     assert replayer.backlog()["records"] == 0
     record(benchmark, items=REPLAY_BATCH, baseline="test_drain_batch")
     store.close()
+
+
+def test_replay_vs_drain_interleaved(benchmark, record, tmp_path, ring_name):
+    """Replay and drain of 20,000 records, alternating in every round (a
+    shared CPU's load then weighs on both alike): replay per record over
+    drain per record is in ``extra_info`` and printed."""
+    import time
+
+    from bench.test_drain import realistic_records
+    from daemon.drain import Drainer
+    from daemon.replay import SpillReplayer
+    from daemon.store import Store
+    from livemon.ipc import open_rings
+    from livemon.spill import LaneSpill
+
+    config = load_config(
+        {
+            "ring": ring_name,
+            "db": str(tmp_path / "drain.db"),
+            "lanes": 1,
+            "capacity_records": REPLAY_BATCH,
+        }
+    )
+    events, labels = open_rings(config)
+    writer = events.writer()
+    drain_store = Store(config.db)
+    drainer = Drainer(config, events, labels, lambda: drain_store)
+    records = realistic_records(REPLAY_BATCH, 3)
+    packed = [r.tobytes() for r in records]
+    spill_root = tmp_path / "spill"
+    replay_store = Store(str(tmp_path / "replay.db"))
+    replayer = SpillReplayer(spill_root, ring_name, replay_store)
+    lanes = iter(range(4096))
+    drain_s: list[float] = []
+    moved = []
+
+    def drain_then_spill():
+        assert writer.put_many(records) == REPLAY_BATCH
+        started = time.perf_counter()
+        assert drainer.drain_once() == REPLAY_BATCH
+        drain_s.append(time.perf_counter() - started)
+        lane_spill = LaneSpill.open(
+            spill_root,
+            ring_name,
+            EPOCH,
+            next(lanes),
+            RECORD_DTYPE,
+            min_free_bytes=0,
+        )
+        for one in packed:
+            lane_spill.put(one)
+        lane_spill.close()
+
+    benchmark.pedantic(
+        lambda: moved.append(replayer.replay_once(REPLAY_BATCH)),
+        setup=drain_then_spill,
+        rounds=2 * REPLAY_ROUNDS,
+    )
+    assert set(moved) == {REPLAY_BATCH}
+    drain_us = float(np.median(drain_s)) / REPLAY_BATCH * 1e6
+    replay = record(benchmark, items=REPLAY_BATCH)
+    ratio = replay["median_us"] / drain_us
+    benchmark.extra_info.update(drain_us=drain_us, replay_over_drain=ratio)
+    print(
+        f"\nreplay {replay['median_us']:.2f} us/record, drain "
+        f"{drain_us:.2f} us/record: replay/drain {ratio:.2f}"
+    )
+    for closing in (drainer, writer, events, labels, replay_store):
+        closing.close()

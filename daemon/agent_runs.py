@@ -15,7 +15,13 @@ from typing import Any
 
 import ringbuf
 from daemon.exceptions import DaemonError
-from daemon.replay import RETIRE_INTERVAL_S, _head, _hwm, _retire
+from daemon.replay import (
+    RETIRE_INTERVAL_S,
+    _head,
+    _hwm,
+    _retire,
+    durable_once,
+)
 from daemon.store import Store
 from livemon import ipc
 from livemon.config import AGENTS_RING_SUFFIX, Config
@@ -157,8 +163,10 @@ class AgentSpillReplayer:
         now = time.monotonic()
         if moved or now >= self._retire_at:
             self._retire_at = now + RETIRE_INTERVAL_S
+            before_unlink = durable_once(store)  # commits on disk first
             for key in lanes:
-                _retire(self.reader, key, _hwm(store, *key, TABLE))
+                hwm = _hwm(store, *key, TABLE)
+                _retire(self.reader, key, hwm, before_unlink)
         self.replayed += moved
         return moved
 

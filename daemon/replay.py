@@ -67,6 +67,7 @@ class SpillReplayer:
         self._store = store
         self._label_hwm: dict[_Lane, int] = {}
         self._retire_at = 0.0
+        self._before_unlink: Callable[[], None] | None = None
         self.replayed = 0
         """Events committed from spill files by this replayer."""
         self.retired = 0
@@ -116,6 +117,9 @@ class SpillReplayer:
             moved = self._commit(store, label_batches, event_lanes)
         else:
             moved = 0
+        self.replayed += moved  # committed, whatever retiring meets
+        # The commits above, fsynced before this step's first unlink.
+        self._before_unlink = durable_once(store)
         now = time.monotonic()
         if now >= self._retire_at:  # segments sealed since, or retained
             self._retire_at = now + RETIRE_INTERVAL_S
@@ -123,7 +127,6 @@ class SpillReplayer:
         else:
             self._retire_labels({key for key, _ in label_batches})
             self._retire_events(store, set(event_lanes))
-        self.replayed += moved
         return moved
 
     # -- reading ---------------------------------------------------------
@@ -203,12 +206,13 @@ class SpillReplayer:
     def _retire_labels(self, keys: set[_Lane]) -> None:
         for key in keys:
             hwm = self._label_hwm.get(key, -1)
-            self.retired += _retire(self.labels, key, hwm)
+            self.retired += _retire(self.labels, key, hwm, self._before_unlink)
 
     def _retire_events(self, store: Store, keys: set[_Lane]) -> None:
         for epoch, lane in keys:
             hwm = _hwm(store, epoch, lane)
-            self.retired += _retire(self.events, (epoch, lane), hwm)
+            key = (epoch, lane)
+            self.retired += _retire(self.events, key, hwm, self._before_unlink)
 
     # -- status ----------------------------------------------------------
 
@@ -260,6 +264,40 @@ class SpillReplayer:
         }
 
 
+def make_durable(store: Store) -> None:
+    """Fsync the database's WAL and file: call it before unlinking a
+    segment whose records were committed.  With ``synchronous=NORMAL`` a
+    commit is not on disk yet, and a segment unlinked after a commit that
+    a power loss undoes would lose its records (they survive in it).
+
+    Raises:
+        OSError: the fsync failed: unlink nothing.
+    """
+    for path in (store.path + "-wal", store.path):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue  # no WAL: checkpointed and synced already
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def durable_once(store: Store) -> Callable[[], None]:
+    """A ``before_unlink`` for ``_retire``: ``make_durable(store)``, the
+    first time it is called only (one fsync for a step's unlinks)."""
+    done = False
+
+    def once() -> None:
+        nonlocal done
+        if not done:
+            make_durable(store)
+            done = True
+
+    return once
+
+
 def _hwm(store: Store, epoch: int, lane: int, table: str = "events") -> int:
     """The highest spill seq committed for a ring lane into ``table``
     (whose rows carry the ring identity), -1 if none."""
@@ -284,17 +322,33 @@ def _head(batch: Batch, room: int) -> Batch:
     return batch._replace(records=batch.records[:room])
 
 
-def _retire(reader: SpillReader, key: _Lane, hwm: int) -> int:
+def _retire(
+    reader: SpillReader,
+    key: _Lane,
+    hwm: int,
+    before_unlink: Callable[[], None] | None = None,
+) -> int:
     """Unlink a lane's segments wholly at or below ``hwm``; count them.
+    Once none is left, remove the lane's directory (and its epoch's).
 
+    ``before_unlink`` runs before the first unlink (``make_durable``).
     A segment starting above ``hwm`` holds nothing committed, so it is
     read (by ``retire``) only if its header says it has no frames: a
     producer killed right after making it leaves such a one behind.
+
+    The directory goes only when empty, and a live producer's is not:
+    while it spills, its segment is in it (sealed ones stay until
+    replayed), and ``rmdir`` removes only empty directories.  A producer
+    that spills again later, or had just made the directory for its next
+    segment, makes it again (``open_segment`` retries once).
     """
     retired = 0
-    for segment in reader.segments(*key):
+    segments = reader.segments(*key)
+    for segment in segments:
         if segment.first_seq > hwm and reader.published(segment):
             continue  # records to replay first
-        if reader.retire(segment, hwm):
+        if reader.retire(segment, hwm, before_unlink):
             retired += 1
+    if retired == len(segments):
+        reader.prune(*key)
     return retired

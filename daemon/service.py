@@ -24,11 +24,12 @@ from daemon.exceptions import DatabaseCorrupt
 from daemon.notify import Notifier
 from daemon.replay import SpillReplayer
 from daemon.retention import DAEMON_SHARE, Retention
-from daemon.status import status_line
+from daemon.status import health_columns, status_line
 from daemon.store import IntegrityCheck, Store, check_database_path
 from livemon import ipc
 from livemon.config import Config, load_config
 from livemon.exceptions import ConfigError
+from livemon.spill.drops import lane_drops
 
 logger = logging.getLogger("livemon.daemon")
 
@@ -288,6 +289,7 @@ class Service:
             round(min(max(s.pending, 0), capacity) / capacity, 4)
             for s in lanes
         ]
+        drops = lane_drops(lanes)  # refused by full lanes: spilled or lost
         return {
             "pid": os.getpid(),
             "ring": self.config.ring,
@@ -295,7 +297,8 @@ class Service:
             "started_at": self._started,
             "drained": drainer.drained,
             "drain_per_s": round(self._rate, 1),
-            "dropped": sum(s.dropped for s in lanes),
+            "dropped": drops["lost"],
+            "drops": drops,
             "lag_records": sum(
                 min(max(s.pending, 0), capacity) for s in lanes
             ),
@@ -323,6 +326,7 @@ class Service:
     def _agent_figures(self, drainer: Drainer) -> dict[str, Any]:
         """The agents ring's and spill's figures, for status."""
         ring, lag = drainer.agents, 0
+        states: list[ringbuf.LaneState] = []
         if ring is not None:
             states = [ring.lane_state(i) for i in range(ring.lanes)]
             lag = sum(
@@ -339,6 +343,7 @@ class Service:
             "spill_replayed": spill.replayed,
             "spill": spill.backlog(),
             "spill_error": spill.last_error,
+            "drops": lane_drops(states),  # spilled, or lost per reason
         }
 
     def _publish(self, drainer: Drainer) -> str:
@@ -377,6 +382,7 @@ class Service:
             refused_claims=f["refused_claims"],
             spill_records=f["spill"].get("records", 0),
             spill_bytes=f["spill"].get("size_bytes", 0),
+            **health_columns(f),
             last_error="; ".join(
                 [t for t in (f["last_error"], f["incident"]) if t]
                 + f["file_errors"]

@@ -5,7 +5,26 @@ summary systemd shows, and the text of ``livemon-daemon status``.
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+from livemon.spill.drops import DROP_REASONS, drop_text
+
+
+def health_columns(f: dict[str, Any]) -> dict[str, Any]:
+    """The health row's drop and spill columns (migration 0007) of the
+    figures ``f``: totals per reason, and per lane as JSON."""
+    d = f["drops"]
+    spill = f["spill"]
+    return {
+        "spilled": d["spilled"],
+        **{f"dropped_{reason}": d[reason] for reason in DROP_REASONS},
+        "spill_oldest_age_s": spill.get("oldest_age_s", 0.0),
+        "lanes_json": json.dumps(
+            {"drops": d["lanes"], "spill": spill.get("lanes", [])},
+            separators=(",", ":"),
+        ),
+    }
 
 
 def status_line(f: dict[str, Any]) -> str:
@@ -20,9 +39,12 @@ def status_line(f: dict[str, Any]) -> str:
     if f["refused_claims"]:
         trouble += f"; {f['refused_claims']} lane claims REFUSED"
     spilled = f["spill"].get("records", 0)
+    reasons = drop_text(f.get("drops") or {})
     return (
         f"drained {f['drained']} ({f['drain_per_s']}/s), lag "
-        f"{f['lag_records']}, dropped {f['dropped']}, lanes "
+        f"{f['lag_records']}, dropped {f['dropped']}"
+        + (f" ({reasons})" if reasons else "")
+        + f", lanes "
         f"{f['lanes_in_use']}/{f['lanes']}"
         + (f", spill {spilled}" if spilled else "")
         + trouble
@@ -63,15 +85,7 @@ def status_text(report: dict[str, Any]) -> str:
         f"  database  {report['db']}"
         + (f" ({size / 2**20:.1f} MiB)" if size is not None else ""),
     ]
-    spill = report.get("spill") or {}
-    if spill.get("records") or spill.get("bad_frames"):
-        oldest = spill.get("oldest_age_s")
-        lines.append(
-            f"  spill     {spill.get('records', 0)} records, "
-            f"{spill.get('size_bytes', 0) / 2**20:.1f} MiB to replay"
-            + (f", oldest {oldest:.0f} s" if oldest is not None else "")
-            + f", {spill.get('bad_frames', 0)} bad frames"
-        )
+    lines += _spill_lines(report)
     if report.get("last_error"):
         lines.append(f"  TROUBLE   {report['last_error']} (retrying)")
     if report.get("incident") and report["incident"] != report.get(
@@ -92,3 +106,44 @@ def status_text(report: dict[str, Any]) -> str:
             f"aside in {report['db']}.quarantine.jsonl"
         )
     return "\n".join(lines)
+
+
+MAX_LANES_SHOWN = 8
+
+
+def _spill_lines(report: dict[str, Any]) -> list[str]:
+    """Spill backlog and drops, in all and for the busiest lanes."""
+    lines = []
+    spill = report.get("spill") or {}
+    if spill.get("records") or spill.get("bad_frames"):
+        oldest = spill.get("oldest_age_s")
+        lines.append(
+            f"  spill     {spill.get('records', 0)} records, "
+            f"{spill.get('size_bytes', 0) / 2**20:.1f} MiB to replay"
+            + (f", oldest {oldest:.0f} s" if oldest is not None else "")
+            + f", {spill.get('bad_frames', 0)} bad frames"
+        )
+        busiest = sorted(
+            spill.get("lanes") or [], key=lambda lane: -lane["records"]
+        )
+        for lane in busiest[:MAX_LANES_SHOWN]:
+            lines.append(
+                f"            {lane['tree']} lane {lane['lane']} (epoch "
+                f"{lane['epoch']:#x}): {lane['records']} records, "
+                f"{lane['size_bytes'] / 2**20:.1f} MiB, oldest "
+                f"{lane['oldest_age_s']:.0f} s"
+            )
+    drops_ = report.get("drops") or {}
+    if drops_.get("refused"):
+        lines.append(
+            f"  full lanes refused {drops_['refused']}: spilled "
+            f"{drops_['spilled']}, lost {drops_['lost']}"
+            + (f" ({drop_text(drops_)})" if drops_["lost"] else "")
+        )
+        lossy = [lane for lane in drops_.get("lanes") or [] if lane["lost"]]
+        for lane in lossy[:MAX_LANES_SHOWN]:
+            lines.append(
+                f"            lane {lane['lane']}: lost {lane['lost']} "
+                f"({drop_text(lane)})"
+            )
+    return lines

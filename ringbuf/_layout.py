@@ -61,6 +61,9 @@ H_REFUSED_CLAIMS = 10  # writers refused a lane (LanesExhausted)
 # Lane header words, relative to the lane's first word.  The producer's
 # words share one cache line, the consumer's tail sits alone on the next.
 L_HEAD, L_DROPPED, L_OWNER_PID, L_CLAIMS = 0, 1, 2, 3
+# Words 4-7: counters of the producer's own (RingWriter.count), zero in
+# releases before them, which never write them.
+L_COUNTERS, COUNTERS = 4, 4
 L_TAIL = CACHE_LINE_BYTES // 8
 
 

@@ -32,7 +32,11 @@ class Window(NamedTuple):
 
 
 class LaneState(NamedTuple):
-    """A lane's counters and owner, read without locking."""
+    """A lane's counters and owner, read without locking.
+
+    ``counters`` are the four the producer keeps for itself
+    (``RingWriter.count``); ringbuf gives them no meaning.
+    """
 
     head: int
     tail: int
@@ -40,6 +44,7 @@ class LaneState(NamedTuple):
     owner_pid: int
     claims: int
     owned: bool
+    counters: tuple[int, ...] = (0, 0, 0, 0)
 
     @property
     def pending(self) -> int:

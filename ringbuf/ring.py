@@ -57,8 +57,9 @@ class Ring:
 
     Each lane follows at ``128 + lane * stride`` (stride: cache-line
     aligned): word 0 ``head``, 1 ``dropped``, 2 owner pid, 3 claim count,
-    all written only by the lane's producer; word 8 ``tail``, on its own
-    cache line, written only by the consumer; words 4-7 and 9-15 unused;
+    4-7 four counters of the producer's own (``RingWriter.count``), all
+    written only by the lane's producer; word 8 ``tail``, on its own
+    cache line, written only by the consumer; words 9-15 unused;
     then ``capacity`` slots.
     ``head`` and ``tail`` are monotonic counters; a record's slot is
     ``seq % capacity`` and its identity is ``(epoch, lane, seq)``.
@@ -263,6 +264,7 @@ class Ring:
             owner_pid=w[base + _layout.L_OWNER_PID],
             claims=w[base + _layout.L_CLAIMS],
             owned=_lanelock.is_locked(self._probe_fd(), lane),
+            counters=tuple(w[base + _layout.L_COUNTERS :][: _layout.COUNTERS]),
         )
 
     def pending(self, lane: int, max_records: int | None = None) -> Batch:

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ringbuf import _lanelock, _layout
+from ringbuf._counters import LaneCounters
 from ringbuf._lanes import Lanes
 from ringbuf.exceptions import LanesExhausted, RecordDtypeError, RingClosed
 
@@ -25,7 +26,7 @@ _CLOCK_EVERY = 8  # puts between clock reads (a power of two)
 _CLOCK_MASK = _CLOCK_EVERY - 1
 
 
-class RingWriter:
+class RingWriter(LaneCounters):
     """Writes records into a lane that this process alone holds.
 
     The lane is claimed at construction and again, lazily, in a forked

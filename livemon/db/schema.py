@@ -202,6 +202,24 @@ def _add_health_spill_columns(db: sqlite3.Connection) -> None:
     )
 
 
+def _add_health_drop_columns(db: sqlite3.Connection) -> None:
+    # Records the producers' full lanes refused: spilled, or lost per
+    # reason (their sum is ``dropped``); the spill backlog's age; and the
+    # same per lane (JSON: {"drops": [...], "spill": [...]}).
+    _run(
+        db,
+        """
+        ALTER TABLE health ADD COLUMN spilled INTEGER;
+        ALTER TABLE health ADD COLUMN dropped_ring_full INTEGER;
+        ALTER TABLE health ADD COLUMN dropped_spill_cap INTEGER;
+        ALTER TABLE health ADD COLUMN dropped_disk_full INTEGER;
+        ALTER TABLE health ADD COLUMN dropped_io_error INTEGER;
+        ALTER TABLE health ADD COLUMN spill_oldest_age_s REAL;
+        ALTER TABLE health ADD COLUMN lanes_json TEXT;
+        """,
+    )
+
+
 def _create_feedback_tables(db: sqlite3.Connection) -> None:
     common = """
             id INTEGER PRIMARY KEY,
@@ -367,6 +385,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0004_hourly_rollups", _create_rollups),
     ("0005_unknown_labels_named", _name_unknown_labels),
     ("0006_health_spill_and_refused_claims", _add_health_spill_columns),
+    ("0007_health_drops_per_reason", _add_health_drop_columns),
     ("0008_agent_runs", _create_agent_runs),
 ]
 """Every schema change, in order; a name is never reused or reordered."""

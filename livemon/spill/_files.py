@@ -174,6 +174,37 @@ class SegmentFiles:
         frames = np.frombuffer(data, self._frame_dtype, count)
         return Frames(header, active, published, frames, data)
 
+    def state(self, segment: Segment) -> tuple[bool, int] | None:
+        """Whether a writer holds the segment, and how many frames a
+        ``load`` of it would read if none does (every whole one): a lock
+        probe, an fstat and a header read, no frames.
+
+        Returns:
+            None if it vanished or its header is bad (``load`` sets it
+            aside).
+        """
+        with self._lane_dir(segment) as dir_fd:
+            if dir_fd < 0:
+                return None
+            try:
+                fd = os.open(
+                    segment.name, os.O_RDONLY | _fs.OPEN_FILE, dir_fd=dir_fd
+                )
+            except FileNotFoundError:
+                return None
+            try:
+                active = _fs.is_locked(fd)
+                head = os.pread(fd, _format.DATA_OFFSET, 0)
+                size = os.fstat(fd).st_size - _format.DATA_OFFSET
+            finally:
+                os.close(fd)
+        try:
+            header = self._check(head, segment)
+        except _format.HeaderError:
+            return None
+        whole = max(size, 0) // self._frame_bytes
+        return active, min(header.capacity_frames, whole)
+
     def unlink(self, segment: Segment) -> bool:
         """Unlink a segment, durably; False if it or its lane is gone."""
         with self._lane_dir(segment) as fd:
@@ -184,6 +215,31 @@ class SegmentFiles:
             except FileNotFoundError:
                 return False
             os.fsync(fd)  # the unlink is durable before the caller moves on
+        return True
+
+    def prune(self, epoch: int, lane: int) -> bool:
+        """Remove a lane's directory if empty, then its epoch's if empty.
+
+        ``rmdir`` removes only an empty directory, atomically: a segment
+        (or a ``.tmp`` being made, or one set aside as ``.bad``) keeps
+        it.  A writer that loses its directory this way makes it again
+        (``open_segment`` retries).
+
+        Returns:
+            True if the lane's directory was removed.
+        """
+        epoch_name = _format.epoch_name(epoch)
+        with _fs.dir_or_none(self.spill_dir, (self.ring, epoch_name)) as fd:
+            if fd < 0:
+                return False
+            try:
+                os.rmdir(_format.lane_name(lane), dir_fd=fd)
+            except OSError:  # not empty, gone, or not ours to remove
+                return False
+        with _fs.dir_or_none(self.spill_dir, (self.ring,)) as fd:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.rmdir(epoch_name, dir_fd=fd)
         return True
 
     def _check(self, head: bytes, segment: Segment) -> _format.Header:

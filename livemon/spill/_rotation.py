@@ -67,7 +67,12 @@ def open_segment(
         again).
     """
     try:
-        return _open_segment(spill_dir, dirs, dir_mode, limits, header)
+        try:
+            return _open_segment(spill_dir, dirs, dir_mode, limits, header)
+        except FileNotFoundError:
+            # The daemon prunes empty lane and epoch directories: one may
+            # have gone between making it and creating the segment in it.
+            return _open_segment(spill_dir, dirs, dir_mode, limits, header)
     except FileExistsError:
         logger.warning(
             "spill lane %d: seq %d spilled twice",

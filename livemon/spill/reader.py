@@ -9,7 +9,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -173,33 +173,63 @@ class SpillReader:
                 new_bad,
                 new_torn,
             )
-        found = _frames.batches(segment.lane, frames[fresh], self.dtype)
+        # Commonly every frame is fresh: no copy of them for the mask.
+        kept_frames = frames if fresh.all() else frames[fresh]
+        found = _frames.batches(segment.lane, kept_frames, self.dtype)
         last_seq = int(seqs[last]) if last >= 0 else -1
         return Scan(found, new_bad, new_torn, got.active, last_seq)
 
-    def retire(self, segment: Segment, hwm_seq: int) -> bool:
+    def retire(
+        self,
+        segment: Segment,
+        hwm_seq: int,
+        before_unlink: Callable[[], None] | None = None,
+    ) -> bool:
         """Unlink a segment if every seq in it is at or below ``hwm_seq``.
 
         Args:
             segment: from ``segments``.
             hwm_seq: the highest seq of the lane the caller has committed
-                (durably, with the rows) from this reader.
+                (with the rows) from this reader.
+            before_unlink: called right before the unlink (to make the
+                commit durable first); what it raises, the call raises.
 
         Returns:
             True if unlinked; False if it still holds a valid frame above
             ``hwm_seq``, a writer still appends to it, or it is gone.
         """
-        got = self._files.load(segment)
-        if got is None or got.active:
+        state = self._files.state(segment)
+        if state is None or state[0]:
             return False
-        valid = self._validate(segment, got)
-        if (valid & _frames.above(got.frames["seq"], hwm_seq)).any():
+        # Sealed or abandoned, its frames never change: what the last
+        # scan validated decides, unless it saw fewer frames than there
+        # are now (it read while a writer appended) or the file changed.
+        known = self._verified.get(segment.path)
+        if known is not None and len(known[0]) == state[1]:
+            valid, seqs = known
+        else:
+            got = self._files.load(segment)
+            if got is None or got.active:
+                return False
+            valid, seqs = self._validate(segment, got), got.frames["seq"]
+        if (valid & _frames.above(seqs, hwm_seq)).any():
             return False
+        if before_unlink is not None:
+            before_unlink()
         if not self._files.unlink(segment):
             return False
         self._reported.pop(segment.path, None)
         self._verified.pop(segment.path, None)
         return True
+
+    def prune(self, epoch: int, lane: int) -> bool:
+        """Remove a lane's directory once it holds no file (and its
+        epoch's, once that holds no lane); True if the lane's went.
+
+        Call it only for a lane no live writer holds: one that is about
+        to create a segment makes the directory again, at a cost.
+        """
+        return self._files.prune(epoch, lane)
 
     def backlog(self, epoch: int, lane: int, after_seq: int = -1) -> Backlog:
         """Estimate a lane's uncommitted records from headers and seqs.

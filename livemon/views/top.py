@@ -22,10 +22,13 @@ from livemon import ipc
 from livemon.config import Config
 from livemon.db.reading import format_ns
 from livemon.exceptions import MonitoringUnavailable
+from livemon.spill.drops import drop_text, lane_drops
 from livemon.views import render
 from livemon.views.live import Snapshot, snapshot, stats_tables
 
 STALE_STATUS_S = 5.0  # the daemon publishes every second
+SPILL_LANES_SHOWN = 8  # lanes with a spill backlog or losses, at most
+_SUMS = ("records", "size_bytes", "oldest_age_s")
 _ENTER = "\x1b[?1049h\x1b[?25l"  # alternate screen, cursor hidden
 _LEAVE = "\x1b[?25h\x1b[?1049l"
 _HOME, _CLEAR_LINE, _CLEAR_BELOW = "\x1b[H", "\x1b[K", "\x1b[J"
@@ -42,6 +45,7 @@ def frame(
     except MonitoringUnavailable as exc:
         return [head, "", f"waiting: {exc}"]
     lines = [head, _daemon_line(config, snap.daemon), _ring_line(snap)]
+    lines += _spill_lines(snap)
     lines += _agents_line(snap.daemon)
     p50, p99 = snap.overhead_ns
     lines.append(
@@ -96,10 +100,13 @@ def _ring_line(snap: Snapshot) -> str:
     cap = snap.capacity_records
     fills = [min(max(s.pending, 0), cap) / cap for s in snap.lanes]
     in_use = sum(s.owned for s in snap.lanes)
-    dropped = sum(s.dropped for s in snap.lanes)
+    drops = lane_drops(snap.lanes)
+    reasons = drop_text(drops)
     return (
         f"ring      lanes {in_use}/{len(fills)} in use  fill "
-        f"[{render.bars(fills)}] max {max(fills):.1%}  dropped {dropped:,}"
+        f"[{render.bars(fills)}] max {max(fills):.1%}  spilled "
+        f"{drops['spilled']:,}  dropped {drops['lost']:,}"
+        + (f" ({reasons})" if reasons else "")
         + (
             f"  REFUSED {snap.refused_claims:,} claims (more processes "
             "than lanes)"
@@ -122,6 +129,44 @@ def _agents_line(status: dict[str, Any] | None) -> list[str]:
         + (f"  spill {waiting:,}" if waiting else "")
         + ("" if runs.get("ring") else "  (agents ring not open)")
     ]
+
+
+def _spill_lines(snap: Snapshot) -> list[str]:
+    """Per lane: the spill backlog (from the daemon's status) and the
+    records lost (from the lane headers, live), busiest lanes first."""
+    status = snap.daemon or {}
+    backlog: dict[int, dict[str, float]] = {}
+    for got in (status.get("spill") or {}).get("lanes") or []:
+        if got.get("tree") == "events" and got.get("records"):
+            # The lane's segments of every epoch (a regrown ring's too).
+            into = backlog.setdefault(got["lane"], dict.fromkeys(_SUMS, 0))
+            for key in ("records", "size_bytes"):
+                into[key] += got[key]
+            into["oldest_age_s"] = max(
+                into["oldest_age_s"], got["oldest_age_s"]
+            )
+    lost = {
+        lane["lane"]: lane
+        for lane in lane_drops(snap.lanes)["lanes"]
+        if lane["lost"]
+    }
+    lines = []
+    for lane in sorted(
+        backlog.keys() | lost.keys(),
+        key=lambda n: -backlog.get(n, {}).get("records", 0),
+    )[:SPILL_LANES_SHOWN]:
+        text = f"  lane {lane:<4}"
+        if lane in backlog:
+            got = backlog[lane]
+            text += (
+                f" spill {got['records']:,} records "
+                f"{got['size_bytes'] / 2**20:,.1f} MiB, oldest "
+                f"{got['oldest_age_s']:.0f} s"
+            )
+        if lane in lost:
+            text += f"  LOST {lost[lane]['lost']:,} ({drop_text(lost[lane])})"
+        lines.append(text)
+    return lines
 
 
 def run(

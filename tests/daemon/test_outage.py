@@ -7,7 +7,9 @@ exactly once.
 from __future__ import annotations
 
 import glob
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -40,8 +42,30 @@ class TestDaemonAway:
         daemon.wait_until(
             lambda: not glob.glob(f"{spill_root}/**/*.lms", recursive=True)
         )
+        # The coordinators are gone: their lane and epoch directories too.
+        daemon.wait_until(lambda: not glob.glob(f"{spill_root}/*/*"))
         assert daemon.stop() == 0
         assert daemon.count() == sent
+
+    def test_daemon_killed_mid_replay(self, start_daemon, daemon_env):
+        """SIGKILL while it replays a large spill: the next daemon goes on
+        from the committed rows, adds no duplicate, loses nothing."""
+        env = dict(
+            daemon_env,
+            LIVEMON_CAPACITY_RECORDS="64",
+            LIVEMON_SPILL_MIN_FREE_BYTES="0",
+        )
+        sent = recorded(coordinators(env, 3, 30_000))
+        first = start_daemon(env=env)
+        first.wait_until(lambda: first.count() > 0, timeout_s=120)
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(timeout=30)
+        assert first.count() < sent  # killed with records left to replay
+        second = start_daemon(env=env)
+        second.wait_until(lambda: second.count() == sent, timeout_s=300)
+        assert second.count(NO_DUPLICATES) == 0
+        assert second.stop() == 0
+        assert second.count() == sent
 
 
 PACED = """
@@ -116,3 +140,95 @@ class TestRegrow:
         second.wait_until(lambda: second.count() == sent, timeout_s=120)
         assert second.count(NO_DUPLICATES) == 0
         assert second.stop() == 0
+
+
+class TestDropsReported:
+    def test_status_and_health_tell_spilled_from_lost_per_reason(
+        self, start_daemon, daemon_env
+    ):
+        """Two coordinators one after the other on a 64-record lane with
+        no daemon, the second with spilling off: the daemon's status and
+        health rows tell what the full lane refused, spilled (first) and
+        lost to the ring (second), as the coordinators counted it."""
+        env = dict(
+            daemon_env,
+            LIVEMON_CAPACITY_RECORDS="64",
+            LIVEMON_SPILL_MIN_FREE_BYTES="0",
+        )
+        (spilling,) = coordinators(env, 1, 2000)
+        spilled = json.loads(spilling.communicate(timeout=300)[0])
+        (dropping,) = coordinators(dict(env, LIVEMON_SPILL="false"), 1, 2000)
+        dropped = json.loads(dropping.communicate(timeout=300)[0])
+        assert spilled["spilled"] > 0 and dropped["dropped"] > 0
+        daemon = start_daemon(env=env)
+
+        def reported() -> bool:
+            drops = daemon.status().get("drops") or {}
+            return drops.get("spilled") == spilled["spilled"]
+
+        daemon.wait_until(reported)
+        status = daemon.status()
+        assert status["drops"]["ring_full"] == dropped["dropped"]
+        assert status["dropped"] == dropped["dropped"]
+        assert status["drops"]["lost"] == dropped["dropped"]
+        # The second took the lane the first gave back, and counted on.
+        (lane,) = status["drops"]["lanes"]
+        assert lane["refused"] == spilled["spilled"] + dropped["dropped"]
+        assert (lane["spilled"], lane["ring_full"], lane["lost"]) == (
+            spilled["spilled"],
+            dropped["dropped"],
+            dropped["dropped"],
+        )
+        daemon.wait_until(
+            lambda: (
+                daemon.count(
+                    "SELECT count(*) FROM health WHERE spilled = "
+                    f"{spilled['spilled']} AND dropped_ring_full = "
+                    f"{dropped['dropped']} AND dropped = {dropped['dropped']}"
+                )
+                > 0
+            )
+        )
+        lanes_json = daemon.count(
+            "SELECT json_array_length(lanes_json, '$.drops') FROM health "
+            "ORDER BY id DESC LIMIT 1"
+        )
+        assert lanes_json == 1
+        text = subprocess.run(
+            [sys.executable, "-m", "daemon", "status"],
+            env=env,
+            capture_output=True,
+            text=True,
+        ).stdout
+        assert f"lost {dropped['dropped']} (ring full" in text
+        assert daemon.stop() == 0
+
+    def test_agent_runs_drops_and_spill_directories(
+        self, start_daemon, daemon_env
+    ):
+        """The agents ring's lanes count their spills as the events'
+        do (one ProcessSpill rule for every ring): the daemon reports
+        them, and prunes the agents spill tree once replayed."""
+        from tests.daemon.test_agent_runs import run_workers, stored_runs
+
+        env = dict(
+            daemon_env,
+            LIVEMON_CAPACITY_RECORDS="64",
+            LIVEMON_SPILL_MIN_FREE_BYTES="0",
+        )
+        counters = run_workers(env, 2, 400)
+        spilled = sum(c["agent_runs_spilled"] for c in counters)
+        assert spilled > 0
+        daemon = start_daemon(env=env)
+        daemon.wait_until(
+            lambda: (
+                daemon.count("SELECT count(*) FROM agent_runs")
+                == stored_runs(counters)
+            )
+        )
+        drops = daemon.status()["agent_runs"]["drops"]
+        assert (drops["spilled"], drops["lost"]) == (spilled, 0)
+        spill_root = os.path.join(os.path.dirname(env["LIVEMON_DB"]), "spill")
+        agents_tree = os.path.join(spill_root, env["LIVEMON_RING"] + ".agents")
+        daemon.wait_until(lambda: not glob.glob(f"{agents_tree}/*"))
+        assert daemon.stop() == 0

@@ -1,10 +1,13 @@
 """
 SpillReplayer: spilled records into real SQLite exactly once, segments
-unlinked only after their last record is committed, damage survived.
+unlinked only after their last record is committed, damage survived, and
+empty lane directories pruned (never one a live producer is using).
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import pathlib
 
 import pytest
@@ -17,6 +20,7 @@ from livemon.spill import (
     SPILL_LANE_BASE,
     LaneSpill,
     SpillStatus,
+    _fs,
     spill_lane,
 )
 from tests.livemon.helpers import synthetic_records
@@ -150,6 +154,58 @@ class TestExactlyOnce:
         assert rows(store) == (800, 800)
         assert segments(spill_dir) == []
 
+    def test_unlinked_only_once_the_commit_is_on_disk(
+        self, spill_dir, store, monkeypatch
+    ):
+        """The WAL is fsynced before the first unlink of a step (with
+        synchronous=NORMAL a commit is not on disk yet): calls recorded
+        as they pass to the real os.fsync and os.unlink."""
+        spill(spill_dir, 800)
+        calls = []
+        real_fsync, real_unlink = os.fsync, os.unlink
+
+        def fsync(fd):
+            calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+            return real_fsync(fd)
+
+        def unlink(path, *args, **kwargs):
+            calls.append(("unlink", str(path)))
+            return real_unlink(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "unlink", unlink)
+        replayer = SpillReplayer(spill_dir, RING, store)
+        assert replay_all(replayer) == 800
+        first_unlink = next(i for i, c in enumerate(calls) if c[0] == "unlink")
+        assert ("fsync", store.path + "-wal") in calls[:first_unlink]
+        assert segments(spill_dir) == []
+
+    def test_an_fsync_that_fails_unlinks_nothing(
+        self, spill_dir, store, monkeypatch
+    ):
+        """EIO making the commit durable (injected: a real disk error
+        cannot be made here): the records are committed, the segments
+        kept, the error shown; the next step retires them."""
+        spill(spill_dir, 300)
+        before = segments(spill_dir)
+
+        def fail(fd):
+            raise OSError(errno.EIO, "injected I/O error")
+
+        monkeypatch.setattr(replay_module.os, "fsync", fail)
+        replayer = SpillReplayer(spill_dir, RING, store)
+        assert replayer.step() == 0  # the step failed after its commit
+        assert "injected I/O error" in replayer.last_error
+        assert rows(store) == (300, 300)
+        assert replayer.replayed == 300
+        assert segments(spill_dir) == before
+        monkeypatch.undo()
+        replayer._retire_at = 0.0  # the periodic pass, now
+        assert replayer.step() == 0  # nothing new; retired
+        assert replayer.last_error is None
+        assert segments(spill_dir) == []
+        assert rows(store) == (300, 300)
+
     def test_batches_are_bounded_and_resume(self, spill_dir, store):
         """``max_records`` caps a step; the next step goes on from there."""
         spill(spill_dir, 1000)
@@ -271,3 +327,93 @@ class TestBacklog:
         after = replayer.backlog()
         assert after["records"] == after["segments"] == 0
         assert after["lanes"] == []
+
+
+def lane_dirs(spill_dir: pathlib.Path) -> list[str]:
+    """Every ring/epoch/lane directory left, relative to the root."""
+    return sorted(
+        str(p.relative_to(spill_dir))
+        for p in spill_dir.glob("*/*/*")
+        if p.is_dir()
+    )
+
+
+def epoch_dirs(spill_dir: pathlib.Path) -> list[str]:
+    return sorted(p.name for p in spill_dir.glob("*/*") if p.is_dir())
+
+
+class TestPrune:
+    def test_replayed_lanes_of_no_producer_are_removed(self, spill_dir, store):
+        """Both trees' lane directories and the epoch go; rings stay."""
+        spill(spill_dir, 500)
+        spill(spill_dir, 300, lane=LANE + 1, seed=2)
+        replayer = SpillReplayer(spill_dir, RING, store)
+        assert replay_all(replayer) == 800
+        replayer._retire_all(store)  # its once-a-second pass, now
+        assert lane_dirs(spill_dir) == []
+        assert epoch_dirs(spill_dir) == []
+        assert sorted(p.name for p in spill_dir.iterdir()) == [
+            RING,
+            RING + ".labels",
+        ]
+        assert replayer.backlog()["lanes"] == []
+
+    def test_a_lane_spilling_again_after_its_prune(self, spill_dir, store):
+        """A new owner of a pruned lane makes it again; its records are
+        replayed too, none taken for ones already committed."""
+        spill(spill_dir, 300)
+        replayer = SpillReplayer(spill_dir, RING, store)
+        replay_all(replayer)
+        replayer._retire_all(store)
+        assert lane_dirs(spill_dir) == []
+        spill(spill_dir, 200, seed=3)
+        assert len(lane_dirs(spill_dir)) == 2
+        assert replay_all(replayer) == 200
+        assert rows(store) == (500, 500)
+
+    def test_a_segment_being_appended_keeps_its_directory(
+        self, spill_dir, store
+    ):
+        """A live producer's lane: its segment keeps the directory."""
+        events, labels = spill(spill_dir, 100, close=False)
+        replayer = SpillReplayer(spill_dir, RING, store)
+        assert replay_all(replayer) == 100
+        replayer._retire_all(store)
+        assert len(lane_dirs(spill_dir)) == 2
+        events.close()
+        labels.close()
+
+    def test_a_writer_whose_directory_went_makes_it_again(
+        self, spill_dir, monkeypatch
+    ):
+        """The daemon prunes between the writer making its directories
+        and creating the segment in them (injected: the real directories
+        removed right after the real ``open_dirs``): the segment is made
+        all the same, by the retry."""
+        real_open_dirs = _fs.open_dirs
+        removed = []
+
+        def open_then_pruned(root, names, mode):
+            fd = real_open_dirs(root, names, mode)
+            names = tuple(names)
+            if not removed and len(names) == 3:
+                lane_dir = pathlib.Path(root, *names)
+                lane_dir.rmdir()
+                lane_dir.parent.rmdir()
+                removed.append(lane_dir)
+            return fd
+
+        monkeypatch.setattr(_fs, "open_dirs", open_then_pruned)
+        lane_spill = LaneSpill.open(
+            spill_dir,
+            RING,
+            EPOCH,
+            LANE,
+            rec.RECORD_DTYPE,
+            segment_bytes=SEGMENT_BYTES,
+            min_free_bytes=0,
+        )
+        record = bytes(rec.RECORD_DTYPE.itemsize)
+        assert lane_spill.put(record) is SpillStatus.STORED
+        assert removed and removed[0].is_dir()  # made again
+        lane_spill.close()
