@@ -26,6 +26,7 @@ from daemon.store import Store
 from livemon.config import Config, load_config
 from livemon.exceptions import ConfigError
 from livemon.ipc import read_status
+from livemon.progress import shown
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_NOT_RUNNING = 3  # LSB: "program is not running"
@@ -283,9 +284,10 @@ def retain(
     with errors_for_people():
         store = Store(config.db, mode=config.mode)
         try:
-            report = Retention(
-                store, config.retention_days, config.archive_dir
-            ).run()
+            with shown("retain") as bar:
+                report = Retention(
+                    store, config.retention_days, config.archive_dir
+                ).run(progress=bar)
         except sqlite3.Error as exc:
             raise DaemonError(f"retention stopped: {exc}") from exc
         finally:
