@@ -64,6 +64,9 @@ class Service:
         self.file_errors: dict[str, str] = {}
         self._pidfile_written = False
         self._integrity: IntegrityCheck | None = None
+        # Prometheus metrics: read the figures last published, at scrape.
+        self.figures: dict[str, Any] | None = None
+        self._metrics = _metrics_server(self.config, lambda: self.figures)
 
     def run(self) -> int:
         """Run until SIGTERM or SIGINT; return the exit status.
@@ -105,6 +108,8 @@ class Service:
             self._install_signals()
             drainer.step()  # open the store now, so readiness means it
             self._replace_rings(follow.regrow, drainer)
+            if self._metrics is not None:
+                self._metrics.upkeep()
             self.notifier.ready(self._publish(drainer))
             logger.info(
                 "draining ring %r into %s (pid %d)",
@@ -117,6 +122,8 @@ class Service:
             self._final_drain(drainer)
             return 0
         finally:
+            if self._metrics is not None:
+                self._metrics.stop()
             drainer.close()
             for ring in self._rings:
                 ring.close()
@@ -209,6 +216,8 @@ class Service:
             self._reread_config(drainer)
         if not self._pidfile_written and self._due("pidfile", PIDFILE_RETRY_S):
             self._write_pidfile(proc.Pidfile(self.config.pidfile))
+        if self._metrics is not None:
+            self._metrics.upkeep()
         if self._due("status", STATUS_INTERVAL_S):
             self.notifier.status(self._publish(drainer))
         store = drainer.store
@@ -301,6 +310,8 @@ class Service:
         figures = self._figures(drainer)
         figures["ready"] = True
         figures["published_at"] = time.time()
+        figures["metrics_url"] = self._metrics and self._metrics.url
+        self.figures = figures
         path = ipc.status_file(self.config)
         try:
             proc.write_atomic(path, json.dumps(figures), self.config.mode)
@@ -372,3 +383,24 @@ class Service:
             )
         self.config = drainer.config = fresh
         logger.info("SIGHUP: configuration reread, log reopened")
+
+
+def _metrics_server(config: Config, figures: Callable[[], Any]) -> Any:
+    """The Prometheus endpoint when ``metrics_address`` is set, else None.
+
+    prometheus_client is the optional ``metrics`` extra: it is imported
+    only then, so the daemon runs without it.
+
+    Raises:
+        ConfigError: a bad address, or the extra is not installed.
+    """
+    if not config.metrics_address:
+        return None
+    try:
+        from daemon import metrics
+    except ImportError as exc:
+        raise ConfigError(
+            "metrics_address is set but prometheus_client is missing: "
+            "pip install 'livemon[metrics]'"
+        ) from exc
+    return metrics.server_for(config, figures)
