@@ -47,11 +47,13 @@ def _indexes(db: sqlite3.Connection) -> dict[str, str]:
 
 def should_defer(db: sqlite3.Connection, incoming_rows: int) -> bool:
     """Whether ``incoming_rows`` are worth dropping the indexes for: many
-    rows, and at least as many as are stored (rebuilding costs per row
-    stored, keeping costs per row added)."""
+    rows, and more than are stored (rebuilding costs per row stored,
+    keeping costs per row added; a second run of the same migration,
+    which adds nothing, keeps them)."""
     if incoming_rows < 0:
         raise ValueError(f"incoming_rows must be >= 0, not {incoming_rows}")
-    return incoming_rows >= max(DEFER_MIN_ROWS, schema.last_event_id(db))
+    stored = schema.last_event_id(db)
+    return incoming_rows >= DEFER_MIN_ROWS and incoming_rows > stored
 
 
 def drop_indexes(db: sqlite3.Connection) -> list[str]:

@@ -90,7 +90,9 @@ class TestDeferredIndexes:
         assert report.reconciled and report.added == kept.added == GOOD
         assert events(big) == events(small)
 
-    def test_not_deferred_into_a_bigger_database(self, legacy, tmp_path):
+    def test_not_deferred_into_a_bigger_database(
+        self, legacy, tmp_path, small_chunks
+    ):
         """Into a database holding more events than arrive, the indexes
         are kept: rebuilding would cost more than keeping them."""
         path = str(tmp_path / "unified.db")
@@ -98,6 +100,7 @@ class TestDeferredIndexes:
         db = migrator.open_unified(path)
         try:
             assert not bulk.should_defer(db, GOOD // 2)
+            assert not bulk.should_defer(db, GOOD)  # the same run again
             assert bulk.should_defer(db, 10 * bulk.DEFER_MIN_ROWS)
             with pytest.raises(ValueError, match=">= 0"):
                 bulk.should_defer(db, -1)
