@@ -373,6 +373,7 @@ class Service:
             "capacity_records",
             "pidfile",
             "status_file",
+            "metrics_address",
         )
         changed = [
             k for k in fixed if getattr(fresh, k) != getattr(self.config, k)
