@@ -286,7 +286,9 @@ class MetricsServer:
 
     RETRY_S = 30.0
 
-    def __init__(self, address: tuple[str, int], collector: Any) -> None:
+    def __init__(
+        self, address: tuple[str, int], collector: DaemonCollector
+    ) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.address = address
         self.registry = CollectorRegistry(auto_describe=False)

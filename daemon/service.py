@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ringbuf
 from daemon import follow, proc
@@ -29,6 +29,9 @@ from daemon.store import IntegrityCheck, Store, check_database_path
 from livemon import ipc
 from livemon.config import Config, load_config
 from livemon.exceptions import ConfigError
+
+if TYPE_CHECKING:  # imported at run time only when configured
+    from daemon.metrics import MetricsServer
 
 logger = logging.getLogger("livemon.daemon")
 
@@ -386,7 +389,9 @@ class Service:
         logger.info("SIGHUP: configuration reread, log reopened")
 
 
-def _metrics_server(config: Config, figures: Callable[[], Any]) -> Any:
+def _metrics_server(
+    config: Config, figures: Callable[[], Any]
+) -> MetricsServer | None:
     """The Prometheus endpoint when ``metrics_address`` is set, else None.
 
     prometheus_client is the optional ``metrics`` extra: it is imported
