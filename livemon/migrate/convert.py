@@ -9,7 +9,7 @@ import datetime
 import json
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -68,7 +68,7 @@ class ChunkConverter:
         self._lists: dict[tuple[str, Any], npt.NDArray[np.int64] | str] = {}
 
     def convert(
-        self, rowids: list[int], columns: dict[str, list[Any]]
+        self, rowids: Sequence[int], columns: dict[str, Sequence[Any]]
     ) -> tuple[npt.NDArray[np.void], npt.NDArray[np.int64], list[str | None]]:
         """Return the good rows' records and rowids, and each row's reason
         for rejection (None when it was kept).
@@ -138,7 +138,7 @@ class ChunkConverter:
         return kept, np.asarray(rowids, np.int64)[good], reasons
 
     def _labels(
-        self, field: str, values: list[Any], reject: Reject, name: bool
+        self, field: str, values: Sequence[Any], reject: Reject, name: bool
     ) -> npt.NDArray[np.int64]:
         # Texts repeat: each distinct value is converted once.
         distinct = {
@@ -167,7 +167,7 @@ class ChunkConverter:
         return label
 
     def _list(
-        self, field: str, values: list[Any], size: int, reject: Reject
+        self, field: str, values: Sequence[Any], size: int, reject: Reject
     ) -> npt.NDArray[np.int64]:
         distinct = {}
         for value in set(values):
@@ -200,7 +200,10 @@ class ChunkConverter:
 
 
 def _rejecting(
-    values: list[Any], distinct: dict[Any, Any], instead: Any, reject: Reject
+    values: Sequence[Any],
+    distinct: dict[Any, Any],
+    instead: Any,
+    reject: Reject,
 ) -> list[Any]:
     """Each value's conversion from ``distinct``; where that is a reason
     (a str), reject the row and put ``instead``."""
@@ -213,7 +216,9 @@ def _rejecting(
     return [instead if v in reasons else distinct[v] for v in values]
 
 
-def _timestamps(values: list[Any], reject: Reject) -> npt.NDArray[np.int64]:
+def _timestamps(
+    values: Sequence[Any], reject: Reject
+) -> npt.NDArray[np.int64]:
     """ISO texts (UTC unless an offset is given) or Unix seconds, in ns."""
     try:
         with warnings.catch_warnings():
@@ -259,7 +264,7 @@ _NUMBER_TYPES = {int, float, type(None)}
 
 
 def _as_floats(
-    field: str, values: list[Any], reject: Reject
+    field: str, values: Sequence[Any], reject: Reject
 ) -> npt.NDArray[np.float64]:
     if set(map(type, values)) <= _NUMBER_TYPES:
         return np.array(values, dtype=np.float64)  # None becomes NaN
@@ -273,7 +278,7 @@ def _as_floats(
 
 
 def _numbers(
-    field: str, values: list[Any], high: float, reject: Reject
+    field: str, values: Sequence[Any], high: float, reject: Reject
 ) -> npt.NDArray[np.float64]:
     numbers = _as_floats(field, values, reject)
     ok = np.isnan(numbers) | (
@@ -284,7 +289,7 @@ def _numbers(
 
 
 def _flags(
-    field: str, values: list[Any], reject: Reject
+    field: str, values: Sequence[Any], reject: Reject
 ) -> npt.NDArray[np.int8]:
     numbers = _as_floats(field, values, reject)
     ok = np.isnan(numbers) | (numbers == 0) | (numbers == 1)
@@ -293,7 +298,7 @@ def _flags(
 
 
 def _counts(
-    field: str, values: list[Any], reject: Reject
+    field: str, values: Sequence[Any], reject: Reject
 ) -> npt.NDArray[np.int64]:
     numbers = _as_floats(field, values, reject)
     ok = np.isnan(numbers) | ((numbers >= 0) & (numbers == np.round(numbers)))
@@ -301,7 +306,7 @@ def _counts(
     return np.where(np.isnan(numbers) | ~ok, -1, numbers).astype(np.int64)
 
 
-def _query_hashes(values: list[Any]) -> npt.NDArray[np.int64] | list[int]:
+def _query_hashes(values: Sequence[Any]) -> npt.NDArray[np.int64] | list[int]:
     """Each value's query hash: 64-bit hex as its bits, anything else
     hashed.  Plain hex (the legacy loggers' form) is parsed in one pass;
     any other value sends the chunk through ``_query_hash`` one by one."""

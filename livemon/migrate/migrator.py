@@ -13,7 +13,7 @@ import hashlib
 import os
 import pathlib
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -319,7 +319,9 @@ def _converted(
 
 def _read(
     source: _Source,
-) -> Iterator[tuple[list[int], dict[str, list[Any]]]]:
+) -> Iterator[tuple[Sequence[int], dict[str, Sequence[Any]]]]:
+    """The source's rows, a chunk at a time, as columns (tuples: copying
+    them into lists cost 0.2 s a million rows)."""
     fields = list(source.columns)
     columns = ", ".join(f'"{source.columns[f]}"' for f in fields)
     db = _open_legacy(source.path)
@@ -329,7 +331,7 @@ def _read(
             "ORDER BY rowid"
         )
         while chunk := cursor.fetchmany(CHUNK_ROWS):
-            rowids, *values = map(list, zip(*chunk, strict=True))
+            rowids, *values = zip(*chunk, strict=True)
             yield rowids, dict(zip(fields, values, strict=True))
     finally:
         db.close()

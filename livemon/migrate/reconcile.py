@@ -67,28 +67,28 @@ def compare(
 ) -> list[Check]:
     """Each aggregate of ``totals`` against the same one of the events
     stored with this identity epoch and lane."""
-    where = "WHERE e.epoch = ? AND e.lane = ?"
-    key = (epoch, lane)
-    count, ms, tokens = db.execute(
-        "SELECT count(*), total(execution_time_ms), "
-        "total(CASE WHEN token_count >= 0 THEN token_count END) "
-        f"FROM events AS e {where}",
-        key,
-    ).fetchone()
+    # One pass over the stored rows, per category; the sums added here.
+    groups = db.execute(
+        "SELECT l.text, count(*), total(e.execution_time_ms), "
+        "total(CASE WHEN e.token_count >= 0 THEN e.token_count END), "
+        "total(e.quality_score), count(e.quality_score) "
+        "FROM events AS e LEFT JOIN labels AS l "
+        "ON l.label_id = e.query_category "
+        "WHERE e.epoch = ? AND e.lane = ? GROUP BY e.query_category",
+        (epoch, lane),
+    ).fetchall()
     checks = [
-        Check("rows", totals.count, count),
-        Check("sum execution_time_ms", totals.execution_ms, ms),
-        Check("sum token_count", totals.tokens, tokens),
+        Check("rows", totals.count, sum(g[1] for g in groups)),
+        Check(
+            "sum execution_time_ms",
+            totals.execution_ms,
+            sum(g[2] for g in groups),
+        ),
+        Check("sum token_count", totals.tokens, sum(g[3] for g in groups)),
     ]
     stored = {
         category or "": (total, n)
-        for category, total, n in db.execute(
-            "SELECT l.text, total(e.quality_score), count(e.quality_score) "
-            "FROM events AS e LEFT JOIN labels AS l "
-            f"ON l.label_id = e.query_category {where} "
-            "GROUP BY e.query_category",
-            key,
-        )
+        for category, _, _, _, total, n in groups
         if n
     }
     for category in sorted(set(stored) | set(totals.quality)):
