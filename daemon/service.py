@@ -314,7 +314,6 @@ class Service:
         figures["ready"] = True
         figures["published_at"] = time.time()
         figures["metrics_url"] = self._metrics and self._metrics.url
-        self.figures = figures
         path = ipc.status_file(self.config)
         try:
             proc.write_atomic(path, json.dumps(figures), self.config.mode)
@@ -323,6 +322,7 @@ class Service:
             figures["file_errors"] = sorted(self.file_errors.values())
         else:
             self._file_fine("status file", path)
+        self.figures = figures  # complete: a scrape reads it from now on
         return status_line(figures)
 
     def _add_health(self, drainer: Drainer, store: Store) -> None:
