@@ -105,12 +105,13 @@ class DaemonCollector:
         self._figures = figures
         self._clock = clock
         self._rollups = RollupReader(db_path)
+        self._build = _build()  # the package metadata is read once
 
     def collect(self) -> Iterator[Metric]:
         """Yield every metric (called by the registry on each scrape)."""
         figures = self._figures()
         info = InfoMetricFamily("livemon_build", "livemon's version.")
-        info.add_metric([], _build())
+        info.add_metric([], self._build)
         yield info
         up = (
             figures is not None
