@@ -135,14 +135,8 @@ def _migrate_all(
             progress(done[0], total)
 
     try:
-        if db is None:
-            return [_migrate_table(None, source, read) for source in found]
-        bulk.restore_indexes(db)  # any an interrupted run left missing
-        if bulk.should_defer(db, total):
-            bulk.drop_indexes(db)
-        reports = [_migrate_table(db, source, read) for source in found]
-        bulk.restore_indexes(db)
-        return reports
+        with bulk.collector_paused():
+            return _migrate_sources(db, found, total, read)
     except sqlite3.OperationalError as exc:
         raise LegacyError(
             f"writing into {db_path} stopped ({exc}): what was "
@@ -151,6 +145,22 @@ def _migrate_all(
             "is writable (it adds nothing twice, and builds the "
             "indexes a big migration set aside)"
         ) from exc
+
+
+def _migrate_sources(
+    db: sqlite3.Connection | None,
+    found: list[_Source],
+    total: int,
+    read: Callable[[int], None],
+) -> list[TableReport]:
+    if db is None:
+        return [_migrate_table(None, source, read) for source in found]
+    bulk.restore_indexes(db)  # any an interrupted run left missing
+    if bulk.should_defer(db, total):
+        bulk.drop_indexes(db)
+    reports = [_migrate_table(db, source, read) for source in found]
+    bulk.restore_indexes(db)
+    return reports
 
 
 def open_unified(path: str, mode: int = 0o600) -> sqlite3.Connection:

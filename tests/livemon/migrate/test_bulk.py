@@ -7,6 +7,7 @@ adds the rest exactly once.
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import os
 import signal
@@ -128,3 +129,24 @@ class TestDeferredIndexes:
         assert report.reconciled and report.migrated == GOOD
         assert len(events(path)) == GOOD
         assert report.added == GOOD - before
+
+
+class TestCollectorPaused:
+    def test_paused_inside_and_restored_after_an_error(self):
+        """The collector is off inside, and on again after the block,
+        even one that raised."""
+        assert gc.isenabled()
+        with pytest.raises(KeyError), bulk.collector_paused():
+            assert not gc.isenabled()
+            raise KeyError("boom")
+        assert gc.isenabled()
+
+    def test_left_off_when_it_was_off(self):
+        """A caller that had turned it off finds it off afterwards."""
+        gc.disable()
+        try:
+            with bulk.collector_paused():
+                pass
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
