@@ -26,6 +26,7 @@ from daemon.store import Store
 from livemon.config import Config, load_config
 from livemon.exceptions import ConfigError
 from livemon.ipc import read_status
+from livemon.progress import shown
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_NOT_RUNNING = 3  # LSB: "program is not running"
@@ -110,9 +111,9 @@ def resolve(
 def flags_for_child(overrides: dict[str, Any]) -> list[str]:
     """The explicit flags, to hand on to a detached daemon."""
     argv = []
-    for name in ("ring", "db", "config", "synchronous"):
+    for name in ("ring", "db", "config", "synchronous", "metrics_address"):
         if overrides.get(name) is not None:
-            argv += [f"--{name}", str(overrides[name])]
+            argv += [f"--{name.replace('_', '-')}", str(overrides[name])]
     return argv
 
 
@@ -141,6 +142,11 @@ def cli() -> None:
     show_default=True,
     help="Seconds to wait for a detached daemon to be ready.",
 )
+@click.option(
+    "--metrics-address",
+    help="Serve Prometheus metrics on this loopback HOST:PORT, e.g. "
+    "127.0.0.1:9464 (env LIVEMON_METRICS_ADDRESS; default off).",
+)
 def start(
     ring: str | None,
     db: str | None,
@@ -148,9 +154,16 @@ def start(
     foreground: bool,
     synchronous: str | None,
     timeout_s: float,
+    metrics_address: str | None,
 ) -> None:
     """Start the daemon (detached unless --foreground)."""
-    config, overrides = resolve(ring, db, config_file, synchronous=synchronous)
+    config, overrides = resolve(
+        ring,
+        db,
+        config_file,
+        synchronous=synchronous,
+        metrics_address=metrics_address,
+    )
     with errors_for_people():
         if foreground:
             logging.basicConfig(
@@ -283,9 +296,10 @@ def retain(
     with errors_for_people():
         store = Store(config.db, mode=config.mode)
         try:
-            report = Retention(
-                store, config.retention_days, config.archive_dir
-            ).run()
+            with shown("retain") as bar:
+                report = Retention(
+                    store, config.retention_days, config.archive_dir
+                ).run(progress=bar)
         except sqlite3.Error as exc:
             raise DaemonError(f"retention stopped: {exc}") from exc
         finally:

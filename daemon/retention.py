@@ -10,6 +10,7 @@ import datetime
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 
 from daemon.store import Store
 from livemon.db import rollup
@@ -110,12 +111,28 @@ class Retention:
         self._resume_at = time.monotonic() + spent * (1 - share) / share
         return moved is not None
 
-    def run(self, now_ns: int | None = None) -> RetentionReport:
-        """Move every due event (the CLI's on-demand pass)."""
+    def run(
+        self,
+        now_ns: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> RetentionReport:
+        """Move every due event (the CLI's on-demand pass).
+
+        Args:
+            progress: told (rows moved, rows due) after each batch.
+        """
         report = RetentionReport()
+        due = 0
+        if progress is not None:
+            (due,) = self.store.db.execute(
+                "SELECT count(*) FROM events WHERE timestamp_ns < ?",
+                (self.cutoff_ns(now_ns),),
+            ).fetchone()
         while (moved := self.step(now_ns)) is not None:
             path, rows = moved
             report.moved[path] = report.moved.get(path, 0) + rows
+            if progress is not None:
+                progress(report.total, max(due, report.total))
         if report.total:
             self.store.db.execute("PRAGMA incremental_vacuum")
         return report

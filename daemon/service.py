@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ringbuf
 from daemon import agent_runs, follow, proc
@@ -30,6 +30,9 @@ from livemon import ipc
 from livemon.config import Config, load_config
 from livemon.exceptions import ConfigError
 from livemon.spill.drops import lane_drops
+
+if TYPE_CHECKING:  # imported at run time only when configured
+    from daemon.metrics import MetricsServer
 
 logger = logging.getLogger("livemon.daemon")
 
@@ -67,6 +70,9 @@ class Service:
         self._integrity: IntegrityCheck | None = None
         # Old segments still drained while producers hold lanes there.
         self._retired: list[follow.Retired] = []
+        # Prometheus metrics: read the figures last published, at scrape.
+        self.figures: dict[str, Any] | None = None
+        self._metrics = _metrics_server(self.config, lambda: self.figures)
 
     def run(self) -> int:
         """Run until SIGTERM or SIGINT; return the exit status.
@@ -114,6 +120,8 @@ class Service:
             self._install_signals()
             drainer.step()  # open the store now, so readiness means it
             self._replace_rings(follow.regrow, drainer)
+            if self._metrics is not None:
+                self._metrics.upkeep()
             self.notifier.ready(self._publish(drainer))
             logger.info(
                 "draining ring %r into %s (pid %d)",
@@ -126,6 +134,8 @@ class Service:
             self._final_drain(drainer)
             return 0
         finally:
+            if self._metrics is not None:
+                self._metrics.stop()
             drainer.close()
             for ring in self._rings:
                 ring.close()
@@ -238,6 +248,8 @@ class Service:
             self._reread_config(drainer)
         if not self._pidfile_written and self._due("pidfile", PIDFILE_RETRY_S):
             self._write_pidfile(proc.Pidfile(self.config.pidfile))
+        if self._metrics is not None:
+            self._metrics.upkeep()
         if self._due("status", STATUS_INTERVAL_S):
             self.notifier.status(self._publish(drainer))
         store = drainer.store
@@ -356,6 +368,7 @@ class Service:
         figures = self._figures(drainer)
         figures["ready"] = True
         figures["published_at"] = time.time()
+        figures["metrics_url"] = self._metrics and self._metrics.url
         path = ipc.status_file(self.config)
         try:
             proc.write_atomic(path, json.dumps(figures), self.config.mode)
@@ -364,6 +377,7 @@ class Service:
             figures["file_errors"] = sorted(self.file_errors.values())
         else:
             self._file_fine("status file", path)
+        self.figures = figures  # complete: a scrape reads it from now on
         return status_line(figures)
 
     def _add_health(self, drainer: Drainer, store: Store) -> None:
@@ -418,6 +432,7 @@ class Service:
             "capacity_records",
             "pidfile",
             "status_file",
+            "metrics_address",
         )
         changed = [
             k for k in fixed if getattr(fresh, k) != getattr(self.config, k)
@@ -428,3 +443,26 @@ class Service:
             )
         self.config = drainer.config = fresh
         logger.info("SIGHUP: configuration reread, log reopened")
+
+
+def _metrics_server(
+    config: Config, figures: Callable[[], Any]
+) -> MetricsServer | None:
+    """The Prometheus endpoint when ``metrics_address`` is set, else None.
+
+    prometheus_client is the optional ``metrics`` extra: it is imported
+    only then, so the daemon runs without it.
+
+    Raises:
+        ConfigError: a bad address, or the extra is not installed.
+    """
+    if not config.metrics_address:
+        return None
+    try:
+        from daemon import metrics
+    except ImportError as exc:
+        raise ConfigError(
+            "metrics_address is set but prometheus_client is missing: "
+            "pip install 'livemon[metrics]'"
+        ) from exc
+    return metrics.server_for(config, figures)

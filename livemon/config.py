@@ -82,6 +82,9 @@ class Config:
         spill_min_free_bytes: free space a new segment must leave.
         spill_sync_interval_ms: longest a spilled record waits for msync
             (0: the kernel's writeback).
+        metrics_address: serve Prometheus metrics on this loopback
+            ``HOST:PORT`` (``remote:HOST:PORT`` for any address, on
+            purpose); empty: off.
     """
 
     ring: str = "livemon"
@@ -108,6 +111,8 @@ class Config:
     spill_total_cap_bytes: int = 2 * 2**30
     spill_min_free_bytes: int = 128 * 2**20
     spill_sync_interval_ms: int = 500
+    # Prometheus metrics (daemon/metrics.py).
+    metrics_address: str = ""
 
     def __post_init__(self) -> None:
         try:

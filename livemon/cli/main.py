@@ -22,6 +22,10 @@ from livemon.cli._common import (
 )
 from livemon.migrate.legacy import LAYOUTS, load_mapping
 from livemon.migrate.migrator import TableReport, migrate
+from livemon.progress import ProgressBar, shown
+
+BACKUP_STEP_PAGES = 256
+"""Pages a backup step copies: 4 MiB of the daemon's 16 KiB pages."""
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -62,7 +66,7 @@ def migrate_command(
     Exits 1 when anything does not reconcile.
     """
     path = database(db, config_file)
-    with errors_for_people():
+    with errors_for_people(), shown("migrate") as bar:
         layouts = load_mapping(mapping) if mapping else LAYOUTS
         reports = migrate(
             path,
@@ -70,6 +74,7 @@ def migrate_command(
             layouts=layouts,
             dry_run=dry_run,
             archive_dir=archive_dir,
+            progress=bar,
         )
     for report in reports:
         click.echo(_report_text(report, dry_run))
@@ -138,7 +143,8 @@ def backup(
             f"cannot create {destination}: {exc.strerror}"
         ) from exc
     try:
-        verdict = _copy(path, destination, timeout_s)
+        with shown("backup", "pages") as bar:
+            verdict = _copy(path, destination, timeout_s, bar)
     except (sqlite3.Error, TimeoutError) as exc:
         with contextlib.suppress(OSError):
             os.unlink(destination)
@@ -150,8 +156,17 @@ def backup(
     click.echo(f"backed up {path} to {destination} (integrity_check ok)")
 
 
-def _copy(path: str, destination: str, timeout_s: float) -> str:
+def _copy(
+    path: str,
+    destination: str,
+    timeout_s: float,
+    bar: ProgressBar | None = None,
+) -> str:
     """Back ``path`` up into ``destination``; return its integrity_check.
+
+    Copies ``BACKUP_STEP_PAGES`` at a time (told to ``bar``) inside one
+    read transaction: one snapshot, so writes by the daemon meanwhile
+    never make the copy start over.
 
     Raises:
         TimeoutError: not done within ``timeout_s`` (sqlite3's backup
@@ -161,6 +176,8 @@ def _copy(path: str, destination: str, timeout_s: float) -> str:
     deadline = time.monotonic() + timeout_s
 
     def progress(status: int, remaining: int, total: int) -> None:
+        if bar is not None:
+            bar(total - remaining, total)
         if time.monotonic() > deadline:
             raise TimeoutError(
                 f"not done after {timeout_s:g} s (the database is locked, "
@@ -170,14 +187,20 @@ def _copy(path: str, destination: str, timeout_s: float) -> str:
     with (
         contextlib.closing(
             sqlite3.connect(
-                f"file:{path}?mode=ro", uri=True, timeout=timeout_s
+                f"file:{path}?mode=ro",
+                uri=True,
+                timeout=timeout_s,
+                isolation_level=None,
             )
         ) as source,
         contextlib.closing(sqlite3.connect(destination)) as target,
     ):
-        # All pages in one step: one read snapshot, so writes by the
-        # daemon meanwhile never make the copy start over.
-        source.backup(target, pages=-1, progress=progress, sleep=0.05)
+        # The snapshot is taken by the first read and held until close.
+        source.execute("BEGIN")
+        source.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        source.backup(
+            target, pages=BACKUP_STEP_PAGES, progress=progress, sleep=0.05
+        )
         return str(target.execute("PRAGMA integrity_check").fetchone()[0])
 
 

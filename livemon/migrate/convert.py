@@ -9,7 +9,7 @@ import datetime
 import json
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,27 @@ from livemon.record import (
 Reject = Callable[[Any, str], None]
 """Marks a row (an index) or rows (a boolean mask) rejected, with a reason."""
 
+_LABEL_FIELDS = (  # (field, a name rather than free text?)
+    ("query_category", True),
+    ("intent_category", True),
+    ("routing_strategy", True),
+    ("override_reason", False),
+    ("error", False),
+)
+_NUMBER_FIELDS = (  # (field, highest value allowed)
+    ("confidence", 1.0),
+    ("quality_score", 1.0),
+    ("execution_time_ms", math.inf),
+    ("context_size_kb", math.inf),
+)
+_FLAG_FIELDS = (
+    "accepted",
+    "success",
+    "task_completed",
+    "code_valid",
+    "tests_passed",
+)
+
 
 class ChunkConverter:
     """Turns a chunk of legacy rows into records, one column at a time.
@@ -47,7 +68,7 @@ class ChunkConverter:
         self._lists: dict[tuple[str, Any], npt.NDArray[np.int64] | str] = {}
 
     def convert(
-        self, rowids: list[int], columns: dict[str, list[Any]]
+        self, rowids: Sequence[int], columns: dict[str, Sequence[Any]]
     ) -> tuple[npt.NDArray[np.void], npt.NDArray[np.int64], list[str | None]]:
         """Return the good rows' records and rowids, and each row's reason
         for rejection (None when it was kept).
@@ -70,45 +91,45 @@ class ChunkConverter:
                     reasons[i] = reason
 
         for field in self.layout.required:
-            values = columns.get(field, [None] * n)
-            reject(
-                np.array([v is None or v == "" for v in values]),
-                f"missing {field}",
+            values = columns.get(field)
+            if values is None:
+                reject(np.ones(n, bool), f"missing {field}")
+            elif None in values or "" in values:  # C-speed scans
+                reject(
+                    np.array([v is None or v == "" for v in values]),
+                    f"missing {field}",
+                )
+        # An absent column leaves its fields unknown, set without looking
+        # at n values (the zeros of np.zeros are no label / no list).
+        records["timestamp_ns"] = _timestamps(columns["timestamp"], reject)
+        if "query_hash" in columns:
+            records["query_hash"] = _query_hashes(columns["query_hash"])
+        for field, name in _LABEL_FIELDS:
+            if field in columns:
+                values = columns[field]
+                records[field] = self._labels(field, values, reject, name)
+        for field, high in _NUMBER_FIELDS:
+            records[field] = (
+                _numbers(field, columns[field], high, reject)
+                if field in columns
+                else np.nan
             )
-        unknown: list[Any] = [None] * n
-
-        def get(field: str) -> list[Any]:
-            return columns.get(field, unknown)
-
-        records["timestamp_ns"] = _timestamps(get("timestamp"), reject)
-        records["query_hash"] = [_query_hash(v) for v in get("query_hash")]
-        for field in ("query_category", "intent_category", "routing_strategy"):
-            records[field] = self._labels(field, get(field), reject, name=True)
-        for field in ("override_reason", "error"):
-            records[field] = self._labels(
-                field, get(field), reject, name=False
+        for field in _FLAG_FIELDS:
+            records[field] = (
+                _flags(field, columns[field], reject)
+                if field in columns
+                else -1
             )
-        for field, high in (
-            ("confidence", 1.0),
-            ("quality_score", 1.0),
-            ("execution_time_ms", math.inf),
-            ("context_size_kb", math.inf),
-        ):
-            records[field] = _numbers(field, get(field), high, reject)
-        for field in (
-            "accepted",
-            "success",
-            "task_completed",
-            "code_valid",
-            "tests_passed",
-        ):
-            records[field] = _flags(field, get(field), reject)
-        records["token_count"] = _counts(
-            "token_count", get("token_count"), reject
+        records["token_count"] = (
+            _counts("token_count", columns["token_count"], reject)
+            if "token_count" in columns
+            else -1
         )
         records["query_complexity"] = -1
         for field, size in LIST_FIELDS.items():
-            records[field] = self._list(field, get(field), size, reject)
+            if field in columns:
+                values = columns[field]
+                records[field] = self._list(field, values, size, reject)
         good = np.array([r is None for r in reasons], bool)
         raw = np.dtype(f"V{RECORD_DTYPE.itemsize}")
         kept = records.view(raw)[good].view(
@@ -117,7 +138,7 @@ class ChunkConverter:
         return kept, np.asarray(rowids, np.int64)[good], reasons
 
     def _labels(
-        self, field: str, values: list[Any], reject: Reject, *, name: bool
+        self, field: str, values: Sequence[Any], reject: Reject, name: bool
     ) -> npt.NDArray[np.int64]:
         # Texts repeat: each distinct value is converted once.
         distinct = {
@@ -146,7 +167,7 @@ class ChunkConverter:
         return label
 
     def _list(
-        self, field: str, values: list[Any], size: int, reject: Reject
+        self, field: str, values: Sequence[Any], size: int, reject: Reject
     ) -> npt.NDArray[np.int64]:
         distinct = {}
         for value in set(values):
@@ -179,20 +200,25 @@ class ChunkConverter:
 
 
 def _rejecting(
-    values: list[Any], distinct: dict[Any, Any], instead: Any, reject: Reject
+    values: Sequence[Any],
+    distinct: dict[Any, Any],
+    instead: Any,
+    reject: Reject,
 ) -> list[Any]:
     """Each value's conversion from ``distinct``; where that is a reason
     (a str), reject the row and put ``instead``."""
     reasons = {v: d for v, d in distinct.items() if isinstance(d, str)}
     if not reasons:
-        return [distinct[v] for v in values]
+        return list(map(distinct.__getitem__, values))
     for i, value in enumerate(values):
         if value in reasons:
             reject(i, reasons[value])
     return [instead if v in reasons else distinct[v] for v in values]
 
 
-def _timestamps(values: list[Any], reject: Reject) -> npt.NDArray[np.int64]:
+def _timestamps(
+    values: Sequence[Any], reject: Reject
+) -> npt.NDArray[np.int64]:
     """ISO texts (UTC unless an offset is given) or Unix seconds, in ns."""
     try:
         with warnings.catch_warnings():
@@ -238,7 +264,7 @@ _NUMBER_TYPES = {int, float, type(None)}
 
 
 def _as_floats(
-    field: str, values: list[Any], reject: Reject
+    field: str, values: Sequence[Any], reject: Reject
 ) -> npt.NDArray[np.float64]:
     if set(map(type, values)) <= _NUMBER_TYPES:
         return np.array(values, dtype=np.float64)  # None becomes NaN
@@ -252,7 +278,7 @@ def _as_floats(
 
 
 def _numbers(
-    field: str, values: list[Any], high: float, reject: Reject
+    field: str, values: Sequence[Any], high: float, reject: Reject
 ) -> npt.NDArray[np.float64]:
     numbers = _as_floats(field, values, reject)
     ok = np.isnan(numbers) | (
@@ -263,7 +289,7 @@ def _numbers(
 
 
 def _flags(
-    field: str, values: list[Any], reject: Reject
+    field: str, values: Sequence[Any], reject: Reject
 ) -> npt.NDArray[np.int8]:
     numbers = _as_floats(field, values, reject)
     ok = np.isnan(numbers) | (numbers == 0) | (numbers == 1)
@@ -272,12 +298,23 @@ def _flags(
 
 
 def _counts(
-    field: str, values: list[Any], reject: Reject
+    field: str, values: Sequence[Any], reject: Reject
 ) -> npt.NDArray[np.int64]:
     numbers = _as_floats(field, values, reject)
     ok = np.isnan(numbers) | ((numbers >= 0) & (numbers == np.round(numbers)))
     reject(~ok, f"{field} is not a count")
     return np.where(np.isnan(numbers) | ~ok, -1, numbers).astype(np.int64)
+
+
+def _query_hashes(values: Sequence[Any]) -> npt.NDArray[np.int64] | list[int]:
+    """Each value's query hash: 64-bit hex as its bits, anything else
+    hashed.  Plain hex (the legacy loggers' form) is parsed in one pass;
+    any other value sends the chunk through ``_query_hash`` one by one."""
+    try:
+        parsed = np.array([int(v, 16) for v in values], np.uint64)
+    except (TypeError, ValueError, OverflowError):
+        return [_query_hash(v) for v in values]
+    return parsed.view(np.int64)
 
 
 def _query_hash(value: Any) -> int:

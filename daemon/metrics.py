@@ -1,0 +1,340 @@
+"""
+Prometheus metrics: the daemon's published figures and the per-agent
+hourly rollups, read at scrape time and served by prometheus_client on
+``metrics_address`` (loopback unless asked otherwise).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import ipaddress
+import logging
+import platform
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import (
+    CollectorRegistry,
+    ProcessCollector,
+    disable_created_metrics,
+    start_http_server,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+
+from daemon.rollup_metrics import RollupReader
+from livemon.config import Config
+from livemon.exceptions import ConfigError
+
+logger = logging.getLogger("livemon.daemon")
+
+REMOTE_PREFIX = "remote:"
+"""Written before ``metrics_address`` to serve beyond loopback on purpose."""
+STALE_AFTER_S = 10.0
+"""Figures older than this (the loop publishes every second): not up."""
+DROP_REASONS = ("ring_full", "spill_cap", "disk_full", "io_error")
+
+Figures = Callable[[], Mapping[str, Any] | None]
+
+
+def parse_address(text: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) to bind; None when empty.
+
+    Raises:
+        ConfigError: not HOST:PORT, or a host that is not loopback
+            without the ``remote:`` prefix; the message says what to do.
+    """
+    remote = text.startswith(REMOTE_PREFIX)
+    spec = text.removeprefix(REMOTE_PREFIX).strip()
+    if not spec:
+        if remote:
+            raise ConfigError("metrics_address 'remote:' names no address")
+        return None
+    host, colon, port_text = spec.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not colon or not host or not port_text.isdigit():
+        raise ConfigError(
+            f"metrics_address {text!r} is not HOST:PORT: write e.g. "
+            "127.0.0.1:9464 or [::1]:9464"
+        )
+    port = int(port_text)
+    if port > 65535:
+        raise ConfigError(f"metrics_address {text!r}: port above 65535")
+    if not remote and not _is_loopback(host):
+        raise ConfigError(
+            f"metrics_address {text!r} is not a loopback address, and the "
+            "metrics name agents and errors to whoever can connect: bind "
+            "127.0.0.1 (reach it through a proxy or an SSH tunnel), or "
+            f"write {REMOTE_PREFIX}{spec} to serve beyond this machine "
+            "on purpose"
+        )
+    return host, port
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it could resolve to anything
+
+
+class DaemonCollector:
+    """Every metric, built at scrape time from ``figures()`` (the dict the
+    daemon publishes each second) and the rollups of ``db_path``.
+
+    Counters come from the daemon's own cumulative figures, so nothing
+    is counted twice over; the rollups are read through a read-only
+    connection at most every ``ROLLUP_CACHE_S``.
+    """
+
+    def __init__(
+        self,
+        figures: Figures,
+        db_path: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._figures = figures
+        self._clock = clock
+        self._rollups = RollupReader(db_path)
+        self._build = _build()  # the package metadata is read once
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield every metric (called by the registry on each scrape)."""
+        figures = self._figures()
+        info = InfoMetricFamily("livemon_build", "livemon's version.")
+        info.add_metric([], self._build)
+        yield info
+        up = (
+            figures is not None
+            and self._clock() - figures.get("published_at", 0.0)
+            < STALE_AFTER_S
+            and not figures.get("last_error")
+        )
+        yield _gauge(
+            "livemon_up",
+            "1 while the daemon publishes its figures and writes its "
+            "database; 0 when it is in trouble (see status).",
+            int(up),
+        )
+        if figures is not None:
+            yield from _daemon_metrics(figures)
+        yield from self._rollups.metrics()
+
+
+def _build() -> dict[str, str]:
+    try:
+        version = importlib.metadata.version("livemon")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return {"version": version, "python": platform.python_version()}
+
+
+def _gauge(name: str, text: str, value: float | None) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, text)
+    if value is not None:
+        family.add_metric([], value)
+    return family
+
+
+def _counter(name: str, text: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, text, value=value)
+
+
+def _daemon_metrics(f: Mapping[str, Any]) -> Iterator[Metric]:
+    """The published figures, in base units."""
+    yield _counter(
+        "livemon_drained_records",
+        "Records moved from the rings into the database.",
+        f.get("drained", 0),
+    )
+    drops = f.get("drops") or {"ring_full": f.get("dropped", 0)}
+    dropped = CounterMetricFamily(
+        "livemon_dropped_records",
+        "Records producers could not hand over, lost, per reason.",
+        labels=["reason"],
+    )
+    for reason in DROP_REASONS:
+        if reason in drops:
+            dropped.add_metric([reason], drops[reason])
+    yield dropped
+    spill = f.get("spill") or {}
+    if "spilled" in drops:
+        yield _counter(
+            "livemon_spilled_records",
+            "Records full ring lanes sent to spill files instead.",
+            drops["spilled"],
+        )
+    damaged = CounterMetricFamily(
+        "livemon_spill_damaged_records",
+        "Spilled records lost to damaged spill files, per kind.",
+        labels=["kind"],
+    )
+    for kind in ("bad_frames", "torn_frames"):
+        damaged.add_metric([kind.removesuffix("s")], spill.get(kind, 0))
+    yield damaged
+    for name, key, text in (
+        (
+            "spill_replayed_records",
+            "spill_replayed",
+            "Spilled records replayed into the database.",
+        ),
+        (
+            "quarantined_records",
+            "quarantined_records",
+            "Damaged records set aside in the quarantine file.",
+        ),
+        (
+            "refused_claims",
+            "refused_claims",
+            "Ring lane claims refused (every lane taken).",
+        ),
+        ("daemon_errors", "failures", "Unexpected errors caught, retried."),
+    ):
+        yield _counter(f"livemon_{name}", text, f.get(key) or 0)
+    yield from _daemon_gauges(f, spill)
+    yield from _sink_metrics(f.get("sinks") or [])
+
+
+def _daemon_gauges(
+    f: Mapping[str, Any], spill: Mapping[str, Any]
+) -> Iterator[Metric]:
+    latency_ms = f.get("batch_latency_ms")
+    for name, text, value in (
+        ("lag_records", "Records in the rings not yet drained.",
+         f.get("lag_records")),
+        ("lanes_in_use", "Ring lanes owned by a producer.",
+         f.get("lanes_in_use")),
+        ("database_size_bytes", "The database file plus its WAL.",
+         f.get("db_size_bytes")),
+        ("spill_backlog_records", "Spilled records not yet replayed.",
+         spill.get("records", 0)),
+        ("spill_backlog_bytes", "Size of the spill files to replay.",
+         spill.get("size_bytes", 0)),
+        ("spill_oldest_age_seconds", "Age of the oldest spilled record.",
+         spill.get("oldest_age_s")),
+        ("batch_latency_seconds", "How long the last commit took.",
+         None if latency_ms is None else latency_ms / 1e3),
+        ("start_time_seconds", "When the daemon started (Unix time).",
+         f.get("started_at")),
+    ):  # fmt: skip
+        yield _gauge(f"livemon_{name}", text, value)
+    fill = GaugeMetricFamily(
+        "livemon_ring_fill_ratio",
+        "Fill of each ring lane, 0 to 1.",
+        labels=["lane"],
+    )
+    for lane, ratio in enumerate(f.get("ring_fill") or []):
+        fill.add_metric([str(lane)], ratio)
+    yield fill
+
+
+def _sink_metrics(sinks: list[Mapping[str, Any]]) -> Iterator[Metric]:
+    """Per destination: rows shipped and failed attempts, lag."""
+    if not sinks:
+        return
+    families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
+        "shipped_rows": CounterMetricFamily(
+            "livemon_sink_shipped_rows",
+            "Outbox rows a destination accepted.",
+            labels=["sink"],
+        ),
+        "failures": CounterMetricFamily(
+            "livemon_sink_failures", "Failed shipments.", labels=["sink"]
+        ),
+        "lag_rows": GaugeMetricFamily(
+            "livemon_sink_lag_rows", "Rows not yet shipped.", labels=["sink"]
+        ),
+        "lag_s": GaugeMetricFamily(
+            "livemon_sink_lag_seconds",
+            "Age of the oldest row not yet shipped.",
+            labels=["sink"],
+        ),
+    }
+    for sink in sinks:
+        for key, family in families.items():
+            if isinstance(sink.get(key), (int, float)):
+                family.add_metric([str(sink.get("sink"))], sink[key])
+    yield from families.values()
+
+
+def server_for(config: Config, figures: Figures) -> MetricsServer | None:
+    """The endpoint ``config.metrics_address`` asks for, or None (off).
+
+    Raises:
+        ConfigError: a bad or non-loopback address (``parse_address``).
+    """
+    address = parse_address(config.metrics_address)
+    if address is None:
+        return None
+    return MetricsServer(address, DaemonCollector(figures, config.db))
+
+
+class MetricsServer:
+    """The HTTP endpoint, started with the daemon and stopped with it.
+
+    A port that cannot be bound (in use, not permitted) is logged and
+    retried by ``upkeep``: the drain never waits on it.
+    """
+
+    RETRY_S = 30.0
+
+    def __init__(
+        self, address: tuple[str, int], collector: DaemonCollector
+    ) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.address = address
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(collector)
+        self.registry.register(ProcessCollector(registry=None))
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self._retry_at = 0.0
+        self.last_error: str | None = None
+
+    @property
+    def url(self) -> str | None:
+        """Where it serves (the bound port, when 0 was asked), or None."""
+        if self._server is None:
+            return None
+        host, port = self._server.server_address[:2]
+        name = host.decode() if isinstance(host, bytes) else host
+        shown = f"[{name}]" if ":" in name else name
+        return f"http://{shown}:{port}/metrics"
+
+    def upkeep(self) -> None:
+        """Start serving if not yet serving and a retry is due."""
+        if self._server is not None or time.monotonic() < self._retry_at:
+            return
+        host, port = self.address
+        try:
+            self._server, self._thread = start_http_server(
+                port, addr=host, registry=self.registry
+            )
+        except OSError as exc:
+            self._retry_at = time.monotonic() + self.RETRY_S
+            text = f"metrics on {host}:{port}: {exc.strerror or exc}"
+            if text != self.last_error:
+                logger.error("%s; retrying every %g s", text, self.RETRY_S)
+            self.last_error = text
+            return
+        self.last_error = None
+        logger.info("metrics served at %s", self.url)
+
+    def stop(self) -> None:
+        """Stop serving (idempotent, bounded by the open scrape)."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+            self._thread = None

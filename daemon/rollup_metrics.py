@@ -1,0 +1,151 @@
+"""
+Per-agent Prometheus metrics from the hourly rollups: requests, failures
+and latency histograms, read through a read-only connection and cached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from livemon.db import rollup, schema
+
+logger = logging.getLogger("livemon.daemon")
+
+ROLLUP_CACHE_S = 15.0
+"""Rollups are read at most this often: a scrape is then a dict walk."""
+LATENCY_BOUNDS_S = (
+    *(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
+    *(1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+)
+"""Histogram bounds, from the rollups' 9%-wide buckets (a rollup bucket
+counts under a bound only when it lies wholly below it)."""
+
+
+class RollupReader:
+    """Per-agent request, failure and latency metrics from the hourly
+    rollups, read through a read-only connection and cached."""
+
+    def __init__(self, db_path: str) -> None:
+        self._path = db_path
+        self._lock = threading.Lock()
+        self._read_at = -math.inf
+        self._metrics: list[Metric] = []
+        self._ok = False
+
+    def metrics(self) -> Iterator[Metric]:
+        """The cached metrics (re-read when older than ROLLUP_CACHE_S)."""
+        with self._lock:
+            if time.monotonic() - self._read_at >= ROLLUP_CACHE_S:
+                self._read_at = time.monotonic()
+                self._refresh()
+            cached, ok = list(self._metrics), self._ok
+        readable = GaugeMetricFamily(
+            "livemon_rollups_readable",
+            "1 when the last read of the rollups succeeded.",
+        )
+        readable.add_metric([], int(ok))
+        yield readable
+        yield from cached
+
+    def _refresh(self) -> None:
+        try:
+            with contextlib.closing(
+                sqlite3.connect(
+                    f"file:{self._path}?mode=ro",
+                    uri=True,
+                    timeout=1.0,
+                    check_same_thread=False,
+                )
+            ) as db:
+                self._metrics = rollup_metrics(db)
+            self._ok = True
+        except sqlite3.Error as exc:  # locked, missing: the last ones stay
+            logger.debug("metrics: rollups not read: %s", exc)
+            self._ok = False
+
+
+def rollup_metrics(db: sqlite3.Connection) -> list[Metric]:
+    """Requests, failures and latency histograms from the rollups: for
+    every request (no label) and per agent (``agent`` label)."""
+    names = dict(db.execute("SELECT label_id, text FROM labels"))
+    counts = db.execute(
+        "SELECT agent, total(requests), total(known - successes) "
+        "FROM rollup GROUP BY agent"
+    ).fetchall()
+    sums = dict(
+        db.execute("SELECT agent, total(time_ms_sum) FROM rollup GROUP BY 1")
+    )
+    buckets: dict[int, list[tuple[int, int]]] = {}
+    for agent, bucket, n in db.execute(
+        "SELECT agent, bucket, sum(requests) FROM rollup_latency "
+        "GROUP BY agent, bucket"
+    ):
+        buckets.setdefault(agent, []).append((bucket, n))
+    out: list[Metric] = []
+    for scope, label in (("request", []), ("agent", ["agent"])):
+        requests = CounterMetricFamily(
+            "livemon_requests" if not label else "livemon_agent_requests",
+            "Requests recorded.",
+            labels=label,
+        )
+        failures = CounterMetricFamily(
+            f"livemon_{scope}_failures",
+            "Requests whose success was known and false.",
+            labels=label,
+        )
+        latency = HistogramMetricFamily(
+            f"livemon_{scope}_latency_seconds",
+            "Execution time of requests.",
+            labels=label,
+        )
+        for agent, n, failed in counts:
+            if (agent == rollup.EVERY_REQUEST) != (not label):
+                continue
+            value = [] if not label else [_name(names, agent)]
+            requests.add_metric(value, n)
+            failures.add_metric(value, failed)
+            latency.add_metric(
+                value,
+                _cumulative(buckets.get(agent, [])),
+                sum_value=sums.get(agent, 0.0) / 1e3,
+            )
+        out += [requests, failures, latency]
+    return out
+
+
+def _name(names: Mapping[int, str], agent: int) -> str:
+    text = names.get(agent)
+    return schema.unknown_text(agent) if text is None else text
+
+
+def _cumulative(buckets: list[tuple[int, int]]) -> list[tuple[str, float]]:
+    """Prometheus buckets (``le``, count at or below) from rollup ones."""
+    upper_s = [
+        (2 ** ((b + 1) / rollup.BUCKETS_PER_DOUBLING) - 1) / 1e3
+        for b, _ in buckets
+    ]
+    result = [
+        (
+            repr(bound),
+            sum(
+                n
+                for (_, n), top in zip(buckets, upper_s, strict=True)
+                if top <= bound
+            ),
+        )
+        for bound in LATENCY_BOUNDS_S
+    ]
+    return [*result, ("+Inf", sum(n for _, n in buckets))]
