@@ -66,9 +66,13 @@ class Service:
         self.file_errors: dict[str, str] = {}
         self._pidfile_written = False
         self._integrity: IntegrityCheck | None = None
-        # Destinations fed from the database (daemon/forward.py).
+        # Destinations fed from the database (daemon/forward.py); they
+        # hold back while the drain has a backlog.
+        self._drain_busy = False
         self._forwarding = Forwarding(
-            self.config.db, sinks.configured(self.config, self.config.host)
+            self.config.db,
+            sinks.configured(self.config, self.config.host),
+            drain_busy=lambda: self._drain_busy,
         )
 
     def run(self) -> int:
@@ -136,8 +140,9 @@ class Service:
     def _loop(self, drainer: Drainer) -> None:
         while not self.stop_event.is_set():
             moved = self._step(drainer)
+            self._drain_busy = moved >= self.config.batch_records // 2
             self._upkeep(drainer)
-            if moved < self.config.batch_records // 2:
+            if not self._drain_busy:
                 self.stop_event.wait(self.config.batch_interval_s)
 
     def _final_drain(self, drainer: Drainer) -> None:
