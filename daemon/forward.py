@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from daemon.outbox import (
     SOURCES,
     OutboxReader,
+    OutboxReplaced,
     Rows,
     Source,
     lowest_marks,
@@ -127,6 +128,7 @@ class Forwarder:
         self._delay_s = 0.0
         self._progress = {s: _Progress() for s in destination.sources}
         self._loaded = False  # marks read from the database
+        self._marks_of: tuple[int, int] | None = None  # from this file
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._wake = threading.Event()
@@ -174,12 +176,14 @@ class Forwarder:
             return False
         return True
 
-    def marks(self) -> dict[str, int]:
-        """The marks per source ({} until read from the database)."""
+    def marks(self) -> tuple[tuple[int, int] | None, dict[str, int]]:
+        """The database file the marks belong to (st_dev, st_ino), and the
+        marks per source ({} until read from that file)."""
         with self._lock:
             if not self._loaded:
-                return {}
-            return {s: p.mark for s, p in self._progress.items()}
+                return None, {}
+            marks = {s: p.mark for s, p in self._progress.items()}
+            return self._marks_of, marks
 
     def figures(self) -> dict[str, Any]:
         """What status and ``top`` show of this destination."""
@@ -287,6 +291,9 @@ class Forwarder:
         self.failures += 1
         self._delay_s = self.backoff.delay_s(self.failures, exc)
         self._next.clear()
+        if isinstance(exc, OutboxReplaced):
+            with self._lock:
+                self._loaded = False  # the new file's marks, next attempt
         text = (
             str(exc)
             if isinstance(exc, DestinationError)
@@ -304,10 +311,15 @@ class Forwarder:
     def _load_marks(self) -> None:
         if self._loaded:
             return
-        stored = self._reader.call(lambda db: read_marks(db, self.name))
+        reader = self._reader
+        of, stored = reader.call(
+            lambda db: (reader.identity, read_marks(db, self.name)),
+            reload=True,
+        )
         with self._lock:
             for source, progress in self._progress.items():
                 progress.mark = stored.get(source, 0)
+            self._marks_of = of
             self._loaded = True
 
     def _measure_lag(self) -> None:

@@ -169,7 +169,8 @@ class Service:
         self._forwarding.stop(FORWARD_STOP_S)
         if drainer.store is not None:
             with contextlib.suppress(sqlite3.Error):
-                self._forwarding.save(drainer.store.db)
+                store = drainer.store
+                self._forwarding.save(store.db, store.identity)
 
     def _step(self, drainer: Drainer) -> int:
         """Replay spill files, then drain the rings; return records moved."""
@@ -242,7 +243,7 @@ class Service:
             if self._due("health", self.config.health_interval_s):
                 self._add_health(drainer, store)
             if self._due("sink marks", STATUS_INTERVAL_S):
-                self._forwarding.save(store.db)
+                self._forwarding.save(store.db, store.identity)
             if self._due("optimize", OPTIMIZE_INTERVAL_S):
                 store.optimize()
             self._retain(store)
@@ -385,6 +386,8 @@ class Service:
         fixed = (
             "ring",
             "db",
+            "host",
+            "clickhouse_url",
             "lanes",
             "capacity_records",
             "pidfile",
