@@ -222,11 +222,16 @@ class Forwarder:
                     self._retry_at = None
                 elif moved == 0:
                     self._sleep(self.idle_s)
-                elif self.drain_busy is not None and self.drain_busy():
+                elif self._yields():
                     share = self.busy_share
                     self._sleep(spent_s * (1 - share) / share)
         finally:
             self._close()
+
+    def _yields(self) -> bool:
+        """Whether to hold back for the drain (never in the final flush)."""
+        busy = self.drain_busy
+        return busy is not None and not self._stopping.is_set() and busy()
 
     def _sleep(self, seconds: float) -> None:
         # In slices, so the lag shown stays current through a long backoff.
@@ -299,12 +304,13 @@ class Forwarder:
             if isinstance(exc, DestinationError)
             else f"{type(exc).__name__}: {exc}"
         )
-        if not isinstance(exc, DestinationError | sqlite3.Error):
-            logger.exception("sink %s: unexpected failure", self.name)
-        elif text != self.last_error:
-            logger.warning(
-                "sink %s: %s; retrying, nothing is lost", self.name, text
-            )
+        if text != self.last_error:  # once per new error, not per retry
+            if isinstance(exc, DestinationError | sqlite3.Error):
+                logger.warning(
+                    "sink %s: %s; retrying, nothing is lost", self.name, text
+                )
+            else:
+                logger.exception("sink %s: unexpected failure", self.name)
         self.last_error = text
         self.last_error_at = time.time()
 
