@@ -118,7 +118,7 @@ class ClickHouseDestination:
             return [self.host] * len(rows)
         values = rows.columns[name]
         if name not in LIST_COLUMNS:
-            return values
+            return list(values)  # a driver may write None -> 0 into it
         # Few distinct lists (each is a label): parse each once, then
         # map the column in C.
         cache = self._lists

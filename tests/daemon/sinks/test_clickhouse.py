@@ -137,6 +137,13 @@ class TestAgainstTheServer:
         raw = clickhouse.query("SELECT count() FROM twice.events")[0][0]
         assert raw == 500
         assert final_counts(clickhouse, "twice") == {"web-1": (250, 250)}
+        # The second copy is the same: unknowns stay NULL, not 0.
+        nulls = clickhouse.query(
+            "SELECT countIf(isNull(execution_time_ms)), "
+            "countIf(isNull(token_count)) FROM twice.events FINAL"
+        )
+        assert nulls == [(250, 250)]
+        assert set(rows.columns["token_count"]) == {None}  # not written into
         dest.close()
 
     def test_ships_agent_runs(self, store, clickhouse):
