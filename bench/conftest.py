@@ -21,7 +21,7 @@ def ring_name() -> Iterator[str]:
     """A fresh ring name, unlinked (with its labels ring) afterwards."""
     name = f"lmbench-{uuid.uuid4().hex[:12]}"
     yield name
-    for suffix in ("", ".labels", ".feedback"):
+    for suffix in ("", ".labels", ".feedback", ".agents", ".verdicts"):
         ringbuf.unlink(name + suffix)
 
 

@@ -6,13 +6,17 @@ within a bound at shutdown.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from daemon.forward import Destination, Forwarder
+from daemon.store import Store
 from livemon.db.transaction import atomic
+
+logger = logging.getLogger("livemon.daemon.forward")
 
 
 class Forwarding:
@@ -49,20 +53,15 @@ class Forwarding:
         """Each destination's figures, for the status file."""
         return [f.figures() for f in self.forwarders]
 
-    def save(
-        self, db: sqlite3.Connection, identity: tuple[int, int] | None = None
-    ) -> None:
-        """Store the marks that moved, in one transaction on ``db`` (the
-        daemon's write connection: the forwarders only read).
-
-        Args:
-            identity: (st_dev, st_ino) of ``db``'s file: marks a forwarder
-                read from another file (one since replaced) are not saved.
-        """
+    def save(self, store: Store) -> None:
+        """Store the marks that moved, in one transaction through the
+        daemon's ``store`` (the forwarders only read).  Marks a forwarder
+        read from another file (one since replaced) are not saved here."""
+        db, identity = store.db, store.identity
         changed: dict[tuple[Any, str, str], int] = {}
         for forwarder in self.forwarders:
             of, marks = forwarder.marks()
-            if identity is not None and of != identity:
+            if of != identity:
                 continue
             for source, mark in marks.items():
                 if self._saved.get((of, forwarder.name, source)) != mark:
@@ -89,3 +88,13 @@ class Forwarding:
         for forwarder in self.forwarders:
             forwarder.request_stop(deadline)
         return all([f.join(deadline) for f in self.forwarders])
+
+    def close(self, timeout_s: float, store: Store | None) -> None:
+        """Stop within ``timeout_s`` (``stop``), then save the marks into
+        ``store`` if there is one.  Never raises: it runs at shutdown."""
+        self.stop(timeout_s)
+        if store is not None:
+            try:
+                self.save(store)
+            except sqlite3.Error as exc:
+                logger.warning("sink marks not saved at stop: %s", exc)

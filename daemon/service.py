@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import ringbuf
-from daemon import follow, proc, sinks
+from daemon import agent_runs, follow, proc, sinks
 from daemon.drain import Drainer
 from daemon.exceptions import DatabaseCorrupt
 from daemon.forwarding import Forwarding
@@ -66,6 +66,8 @@ class Service:
         self.file_errors: dict[str, str] = {}
         self._pidfile_written = False
         self._integrity: IntegrityCheck | None = None
+        # Old segments still drained while producers hold lanes there.
+        self._retired: list[follow.Retired] = []
         # Destinations fed from the database (daemon/forward.py); they
         # hold back while the drain has a backlog.
         self._drain_busy = False
@@ -92,7 +94,8 @@ class Service:
         with contextlib.suppress(sqlite3.Error):
             check_database_path(config.db)
         events, labels, feedback, lock = proc.open_and_lock(config)
-        self._rings = [events, labels, feedback]
+        agents = agent_runs.open_agents_ring(config)
+        self._rings = [events, labels, feedback, *([agents] if agents else [])]
         pidfile = proc.Pidfile(config.pidfile)
 
         def open_store() -> Store:
@@ -101,10 +104,15 @@ class Service:
                 config.db, synchronous=config.synchronous, mode=config.mode
             )
 
-        drainer = Drainer(config, events, labels, open_store, feedback)
+        drainer = Drainer(
+            config, events, labels, open_store, feedback, agents=agents
+        )
         # Spilled records first: a spilled label then precedes the ring
         # events that name it.
         self._replayer = SpillReplayer(
+            ipc.spill_root(config), config.ring, lambda: drainer.store
+        )
+        self._agent_replayer = agent_runs.AgentSpillReplayer(
             ipc.spill_root(config), config.ring, lambda: drainer.store
         )
         self._next["integrity"] = (
@@ -128,10 +136,14 @@ class Service:
             self._final_drain(drainer)
             return 0
         finally:
-            self._stop_forwarding(drainer)
+            # What the final drain added ships within a bound, then the
+            # marks are kept (the rest ships after the next start).
+            self._forwarding.close(FORWARD_STOP_S, drainer.store)
             drainer.close()
             for ring in self._rings:
                 ring.close()
+            for retired in self._retired:
+                retired.close()
             pidfile.remove_if_mine()
             proc.remove_file(ipc.status_file(config))
             lock.release()
@@ -163,24 +175,27 @@ class Service:
             f" ({drainer.last_error})" if drainer.last_error else "",
         )
 
-    def _stop_forwarding(self, drainer: Drainer) -> None:
-        # Ship what the final drain added, within a bound; then keep the
-        # marks (what was not shipped ships after the next start).
-        self._forwarding.stop(FORWARD_STOP_S)
-        if drainer.store is not None:
-            with contextlib.suppress(sqlite3.Error):
-                store = drainer.store
-                self._forwarding.save(store.db, store.identity)
-
     def _step(self, drainer: Drainer) -> int:
         """Replay spill files, then drain the rings; return records moved."""
-        return self._replayer.step(self.config.batch_records) + drainer.step()
+        n = self.config.batch_records
+        replayed = self._replayer.step(n) + self._agent_replayer.step(n)
+        moved = replayed + drainer.step()
+        for retired in self._retired:
+            moved += retired.step(drainer)
+        return moved
 
     def _follow_rings(self, drainer: Drainer) -> None:
         if not self._due("rings", follow.CHECK_INTERVAL_S):
             return
+        self._retired = [r for r in self._retired if not r.done()]
         if follow.replaced(drainer):
             self._replace_rings(follow.follow, drainer)
+        elif drainer.agents is not None and drainer.agents.replaced:
+            self._replace_rings(follow.follow_agents, drainer)
+        elif drainer.agents is None:  # not opened yet: try again
+            drainer.agents = agent_runs.open_agents_ring(self.config)
+            if drainer.agents is not None:
+                self._rings.append(drainer.agents)
 
     def _replace_rings(
         self,
@@ -188,11 +203,17 @@ class Service:
         drainer: Drainer,
     ) -> None:
         try:
-            for ring in how(self.config, drainer):
-                ring.close()
+            old = how(self.config, drainer)
+            if old:
+                self._retired.append(follow.Retired(self.config, old))
         except (ringbuf.RingError, OSError) as exc:
             logger.error("cannot move to the new rings: %s", exc)
-        current = (drainer.events, drainer.labels, drainer.feedback)
+        current = (
+            drainer.events,
+            drainer.labels,
+            drainer.feedback,
+            drainer.agents,
+        )
         self._rings = [ring for ring in current if ring is not None]
 
     def _due(self, what: str, every_s: float) -> bool:
@@ -243,7 +264,7 @@ class Service:
             if self._due("health", self.config.health_interval_s):
                 self._add_health(drainer, store)
             if self._due("sink marks", STATUS_INTERVAL_S):
-                self._forwarding.save(store.db, store.identity)
+                self._forwarding.save(store)
             if self._due("optimize", OPTIMIZE_INTERVAL_S):
                 store.optimize()
             self._retain(store)
@@ -317,6 +338,28 @@ class Service:
             "spill_replayed": self._replayer.replayed,
             "spill_error": self._replayer.last_error,
             "sinks": self._forwarding.figures(),
+            "agent_runs": self._agent_figures(drainer),
+        }
+
+    def _agent_figures(self, drainer: Drainer) -> dict[str, Any]:
+        """The agents ring's and spill's figures, for status."""
+        ring, lag = drainer.agents, 0
+        if ring is not None:
+            states = [ring.lane_state(i) for i in range(ring.lanes)]
+            lag = sum(
+                min(max(s.pending, 0), ring.capacity_records) for s in states
+            )
+        spill = self._agent_replayer
+        return {
+            "drained": drainer.agent_runs_drained,
+            "lag_records": lag,
+            "ring": ring is not None,
+            "ring_error": agent_runs.LAST_OPEN_ERROR.get(
+                ipc.agents_ring(self.config).name
+            ),
+            "spill_replayed": spill.replayed,
+            "spill": spill.backlog(),
+            "spill_error": spill.last_error,
         }
 
     def _publish(self, drainer: Drainer) -> str:

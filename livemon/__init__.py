@@ -8,7 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from livemon.config import Config, load_config
 from livemon.context import RequestContext
-from livemon.coordinator import Coordinator
+from livemon.coordinator import AgentResult, Coordinator, Result
 from livemon.exceptions import (
     ConfigError,
     InvalidField,
@@ -17,7 +17,13 @@ from livemon.exceptions import (
 )
 from livemon.feedback import FeedbackLoop, Policy
 from livemon.monitor import Counters, Monitor
-from livemon.record import LABEL_DTYPE, RECORD_DTYPE, EventType
+from livemon.record import (
+    AGENT_RUN_DTYPE,
+    LABEL_DTYPE,
+    RECORD_DTYPE,
+    AgentOutcome,
+    EventType,
+)
 
 try:
     __version__ = version("livemon")
@@ -25,8 +31,11 @@ except PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
 __all__ = [
+    "AGENT_RUN_DTYPE",
     "LABEL_DTYPE",
     "RECORD_DTYPE",
+    "AgentOutcome",
+    "AgentResult",
     "Config",
     "ConfigError",
     "Coordinator",
@@ -39,6 +48,7 @@ __all__ = [
     "MonitoringUnavailable",
     "Policy",
     "RequestContext",
+    "Result",
     "__version__",
     "load_config",
 ]

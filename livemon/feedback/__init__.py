@@ -1,7 +1,10 @@
 """
-The feedback loop: pure statistics over the ring's recent window
-(``stats``), pure rules that turn them into actions (``rules``), and the
-thread that applies them and records each action (``loop``).
+The feedback loop: per-agent change detection (``detect``) and running
+figures from agent runs and requests (``tracker``, fed by ``follow``),
+pure rules that turn them into actions (``rules``; window statistics in
+``stats``), computed once per host by a leader (``leader``) that
+publishes the decisions in shared memory (``decisions``), and the loop
+every coordinator runs (``loop``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """
-The live feedback loop: statistics from the ring's recent window become
-routing adjustments (agent confidence, category thresholds, parallel caps)
-and quality alerts, each recorded for the daemon to store.
+The live feedback loop: agent runs and requests become routing adjustments
+(agent confidence, category thresholds, parallel caps) and quality alerts,
+computed once per host by a leader, recorded for the daemon to store, and
+read by every coordinator from shared memory.
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ from collections.abc import Callable
 
 import ringbuf
 from livemon import ipc
+from livemon.feedback.decisions import Board
+from livemon.feedback.follow import RingFollower
+from livemon.feedback.leader import LeaderLock
 from livemon.feedback.rules import Action, FeedbackState, Policy, decide
-from livemon.feedback.stats import WindowStats, feedback_stats
+from livemon.feedback.stats import WindowStats
+from livemon.feedback.tracker import Tracker
 from livemon.monitor import Monitor
 from livemon.record import ALERT_ACTIONS, FEEDBACK_DTYPE, NO_LABEL, struct_for
 
@@ -26,26 +31,35 @@ _GOLDEN_64 = 0x9E3779B97F4A7C15  # odd, so request ids spread evenly
 
 
 class FeedbackLoop:
-    """Adjusts one coordinator's routing from the shared recent window.
+    """Adjusts routing from the host's agent runs and requests, computed
+    once per host.
 
-    Every coordinator process reads the same window, so processes with
-    the same history reach the same decisions without talking.  ``start``
-    runs ``update`` every ``policy.interval_s`` in a background thread, so
-    no request pays for it (a window costs milliseconds); without the
-    thread, ``route`` calls ``maybe_update``, rate-limited the same way.
+    Every coordinator process has one; the process holding the host's
+    leader lock (``leader.LeaderLock``, taken over within one interval
+    when its holder dies) reads what the rings gained since its last
+    update, feeds each agent's change detector and the other figures
+    (``tracker.Tracker``), decides, records each action for the daemon,
+    and publishes the standing decisions in shared memory
+    (``decisions.Board``).  The others copy them out when they change:
+    one load per update otherwise, and route() reads them in O(1).
+    ``start`` runs ``update`` every ``policy.interval_s`` in a background
+    thread, so no request pays for it; without the thread, ``route``
+    calls ``maybe_update``, rate-limited the same way.
 
     Args:
-        monitor: the process's monitor (its ring is the window's source).
+        monitor: the process's monitor (its config names the rings).
         policy: thresholds, steps and guards.
-        on_alert: called with each alert ``Action``, besides logging.
+        on_alert: called with each alert ``Action``, besides logging (in
+            the leader's process: once per host).
         clock: monotonic seconds (injectable for simulations).
 
     Attributes:
         state: the standing decisions (``rules.FeedbackState``).
-        actions_taken: actions decided since creation.
+        actions_taken: actions decided (as leader) since creation.
         actions_dropped: actions not recorded for the daemon (feedback
             lane full, or no feedback ring).
         failures: updates that failed (logged; routing went on).
+        last_stats: the figures of the last update led (None otherwise).
     """
 
     def __init__(
@@ -65,7 +79,14 @@ class FeedbackLoop:
         self.last_stats: WindowStats | None = None
         self._writer: ringbuf.RingWriter | None = None
         self._feedback: ringbuf.Ring | None = None
-        self._events: ringbuf.Ring | None = None
+        config = monitor.config
+        warm = self.policy.window_per_lane
+        self._runs = RingFollower(ipc.agents_ring(config), warm)
+        self._requests = RingFollower(ipc.events_ring(config), warm)
+        self._leader = LeaderLock(config)
+        self._board: Board | None = None
+        self._tracker: Tracker | None = None
+        self.generation = 0
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         # update() runs in the thread or inside route(); close() must not
@@ -79,6 +100,11 @@ class FeedbackLoop:
         """Whether the background thread is updating (not in a fork child)."""
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def leading(self) -> bool:
+        """Whether this process computes the host's decisions now."""
+        return self._leader.held and self._tracker is not None
+
     def start(self) -> None:
         """Update in a background thread from now on. Idempotent."""
         if self.running:
@@ -90,13 +116,23 @@ class FeedbackLoop:
         self._thread.start()
 
     def stop(self, timeout_s: float = 5.0) -> bool:
-        """Stop the thread; return whether it ended within ``timeout_s``."""
+        """Stop the thread and give leadership up (another process takes
+        over; ``maybe_update`` here may take it back); return whether the
+        thread ended within ``timeout_s``."""
         self._stop.set()
         thread, self._thread = self._thread, None
-        if thread is None:
-            return True
-        thread.join(timeout_s)
-        return not thread.is_alive()
+        if thread is not None:
+            thread.join(timeout_s)
+        with self._rings_lock:
+            self._leader.release()
+            self._tracker = None
+        return thread is None or not thread.is_alive()
+
+    @property
+    def thread_id(self) -> int | None:
+        """The background thread's ident, while it runs (for CPU clocks)."""
+        thread = self._thread
+        return thread.ident if thread is not None else None
 
     def _run(self) -> None:
         while not self._stop.wait(self.policy.interval_s):
@@ -148,31 +184,51 @@ class FeedbackLoop:
             return []
 
     def update(self) -> list[Action]:
-        """Read the window, compute statistics, decide, record, apply."""
+        """Lead (compute, decide, record, publish) if this process holds
+        or can take the leader lock; else copy the host's decisions if
+        they changed."""
         with self._rings_lock:
-            return self._update()
+            board = self._board
+            if board is None:
+                board = self._board = Board.open(self.monitor.config)
+            led = self._leader.held  # False again in a forked child
+            if not self._leader.try_acquire():
+                if board.changed():
+                    self.state = board.read() or self.state
+                return []
+            if not led or self._tracker is None:
+                self._take_over(board)
+            return self._lead(board)
 
-    def _update(self) -> list[Action]:
-        events = self._events_ring()
-        if events is None:
-            return []
-        window = events.window(self.policy.window_per_lane)
-        since = (
-            None
-            if self.policy.window_s is None
-            else time.time_ns() - int(self.policy.window_s * 1e9)
-        )
-        stats = feedback_stats(
-            window.records,
-            self.policy.recent,
-            self.policy.baseline,
-            since,
-            self.policy.z,
-        )
+    def _take_over(self, board: Board) -> None:
+        """Start leading from the host's standing decisions and the
+        recent history still in the rings."""
+        self.state = board.read() or self.state
+        self.generation = board.leader[1] + 1
+        tracker = Tracker(self.policy)
+        # The first reads copy each lane's recent window.
+        tracker.add(self._runs.read(), self._requests.read())
+        tracker.flush()
+        for agent in self.state.multipliers:
+            # Demoted by the previous leader: recovery needs fresh
+            # evidence, whatever the replayed history suggested.
+            tracker.detector(agent).demote()
+        self._tracker = tracker
+        board.publish(self.state)  # also repairs a write cut short
+        logger.info("leading feedback (generation %d)", self.generation)
+
+    def _lead(self, board: Board) -> list[Action]:
+        tracker = self._tracker
+        assert tracker is not None
+        tracker.add(self._runs.read(), self._requests.read())
+        stats = tracker.stats()
         self.last_stats = stats
         actions = self.decide(stats)
         for action in actions:
             self._record(action)
+        if actions:
+            board.publish(self.state)
+        board.beat(self.generation)
         return actions
 
     def decide(self, stats: WindowStats) -> list[Action]:
@@ -211,22 +267,6 @@ class FeedbackLoop:
         if not writer.put(packed):
             self.actions_dropped += 1
 
-    def _events_ring(self) -> ringbuf.Ring | None:
-        # The loop attaches its own ring: the thread may be inside
-        # window() while the monitor closes (or reconnects) its own.
-        events = self._events
-        if events is not None and (events.retired or events.replaced):
-            events.close()  # the daemon replaced it: read the new one
-            events = self._events = None
-        if events is None:
-            try:
-                events = self._events = ipc.attach_ring(
-                    ipc.events_ring(self.monitor.config)
-                )
-            except (ringbuf.RingError, OSError):
-                return None
-        return events
-
     def _feedback_writer(self) -> ringbuf.RingWriter | None:
         if self._writer is not None and self._writer.stale:
             self._close_feedback()  # replaced or retired: open the new one
@@ -251,7 +291,8 @@ class FeedbackLoop:
         self._writer = self._feedback = None
 
     def close(self) -> None:
-        """Stop the thread, give back the feedback lane. Idempotent.
+        """Stop the thread, give back leadership and the feedback lane.
+        Idempotent.
 
         Waits for an update in progress (the thread's, or one inside
         ``route``) before it unmaps the rings that update reads.
@@ -259,6 +300,8 @@ class FeedbackLoop:
         self.stop()
         with self._rings_lock:
             self._close_feedback()
-            if self._events is not None:
-                self._events.close()
-                self._events = None
+            self._runs.close()
+            self._requests.close()
+            if self._board is not None:
+                self._board.close()
+                self._board = None

@@ -22,6 +22,9 @@ class AgentStats:
 
     Rates count only records where success is known; latencies only
     records with a known execution time.  Bounds are Wilson intervals.
+    The change detector's verdict (``demoted``; None: no detector, or too
+    few outcomes yet) and the segment behind it come from the feedback
+    leader's ``Tracker``; a plain window (``feedback_stats``) has none.
     """
 
     agent: int
@@ -35,6 +38,12 @@ class AgentStats:
     mean_ms: float
     p50_ms: float
     p95_ms: float
+    demoted: bool | None = None
+    change_rate: float = math.nan
+    change_bound: float = math.nan
+    change_samples: int = 0
+    runs: int = 0
+    wins: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

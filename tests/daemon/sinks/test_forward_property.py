@@ -64,7 +64,7 @@ def test_every_row_arrives_whatever_is_refused(
             assert time.monotonic() < deadline, "rows never arrived"
             time.sleep(0.002)
         assert group.stop(5.0)
-        group.save(store.db)
+        group.save(store)
         ids = [r[0] for r in store.db.execute("SELECT id FROM events")]
         assert sorted(set(dest.ids())) == sorted(ids)
         for rows in dest.shipped["events"]:

@@ -1,11 +1,11 @@
 """
 The feedback loop's four triggers: each fires on data built to cross it,
-not just below it or on too few samples, and recovers with hysteresis.
+not just below it or on too few samples, and recovers with hysteresis;
+and the loop applies them in routing and in its thread.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 
 import numpy as np
@@ -15,7 +15,8 @@ from livemon import Monitor
 from livemon.coordinator import Coordinator, Intent, Selection, TableSelector
 from livemon.feedback import FeedbackLoop, Policy
 from livemon.feedback.stats import feedback_stats
-from livemon.record import RECORD_DTYPE, FeedbackAction
+from livemon.feedback.tracker import Tracker
+from livemon.record import AGENT_RUN_DTYPE, RECORD_DTYPE, FeedbackAction
 
 AGENT, OTHER, CATEGORY = 101, 102, 201
 
@@ -29,16 +30,24 @@ def requests(
     quality=0.9,
     agent=AGENT,
     start=0,
+    spread=False,
 ):
     """``count`` records of one agent and category with given outcomes.
 
-    Rates are exact: the first ``rate * count`` records succeed, and so on.
+    Rates are exact: the first ``rate * count`` records succeed, and so
+    on; ``spread``: successes interleaved evenly instead (a run of
+    failures is a change the detector rightly reacts to).
     """
     records = np.zeros(count, RECORD_DTYPE)
     records["timestamp_ns"] = np.arange(start, start + count)
     records["actual_agents"][:, 0] = agent
     records["intent_category"] = CATEGORY
-    records["success"] = np.arange(count) < round(success * count)
+    i = np.arange(count)
+    records["success"] = (
+        np.floor((i + 1) * success) > np.floor(i * success)
+        if spread
+        else i < round(success * count)
+    )
     records["accepted"] = np.arange(count) < round(accepted * count)
     records["execution_time_ms"] = ms
     records["quality_score"] = quality
@@ -60,45 +69,66 @@ def decide(loop, records, **kwargs):
     return [(a.action, a.subject, a.new_value) for a in loop.decide(stats)]
 
 
+def judge(loop, tracker, records):
+    """Feed request records to a tracker; the loop's actions on its figures."""
+    tracker.add(np.empty(0, AGENT_RUN_DTYPE), records)
+    tracker.flush()
+    return [
+        (a.action, a.subject, a.new_value)
+        for a in loop.decide(tracker.stats())
+    ]
+
+
 class TestAgentSuccess:
     def test_fires_when_clearly_below_and_steps_down(self, loop):
-        """50% success: -10% confidence per step while it stays low."""
-        low = requests(100, success=0.5)
-        assert decide(loop, low) == [
+        """50% success: -10% confidence per update while it stays low."""
+        tracker = Tracker(loop.policy)
+        low = requests(100, success=0.5, spread=True)
+        assert judge(loop, tracker, low) == [
             (FeedbackAction.AGENT_CONFIDENCE, AGENT, pytest.approx(0.9))
         ]
-        assert decide(loop, low)[0][2] == pytest.approx(0.81)
+        assert judge(loop, tracker, low[:0])[0][2] == pytest.approx(0.81)
 
     @pytest.mark.parametrize(
         ("count", "success"),
-        [(100, 0.78), (29, 0.0), (100, 0.82)],
+        [(100, 0.78), (29, 0.0), (300, 0.82)],
         ids=["just-below", "too-few", "above"],
     )
     def test_does_not_fire_without_evidence(self, loop, count, success):
-        """Just below 80%, or too few samples: the bound does not clear."""
-        assert decide(loop, requests(count, success=success)) == []
+        """Just below 80%, or too few outcomes: no confirmed drop."""
+        records = requests(count, success=success, spread=True)
+        assert judge(loop, Tracker(loop.policy), records) == []
 
     def test_recovers_step_by_step_with_hysteresis(self, loop):
-        """Back only when the lower bound clears 80%, one step at a time."""
-        for _ in range(3):
-            decide(loop, requests(100, success=0.5))
+        """Back only once the detector confirms it, one step at a time."""
+        tracker = Tracker(loop.policy)
+        judge(loop, tracker, requests(100, success=0.5, spread=True))
+        for _ in range(2):
+            judge(loop, tracker, requests(0))
         assert loop.state.multipliers[AGENT] == pytest.approx(0.729)
-        assert decide(loop, requests(100, success=0.85)) == []  # hold
-        steps = [
-            decide(loop, requests(100, success=0.97))[0][2] for _ in range(3)
+        steps = judge(loop, tracker, requests(2000, success=0.97, spread=True))
+        assert steps == [
+            (FeedbackAction.AGENT_CONFIDENCE, AGENT, pytest.approx(0.81))
         ]
-        assert steps == [pytest.approx(0.81), pytest.approx(0.9), 1.0]
+        steps = [judge(loop, tracker, requests(0))[0][2] for _ in range(2)]
+        assert steps == [pytest.approx(0.9), 1.0]
         assert AGENT not in loop.state.multipliers
-        assert decide(loop, requests(100, success=0.97)) == []
+        assert judge(loop, tracker, requests(0)) == []
 
     def test_each_agent_judged_on_its_own_requests(self, loop):
-        """A rarely used agent's last requests count even if old."""
+        """A rarely used agent's bad requests count even among many good."""
         old_bad = requests(40, success=0.2, agent=OTHER)
         busy_good = requests(500, success=1.0, start=100)
-        actions = decide(loop, np.concatenate([old_bad, busy_good]))
+        actions = judge(
+            loop, Tracker(loop.policy), np.concatenate([old_bad, busy_good])
+        )
         assert [(a, s) for a, s, _ in actions] == [
             (FeedbackAction.AGENT_CONFIDENCE, OTHER)
         ]
+
+    def test_a_plain_window_gives_no_verdict(self, loop):
+        """feedback_stats has no detector: no agent-confidence action."""
+        assert decide(loop, requests(100, success=0.0)) == []
 
 
 class TestCategoryOverrides:
@@ -195,45 +225,6 @@ class TestPolicy:
         """Out-of-range settings raise ValueError at construction."""
         with pytest.raises(ValueError, match="Policy"):
             Policy(**kwargs)
-
-
-def decisions_in_a_process(ring_name, out) -> None:
-    """Another process: its own monitor and loop over the shared ring."""
-    with Monitor(ring_name) as monitor:
-        loop = FeedbackLoop(monitor)
-        actions = loop.update()
-        out.put([(int(a.action), a.subject, a.new_value) for a in actions])
-        loop.close()
-
-
-class TestSharedWindow:
-    def test_two_processes_reach_identical_decisions(self, ring_name):
-        """Same window, same policy: the same actions, without talking."""
-        with Monitor(ring_name) as monitor:
-            writer = monitor._rings[0].writer()
-            writer.put_many(
-                requests(120, success=0.4, accepted=0.4, ms=9000.0)
-            )
-            ctx = multiprocessing.get_context("spawn")
-            out = ctx.Queue()
-            procs = [
-                ctx.Process(
-                    target=decisions_in_a_process, args=(ring_name, out)
-                )
-                for _ in range(2)
-            ]
-            for proc in procs:
-                proc.start()
-            results = [out.get(timeout=60) for _ in procs]
-            for proc in procs:
-                proc.join(timeout=30)
-            writer.close()
-        assert results[0] == results[1]
-        assert {a for a, _, _ in results[0]} == {
-            int(FeedbackAction.AGENT_CONFIDENCE),
-            int(FeedbackAction.PARALLEL_CAP),
-            int(FeedbackAction.CATEGORY_THRESHOLD),
-        }
 
 
 class TestRouting:
