@@ -1,7 +1,8 @@
 """
 Three daemons as three hosts ship into one real ClickHouse server while
 it is paused (SIGSTOP) and killed mid-run: afterwards every host's
-totals in ClickHouse equal what its coordinators recorded, exactly.
+events and agent runs in ClickHouse equal what its coordinators
+recorded, exactly.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from daemon.status import sink_trouble
 from livemon.views.top import sink_lines
 from tests.daemon.conftest import coordinators, recorded
 from tests.daemon.sinks.test_clickhouse import final_counts, wait_for
+from tests.daemon.test_agent_runs import finish, start_workers
 
 pytestmark = pytest.mark.clickhouse
 HOSTS = 3
 REQUESTS = 1500  # per coordinator and wave
+AGENT_REQUESTS = 300  # per agent-run coordinator and wave: 2 runs each
 
 
 @pytest.fixture
@@ -59,19 +62,37 @@ def shipped_in_clickhouse(server) -> dict:
 
 
 def wave(runs) -> list:
-    """One coordinator per host, writing REQUESTS requests."""
-    return [coordinators(run.env, 1, REQUESTS) for run in runs]
+    """Per host: a coordinator of REQUESTS requests, and one of
+    AGENT_REQUESTS requests with two agent runs each."""
+    return [
+        (
+            coordinators(run.env, 1, REQUESTS),
+            start_workers(run.env, 1, AGENT_REQUESTS),
+        )
+        for run in runs
+    ]
+
+
+def tally(writers) -> tuple[int, int]:
+    """(events, agent runs) one host's coordinators of a wave stored."""
+    plain, with_runs = writers
+    counters = finish(with_runs)
+    runs = sum(
+        c["agent_runs_recorded"] + c.get("agent_runs_spilled", 0)
+        for c in counters
+    )
+    events = sum(c["recorded"] + c.get("spilled", 0) for c in counters)
+    return recorded(plain) + events, runs
 
 
 def test_totals_reconcile_per_host_through_pause_and_kill(hosts, clickhouse):
     """Paused, then killed and restarted: nothing lost, nothing twice."""
-    totals = [0] * HOSTS
+    totals = [[0, 0] for _ in range(HOSTS)]  # events, agent runs
     first = wave(hosts)
     wait_for(lambda: len(shipped_in_clickhouse(clickhouse)) == HOSTS)
     clickhouse.pause()  # mid-run: inserts hang, connections stay open
     second = wave(hosts)
-    for i, writers in enumerate(first):
-        totals[i] += recorded(writers)
+    add(totals, first)
     time.sleep(1.0)
     clickhouse.resume()
     clickhouse.kill()  # mid-run again: a crash, no goodbye
@@ -81,20 +102,46 @@ def test_totals_reconcile_per_host_through_pause_and_kill(hosts, clickhouse):
         assert sink(run)["last_error"].startswith("ClickHouse")
         assert "FAILING" in sink_trouble(run.status()["sinks"])
         assert "FAILING" in sink_lines(run.status())[0]  # livemon top
-    for i, writers in enumerate(second):
-        totals[i] += recorded(writers)
-    for i, writers in enumerate(third):
-        totals[i] += recorded(writers)
+    add(totals, second)
+    add(totals, third)
     for i, run in enumerate(hosts):  # SQLite kept draining meanwhile
-        wait_for(lambda i=i, run=run: run.count() == totals[i])
+        wait_for(lambda i=i, run=run: run.count() == totals[i][0])
+        wait_for(
+            lambda i=i, run=run: (
+                run.count("SELECT count(*) FROM agent_runs") == totals[i][1]
+            )
+        )
         # Its lag shows while ClickHouse is gone (measured each second).
         wait_for(lambda run=run: sink(run)["lag_rows"] > 0)
     clickhouse.start()
-    expected = {f"host-{i}": totals[i] for i in range(HOSTS)}
+    expected = {f"host-{i}": totals[i][0] for i in range(HOSTS)}
     wait_for(lambda: shipped_in_clickhouse(clickhouse) == expected, 120)
+    runs = {f"host-{i}": totals[i][1] for i in range(HOSTS)}
+    wait_for(lambda: agent_runs_in(clickhouse) == runs, 120)
     for run in hosts:
         wait_for(lambda run=run: sink(run)["lag_rows"] == 0)
         assert sink(run)["failures"] == 0
     assert final_counts(clickhouse) == {
         host: (n, n) for host, n in expected.items()
     }
+    assert final_counts(clickhouse, table="agent_runs") == {
+        host: (n, n) for host, n in runs.items()
+    }
+    assert all(n > 0 for n in runs.values())
+
+
+def add(totals, writers_per_host) -> None:
+    """Add each host's wave to its totals."""
+    for i, writers in enumerate(writers_per_host):
+        events, runs = tally(writers)
+        totals[i][0] += events
+        totals[i][1] += runs
+
+
+def agent_runs_in(server) -> dict:
+    """host -> agent runs counted once (empty while the server is down)."""
+    try:
+        counts = final_counts(server, table="agent_runs")
+    except Exception:
+        return {}
+    return {host: n for host, (n, _) in counts.items()}
