@@ -72,6 +72,7 @@ until_option = click.option(
             "alerts",
             "hosts",
             "agent_hosts",
+            "agent_runs",
         ]
     ),
     help="With --format csv: just this table, as plain CSV.",

@@ -143,6 +143,7 @@ def build_clickhouse_report(
             _categories(query),
             _trend(query, HOURS_PER[per]),
             *_reasons(query, top),
+            _agent_runs(query),
         ],
     )
 
@@ -159,10 +160,14 @@ class _Query:
             "end": span.end_ns,
             "agent": agent or "",
         }
+        span_sql = "timestamp_ns >= %(start)s AND timestamp_ns < %(end)s"
         self.names = {
             "events": f"`{database}`.events FINAL",
-            "where": "timestamp_ns >= %(start)s AND timestamp_ns < %(end)s"
+            "where": span_sql
             + (" AND has(actual_agents, %(agent)s)" if agent else ""),
+            "agent_runs": f"`{database}`.agent_runs FINAL",
+            "run_where": span_sql
+            + (" AND agent = %(agent)s" if agent else ""),
         }
 
     def rows(self, sql: str) -> list[tuple[Any, ...]]:
@@ -308,3 +313,35 @@ def _reasons(q: _Query, top: int) -> list[Table]:
         )
         tables.append(Table(name, title, ("count", "reason"), rows))
     return tables
+
+
+def _agent_runs(q: _Query) -> Table:
+    rows = q.rows(
+        "SELECT ifNull(agent, '(none)') AS name, count() AS runs, "
+        "uniqExact(host), countIf(outcome = 'selected'), "
+        "countIf(outcome = 'merged'), countIf(outcome = 'discarded'), "
+        "countIf(outcome = 'cancelled'), "
+        "countIf(success = 1) / countIf(isNotNull(success)), "
+        "avg(execution_time_ms), quantile(0.95)(execution_time_ms), "
+        "sum(ifNull(input_tokens, 0) + ifNull(output_tokens, 0)) "
+        "FROM {agent_runs} WHERE {run_where} GROUP BY name "
+        "ORDER BY runs DESC, name"
+    )
+    return Table(
+        "agent_runs",
+        "Agent runs (all hosts)",
+        (
+            "agent",
+            "runs",
+            "hosts",
+            "selected",
+            "merged",
+            "discarded",
+            "cancelled",
+            "success_rate",
+            "mean_ms",
+            "p95_ms",
+            "tokens",
+        ),
+        rows,
+    )

@@ -125,6 +125,9 @@ def test_the_report_runs_on_the_current_engine(engine, store):
     rows = read_rows(store.db, "events", 0, 1000)
     insert(engine, "events", rows, "web-1")
     insert(engine, "events", rows, "web-2")
+    add_agent_runs(store.db, 5)
+    runs = read_rows(store.db, "agent_runs", 0, 100)
+    insert(engine, "agent_runs", runs, "web-2")
     report = build_clickhouse_report(
         ChdbClient(engine), "livemon", TimeRange.parse("1d", "now")
     )
@@ -132,3 +135,5 @@ def test_the_report_runs_on_the_current_engine(engine, store):
     assert [r[:2] for r in hosts.rows] == [("web-1", 260), ("web-2", 260)]
     assert report.table("agents").column("hosts") == [2]
     assert math.isnan(report.table("agents").column("mean_ms")[0])
+    [row] = report.table("agent_runs").records()
+    assert (row["agent"], row["runs"], row["merged"]) == ("coder", 5, 5)

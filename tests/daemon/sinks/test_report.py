@@ -19,7 +19,7 @@ from livemon.db.reading import Labels, TimeRange
 from livemon.exceptions import DatabaseUnavailable
 from livemon.views import clickhouse as view
 from livemon.views.report import build_report
-from tests.daemon.sinks.conftest import event_batch
+from tests.daemon.sinks.conftest import add_agent_runs, event_batch
 
 
 def ship(store, server, host: str) -> None:
@@ -77,6 +77,24 @@ class TestAcrossHosts:
         by_host = report.table("agent_hosts")
         assert by_host.column("host") == ["web-1", "web-2"]
         assert report.table("trend").column("requests") == [600]
+        assert report.table("agent_runs").rows == []  # none shipped
+        client.disconnect()
+
+    def test_agent_runs_across_hosts(self, store, clickhouse):
+        """Each agent's runs, outcomes and hosts, from agent_runs."""
+        add_agent_runs(store.db, 20)
+        for host in ("web-1", "web-2"):
+            dest = ClickHouseDestination(clickhouse.url(), host)
+            dest.ship("agent_runs", read_rows(store.db, "agent_runs", 0, 100))
+            dest.close()
+        client, database = view.connect(clickhouse.url())
+        report = view.build_clickhouse_report(
+            client, database, TimeRange.parse("1d", "now")
+        )
+        [row] = report.table("agent_runs").records()
+        assert row["agent"] == "coder" and row["runs"] == 40
+        assert (row["hosts"], row["merged"], row["selected"]) == (2, 40, 0)
+        assert row["success_rate"] == 1.0 and row["tokens"] == 40 * 300
         client.disconnect()
 
     def test_cli_json_and_agent_filter(self, store, clickhouse):
