@@ -60,3 +60,14 @@ def test_without_the_driver_the_error_says_what_to_install(store, monkeypatch):
     with pytest.raises(DestinationError) as caught:
         dest.ship("events", read_rows(store.db, "events", 0, 10))
     assert caught.value.permanent and str(caught.value) == INSTALL_HINT
+
+
+def test_a_detached_daemon_gets_the_flag():
+    """start --clickhouse-url hands the URL on to the detached child."""
+    from daemon.cli import flags_for_child
+
+    url = "clickhouse://127.0.0.1:9000/livemon"
+    assert flags_for_child({"clickhouse_url": url, "ring": None}) == [
+        "--clickhouse-url",
+        url,
+    ]
