@@ -18,9 +18,10 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import ringbuf
-from daemon import agent_runs, follow, proc
+from daemon import agent_runs, follow, proc, sinks
 from daemon.drain import Drainer
 from daemon.exceptions import DatabaseCorrupt
+from daemon.forwarding import Forwarding
 from daemon.notify import Notifier
 from daemon.replay import SpillReplayer
 from daemon.retention import DAEMON_SHARE, Retention
@@ -41,6 +42,7 @@ CHECKPOINT_INTERVAL_S = 2.0
 OPTIMIZE_INTERVAL_S = 3600.0
 RETENTION_CHECK_S = 3600.0
 STOP_DEADLINE_S = 20.0
+FORWARD_STOP_S = 5.0  # after the final drain: within systemd's 30 s
 PIDFILE_RETRY_S = 2.0
 
 
@@ -73,6 +75,14 @@ class Service:
         # Prometheus metrics: read the figures last published, at scrape.
         self.figures: dict[str, Any] | None = None
         self._metrics = _metrics_server(self.config, lambda: self.figures)
+        # Destinations fed from the database (daemon/forward.py); they
+        # hold back while the drain has a backlog.
+        self._drain_busy = False
+        self._forwarding = Forwarding(
+            self.config.db,
+            sinks.configured(self.config, self.config.host),
+            drain_busy=lambda: self._drain_busy,
+        )
 
     def run(self) -> int:
         """Run until SIGTERM or SIGINT; return the exit status.
@@ -119,6 +129,7 @@ class Service:
             self._write_pidfile(pidfile)
             self._install_signals()
             drainer.step()  # open the store now, so readiness means it
+            self._forwarding.start()
             self._replace_rings(follow.regrow, drainer)
             if self._metrics is not None:
                 self._metrics.upkeep()
@@ -134,6 +145,9 @@ class Service:
             self._final_drain(drainer)
             return 0
         finally:
+            # What the final drain added ships within a bound, then the
+            # marks are kept (the rest ships after the next start).
+            self._forwarding.close(FORWARD_STOP_S, drainer.store)
             if self._metrics is not None:
                 self._metrics.stop()
             drainer.close()
@@ -149,8 +163,9 @@ class Service:
     def _loop(self, drainer: Drainer) -> None:
         while not self.stop_event.is_set():
             moved = self._step(drainer)
+            self._drain_busy = moved >= self.config.batch_records // 2
             self._upkeep(drainer)
-            if moved < self.config.batch_records // 2:
+            if not self._drain_busy:
                 self.stop_event.wait(self.config.batch_interval_s)
 
     def _final_drain(self, drainer: Drainer) -> None:
@@ -261,6 +276,8 @@ class Service:
                 store.checkpoint()
             if self._due("health", self.config.health_interval_s):
                 self._add_health(drainer, store)
+            if self._due("sink marks", STATUS_INTERVAL_S):
+                self._forwarding.save(store)
             if self._due("optimize", OPTIMIZE_INTERVAL_S):
                 store.optimize()
             self._retain(store)
@@ -288,7 +305,10 @@ class Service:
             return
         if self._retention is None or self._retention.store is not store:
             self._retention = Retention(
-                store, self.config.retention_days, self.config.archive_dir
+                store,
+                self.config.retention_days,
+                self.config.archive_dir,
+                sinks=self._forwarding.names_for("events"),
             )
         self._retaining = self._retention.step_within(DAEMON_SHARE)
         if not self._retaining:
@@ -332,6 +352,7 @@ class Service:
             "spill": self._replayer.backlog(),
             "spill_replayed": self._replayer.replayed,
             "spill_error": self._replayer.last_error,
+            "sinks": self._forwarding.figures(),
             "agent_runs": self._agent_figures(drainer),
         }
 
@@ -428,6 +449,8 @@ class Service:
         fixed = (
             "ring",
             "db",
+            "host",
+            "clickhouse_url",
             "lanes",
             "capacity_records",
             "pidfile",

@@ -38,6 +38,7 @@ def status_line(f: dict[str, Any]) -> str:
         trouble += f"; QUARANTINED lanes {', '.join(f['quarantined_lanes'])}"
     if f["refused_claims"]:
         trouble += f"; {f['refused_claims']} lane claims REFUSED"
+    trouble += sink_trouble(f.get("sinks") or [])
     spilled = f["spill"].get("records", 0)
     reasons = drop_text(f.get("drops") or {})
     return (
@@ -86,6 +87,7 @@ def status_text(report: dict[str, Any]) -> str:
         + (f" ({size / 2**20:.1f} MiB)" if size is not None else ""),
     ]
     lines += _spill_lines(report)
+    lines += sink_lines(report.get("sinks") or [])
     if report.get("last_error"):
         lines.append(f"  TROUBLE   {report['last_error']} (retrying)")
     if report.get("incident") and report["incident"] != report.get(
@@ -146,4 +148,36 @@ def _spill_lines(report: dict[str, Any]) -> list[str]:
                 f"            lane {lane['lane']}: lost {lane['lost']} "
                 f"({drop_text(lane)})"
             )
+    return lines
+
+
+# Destinations fed from the database (daemon/forward.py): lag, errors.
+
+
+def sink_trouble(sinks: list[dict[str, Any]]) -> str:
+    """The ``STATUS=`` line's part for destinations that fail now."""
+    return "".join(
+        f"; sink {s['sink']} FAILING ({s['lag_rows']} rows behind): "
+        f"{s['last_error']}"
+        for s in sinks
+        if s.get("failures")
+    )
+
+
+def sink_lines(sinks: list[dict[str, Any]]) -> list[str]:
+    """One status line per destination: lag, shipped, last error."""
+    lines = []
+    for s in sinks:
+        line = (
+            f"  sink      {s['sink']}: lag {s['lag_rows']} rows, "
+            f"{s['lag_s']:.0f} s; shipped {s['shipped_rows']}"
+        )
+        if s.get("failures"):
+            retry = s.get("retry_in_s")
+            line += f"; FAILING x{s['failures']}: {s['last_error']}" + (
+                f" (retry in {retry:.0f} s)" if retry is not None else ""
+            )
+        elif s.get("last_error"):
+            line += f"; last error: {s['last_error']}"
+        lines.append(line)
     return lines

@@ -12,7 +12,9 @@ import dataclasses
 import grp
 import os
 import pathlib
+import socket
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -85,6 +87,10 @@ class Config:
         metrics_address: serve Prometheus metrics on this loopback
             ``HOST:PORT`` (``remote:HOST:PORT`` for any address, on
             purpose); empty: off.
+        host: this machine's name in shared destinations (default the
+            host name); it keeps hosts apart in ClickHouse.
+        clickhouse_url: ship events and agent runs to this ClickHouse
+            database (``clickhouse://host:9000/livemon``); empty: off.
     """
 
     ring: str = "livemon"
@@ -113,6 +119,9 @@ class Config:
     spill_sync_interval_ms: int = 500
     # Prometheus metrics (daemon/metrics.py).
     metrics_address: str = ""
+    # Forwarding to shared destinations (daemon/forward.py, daemon/sinks).
+    host: str = ""
+    clickhouse_url: str = ""
 
     def __post_init__(self) -> None:
         try:
@@ -140,6 +149,7 @@ class Config:
                 raise ConfigError(f"{name} must be at most {high}")
         self.gid  # noqa: B018  an unknown group is misconfiguration: now
         self._check_spill()
+        self._check_forwarding()
         for name in (
             "batch_interval_s",
             "health_interval_s",
@@ -186,6 +196,21 @@ class Config:
         if "\0" in self.spill_dir:
             raise ConfigError("spill_dir holds a NUL character")
 
+    def _check_forwarding(self) -> None:
+        if not self.host:
+            object.__setattr__(self, "host", socket.gethostname())
+        if len(self.host) > 255 or not self.host.isprintable():
+            raise ConfigError(
+                "host must be printable and at most 255 characters"
+            )
+        if self.clickhouse_url and not _is_clickhouse_url(self.clickhouse_url):
+            raise ConfigError(
+                f"clickhouse_url {self.clickhouse_url!r} is not a ClickHouse "
+                "URL: write clickhouse://[USER:PASSWORD@]HOST[:9000]/DATABASE "
+                "(clickhouses:// for TLS; the database name of letters, "
+                "digits and _)"
+            )
+
     @property
     def mode(self) -> int:
         """Permission bits for the ring, lock files, database, logs."""
@@ -210,6 +235,22 @@ class Config:
                 "(groupadd, or systemd/livemon.sysusers.conf) or set "
                 "LIVEMON_GROUP to an existing group"
             ) from None
+
+
+def _is_clickhouse_url(url: str) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    try:
+        parts.port  # noqa: B018  not a number or out of range: raises
+    except ValueError:
+        return False
+    database = parts.path.strip("/")
+    return (
+        parts.scheme in ("clickhouse", "clickhouses")
+        and bool(parts.hostname)
+        and (not database or database.replace("_", "a").isalnum())
+        and not database[:1].isdigit()
+        and database.isascii()
+    )
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
