@@ -82,6 +82,12 @@ class Config:
         spill_min_free_bytes: free space a new segment must leave.
         spill_sync_interval_ms: longest a spilled record waits for msync
             (0: the kernel's writeback).
+        otlp_endpoint: OTLP/HTTP collector base URL; traces go to its
+            ``/v1/traces`` (empty: off).
+        alert_webhook_url: where alerts and adjustments are POSTed
+            (empty: off).
+        alert_webhook_format: ``auto`` (by URL), ``slack``,
+            ``alertmanager`` or ``json``.
     """
 
     ring: str = "livemon"
@@ -108,6 +114,10 @@ class Config:
     spill_total_cap_bytes: int = 2 * 2**30
     spill_min_free_bytes: int = 128 * 2**20
     spill_sync_interval_ms: int = 500
+    # OTLP traces and alert webhooks (issue 17: daemon/sinks/otlp, webhook)
+    otlp_endpoint: str = ""
+    alert_webhook_url: str = ""
+    alert_webhook_format: str = "auto"
 
     def __post_init__(self) -> None:
         try:
@@ -161,6 +171,7 @@ class Config:
             object.__setattr__(self, "log_file", self.db + ".log")
         if not self.archive_dir:
             object.__setattr__(self, "archive_dir", str(db_dir / "archive"))
+        self._check_sink_urls()
 
     def _check_spill(self) -> None:
         segment = self.spill_segment_bytes
@@ -180,6 +191,18 @@ class Config:
             raise ConfigError("spill_sync_interval_ms must be 0 to 60000")
         if "\0" in self.spill_dir:
             raise ConfigError("spill_dir holds a NUL character")
+
+    def _check_sink_urls(self) -> None:
+        for name in ("otlp_endpoint", "alert_webhook_url"):
+            url = getattr(self, name)
+            if url and not url.startswith(("http://", "https://")):
+                raise ConfigError(
+                    f"{name} {url!r} must be an http:// or https:// URL, "
+                    "e.g. http://127.0.0.1:4318 (empty: off)"
+                )
+        formats = ("auto", "slack", "alertmanager", "json")
+        if self.alert_webhook_format not in formats:
+            raise ConfigError(f"alert_webhook_format must be one of {formats}")
 
     @property
     def mode(self) -> int:

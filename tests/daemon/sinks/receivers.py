@@ -210,7 +210,7 @@ class Receiver:
         self.port = server.server_address[1]
         self._server = server
         self._thread = threading.Thread(
-            target=server.serve_forever, daemon=True
+            target=server.serve_forever, args=(0.02,), daemon=True
         )
         self._thread.start()
 

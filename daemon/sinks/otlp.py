@@ -1,0 +1,157 @@
+"""
+The OTLP/HTTP traces destination: requests and agent runs from the outbox
+POSTed as OTLP/JSON to a collector's ``/v1/traces`` (stdlib only).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Any
+
+from daemon.forward import DestinationError, Rows
+from daemon.sinks import _otlp_encode as encode
+from daemon.sinks._otlp_http import Endpoint, post
+
+logger = logging.getLogger(__name__)
+
+TRACES_PATH = "/v1/traces"
+CONTENT_TYPE = "application/json"
+DEFAULT_TIMEOUT_S = 10.0
+
+
+def traces_endpoint(url: str) -> Endpoint:
+    """Where ``otlp_endpoint`` sends traces: its path plus ``/v1/traces``.
+
+    As ``OTEL_EXPORTER_OTLP_ENDPOINT`` is read: ``http://127.0.0.1:4318``
+    posts to ``http://127.0.0.1:4318/v1/traces`` and a base with a path
+    (``https://host/api/public/otel``) gets ``/v1/traces`` after it; a URL
+    that already ends with ``/v1/traces`` is taken as it is.
+
+    Raises:
+        ValueError: not an http(s) URL with a host (the message says so).
+    """
+    endpoint = Endpoint.parse(url, "otlp_endpoint")
+    path, _, query = endpoint.path.partition("?")
+    if not path.endswith(TRACES_PATH):
+        path = path.rstrip("/") + TRACES_PATH
+    path += "?" + query if query else ""
+    return Endpoint(endpoint.scheme, endpoint.host, endpoint.port, path)
+
+
+class OtlpDestination:
+    """Ships ``events`` (root spans) and ``agent_runs`` (child spans).
+
+    One POST per batch, so a batch is delivered whole or retried whole; a
+    retried batch carries the same ids (``_otlp_encode``), so backends that
+    upsert by span id stay exact, and a collector sees a duplicate only
+    when it accepted a batch whose answer never came back.
+
+    Attributes:
+        spans_sent: spans the collector accepted.
+        spans_rejected: spans a collector's partial success refused (the
+            OTLP spec forbids retrying them; each refusal is logged).
+        rows_left_out: rows that are no span (legacy stage records).
+    """
+
+    name = "otlp"
+    sources: tuple[str, ...] = ("events", "agent_runs")
+
+    def __init__(
+        self,
+        endpoint: str,
+        host: str,
+        *,
+        version: str,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        """Check the settings; nothing is sent before the first ``ship``.
+
+        Args:
+            endpoint: ``otlp_endpoint`` (see ``traces_endpoint``).
+            host: names the machine; it is in every id and the resource.
+            version: livemon's version, the instrumentation scope's.
+            timeout_s: longest one POST may take.
+
+        Raises:
+            ValueError: a bad endpoint, an empty host or a timeout <= 0.
+        """
+        if not host:
+            raise ValueError("host is empty: set LIVEMON_HOST")
+        if not timeout_s > 0:
+            raise ValueError("timeout_s must be positive")
+        self.endpoint = traces_endpoint(endpoint)
+        self.host = host
+        self.version = version
+        self.timeout_s = timeout_s
+        self.spans_sent = self.spans_rejected = self.rows_left_out = 0
+        self._lock = threading.Lock()
+
+    def ship(self, source: str, rows: Rows) -> None:
+        """POST the spans of one batch of ``source`` rows.
+
+        Raises:
+            DestinationError: the collector could not take them (see
+                ``_otlp_http.post``); permanent for a source it does not
+                take.
+        """
+        if source == "events":
+            spans, left_out = encode.request_spans(self.host, rows.columns)
+        elif source == "agent_runs":
+            spans, left_out = encode.agent_spans(self.host, rows.columns)
+        else:
+            raise DestinationError(
+                f"otlp takes {self.sources}, not {source!r}", permanent=True
+            )
+        with self._lock:
+            self.rows_left_out += left_out
+        if not spans:
+            return
+        body = encode.export_request(self.host, self.version, spans)
+        answer = post(
+            self.endpoint,
+            body,
+            content_type=CONTENT_TYPE,
+            timeout_s=self.timeout_s,
+        )
+        rejected = self._rejected(answer.body, len(spans))
+        with self._lock:
+            self.spans_sent += len(spans) - rejected
+            self.spans_rejected += rejected
+
+    def _rejected(self, body: bytes, sent: int) -> int:
+        """Spans an ``ExportTraceServiceResponse`` says it refused.
+
+        A partial success is logged, never retried: the OTLP spec says the
+        refused spans would be refused again.
+        """
+        try:
+            answer: Any = json.loads(body) if body.strip() else {}
+        except ValueError:
+            return 0  # a 2xx without a JSON body: everything was taken
+        partial = (
+            answer.get("partialSuccess") if isinstance(answer, dict) else None
+        )
+        if not isinstance(partial, dict):
+            return 0
+        try:
+            rejected = min(
+                max(int(partial.get("rejectedSpans") or 0), 0), sent
+            )
+        except (TypeError, ValueError):
+            rejected = 0
+        message = partial.get("errorMessage") or ""
+        if rejected or message:
+            logger.warning(
+                "%s took %d of %d spans; it refused %d: %s",
+                self.endpoint,
+                sent - rejected,
+                sent,
+                rejected,
+                message or "(no message)",
+            )
+        return rejected
+
+    def close(self) -> None:
+        """Nothing to release: each POST has its own connection."""
