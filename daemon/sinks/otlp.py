@@ -7,18 +7,50 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
+import urllib.parse
+from collections.abc import Mapping
 from typing import Any
 
 from daemon.forward import DestinationError, Rows
 from daemon.sinks import _otlp_encode as encode
 from daemon.sinks._otlp_http import Endpoint, post
+from livemon import __version__
+from livemon.config import Config
 
 logger = logging.getLogger(__name__)
 
 TRACES_PATH = "/v1/traces"
 CONTENT_TYPE = "application/json"
 DEFAULT_TIMEOUT_S = 10.0
+HEADERS_ENV = (
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+)
+"""Where extra headers (a collector's or Langfuse's ``Authorization``) come
+from, as every OpenTelemetry exporter reads them: the first one set."""
+
+
+def otlp_headers(env: Mapping[str, str]) -> dict[str, str]:
+    """The headers of ``HEADERS_ENV``: ``key=value`` pairs, comma-separated,
+    values percent-encoded (the OTel exporter format).
+
+    Raises:
+        ValueError: a pair without ``=`` (the value is never quoted back:
+            it may be a secret).
+    """
+    raw = next((env[name] for name in HEADERS_ENV if env.get(name)), "")
+    headers = {}
+    for pair in filter(None, (p.strip() for p in raw.split(","))):
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(
+                f"{' or '.join(HEADERS_ENV)} holds an entry that is not "
+                "key=value; write it as key1=value1,key2=value2"
+            )
+        headers[key.strip()] = urllib.parse.unquote(value.strip())
+    return headers
 
 
 def traces_endpoint(url: str) -> Endpoint:
@@ -38,6 +70,22 @@ def traces_endpoint(url: str) -> Endpoint:
         path = path.rstrip("/") + TRACES_PATH
     path += "?" + query if query else ""
     return Endpoint(endpoint.scheme, endpoint.host, endpoint.port, path)
+
+
+def from_config(
+    config: Config, host: str, env: Mapping[str, str] = os.environ
+) -> OtlpDestination:
+    """The destination ``otlp_endpoint`` asks for, headers from ``env``.
+
+    Raises:
+        ValueError: a bad endpoint or headers (the message says which).
+    """
+    return OtlpDestination(
+        config.otlp_endpoint,
+        host,
+        version=__version__,
+        headers=otlp_headers(env),
+    )
 
 
 class OtlpDestination:
@@ -65,6 +113,7 @@ class OtlpDestination:
         *,
         version: str,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         """Check the settings; nothing is sent before the first ``ship``.
 
@@ -73,6 +122,7 @@ class OtlpDestination:
             host: names the machine; it is in every id and the resource.
             version: livemon's version, the instrumentation scope's.
             timeout_s: longest one POST may take.
+            headers: sent with every POST (``otlp_headers``).
 
         Raises:
             ValueError: a bad endpoint, an empty host or a timeout <= 0.
@@ -85,6 +135,7 @@ class OtlpDestination:
         self.host = host
         self.version = version
         self.timeout_s = timeout_s
+        self.headers = dict(headers or {})
         self.spans_sent = self.spans_rejected = self.rows_left_out = 0
         self._lock = threading.Lock()
 
@@ -114,6 +165,7 @@ class OtlpDestination:
             body,
             content_type=CONTENT_TYPE,
             timeout_s=self.timeout_s,
+            headers=self.headers,
         )
         rejected = self._rejected(answer.body, len(spans))
         with self._lock:

@@ -17,6 +17,8 @@ from typing import Any
 
 from daemon.forward import DestinationError, Rows
 from daemon.sinks._otlp_http import Endpoint, post
+from livemon import __version__
+from livemon.config import Config
 
 FORMATS = ("auto", "slack", "alertmanager", "json")
 """``alert_webhook_format`` values; ``auto`` picks by URL (``pick_format``)."""
@@ -182,6 +184,20 @@ def _rows(columns: Mapping[str, Sequence[Any]]) -> Iterator[dict[str, Any]]:
     count = len(next(iter(columns.values()), ()))
     for i in range(count):
         yield {name: values[i] for name, values in columns.items()}
+
+
+def from_config(config: Config, host: str) -> WebhookDestination:
+    """The destination ``alert_webhook_url`` asks for.
+
+    Raises:
+        ValueError: a bad URL or format (the message says which).
+    """
+    return WebhookDestination(
+        config.alert_webhook_url,
+        host,
+        fmt=config.alert_webhook_format,
+        version=__version__,
+    )
 
 
 class WebhookDestination:

@@ -83,6 +83,7 @@ def _check_span(span: Any, where: str) -> None:
     _check(isinstance(span["name"], str) and span["name"], f"{where}: name")
     _check(span.get("kind") in range(6), f"{where}: kind is an enum integer")
     start, end = span["startTimeUnixNano"], span["endTimeUnixNano"]
+    _check(isinstance(start, str) and isinstance(end, str), f"{where}: times")
     _check(bool(_DECIMAL.fullmatch(start)), f"{where}: start as string")
     _check(bool(_DECIMAL.fullmatch(end)), f"{where}: end as string")
     _check(int(end) >= int(start) > 0, f"{where}: end >= start > 0")

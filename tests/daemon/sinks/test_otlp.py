@@ -15,7 +15,14 @@ import pytest
 
 from daemon.forward import DestinationError, Rows
 from daemon.sinks._otlp_http import parse_retry_after
-from daemon.sinks.otlp import OtlpDestination, traces_endpoint
+from daemon.sinks.otlp import (
+    OtlpDestination,
+    from_config,
+    otlp_headers,
+    traces_endpoint,
+)
+from livemon.config import load_config
+from livemon.exceptions import ConfigError
 from tests.daemon.sinks.outbox_rows import agent_row, columns, request_row
 from tests.daemon.sinks.receivers import Receiver, otlp_spans
 
@@ -188,3 +195,68 @@ class TestAnswers:
             with pytest.raises(DestinationError, match="timed out") as caught:
                 otlp.ship("events", _requests(1))
         assert not caught.value.permanent
+
+
+class TestHeaders:
+    def test_otel_exporter_headers_are_sent(self, receiver, tmp_path):
+        """OTEL_EXPORTER_OTLP_HEADERS (as every OTel exporter reads it;
+        the traces-only variable first) reaches the collector, decoded:
+        how a Langfuse or a collector's Authorization is given."""
+        env = {
+            "OTEL_EXPORTER_OTLP_HEADERS": "x-ignored=1",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS": (
+                "Authorization=Basic%20cGs6c2s=, x-tenant = a"
+            ),
+        }
+        config = load_config(
+            {"db": str(tmp_path / "x.db"), "otlp_endpoint": receiver.url},
+            env={},
+        )
+        otlp = from_config(config, HOST, env=env)
+        otlp.ship("events", _requests(1))
+        sent = receiver.headers[0]
+        assert sent["Authorization"] == "Basic cGs6c2s="
+        assert sent["x-tenant"] == "a"
+        assert "x-ignored" not in sent
+
+    def test_a_malformed_header_is_refused_without_its_value(self):
+        """A pair without '=' is refused; the value (a secret) is not
+        echoed."""
+        env = {"OTEL_EXPORTER_OTLP_HEADERS": "Bearer s3cret"}
+        with pytest.raises(ValueError, match="key1=value1") as caught:
+            otlp_headers(env)
+        assert "s3cret" not in str(caught.value)
+
+
+class TestConfig:
+    def test_keys_come_from_the_environment(self, tmp_path):
+        """LIVEMON_OTLP_ENDPOINT, LIVEMON_ALERT_WEBHOOK_URL and
+        LIVEMON_ALERT_WEBHOOK_FORMAT are read like every setting; both
+        sinks are off by default."""
+        db = {"db": str(tmp_path / "x.db")}
+        assert load_config(db, env={}).otlp_endpoint == ""
+        assert load_config(db, env={}).alert_webhook_url == ""
+        config = load_config(
+            db,
+            env={
+                "LIVEMON_OTLP_ENDPOINT": "http://127.0.0.1:4318",
+                "LIVEMON_ALERT_WEBHOOK_URL": "https://hooks.slack.com/x",
+                "LIVEMON_ALERT_WEBHOOK_FORMAT": "slack",
+            },
+        )
+        assert config.otlp_endpoint == "http://127.0.0.1:4318"
+        assert config.alert_webhook_format == "slack"
+
+    @pytest.mark.parametrize(
+        ("key", "value", "message"),
+        [
+            ("otlp_endpoint", "127.0.0.1:4318", "http:// or https://"),
+            ("alert_webhook_url", "hooks.slack.com/x", "http:// or https://"),
+            ("alert_webhook_format", "teams", "one of"),
+        ],
+    )
+    def test_bad_values_refuse_to_start(self, tmp_path, key, value, message):
+        """A URL without a scheme or an unknown format is a ConfigError
+        at start, not a sink failing for ever."""
+        with pytest.raises(ConfigError, match=message):
+            load_config({"db": str(tmp_path / "x.db"), key: value}, env={})

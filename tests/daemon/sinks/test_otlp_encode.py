@@ -22,7 +22,12 @@ from tests.daemon.sinks.outbox_rows import (
     columns,
     request_row,
 )
-from tests.daemon.sinks.receivers import free_port, otlp_spans, to_protobuf
+from tests.daemon.sinks.receivers import (
+    InvalidOtlp,
+    free_port,
+    otlp_spans,
+    to_protobuf,
+)
 
 HOST = "node-1"
 
@@ -228,3 +233,23 @@ class TestBody:
         attrs = {a.key: a.value for a in agent.attributes}
         assert attrs["gen_ai.agent.name"].string_value == "coder"
         assert attrs["gen_ai.usage.input_tokens"].int_value == 300
+
+
+class TestStrictCheck:
+    @pytest.mark.parametrize(
+        ("key", "bad"),
+        [
+            ("traceId", "AAECAwQFBgcICQoLDA0ODw=="),  # base64, not hex
+            ("spanId", "0000000000000000"),
+            ("kind", "SPAN_KIND_INTERNAL"),  # enums are integers
+            ("startTimeUnixNano", "soon"),  # a decimal string
+            ("nonsense", 1),
+        ],
+    )
+    def test_the_receiver_refuses_what_otlp_json_forbids(self, key, bad):
+        """The test receiver is strict: each rule it checks breaks a body
+        that is otherwise the encoder's (so the tests above can fail)."""
+        (span,), _ = encode.agent_spans(HOST, columns([agent_row(1, 1)]))
+        span[key] = bad
+        with pytest.raises(InvalidOtlp):
+            otlp_spans(_body([span]))
