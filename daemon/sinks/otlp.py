@@ -24,6 +24,10 @@ logger = logging.getLogger(__name__)
 TRACES_PATH = "/v1/traces"
 CONTENT_TYPE = "application/json"
 DEFAULT_TIMEOUT_S = 10.0
+MAX_SPANS_PER_POST = 512
+"""Spans in one request: the OTel SDK's batch (~190 KB of JSON), far
+below a collector's default 20 MiB body limit."""
+_ENCODERS = {"events": encode.request_spans, "agent_runs": encode.agent_spans}
 HEADERS_ENV = (
     "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
     "OTEL_EXPORTER_OTLP_HEADERS",
@@ -91,10 +95,13 @@ def from_config(
 class OtlpDestination:
     """Ships ``events`` (root spans) and ``agent_runs`` (child spans).
 
-    One POST per batch, so a batch is delivered whole or retried whole; a
-    retried batch carries the same ids (``_otlp_encode``), so backends that
-    upsert by span id stay exact, and a collector sees a duplicate only
-    when it accepted a batch whose answer never came back.
+    A batch goes in requests of ``MAX_SPANS_PER_POST`` spans (as the OTel
+    SDK batches); when one fails, the retried batch skips the rows whose
+    request was taken (``_taken``), so no span is posted twice while the
+    daemon runs.  A collector sees a duplicate only when it took a request
+    whose answer never came back, or when the daemon was killed before it
+    stored the mark; both re-send the same ids (``_otlp_encode``), so
+    backends that upsert by span id stay exact.
 
     Attributes:
         spans_sent: spans the collector accepted.
@@ -137,28 +144,42 @@ class OtlpDestination:
         self.timeout_s = timeout_s
         self.headers = dict(headers or {})
         self.spans_sent = self.spans_rejected = self.rows_left_out = 0
+        self._taken: dict[str, set[int]] = {}
         self._lock = threading.Lock()
 
     def ship(self, source: str, rows: Rows) -> None:
-        """POST the spans of one batch of ``source`` rows.
+        """POST the spans of one batch of ``source`` rows, in requests of
+        at most ``MAX_SPANS_PER_POST``, skipping rows already taken.
 
         Raises:
             DestinationError: the collector could not take them (see
-                ``_otlp_http.post``); permanent for a source it does not
-                take.
+                ``_otlp_http.post``); the requests before it stay taken.
+                Permanent for a source it does not take.
         """
-        if source == "events":
-            spans, left_out = encode.request_spans(self.host, rows.columns)
-        elif source == "agent_runs":
-            spans, left_out = encode.agent_spans(self.host, rows.columns)
-        else:
+        encoder = _ENCODERS.get(source)
+        if encoder is None:
             raise DestinationError(
                 f"otlp takes {self.sources}, not {source!r}", permanent=True
             )
-        with self._lock:
-            self.rows_left_out += left_out
-        if not spans:
-            return
+        ids = rows.columns["id"]
+        # Rows below this batch are behind the mark now: forget them.
+        taken = {i for i in self._taken.get(source, ()) if i >= ids[0]}
+        self._taken[source] = taken
+        todo = [n for n, row_id in enumerate(ids) if row_id not in taken]
+        for first in range(0, len(todo), MAX_SPANS_PER_POST):
+            part = todo[first : first + MAX_SPANS_PER_POST]
+            columns = {
+                name: [values[n] for n in part]
+                for name, values in rows.columns.items()
+            }
+            spans, left_out = encoder(self.host, columns)
+            if spans:
+                self._post(spans)
+            taken.update(ids[n] for n in part)
+            with self._lock:
+                self.rows_left_out += left_out
+
+    def _post(self, spans: list[dict[str, Any]]) -> None:
         body = encode.export_request(self.host, self.version, spans)
         answer = post(
             self.endpoint,

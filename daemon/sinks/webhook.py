@@ -203,15 +203,17 @@ def from_config(config: Config, host: str) -> WebhookDestination:
 class WebhookDestination:
     """Ships ``alerts`` and ``adjustments``, one POST per row, in order.
 
-    Delivery: the forwarding machinery advances this sink's mark only after
-    ``ship`` returned, so every row is posted at least once.  Within one
-    daemon's life, a batch retried after a failure half-way skips the rows
-    already taken (``_taken``): each alert reaches the webhook once.  Only a
-    daemon killed between a 2xx and the mark's commit re-posts, once, the
-    rows of that one batch, with the same ``livemon_id`` and
-    ``Idempotency-Key``: an Alertmanager folds them (same labels), other
-    receivers can drop them by id.  True exactly-once needs a receiver
-    that deduplicates; nothing a sender does can give it.
+    Delivery: the forwarding machinery moves this sink's mark only after
+    ``ship`` returned, and stores it with the daemon's next commit, so
+    every row is posted at least once.  Within one daemon's life a batch
+    retried after a failure half-way skips the rows already taken
+    (``_taken``): each alert reaches the webhook once.  Only a daemon
+    killed before it stored the mark re-posts, once, the rows shipped
+    since, with the same ``livemon_id`` and ``Idempotency-Key``: an
+    Alertmanager folds them into the alert they repeat (same labels),
+    other receivers can drop them by id.  Strict at-most-once would lose
+    the alert of a failed POST; true exactly-once needs a receiver that
+    deduplicates, which no sender can provide.
     """
 
     name = "webhook"

@@ -16,6 +16,7 @@ import pytest
 from daemon.forward import DestinationError, Rows
 from daemon.sinks._otlp_http import parse_retry_after
 from daemon.sinks.otlp import (
+    MAX_SPANS_PER_POST,
     OtlpDestination,
     from_config,
     otlp_headers,
@@ -99,6 +100,23 @@ class TestShip:
         roots, (child,) = map(otlp_spans, receiver.accepted)
         assert child["parentSpanId"] == roots[0]["spanId"]
         assert otlp.spans_sent == 3
+
+    def test_a_failed_request_retries_only_what_was_not_taken(self, receiver):
+        """A big batch goes in several requests; when the second fails,
+        the retried batch sends only the requests not taken: every span
+        once, none twice."""
+        receiver.script.extend([(200, {}, b"{}"), (503, {}, b"")])
+        otlp = _destination(receiver.url)
+        count = 2 * MAX_SPANS_PER_POST + 10
+        batch = _requests(*range(1, count + 1))
+        with pytest.raises(DestinationError):
+            otlp.ship("events", batch)
+        otlp.ship("events", batch)
+        sizes = [len(otlp_spans(body)) for body in receiver.accepted]
+        assert sizes == [MAX_SPANS_PER_POST, MAX_SPANS_PER_POST, 10]
+        ids = [s["spanId"] for b in receiver.accepted for s in otlp_spans(b)]
+        assert len(ids) == len(set(ids)) == count
+        assert receiver.answers == [200, 503, 200, 200]
 
     def test_a_batch_of_stage_records_posts_nothing(self, receiver):
         """A batch with no span is done without a request."""
