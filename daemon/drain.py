@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 import ringbuf
+from daemon.agent_runs import store_agent_runs, write_isolating
 from daemon.exceptions import DaemonError, DatabaseGone, DatabaseMoved
 from daemon.quarantine import Quarantine, sane_events, sane_labels
 from daemon.store import Store, is_damage
@@ -59,11 +60,14 @@ class Drainer:
         open_store: Callable[[], Store],
         feedback: ringbuf.Ring | None = None,
         quarantine: Quarantine | None = None,
+        agents: ringbuf.Ring | None = None,
     ) -> None:
         self.config = config
         self.events = events
         self.labels = labels
         self.feedback = feedback
+        self.agents = agents  # the agents ring, once opened (issue 15)
+        self.agent_runs_drained = 0
         self.quarantine = quarantine or Quarantine(
             config.db + ".quarantine.jsonl", config.mode
         )
@@ -96,11 +100,12 @@ class Drainer:
         if store is None:
             return 0
         events = self._pending_events()
+        agents = self._pending_agents()
         feedback = self._pending_all(self.feedback)
-        # Labels last: every label an event or action refers to was
-        # published before it, so it is in this read.
+        # Labels last: every label an event, agent run or action refers
+        # to was published before it, so it is in this read.
         labels = self._pending_all(self.labels)
-        if not events and not labels and not feedback:
+        if not events and not labels and not feedback and not agents:
             return 0
         started = time.perf_counter()
         self._write(
@@ -109,6 +114,7 @@ class Drainer:
             self.quarantine.screen(self.events.name, events, sane_events),
             feedback,
         )
+        self._write_agents(store, agents)  # after the labels they name
         for batch in labels:
             self.labels.advance(batch.lane, batch.end_seq)
         for batch in events:
@@ -116,10 +122,11 @@ class Drainer:
         for batch in feedback:
             assert self.feedback is not None
             self.feedback.advance(batch.lane, batch.end_seq)
+        self._advance_agents(agents)
         self.batch_latency_ms = (time.perf_counter() - started) * 1e3
         moved = sum(len(b.records) for b in events)
         self.drained += moved
-        return moved
+        return moved + sum(len(b.records) for b in agents)
 
     def _lane_batch(
         self, ring: ringbuf.Ring, lane: int, room: int | None = None
@@ -160,6 +167,67 @@ class Drainer:
                 batches.append(batch)
                 room -= len(batch.records)
         return batches
+
+    # -- agent runs (issue 15) ---------------------------------------------
+
+    def _pending_agents(self) -> list[ringbuf.Batch]:
+        """Up to ``batch_records`` agent runs, lanes in order."""
+        ring, room = self.agents, self.config.batch_records
+        if ring is None:
+            return []
+        batches = []
+        for lane in range(ring.lanes):
+            batch = self._lane_batch(ring, lane, room)
+            if batch is not None:
+                batches.append(batch)
+                room -= len(batch.records)
+        return self.quarantine.screen(ring.name, batches, sane_events)
+
+    def _write_agents(
+        self, store: Store, batches: list[ringbuf.Batch]
+    ) -> None:
+        """Store agent runs in their own transaction; records that cannot
+        be stored are set aside, as events are."""
+        ring = self.agents
+        if ring is None or not batches:
+            return
+        try:
+            store_agent_runs(store, ring.epoch, batches)
+            return
+        except Exception as exc:
+            if _is_trouble(exc):
+                raise
+        self._isolated = 0
+        for batch in batches:
+            write_isolating(
+                lambda part: store_agent_runs(store, ring.epoch, [part]),
+                batch,
+                lambda part, exc: self._set_aside_record(ring, part, exc),
+                _is_trouble,
+            )
+
+    def _advance_agents(self, batches: list[ringbuf.Batch]) -> None:
+        for batch in batches:
+            assert self.agents is not None
+            self.agents.advance(batch.lane, batch.end_seq)
+            self.agent_runs_drained += len(batch.records)
+
+    def _set_aside_record(
+        self, ring: ringbuf.Ring, batch: ringbuf.Batch, exc: Exception
+    ) -> None:
+        self._isolated += 1
+        if self._isolated > MAX_ISOLATED_PER_STEP:
+            raise SystemicFault(
+                f"{self._isolated} records in a row cannot be stored "
+                f"({type(exc).__name__}: {exc}); they stay in the ring"
+            ) from exc
+        self.quarantine.add(
+            ring.name,
+            batch.lane,
+            batch.first_seq,
+            batch.records,
+            f"cannot be stored: {type(exc).__name__}: {exc}",
+        )
 
     def _write(
         self,

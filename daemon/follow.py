@@ -11,6 +11,7 @@ import logging
 import time
 
 import ringbuf
+from daemon import agent_runs
 from daemon.drain import Drainer
 from livemon import ipc
 from livemon.config import Config
@@ -55,6 +56,7 @@ def follow(config: Config, drainer: Drainer) -> list[ringbuf.Ring]:
     if drainer.feedback is not None:
         old.append(drainer.feedback)
     drainer.events, drainer.labels, drainer.feedback = new
+    old += follow_agents(config, drainer)
     logger.warning(
         "ring %r was replaced under the daemon (unlinked or recreated): "
         "drained the old segments, now consuming the new ones",
@@ -81,7 +83,7 @@ def regrow(config: Config, drainer: Drainer) -> list[ringbuf.Ring]:
         config.lanes,
         config.capacity_records,
     ) and drainer.labels.lanes == config.lanes:
-        return []
+        return regrow_agents(config, drainer)
     old = [drainer.events, drainer.labels]
     if drainer.feedback is not None:
         old.append(drainer.feedback)
@@ -91,6 +93,7 @@ def regrow(config: Config, drainer: Drainer) -> list[ringbuf.Ring]:
         ipc.open_ring(config, spec).close()
     for ring in old:
         ring.retire()
+    _renew_agents(config, drainer)
     logger.warning(
         "ring %r had %d lanes of %d records, the config %d of %d: new "
         "rings made, coordinators move to them at their next record",
@@ -101,3 +104,50 @@ def regrow(config: Config, drainer: Drainer) -> list[ringbuf.Ring]:
         config.capacity_records,
     )
     return follow(config, drainer)
+
+
+# -- the agents ring (issue 15): followed and regrown on its own, since
+# coordinators create it at their first agent run, apart from the others.
+
+
+def follow_agents(config: Config, drainer: Drainer) -> list[ringbuf.Ring]:
+    """Move to the agents ring now under its name, if it was replaced;
+    return the old one (drained to the end first, as the others)."""
+    old = drainer.agents
+    if old is None or not old.replaced:
+        return []
+    deadline = time.monotonic() + DRAIN_OLD_S
+    while time.monotonic() < deadline and drainer.step():
+        pass
+    new = agent_runs.open_agents_ring(config)
+    if new is None:  # the old one stays in use; tried again next check
+        return []
+    drainer.agents = new
+    logger.warning(
+        "ring %r was replaced under the daemon: now consuming the new one",
+        new.name,
+    )
+    return [old]
+
+
+def regrow_agents(config: Config, drainer: Drainer) -> list[ringbuf.Ring]:
+    """``regrow`` for the agents ring alone; return the old one, if any."""
+    agents = drainer.agents
+    if agents is None or (agents.lanes, agents.capacity_records) == (
+        config.lanes,
+        config.capacity_records,
+    ):
+        return []
+    _renew_agents(config, drainer)
+    return follow_agents(config, drainer)
+
+
+def _renew_agents(config: Config, drainer: Drainer) -> None:
+    """Put a new agents ring of ``config``'s geometry under the name and
+    retire the old one (its producers move at their next run)."""
+    agents = drainer.agents
+    if agents is None:
+        return
+    ringbuf.unlink(agents.name)
+    ipc.open_ring(config, ipc.agents_ring(config)).close()
+    agents.retire()

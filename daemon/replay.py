@@ -22,7 +22,7 @@ logger = logging.getLogger("livemon.daemon")
 
 DEFAULT_MAX_RECORDS = 20000
 RETIRE_INTERVAL_S = 1.0  # segments sealed since: looked at this often
-_HWM = "SELECT max(seq) FROM events WHERE epoch = ? AND lane = ?"
+_HWM = "SELECT max(seq) FROM {table} WHERE epoch = ? AND lane = ?"
 
 _Lane = tuple[int, int]  # (epoch, ring lane)
 
@@ -260,9 +260,11 @@ class SpillReplayer:
         }
 
 
-def _hwm(store: Store, epoch: int, lane: int) -> int:
-    """The highest spill seq committed for a ring lane, -1 if none."""
-    row = store.db.execute(_HWM, (epoch, spill_lane(lane))).fetchone()
+def _hwm(store: Store, epoch: int, lane: int, table: str = "events") -> int:
+    """The highest spill seq committed for a ring lane into ``table``
+    (whose rows carry the ring identity), -1 if none."""
+    sql = _HWM.format(table=table)
+    row = store.db.execute(sql, (epoch, spill_lane(lane))).fetchone()
     return -1 if row is None or row[0] is None else int(row[0])
 
 

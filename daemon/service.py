@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import ringbuf
-from daemon import follow, proc
+from daemon import agent_runs, follow, proc
 from daemon.drain import Drainer
 from daemon.exceptions import DatabaseCorrupt
 from daemon.notify import Notifier
@@ -82,7 +82,8 @@ class Service:
         with contextlib.suppress(sqlite3.Error):
             check_database_path(config.db)
         events, labels, feedback, lock = proc.open_and_lock(config)
-        self._rings = [events, labels, feedback]
+        agents = agent_runs.open_agents_ring(config)
+        self._rings = [events, labels, feedback, *([agents] if agents else [])]
         pidfile = proc.Pidfile(config.pidfile)
 
         def open_store() -> Store:
@@ -91,10 +92,15 @@ class Service:
                 config.db, synchronous=config.synchronous, mode=config.mode
             )
 
-        drainer = Drainer(config, events, labels, open_store, feedback)
+        drainer = Drainer(
+            config, events, labels, open_store, feedback, agents=agents
+        )
         # Spilled records first: a spilled label then precedes the ring
         # events that name it.
         self._replayer = SpillReplayer(
+            ipc.spill_root(config), config.ring, lambda: drainer.store
+        )
+        self._agent_replayer = agent_runs.AgentSpillReplayer(
             ipc.spill_root(config), config.ring, lambda: drainer.store
         )
         self._next["integrity"] = (
@@ -152,13 +158,21 @@ class Service:
 
     def _step(self, drainer: Drainer) -> int:
         """Replay spill files, then drain the rings; return records moved."""
-        return self._replayer.step(self.config.batch_records) + drainer.step()
+        n = self.config.batch_records
+        replayed = self._replayer.step(n) + self._agent_replayer.step(n)
+        return replayed + drainer.step()
 
     def _follow_rings(self, drainer: Drainer) -> None:
         if not self._due("rings", follow.CHECK_INTERVAL_S):
             return
         if follow.replaced(drainer):
             self._replace_rings(follow.follow, drainer)
+        elif drainer.agents is not None and drainer.agents.replaced:
+            self._replace_rings(follow.follow_agents, drainer)
+        elif drainer.agents is None:  # not opened yet: try again
+            drainer.agents = agent_runs.open_agents_ring(self.config)
+            if drainer.agents is not None:
+                self._rings.append(drainer.agents)
 
     def _replace_rings(
         self,
@@ -170,7 +184,12 @@ class Service:
                 ring.close()
         except (ringbuf.RingError, OSError) as exc:
             logger.error("cannot move to the new rings: %s", exc)
-        current = (drainer.events, drainer.labels, drainer.feedback)
+        current = (
+            drainer.events,
+            drainer.labels,
+            drainer.feedback,
+            drainer.agents,
+        )
         self._rings = [ring for ring in current if ring is not None]
 
     def _due(self, what: str, every_s: float) -> bool:
@@ -289,6 +308,25 @@ class Service:
             "spill": self._replayer.backlog(),
             "spill_replayed": self._replayer.replayed,
             "spill_error": self._replayer.last_error,
+            "agent_runs": self._agent_figures(drainer),
+        }
+
+    def _agent_figures(self, drainer: Drainer) -> dict[str, Any]:
+        """The agents ring's and spill's figures, for status."""
+        ring, lag = drainer.agents, 0
+        if ring is not None:
+            states = [ring.lane_state(i) for i in range(ring.lanes)]
+            lag = sum(
+                min(max(s.pending, 0), ring.capacity_records) for s in states
+            )
+        spill = self._agent_replayer
+        return {
+            "drained": drainer.agent_runs_drained,
+            "lag_records": lag,
+            "ring": ring is not None,
+            "spill_replayed": spill.replayed,
+            "spill": spill.backlog(),
+            "spill_error": spill.last_error,
         }
 
     def _publish(self, drainer: Drainer) -> str:

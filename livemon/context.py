@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from livemon import agents as _agents
 from livemon import record as rec
 from livemon._checks import FieldChecks, hash_bytes
 from livemon.exceptions import LivemonError
@@ -85,6 +86,7 @@ class RequestContext(FieldChecks):
     _tests_passed: Any = None
     _accepted: Any = None
     _override: Any = None
+    _agent_runs: list[_agents.AgentRun] | None = None
 
     def __init__(
         self, sink: Sink, query: str, category: str | None = None
@@ -199,6 +201,47 @@ class RequestContext(FieldChecks):
             self._flag("accepted", accepted)
             self._text("override_reason", override_reason)
 
+    def log_agent(
+        self,
+        name: str,
+        *,
+        execution_time_ms: float | None = None,
+        success: bool | None = None,
+        error: str | BaseException | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        quality_score: float | None = None,
+        outcome: str | rec.AgentOutcome | None = None,
+        **unknown: Any,
+    ) -> None:
+        """Record one agent's own run; call it once per agent that ran.
+
+        Each call adds a run (up to ``MAX_AGENT_RUNS``, beyond counted in
+        ``agent_runs_over_limit``), written at ``end`` as its own record
+        right after the request's.  ``outcome``: ``"selected"`` (its
+        output was used), ``"merged"``, ``"discarded"``, ``"cancelled"``
+        (stopped because a sibling won: neither a failure nor a latency
+        sample), an ``AgentOutcome``, or None.  Checks as the other calls
+        (durations, tokens >= 0; quality_score in [0, 1]).
+        """
+        run = (
+            name,
+            execution_time_ms,
+            success,
+            error,
+            input_tokens,
+            output_tokens,
+            quality_score,
+            outcome,
+        )
+        if unknown or self._checked:
+            self._screen("log_agent", unknown)  # counts a late call
+            if self._ended:
+                return
+        if self._agent_runs is None:
+            self._agent_runs = []
+        _agents.keep_run(self, self._agent_runs, run)
+
     def end(self, error: str | BaseException | None = None) -> bool:
         """Write the record; return whether it reached the ring.
 
@@ -226,7 +269,16 @@ class RequestContext(FieldChecks):
             # for a hostile object (say a __hash__ that raises) in default
             # mode: monitoring never breaks the request.
             return self._unwritable(exc)
-        return self._sink.write(packed)
+        stored = self._sink.write(packed)
+        if self._agent_runs:  # right after the request's record
+            _agents.write_runs(
+                self,
+                self._agent_runs,
+                packed,
+                self.timestamp_ns,
+                self.request_id,
+            )
+        return stored
 
     def __enter__(self) -> RequestContext:
         return self

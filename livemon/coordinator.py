@@ -2,8 +2,9 @@
 ``Coordinator``: the seed's CoordinatorAgent with monitoring built in.
 
 ``route`` classifies the query and selects agents through pluggable
-objects; ``complete`` records execution, quality and acceptance.  One
-record per request, written by ``complete``.
+objects; ``complete`` records execution, quality, acceptance and each
+agent's own run.  One record per request, written by ``complete``, then
+one per agent run.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Protocol
 from livemon.context import RequestContext
 from livemon.feedback import FeedbackLoop
 from livemon.monitor import Monitor
+from livemon.record import AgentOutcome
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,11 +38,32 @@ class Selection:
 
 
 @dataclasses.dataclass(frozen=True)
+class AgentResult:
+    """One agent's own run within a request (``RequestContext.log_agent``).
+
+    ``outcome``: ``"selected"`` (its output was used), ``"merged"``,
+    ``"discarded"``, ``"cancelled"`` (stopped because a sibling won), an
+    ``AgentOutcome``, or None (not said).
+    """
+
+    name: str
+    execution_time_ms: float | None = None
+    success: bool | None = None
+    error: str | BaseException | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    quality_score: float | None = None
+    outcome: str | AgentOutcome | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Result:
     """What came back from running the agents.
 
     ``accepted`` None means "detect it": accepted when the agents used
-    are the ones suggested.
+    are the ones suggested.  ``agents``: each agent's own run, recorded
+    as agent runs (per-agent latency, success, tokens and outcome); the
+    request's own figures stay what the whole request did.
     """
 
     agents_used: tuple[str, ...]
@@ -55,6 +78,7 @@ class Result:
     context_size_kb: float | None = None
     accepted: bool | None = None
     override_reason: str | None = None
+    agents: Sequence[AgentResult] = ()
 
 
 @dataclasses.dataclass
@@ -261,9 +285,11 @@ class Coordinator:
         return Selection(tuple(agents), strategy, confidence)
 
     def complete(self, decision: RoutingDecision, result: Result) -> bool:
-        """Record execution, quality and acceptance; write the record.
+        """Record execution, quality, acceptance and the agents' runs.
 
-        Returns whether the record reached the ring.
+        Writes the request's record, then one agent run per
+        ``result.agents`` entry.  Returns whether the request's record
+        reached the ring.
         """
         context = decision.context
         context.log_execution(
@@ -286,4 +312,15 @@ class Coordinator:
         context.log_acceptance(
             accepted=accepted, override_reason=result.override_reason
         )
+        for run in result.agents:
+            context.log_agent(
+                run.name,
+                execution_time_ms=run.execution_time_ms,
+                success=run.success,
+                error=run.error,
+                input_tokens=run.input_tokens,
+                output_tokens=run.output_tokens,
+                quality_score=run.quality_score,
+                outcome=run.outcome,
+            )
         return context.end()

@@ -20,6 +20,7 @@ import numpy as np
 import ringbuf
 from livemon import ipc
 from livemon import record as rec
+from livemon.agent_ring import AgentLane
 from livemon.config import Config, load_config
 from livemon.context import RequestContext
 from livemon.exceptions import MonitoringUnavailable
@@ -92,11 +93,20 @@ class Monitor:
         )
         # The same dict object: _write checks it without a lookup chain.
         self._pending_labels = self._label_cache.pending
+        # Agent runs: their own ring and lane, claimed at the first run.
+        self._agents = AgentLane(
+            self.config,
+            self.counters,
+            self._label_cache,
+            strict=strict,
+            retry_interval_s=self.retry_interval_s,
+        )
         self._sink = Sink(
             strict=strict,
             counters=self.counters,
             labels=self._label_cache,
             write=self._write,
+            agents=self._agents.put_runs,
         )
         self._retry_at = 0.0
         # Held only on the slow paths (connect, follow, close): two
@@ -150,6 +160,7 @@ class Monitor:
         with self._reconnecting:
             self._closed = True
             self._detach()
+        self._agents.close()
 
     def __enter__(self) -> Monitor:
         return self
@@ -386,6 +397,7 @@ class Monitor:
         # with new locks (another thread of the parent may have held one).
         if self._spills is not None:
             self._spills = self._spills.renewed()
+        self._agents.after_fork_in_child()
 
 
 _MONITORS: weakref.WeakSet[Monitor] = weakref.WeakSet()

@@ -54,6 +54,18 @@ class Counters:
         texts_escaped: texts holding lone surrogates, stored with
             ``\\udXXX`` escapes (counted once per text while it is cached).
         logged_after_end: ``log_*`` calls after ``end()``, ignored.
+        agent_runs_recorded: agent runs (``log_agent``) stored in the
+            agents ring.
+        agent_runs_spilled: agent runs its full lane refused, stored in
+            the spill files instead (replayed by the daemon).
+        agent_runs_dropped: agent runs lost because the lane was full and
+            the spill refused them too (or spilling is off).
+        agent_runs_unavailable: agent runs lost because the agents ring
+            could not be reached (or after ``Monitor.close()``).
+        agent_runs_failed: agent runs lost to any other error (a value
+            whose own methods raised).
+        agent_runs_over_limit: ``log_agent`` calls beyond
+            ``MAX_AGENT_RUNS`` in one request, not recorded.
     """
 
     recorded: int = 0
@@ -71,6 +83,13 @@ class Counters:
     labels_lost: int = 0
     texts_escaped: int = 0
     logged_after_end: int = 0
+    # Agent runs (issue 15).
+    agent_runs_recorded: int = 0
+    agent_runs_spilled: int = 0
+    agent_runs_dropped: int = 0
+    agent_runs_unavailable: int = 0
+    agent_runs_failed: int = 0
+    agent_runs_over_limit: int = 0
 
 
 class Sink:
@@ -83,11 +102,21 @@ class Sink:
         counters: the Monitor's counters.
         labels: the Monitor's label cache.
         write: stores one packed record; returns whether it was stored.
+        agents: stores a request's packed agent runs; returns how many
+            were stored (None: no agents ring, the runs are counted lost).
         pid: this process's id, renewed in a forked child.
         request_ids: request ids, from a random base per process.
     """
 
-    __slots__ = ("counters", "labels", "pid", "request_ids", "strict", "write")
+    __slots__ = (
+        "agents",
+        "counters",
+        "labels",
+        "pid",
+        "request_ids",
+        "strict",
+        "write",
+    )
 
     def __init__(
         self,
@@ -96,11 +125,13 @@ class Sink:
         counters: Counters,
         labels: LabelCache,
         write: Callable[[bytes], bool],
+        agents: Callable[[list[bytes]], int] | None = None,
     ) -> None:
         self.strict = strict
         self.counters = counters
         self.labels = labels
         self.write = write
+        self.agents = agents
         self.renew_identity()
 
     def renew_identity(self) -> None:

@@ -61,7 +61,7 @@ def ring_name() -> Iterator[str]:
     """A fresh ring name; whatever was created under it is unlinked after."""
     name = f"lmtest-{uuid.uuid4().hex[:12]}"
     yield name
-    for suffix in ("", ".labels", ".feedback"):
+    for suffix in ("", ".labels", ".feedback", ".agents"):
         ringbuf.unlink(name + suffix)
 
 

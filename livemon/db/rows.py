@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from livemon.db import rollup, schema
+from livemon.db import agent_rollup, rollup, schema
 from livemon.record import (
+    AGENT_RUN_DTYPE,
     ALERT_ACTIONS,
     LIST_FIELDS,
     NO_LABEL,
@@ -265,4 +266,52 @@ def insert_events(
     lists.new_members.clear()
     if roll_up:
         rollup.add_inserted(db, batch.records, added, last_id)
+    return added
+
+
+# -- agent runs (issue 15) -----------------------------------------------
+
+_AGENT_RUN_COLUMNS = (*schema.IDENTITY_COLUMNS, *schema.agent_run_columns())
+INSERT_AGENT_RUNS = (
+    f"INSERT OR IGNORE INTO agent_runs ({', '.join(_AGENT_RUN_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_AGENT_RUN_COLUMNS))})"
+)
+
+
+def agent_run_rows(epoch: int, batch: Batch) -> Iterator[tuple[Any, ...]]:
+    """Turn a batch of ``AGENT_RUN_DTYPE`` records into ``agent_runs`` rows
+    (columns converted whole by numpy, as ``event_rows``)."""
+    records = batch.records
+    columns: list[Iterable[Any]] = [
+        itertools.repeat(epoch, len(records)),
+        itertools.repeat(batch.lane, len(records)),
+        range(batch.first_seq, batch.end_seq),
+    ]
+    columns += [records[name].tolist() for name in AGENT_RUN_DTYPE.names or ()]
+    return zip(*columns, strict=True)
+
+
+def last_agent_run_id(db: sqlite3.Connection) -> int:
+    """The highest ``agent_runs.id`` (0 when empty): rows above it are new."""
+    row = db.execute("SELECT coalesce(max(id), 0) FROM agent_runs").fetchone()
+    return int(row[0])
+
+
+def insert_agent_runs(
+    db: sqlite3.Connection, epoch: int, batches: list[Batch]
+) -> int:
+    """Insert agent runs and fold them into their rollups; return rows
+    added.  The caller owns the transaction; runs already stored (same
+    epoch, lane, seq) are ignored, so a replayed batch adds nothing.
+
+    Args:
+        epoch: the agents ring's epoch (part of each run's identity).
+    """
+    last_id = last_agent_run_id(db)
+    before = db.total_changes
+    for batch in batches:
+        db.executemany(INSERT_AGENT_RUNS, agent_run_rows(epoch, batch))
+    added = db.total_changes - before
+    if added:
+        agent_rollup.add_agent_runs_after(db, last_id)
     return added

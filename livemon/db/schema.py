@@ -9,9 +9,17 @@ import json
 import sqlite3
 from collections.abc import Callable
 
-from livemon.db import rollup
+import numpy as np
+
+from livemon.db import agent_rollup, rollup
 from livemon.db.transaction import atomic
-from livemon.record import RECORD_DTYPE, label_id, list_label_id
+from livemon.record import (
+    AGENT_RUN_DTYPE,
+    RECORD_DTYPE,
+    AgentOutcome,
+    label_id,
+    list_label_id,
+)
 
 MIGRATIONS_TABLE = "_livemon_migrations"
 IDENTITY_COLUMNS = ("epoch", "lane", "seq")
@@ -27,11 +35,19 @@ def event_columns() -> list[str]:
     return [name for name, _ in _typed_event_columns()]
 
 
-def _typed_event_columns() -> list[tuple[str, str]]:
+def _typed_event_columns(
+    dtype: np.dtype[np.void] = RECORD_DTYPE,
+) -> list[tuple[str, str]]:
     return [
-        (name, "REAL" if RECORD_DTYPE[name].base.kind == "f" else "INTEGER")
-        for name in RECORD_DTYPE.names or ()
+        (name, "REAL" if dtype[name].base.kind == "f" else "INTEGER")
+        for name in dtype.names or ()
     ]
+
+
+def agent_run_columns() -> list[str]:
+    """The ``agent_runs`` columns after the identity: every field of
+    ``AGENT_RUN_DTYPE`` under its own name, label ids as integers."""
+    return list(AGENT_RUN_DTYPE.names or ())
 
 
 def _run(db: sqlite3.Connection, script: str) -> None:
@@ -230,6 +246,53 @@ def _create_feedback_tables(db: sqlite3.Connection) -> None:
     )
 
 
+def _create_agent_runs(db: sqlite3.Connection) -> None:
+    columns = ",\n            ".join(
+        f"{name} {sql_type}"
+        for name, sql_type in _typed_event_columns(AGENT_RUN_DTYPE)
+    )
+    outcomes = " ".join(
+        f"WHEN {int(o)} THEN '{o.name.lower()}'"
+        for o in AgentOutcome
+        if o >= 0
+    )
+    _run(
+        db,
+        f"""
+        CREATE TABLE agent_runs (
+            id INTEGER PRIMARY KEY,
+            epoch INTEGER NOT NULL,
+            lane INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            {columns},
+            UNIQUE (epoch, lane, seq)
+        );
+        CREATE INDEX idx_agent_runs_request ON agent_runs(request_id);
+        CREATE INDEX idx_agent_runs_timestamp ON agent_runs(timestamp_ns);
+        CREATE INDEX idx_events_request ON events(request_id);
+        CREATE VIEW agent_runs_view AS
+        SELECT
+            a.id AS id,
+            strftime('%Y-%m-%d %H:%M:%f', a.timestamp_ns / 1e9, 'unixepoch')
+                AS timestamp,
+            a.request_id AS request_id,
+            a.pid AS pid,
+            {_known_label_text("a", "agent")} AS agent,
+            CASE a.outcome {outcomes} END AS outcome,
+            {_known_label_text("a", "query_category")} AS query_category,
+            {_known_label_text("a", "routing_strategy")} AS routing_strategy,
+            a.execution_time_ms AS execution_time_ms,
+            CASE a.success WHEN 0 THEN 0 WHEN 1 THEN 1 END AS success,
+            {_known_label_text("a", "error")} AS error,
+            NULLIF(a.input_tokens, -1) AS input_tokens,
+            NULLIF(a.output_tokens, -1) AS output_tokens,
+            a.quality_score AS quality_score
+        FROM agent_runs AS a;
+        """,
+    )
+    _run(db, agent_rollup.AGENT_ROLLUP_DDL)
+
+
 ROLLUP_TABLES_DDL = f"""
     CREATE TABLE list_members (
         list INTEGER NOT NULL,
@@ -304,6 +367,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0004_hourly_rollups", _create_rollups),
     ("0005_unknown_labels_named", _name_unknown_labels),
     ("0006_health_spill_and_refused_claims", _add_health_spill_columns),
+    ("0008_agent_runs", _create_agent_runs),
 ]
 """Every schema change, in order; a name is never reused or reordered."""
 

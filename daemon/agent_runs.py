@@ -1,0 +1,205 @@
+"""
+Agent runs into the store, exactly once: the agents ring's batches (for
+the ``Drainer``) and its producers' spill files (``AgentSpillReplayer``),
+inserted on their identity and folded into the per-agent rollups.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ringbuf
+from daemon.exceptions import DaemonError
+from daemon.replay import RETIRE_INTERVAL_S, _head, _hwm, _retire
+from daemon.store import Store
+from livemon import ipc
+from livemon.config import AGENTS_RING_SUFFIX, Config
+from livemon.db.rows import insert_agent_runs
+from livemon.record import AGENT_RUN_DTYPE
+from livemon.spill import SpillReader, spill_lane
+
+logger = logging.getLogger("livemon.daemon")
+
+TABLE = "agent_runs"
+
+
+def store_agent_runs(
+    store: Store, epoch: int, batches: list[ringbuf.Batch]
+) -> int:
+    """Insert agent runs in one transaction (a savepoint when nested);
+    return rows added.
+
+    Checked as ``Store.write`` checks events: the file must still be
+    the store's, before the commit and after it, or the caller must not
+    advance (the batch is replayed into the new file).
+
+    Raises:
+        sqlite3.Error, DaemonError, OSError: the store failed.
+    """
+    with store.atomic() as db:
+        added = insert_agent_runs(db, epoch, batches)
+        store.verify()  # raising rolls back: nothing into the void
+    store.check_identity()
+    return added
+
+
+def write_isolating(
+    write: Callable[[ringbuf.Batch], object],
+    batch: ringbuf.Batch,
+    set_aside: Callable[[ringbuf.Batch, Exception], None],
+    is_trouble: Callable[[BaseException], bool],
+) -> None:
+    """Write ``batch``, halving it until the records at fault are found.
+
+    Database trouble is raised (nothing is set aside for it); a single
+    record that still fails goes to ``set_aside`` (which may raise to
+    stop a step where every record fails).
+    """
+    try:
+        write(batch)
+        return
+    except Exception as exc:
+        if is_trouble(exc):
+            raise
+        if len(batch.records) == 1:
+            set_aside(batch, exc)
+            return
+    half = len(batch.records) // 2
+    for low, high in ((0, half), (half, len(batch.records))):
+        part = ringbuf.Batch(
+            batch.lane, batch.first_seq + low, batch.records[low:high]
+        )
+        write_isolating(write, part, set_aside, is_trouble)
+
+
+class AgentSpillReplayer:
+    """Moves spilled agent runs into the store, exactly once, in seq order.
+
+    The rules of ``daemon.replay.SpillReplayer``, on the agents ring's
+    spill tree: a run spilled from ring lane ``l`` of epoch ``e`` under
+    spill seq ``s`` is stored as ``(e, SPILL_LANE_BASE + l, s)``; each
+    step reads, per lane, the runs above the lane's committed high-water
+    mark (``max(seq)`` of its rows), commits them, and only then unlinks
+    the segments wholly at or below it.  The labels they name are in the
+    labels spill, replayed by ``SpillReplayer``: hook this one after it.
+
+    Args:
+        spill_dir: the spill root the producers write under.
+        ring: the events ring's name (agent runs: ``<ring>.agents``).
+        store: a callable returning the current store (None while it is
+            unavailable).
+    """
+
+    def __init__(
+        self,
+        spill_dir: str | os.PathLike[str],
+        ring: str,
+        store: Callable[[], Store | None],
+    ) -> None:
+        self.reader = SpillReader(
+            spill_dir, ring + AGENTS_RING_SUFFIX, AGENT_RUN_DTYPE
+        )
+        self._store = store
+        self._retire_at = 0.0
+        self.replayed = 0
+        """Agent runs committed from spill files by this replayer."""
+        self.last_error: str | None = None
+
+    def step(self, max_records: int) -> int:
+        """``replay_once``, turning trouble into a retry at the next step."""
+        try:
+            moved = self.replay_once(max_records)
+        except (sqlite3.Error, DaemonError, OSError, ValueError) as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            logger.warning(
+                "agent-run spill replay failed (%s); the runs stay in "
+                "their spill files, retrying",
+                self.last_error,
+            )
+            return 0
+        self.last_error = None
+        return moved
+
+    def replay_once(self, max_records: int) -> int:
+        """Commit up to ``max_records`` spilled runs; return how many.
+
+        Raises:
+            sqlite3.Error, DaemonError: the store failed; nothing was
+                retired, the runs stay in their files.
+            OSError: the spill directory cannot be read.
+        """
+        store = self._store()
+        if store is None:
+            return 0
+        lanes = self.reader.lanes()
+        by_epoch: dict[int, list[ringbuf.Batch]] = {}
+        room = max_records
+        for epoch, lane in lanes:
+            after = _hwm(store, epoch, lane, TABLE)
+            for batch in self.reader.read(epoch, lane, after):
+                if room <= 0:
+                    break
+                batch = _head(batch, room)
+                room -= len(batch.records)
+                by_epoch.setdefault(epoch, []).append(
+                    batch._replace(lane=spill_lane(lane))
+                )
+        moved = sum(len(b.records) for bs in by_epoch.values() for b in bs)
+        if moved:
+            with store.atomic():
+                for epoch, batches in by_epoch.items():
+                    store_agent_runs(store, epoch, batches)
+        now = time.monotonic()
+        if moved or now >= self._retire_at:
+            self._retire_at = now + RETIRE_INTERVAL_S
+            for key in lanes:
+                _retire(self.reader, key, _hwm(store, *key, TABLE))
+        self.replayed += moved
+        return moved
+
+    def backlog(self) -> dict[str, Any]:
+        """Runs and bytes waiting in the agents spill (for status)."""
+        store = self._store()
+        records = size = 0
+        for epoch, lane in self.reader.lanes():
+            try:
+                after = (
+                    -1 if store is None else _hwm(store, epoch, lane, TABLE)
+                )
+            except (sqlite3.Error, ValueError):
+                after = -1
+            got = self.reader.backlog(epoch, lane, after)
+            records += got.records
+            size += got.size_bytes
+        return {"records": records, "size_bytes": size}
+
+
+def open_agents_ring(config: Config) -> ringbuf.Ring | None:
+    """Attach to (or create) the agents ring and become its consumer.
+
+    None, logged, when it cannot be had: the events go on draining, and
+    the runs wait in their ring or spill (the caller tries again later).
+    Another daemon consuming it is refused, as for the events ring.
+    """
+    try:
+        ring = ipc.open_ring(config, ipc.agents_ring(config))
+    except (ringbuf.RingError, OSError) as exc:
+        logger.error(
+            "cannot open the agents ring (agent runs wait for it; retrying):"
+            " %s",
+            exc,
+        )
+        return None
+    if not ring.lock_consumer():
+        ring.close()
+        logger.error(
+            "ring %r is consumed by another daemon: stop one of the two",
+            ring.name,
+        )
+        return None
+    return ring

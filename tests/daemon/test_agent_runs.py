@@ -1,0 +1,241 @@
+"""
+Agent runs from the agents ring and its spill into ``agent_runs``, exactly
+once: a real daemon with real coordinator processes, and the drainer on
+real rings and a real SQLite file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import pathlib
+import sqlite3
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from daemon.agent_runs import AgentSpillReplayer
+from daemon.drain import Drainer
+from daemon.store import Store
+from livemon import ipc
+from livemon import record as rec
+from livemon.config import load_config
+from livemon.spill import SPILL_LANE_BASE
+
+WORKER = pathlib.Path(__file__).resolve().parents[1] / "agent_worker.py"
+
+
+def run_workers(env, count: int, requests: int) -> list[dict]:
+    """Run ``count`` coordinator processes to the end; their counters."""
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-P", str(WORKER), str(requests), str(seed)],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for seed in range(count)
+    ]
+    found = []
+    for process in processes:
+        out, _ = process.communicate(timeout=300)
+        assert process.returncode == 0
+        found.append(json.loads(out))
+    return found
+
+
+def stored_runs(counters: list[dict]) -> int:
+    """Agent runs the coordinators stored (ring or spill)."""
+    return sum(
+        c.get("agent_runs_recorded", 0) + c.get("agent_runs_spilled", 0)
+        for c in counters
+    )
+
+
+def query(db_path: str, sql: str) -> list[tuple]:
+    """Rows of ``sql`` on the database, read-only."""
+    with contextlib.closing(
+        sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    ) as db:
+        return db.execute(sql).fetchall()
+
+
+class TestDaemon:
+    """The real daemon drains agent runs with the requests."""
+
+    def test_every_run_once_linked_to_its_request(
+        self, start_daemon, daemon_env
+    ):
+        """Three coordinators, 300 requests each: 1,800 runs, each once,
+        each naming a stored request, texts resolved in the view."""
+        run = start_daemon()
+        counters = run_workers(daemon_env, 3, 300)
+        expected = stored_runs(counters)
+        assert expected == 1800
+        assert all(c["agent_runs_dropped"] == 0 for c in counters)
+        run.wait_until(
+            lambda: run.count("SELECT count(*) FROM agent_runs") == expected
+        )
+        run.wait_until(lambda: run.count() == 900)
+        assert run.stop() == 0
+        [(orphans,)] = query(
+            run.db,
+            "SELECT count(*) FROM agent_runs AS a WHERE NOT EXISTS "
+            "(SELECT 1 FROM events AS e WHERE e.request_id = a.request_id)",
+        )
+        assert orphans == 0
+        [(distinct,)] = query(
+            run.db,
+            "SELECT count(DISTINCT epoch || ':' || lane || ':' || seq)"
+            " FROM agent_runs",
+        )
+        assert distinct == expected
+        view = dict(
+            query(
+                run.db,
+                "SELECT outcome, count(*) FROM agent_runs_view GROUP BY 1",
+            )
+        )
+        assert view == {
+            "selected": 450,
+            "discarded": 450,
+            "merged": 450,
+            "cancelled": 450,
+        }
+        agents = {
+            r[0] for r in query(run.db, "SELECT agent FROM agent_runs_view")
+        }
+        assert agents == {"analyst_a", "analyst_b", "coder", "reviewer"}
+        [(errors,)] = query(
+            run.db,
+            "SELECT count(*) FROM agent_runs_view WHERE error = 'timeout'",
+        )
+        assert errors == 3 * len([i for i in range(300) if i % 7 == 0])
+        # The per-agent rollups count each run once.
+        [(rolled,)] = query(run.db, "SELECT sum(runs) FROM rollup_agent_runs")
+        assert rolled == expected
+
+    def test_spilled_runs_are_replayed(self, start_daemon, daemon_env):
+        """No daemon while coordinators run with tiny lanes: the runs
+        spill; the daemon started later stores each once and retires the
+        spill files."""
+        env = dict(daemon_env, LIVEMON_CAPACITY_RECORDS="64")
+        env["LIVEMON_SPILL_MIN_FREE_BYTES"] = "0"
+        counters = run_workers(env, 2, 400)
+        assert sum(c["agent_runs_spilled"] for c in counters) > 1000
+        expected = stored_runs(counters)
+        assert expected == 1600
+        run = start_daemon(env)
+        run.wait_until(
+            lambda: run.count("SELECT count(*) FROM agent_runs") == expected
+        )
+        spilled = run.count(
+            f"SELECT count(*) FROM agent_runs WHERE lane >= {SPILL_LANE_BASE}"
+        )
+        assert spilled == sum(c["agent_runs_spilled"] for c in counters)
+        run.wait_until(
+            lambda: run.status()["agent_runs"]["spill"]["records"] == 0
+        )
+        assert run.stop() == 0
+        assert run.count("SELECT count(*) FROM agent_runs") == expected
+
+
+@pytest.fixture
+def rings(tmp_path, ring_name):
+    """The config, events, labels and agents rings, and a store."""
+    config = load_config(
+        {"ring": ring_name, "db": str(tmp_path / "db.sqlite"), "lanes": 2}
+    )
+    opened = [
+        ipc.open_ring(config, spec)
+        for spec in (
+            ipc.events_ring(config),
+            ipc.labels_ring(config),
+            ipc.agents_ring(config),
+        )
+    ]
+    store = Store(config.db)
+    yield config, *opened, store
+    store.close()
+    for ring in opened:
+        ring.close()
+
+
+def agent_runs(count: int) -> np.ndarray:
+    """``count`` plausible agent runs."""
+    runs = np.zeros(count, rec.AGENT_RUN_DTYPE)
+    runs["timestamp_ns"] = 10**18 + np.arange(count)
+    runs["request_id"] = np.arange(1, count + 1)
+    runs["agent"] = rec.label_id("coder")
+    runs["outcome"] = 0
+    runs["success"] = 1
+    runs["execution_time_ms"] = 5.0
+    return runs
+
+
+class TestDrainer:
+    """The drainer's agents part, on real rings and a real file."""
+
+    def test_replayed_batch_adds_nothing(self, rings):
+        """A batch stored but not advanced (a crash) is stored once."""
+        config, events, labels, agents, store = rings
+        writer = agents.writer()
+        writer.put_many(agent_runs(10))
+        drainer = Drainer(config, events, labels, lambda: store, agents=agents)
+        batch = agents.pending(writer.lane)
+        drainer._write_agents(store, [batch])  # stored, tail not advanced
+        assert drainer.drain_once() == 10
+        assert drainer.drain_once() == 0
+        rows = store.db.execute("SELECT count(*), min(seq) FROM agent_runs")
+        assert rows.fetchone() == (10, 0)
+        assert drainer.agent_runs_drained == 10
+        writer.close()
+
+    def test_zero_records_are_quarantined(self, rings):
+        """A slot no producer wrote (all zero) is set aside, the rest
+        stored."""
+        config, events, labels, agents, store = rings
+        runs = agent_runs(5)
+        runs[2] = np.zeros(1, rec.AGENT_RUN_DTYPE)
+        writer = agents.writer()
+        writer.put_many(runs)
+        drainer = Drainer(config, events, labels, lambda: store, agents=agents)
+        assert drainer.drain_once() == 4
+        seqs = [r[0] for r in store.db.execute("SELECT seq FROM agent_runs")]
+        assert seqs == [0, 1, 3, 4]
+        assert drainer.quarantine.records == 1
+        writer.close()
+
+
+def test_spill_replayer_stores_once(tmp_path, ring_name):
+    """Spilled runs are committed once, even when replayed again."""
+    from livemon.spill import LaneSpill
+
+    config = load_config({"ring": ring_name, "db": str(tmp_path / "db")})
+    root = str(tmp_path / "spill")
+    spill = LaneSpill.open(
+        root,
+        ring_name + ".agents",
+        7,
+        1,
+        rec.AGENT_RUN_DTYPE,
+        min_free_bytes=0,
+    )
+    for record in agent_runs(20):
+        spill.put(record.tobytes())
+    spill.close()
+    store = Store(config.db)
+    try:
+        replayer = AgentSpillReplayer(root, ring_name, lambda: store)
+        assert replayer.step(8) == 8
+        assert replayer.step(100) == 12
+        assert replayer.step(100) == 0
+        rows = store.db.execute(
+            "SELECT count(*), count(DISTINCT seq), min(lane) FROM agent_runs"
+        ).fetchone()
+        assert rows == (20, 20, SPILL_LANE_BASE + 1)
+        assert replayer.backlog()["records"] == 0
+    finally:
+        store.close()
