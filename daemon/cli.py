@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import click
 
 import ringbuf
-from daemon import proc, service
+from daemon import proc, service, sinks
 from daemon.exceptions import DaemonError
 from daemon.retention import Retention
 from daemon.status import status_text
@@ -110,9 +110,9 @@ def resolve(
 def flags_for_child(overrides: dict[str, Any]) -> list[str]:
     """The explicit flags, to hand on to a detached daemon."""
     argv = []
-    for name in ("ring", "db", "config", "synchronous"):
+    for name in ("ring", "db", "config", "synchronous", "clickhouse_url"):
         if overrides.get(name) is not None:
-            argv += [f"--{name}", str(overrides[name])]
+            argv += [f"--{name.replace('_', '-')}", str(overrides[name])]
     return argv
 
 
@@ -135,6 +135,11 @@ def cli() -> None:
     help="SQLite synchronous mode (env LIVEMON_SYNCHRONOUS).",
 )
 @click.option(
+    "--clickhouse-url",
+    help="Also ship events and agent runs to this ClickHouse database, "
+    "e.g. clickhouse://127.0.0.1:9000/livemon (env LIVEMON_CLICKHOUSE_URL).",
+)
+@click.option(
     "--timeout",
     "timeout_s",
     default=30.0,
@@ -147,10 +152,17 @@ def start(
     config_file: str | None,
     foreground: bool,
     synchronous: str | None,
+    clickhouse_url: str | None,
     timeout_s: float,
 ) -> None:
     """Start the daemon (detached unless --foreground)."""
-    config, overrides = resolve(ring, db, config_file, synchronous=synchronous)
+    config, overrides = resolve(
+        ring,
+        db,
+        config_file,
+        synchronous=synchronous,
+        clickhouse_url=clickhouse_url,
+    )
     with errors_for_people():
         if foreground:
             logging.basicConfig(
@@ -283,8 +295,13 @@ def retain(
     with errors_for_people():
         store = Store(config.db, mode=config.mode)
         try:
+            # Rows a destination has not shipped yet stay.
+            keep_for = sinks.configured(config, config.host)
             report = Retention(
-                store, config.retention_days, config.archive_dir
+                store,
+                config.retention_days,
+                config.archive_dir,
+                sinks=[d.name for d in keep_for if "events" in d.sources],
             ).run()
         except sqlite3.Error as exc:
             raise DaemonError(f"retention stopped: {exc}") from exc

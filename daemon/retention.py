@@ -10,7 +10,9 @@ import datetime
 import os
 import sqlite3
 import time
+from collections.abc import Sequence
 
+from daemon.outbox import lowest_marks
 from daemon.store import Store
 from livemon.db import rollup
 from livemon.db.transaction import atomic
@@ -40,7 +42,8 @@ class Retention:
     counted in the archive, then deleted from the unified database in a
     second transaction.  A crash between the two leaves the rows in both
     files; the next pass copies nothing twice (unique identities) and
-    deletes them.  Nothing is deleted that the archive does not hold.
+    deletes them.  Nothing is deleted that the archive does not hold,
+    nor what a destination in ``sinks`` has not shipped yet.
     """
 
     def __init__(
@@ -49,6 +52,7 @@ class Retention:
         older_than_days: float,
         archive_dir: str,
         batch_rows: int = BATCH_ROWS,
+        sinks: Sequence[str] = (),
     ) -> None:
         if older_than_days <= 0 or batch_rows < 1:
             raise ValueError(
@@ -60,6 +64,7 @@ class Retention:
         self.store = store
         self.older_than_days = older_than_days
         self.archive_dir = archive_dir
+        self.sinks = tuple(sinks)
 
     def cutoff_ns(self, now_ns: int | None = None) -> int:
         """Events before this timestamp are due to move."""
@@ -70,9 +75,11 @@ class Retention:
         """Move one batch; return (archive path, rows), or None if done."""
         db = self.store.db
         cutoff = self.cutoff_ns(now_ns)
+        shipped = self._shipped_id(db)
         row = db.execute(
-            "SELECT min(timestamp_ns) FROM events WHERE timestamp_ns < ?",
-            (cutoff,),
+            "SELECT min(timestamp_ns) FROM events WHERE timestamp_ns < ? "
+            "AND id <= ?",
+            (cutoff, shipped),
         ).fetchone()
         if row[0] is None:
             return None
@@ -83,8 +90,8 @@ class Retention:
         # A range on the timestamp index: the oldest rows of that month.
         rows = db.execute(
             "SELECT id, timestamp_ns FROM events WHERE timestamp_ns >= ? "
-            "AND timestamp_ns < ? ORDER BY timestamp_ns LIMIT ?",
-            (month_start, min(month_end, cutoff), self.batch_rows),
+            "AND timestamp_ns < ? AND id <= ? ORDER BY timestamp_ns LIMIT ?",
+            (month_start, min(month_end, cutoff), shipped, self.batch_rows),
         ).fetchall()
         ids = [r[0] for r in rows]
         span = (rows[0][1], rows[-1][1])
@@ -94,6 +101,19 @@ class Retention:
             db.execute(f"DELETE FROM events WHERE id IN ({marks})", ids)
             rollup.rebuild_hours(db, *span)
         return path, len(ids)
+
+    def _shipped_id(self, db: sqlite3.Connection) -> int:
+        """The highest event id every destination in ``sinks`` shipped.
+
+        Below the newest row too: deleting it would let SQLite hand its
+        id (and lower ones) out again, to rows a destination's mark has
+        passed already.
+        """
+        lowest = lowest_marks(db, self.sinks, "events")
+        if lowest is None:
+            return 2**63 - 1
+        newest = db.execute("SELECT max(id) FROM events").fetchone()[0]
+        return min(lowest, (newest or 0) - 1)
 
     def step_within(self, share: float, now_ns: int | None = None) -> bool:
         """Move a batch unless that would take more than ``share`` of the

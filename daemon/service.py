@@ -18,9 +18,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import ringbuf
-from daemon import agent_runs, follow, proc
+from daemon import agent_runs, follow, proc, sinks
 from daemon.drain import Drainer
 from daemon.exceptions import DatabaseCorrupt
+from daemon.forwarding import Forwarding
 from daemon.notify import Notifier
 from daemon.replay import SpillReplayer
 from daemon.retention import DAEMON_SHARE, Retention
@@ -37,6 +38,7 @@ CHECKPOINT_INTERVAL_S = 2.0
 OPTIMIZE_INTERVAL_S = 3600.0
 RETENTION_CHECK_S = 3600.0
 STOP_DEADLINE_S = 20.0
+FORWARD_STOP_S = 5.0  # after the final drain: within systemd's 30 s
 PIDFILE_RETRY_S = 2.0
 
 
@@ -64,6 +66,10 @@ class Service:
         self.file_errors: dict[str, str] = {}
         self._pidfile_written = False
         self._integrity: IntegrityCheck | None = None
+        # Destinations fed from the database (daemon/forward.py).
+        self._forwarding = Forwarding(
+            self.config.db, sinks.configured(self.config, self.config.host)
+        )
 
     def run(self) -> int:
         """Run until SIGTERM or SIGINT; return the exit status.
@@ -110,6 +116,7 @@ class Service:
             self._write_pidfile(pidfile)
             self._install_signals()
             drainer.step()  # open the store now, so readiness means it
+            self._forwarding.start()
             self._replace_rings(follow.regrow, drainer)
             self.notifier.ready(self._publish(drainer))
             logger.info(
@@ -123,6 +130,7 @@ class Service:
             self._final_drain(drainer)
             return 0
         finally:
+            self._stop_forwarding(drainer)
             drainer.close()
             for ring in self._rings:
                 ring.close()
@@ -155,6 +163,14 @@ class Service:
             left,
             f" ({drainer.last_error})" if drainer.last_error else "",
         )
+
+    def _stop_forwarding(self, drainer: Drainer) -> None:
+        # Ship what the final drain added, within a bound; then keep the
+        # marks (what was not shipped ships after the next start).
+        self._forwarding.stop(FORWARD_STOP_S)
+        if drainer.store is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._forwarding.save(drainer.store.db)
 
     def _step(self, drainer: Drainer) -> int:
         """Replay spill files, then drain the rings; return records moved."""
@@ -239,6 +255,8 @@ class Service:
                 store.checkpoint()
             if self._due("health", self.config.health_interval_s):
                 self._add_health(drainer, store)
+            if self._due("sink marks", STATUS_INTERVAL_S):
+                self._forwarding.save(store.db)
             if self._due("optimize", OPTIMIZE_INTERVAL_S):
                 store.optimize()
             self._retain(store)
@@ -266,7 +284,10 @@ class Service:
             return
         if self._retention is None or self._retention.store is not store:
             self._retention = Retention(
-                store, self.config.retention_days, self.config.archive_dir
+                store,
+                self.config.retention_days,
+                self.config.archive_dir,
+                sinks=self._forwarding.names_for("events"),
             )
         self._retaining = self._retention.step_within(DAEMON_SHARE)
         if not self._retaining:
@@ -308,6 +329,7 @@ class Service:
             "spill": self._replayer.backlog(),
             "spill_replayed": self._replayer.replayed,
             "spill_error": self._replayer.last_error,
+            "sinks": self._forwarding.figures(),
             "agent_runs": self._agent_figures(drainer),
         }
 

@@ -19,6 +19,7 @@ def status_line(f: dict[str, Any]) -> str:
         trouble += f"; QUARANTINED lanes {', '.join(f['quarantined_lanes'])}"
     if f["refused_claims"]:
         trouble += f"; {f['refused_claims']} lane claims REFUSED"
+    trouble += sink_trouble(f.get("sinks") or [])
     spilled = f["spill"].get("records", 0)
     return (
         f"drained {f['drained']} ({f['drain_per_s']}/s), lag "
@@ -72,6 +73,7 @@ def status_text(report: dict[str, Any]) -> str:
             + (f", oldest {oldest:.0f} s" if oldest is not None else "")
             + f", {spill.get('bad_frames', 0)} bad frames"
         )
+    lines += sink_lines(report.get("sinks") or [])
     if report.get("last_error"):
         lines.append(f"  TROUBLE   {report['last_error']} (retrying)")
     if report.get("incident") and report["incident"] != report.get(
@@ -92,3 +94,35 @@ def status_text(report: dict[str, Any]) -> str:
             f"aside in {report['db']}.quarantine.jsonl"
         )
     return "\n".join(lines)
+
+
+# Destinations fed from the database (daemon/forward.py): lag, errors.
+
+
+def sink_trouble(sinks: list[dict[str, Any]]) -> str:
+    """The ``STATUS=`` line's part for destinations that fail now."""
+    return "".join(
+        f"; sink {s['sink']} FAILING ({s['lag_rows']} rows behind): "
+        f"{s['last_error']}"
+        for s in sinks
+        if s.get("failures")
+    )
+
+
+def sink_lines(sinks: list[dict[str, Any]]) -> list[str]:
+    """One status line per destination: lag, shipped, last error."""
+    lines = []
+    for s in sinks:
+        line = (
+            f"  sink      {s['sink']}: lag {s['lag_rows']} rows, "
+            f"{s['lag_s']:.0f} s; shipped {s['shipped_rows']}"
+        )
+        if s.get("failures"):
+            retry = s.get("retry_in_s")
+            line += f"; FAILING x{s['failures']}: {s['last_error']}" + (
+                f" (retry in {retry:.0f} s)" if retry is not None else ""
+            )
+        elif s.get("last_error"):
+            line += f"; last error: {s['last_error']}"
+        lines.append(line)
+    return lines

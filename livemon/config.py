@@ -12,7 +12,9 @@ import dataclasses
 import grp
 import os
 import pathlib
+import socket
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -82,6 +84,10 @@ class Config:
         spill_min_free_bytes: free space a new segment must leave.
         spill_sync_interval_ms: longest a spilled record waits for msync
             (0: the kernel's writeback).
+        host: this machine's name in shared destinations (default the
+            host name); it keeps hosts apart in ClickHouse.
+        clickhouse_url: ship events and agent runs to this ClickHouse
+            database (``clickhouse://host:9000/livemon``); empty: off.
         otlp_endpoint: OTLP/HTTP collector base URL; traces go to its
             ``/v1/traces`` (empty: off).
         alert_webhook_url: where alerts and adjustments are POSTed
@@ -114,6 +120,9 @@ class Config:
     spill_total_cap_bytes: int = 2 * 2**30
     spill_min_free_bytes: int = 128 * 2**20
     spill_sync_interval_ms: int = 500
+    # Forwarding to shared destinations (daemon/forward.py, daemon/sinks).
+    host: str = ""
+    clickhouse_url: str = ""
     # OTLP traces and alert webhooks (issue 17: daemon/sinks/otlp, webhook)
     otlp_endpoint: str = ""
     alert_webhook_url: str = ""
@@ -145,6 +154,7 @@ class Config:
                 raise ConfigError(f"{name} must be at most {high}")
         self.gid  # noqa: B018  an unknown group is misconfiguration: now
         self._check_spill()
+        self._check_forwarding()
         for name in (
             "batch_interval_s",
             "health_interval_s",
@@ -192,6 +202,21 @@ class Config:
         if "\0" in self.spill_dir:
             raise ConfigError("spill_dir holds a NUL character")
 
+    def _check_forwarding(self) -> None:
+        if not self.host:
+            object.__setattr__(self, "host", socket.gethostname())
+        if len(self.host) > 255 or not self.host.isprintable():
+            raise ConfigError(
+                "host must be printable and at most 255 characters"
+            )
+        if self.clickhouse_url and not _is_clickhouse_url(self.clickhouse_url):
+            raise ConfigError(
+                f"clickhouse_url {self.clickhouse_url!r} is not a ClickHouse "
+                "URL: write clickhouse://[USER:PASSWORD@]HOST[:9000]/DATABASE "
+                "(clickhouses:// for TLS; the database name of letters, "
+                "digits and _)"
+            )
+
     def _check_sink_urls(self) -> None:
         for name in ("otlp_endpoint", "alert_webhook_url"):
             url = getattr(self, name)
@@ -228,6 +253,22 @@ class Config:
                 "(groupadd, or systemd/livemon.sysusers.conf) or set "
                 "LIVEMON_GROUP to an existing group"
             ) from None
+
+
+def _is_clickhouse_url(url: str) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    try:
+        parts.port  # noqa: B018  not a number or out of range: raises
+    except ValueError:
+        return False
+    database = parts.path.strip("/")
+    return (
+        parts.scheme in ("clickhouse", "clickhouses")
+        and bool(parts.hostname)
+        and (not database or database.replace("_", "a").isalnum())
+        and not database[:1].isdigit()
+        and database.isascii()
+    )
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}

@@ -360,6 +360,22 @@ def last_event_id(db: sqlite3.Connection) -> int:
     )
 
 
+def _create_sink_progress(db: sqlite3.Connection) -> None:
+    # Each destination's high-water mark per outbox source (daemon/forward):
+    # rows with a higher id are not yet acknowledged by that destination.
+    db.execute(
+        """
+        CREATE TABLE sink_progress (
+            sink TEXT NOT NULL,
+            source TEXT NOT NULL,
+            last_id INTEGER NOT NULL,
+            updated_ns INTEGER NOT NULL,
+            PRIMARY KEY (sink, source)
+        )
+        """
+    )
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_events_labels_health", _create_events),
     ("0002_monitoring_events_view", _create_monitoring_events_view),
@@ -368,6 +384,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0005_unknown_labels_named", _name_unknown_labels),
     ("0006_health_spill_and_refused_claims", _add_health_spill_columns),
     ("0008_agent_runs", _create_agent_runs),
+    ("0009_sink_progress", _create_sink_progress),
 ]
 """Every schema change, in order; a name is never reused or reordered."""
 
