@@ -275,7 +275,16 @@ class Forwarder:
             self._close()
 
     def _sleep(self, seconds: float) -> None:
-        self._wake.wait(seconds)
+        # In slices, so the lag shown stays current through a long backoff.
+        until = time.monotonic() + seconds
+        while (left := until - time.monotonic()) > 0:
+            if self._wake.wait(min(left, LAG_INTERVAL_S)):
+                break
+            if self._db is not None:
+                try:
+                    self._measure_lag(self._db)
+                except sqlite3.Error:
+                    self._close_db()
         self._wake.clear()
 
     def _attempt(self) -> int | None:

@@ -23,4 +23,6 @@ def configured(config: Config, host: str) -> list[Destination]:
             them first, so this means a caller skipped it).
     """
     destinations: list[Destination] = []
+    if config.clickhouse_url:
+        destinations.append(ClickHouseDestination(config.clickhouse_url, host))
     return destinations

@@ -70,9 +70,18 @@ until_option = click.option(
             "overrides",
             "adjustments",
             "alerts",
+            "hosts",
+            "agent_hosts",
         ]
     ),
     help="With --format csv: just this table, as plain CSV.",
+)
+@click.option(
+    "--clickhouse",
+    "clickhouse_url",
+    metavar="URL",
+    help="Report every host's events from ClickHouse (as the daemon's "
+    "sink ships them), e.g. clickhouse://127.0.0.1:9000/livemon.",
 )
 @click.option("--top", default=10, show_default=True, type=click.IntRange(1))
 @click.option(
@@ -93,19 +102,31 @@ def report(
     only: str | None,
     top: int,
     plot: str | None,
+    clickhouse_url: str | None,
 ) -> None:
     """Routing report over a time range: per agent and category, trends,
-    top errors and override reasons, adjustments and alerts."""
+    top errors and override reasons, adjustments and alerts (with
+    --clickhouse: across hosts, with a per-host breakdown)."""
     with errors_for_people():
         span = reading.TimeRange.parse(since, until)
     if per == "auto":
         per = "hour" if span.end_ns - span.start_ns <= 3 * 86400e9 else "day"
-    path = database(db, config_file, find_system=True)
-    connection = open_database(ctx, path)
-    with reading_errors(path):
-        result = build_report(
-            connection, reading.Labels(connection), span, per, agent, top
-        )
+    if clickhouse_url:
+        from livemon.views import clickhouse
+
+        with errors_for_people():
+            client, path = clickhouse.connect(clickhouse_url)
+            ctx.call_on_close(client.disconnect)
+            result = clickhouse.build_clickhouse_report(
+                client, path, span, per, agent, top
+            )
+    else:
+        path = database(db, config_file, find_system=True)
+        connection = open_database(ctx, path)
+        with reading_errors(path):
+            result = build_report(
+                connection, reading.Labels(connection), span, per, agent, top
+            )
     if output == "json":
         click.echo(render.report_json(result))
     elif output == "csv":

@@ -78,3 +78,75 @@ def store(tmp_path):
     store.write(1, [label_batch("coding", "coder")], [event_batch(250)])
     yield store
     store.close()
+
+
+@pytest.fixture
+def clickhouse(tmp_path):
+    """A running clickhouse-server (marker clickhouse), killed after."""
+    from tests.daemon.sinks.clickhouse_server import (
+        ClickHouseServer,
+        available,
+    )
+
+    if not available():
+        pytest.fail(
+            "clickhouse-server is not installed: apt-get install "
+            "clickhouse-server (.ci/run does), or deselect -m clickhouse"
+        )
+    server = ClickHouseServer(tmp_path / "clickhouse")
+    server.start()
+    yield server
+    server.stop()
+
+
+AGENT_RUNS_DDL = """
+CREATE TABLE IF NOT EXISTS agent_runs (
+    id INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, lane INTEGER NOT NULL,
+    seq INTEGER NOT NULL, timestamp_ns INTEGER, request_id INTEGER,
+    pid INTEGER, agent INTEGER, outcome INTEGER, query_category INTEGER,
+    routing_strategy INTEGER, execution_time_ms REAL, success INTEGER,
+    error INTEGER, input_tokens INTEGER, output_tokens INTEGER,
+    quality_score REAL, UNIQUE (epoch, lane, seq));
+CREATE VIEW IF NOT EXISTS agent_runs_view AS SELECT
+    a.id AS id,
+    strftime('%Y-%m-%d %H:%M:%f', a.timestamp_ns / 1e9, 'unixepoch')
+        AS timestamp,
+    a.request_id AS request_id, a.pid AS pid,
+    (SELECT text FROM labels WHERE label_id = a.agent) AS agent,
+    CASE a.outcome WHEN 0 THEN 'selected' WHEN 1 THEN 'merged'
+        WHEN 2 THEN 'discarded' WHEN 3 THEN 'cancelled' END AS outcome,
+    (SELECT text FROM labels WHERE label_id = a.query_category)
+        AS query_category,
+    (SELECT text FROM labels WHERE label_id = a.routing_strategy)
+        AS routing_strategy,
+    a.execution_time_ms AS execution_time_ms,
+    CASE a.success WHEN 0 THEN 0 WHEN 1 THEN 1 END AS success,
+    (SELECT text FROM labels WHERE label_id = a.error) AS error,
+    NULLIF(a.input_tokens, -1) AS input_tokens,
+    NULLIF(a.output_tokens, -1) AS output_tokens,
+    a.quality_score AS quality_score
+FROM agent_runs AS a;
+"""
+"""agent_runs as the contract (issue 15, migration 0008) defines it, for
+a database from before that migration is merged here."""
+
+
+def add_agent_runs(db, count: int) -> None:
+    """Create agent_runs (if missing) and add ``count`` runs of 'coder'."""
+    for statement in AGENT_RUNS_DDL.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    first = db.execute("SELECT coalesce(max(seq), -1) + 1 FROM agent_runs")
+    start = first.fetchone()[0]
+    now = time.time_ns()
+    db.executemany(
+        "INSERT INTO agent_runs (epoch, lane, seq, timestamp_ns, request_id, "
+        "pid, agent, outcome, query_category, routing_strategy, "
+        "execution_time_ms, success, error, input_tokens, output_tokens, "
+        "quality_score) VALUES (1, 0, ?, ?, ?, 42, ?, 1, ?, 0, 12.5, 1, 0, "
+        "-1, 300, NULL)",
+        [
+            (seq, now + seq, seq + 7, label_id("coder"), label_id("coding"))
+            for seq in range(start, start + count)
+        ],
+    )

@@ -1,0 +1,102 @@
+"""
+``livemon report --clickhouse``: the report's tables across hosts from
+what the sink shipped, with a per-host breakdown, against a real server
+(marker ``clickhouse``); URL and driver errors without one.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from daemon.forward import read_rows
+from daemon.sinks.clickhouse import ClickHouseDestination
+from livemon.cli import cli
+from livemon.db.reading import Labels, TimeRange
+from livemon.exceptions import DatabaseUnavailable
+from livemon.views import clickhouse as view
+from livemon.views.report import build_report
+from tests.daemon.sinks.conftest import event_batch
+
+
+def ship(store, server, host: str) -> None:
+    """Ship every event of ``store`` as ``host``."""
+    dest = ClickHouseDestination(server.url(), host)
+    dest.ship("events", read_rows(store.db, "events", 0, 10**6))
+    dest.close()
+
+
+class TestWithoutServer:
+    def test_a_bad_url_says_the_form(self):
+        """Not a ClickHouse URL: a DatabaseUnavailable naming the form."""
+        with pytest.raises(DatabaseUnavailable, match="clickhouse://"):
+            view.connect("http://127.0.0.1/x")
+
+    def test_without_the_driver_it_says_what_to_install(self, monkeypatch):
+        """clickhouse-driver missing (simulated: the import fails)."""
+        monkeypatch.setitem(sys.modules, "clickhouse_driver", None)
+        with pytest.raises(
+            DatabaseUnavailable, match=r"livemon\[clickhouse\]"
+        ):
+            view.connect("clickhouse://127.0.0.1/x")
+
+    def test_an_unreachable_server_is_one_line(self):
+        """The CLI prints one line and exits 1, no traceback."""
+        result = CliRunner().invoke(
+            cli, ["report", "--clickhouse", "clickhouse://127.0.0.1:9/x"]
+        )
+        assert result.exit_code == 1
+        assert "cannot reach ClickHouse" in result.output
+        assert "Traceback" not in result.output
+
+
+@pytest.mark.clickhouse
+class TestAcrossHosts:
+    def test_per_host_and_the_same_tables(self, store, clickhouse):
+        """Two hosts: the per-host table splits them, the per-agent
+        table adds them up, as the SQLite report of each counts."""
+        store.write(1, [], [event_batch(50, lane=1)])
+        ship(store, clickhouse, "web-1")
+        ship(store, clickhouse, "web-2")
+        ship(store, clickhouse, "web-2")  # again: still counted once
+        client, database = view.connect(clickhouse.url())
+        span = TimeRange.parse("1d", "now")
+        report = view.build_clickhouse_report(client, database, span)
+        hosts = report.table("hosts")
+        assert [r[:2] for r in hosts.rows] == [("web-1", 300), ("web-2", 300)]
+        local = build_report(store.db, Labels(store.db), span)
+        agents = report.table("agents")
+        assert agents.column("agent") == local.table("agents").column("agent")
+        assert agents.column("requests") == [
+            2 * n for n in local.table("agents").column("requests")
+        ]
+        assert agents.column("hosts") == [2]
+        by_host = report.table("agent_hosts")
+        assert by_host.column("host") == ["web-1", "web-2"]
+        assert report.table("trend").column("requests") == [600]
+        client.disconnect()
+
+    def test_cli_json_and_agent_filter(self, store, clickhouse):
+        """The flag gives JSON; an agent nobody used is a usage error."""
+        ship(store, clickhouse, "web-1")
+        url = clickhouse.url()
+        result = CliRunner().invoke(
+            cli,
+            ["report", "--clickhouse", url, "--format", "json"],
+            catch_exceptions=False,
+        )
+        assert result.exit_code == 0, result.output
+        body = json.loads(result.output)
+        assert body["hosts"][0]["host"] == "web-1"
+        assert body["hosts"][0]["requests"] == 250
+        result = CliRunner().invoke(
+            cli, ["report", "--clickhouse", url, "--agent", "nobody"]
+        )
+        assert result.exit_code == 2 and "nobody" in result.output
+        missing = CliRunner().invoke(
+            cli, ["report", "--clickhouse", clickhouse.url("absent")]
+        )
+        assert missing.exit_code == 1 and "absent" in missing.output
