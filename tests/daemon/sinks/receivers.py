@@ -277,6 +277,15 @@ def _handler(receiver: Receiver) -> type[http.server.BaseHTTPRequestHandler]:
     return Handler
 
 
+def sink_figures(daemon: Any, name: str) -> dict[str, Any]:
+    """A running daemon's published figures of sink ``name`` ({} before
+    its first status)."""
+    for figures in daemon.status().get("sinks") or ():
+        if figures.get("sink") == name:
+            return dict(figures)
+    return {}
+
+
 def free_port() -> int:
     """A TCP port free on loopback now."""
     with contextlib.closing(socket.socket()) as probe:
