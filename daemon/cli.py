@@ -110,7 +110,15 @@ def resolve(
 def flags_for_child(overrides: dict[str, Any]) -> list[str]:
     """The explicit flags, to hand on to a detached daemon."""
     argv = []
-    for name in ("ring", "db", "config", "synchronous", "clickhouse_url"):
+    for name in (
+        "ring",
+        "db",
+        "config",
+        "synchronous",
+        "clickhouse_url",
+        "otlp_endpoint",
+        "alert_webhook_url",
+    ):
         if overrides.get(name) is not None:
             argv += [f"--{name.replace('_', '-')}", str(overrides[name])]
     return argv
@@ -140,6 +148,16 @@ def cli() -> None:
     "e.g. clickhouse://127.0.0.1:9000/livemon (env LIVEMON_CLICKHOUSE_URL).",
 )
 @click.option(
+    "--otlp-endpoint",
+    help="Also send requests and agent runs as traces to this OTLP/HTTP "
+    "collector, e.g. http://127.0.0.1:4318 (env LIVEMON_OTLP_ENDPOINT).",
+)
+@click.option(
+    "--alert-webhook-url",
+    help="Also post alerts and adjustments to this webhook "
+    "(env LIVEMON_ALERT_WEBHOOK_URL; shape: LIVEMON_ALERT_WEBHOOK_FORMAT).",
+)
+@click.option(
     "--timeout",
     "timeout_s",
     default=30.0,
@@ -153,6 +171,8 @@ def start(
     foreground: bool,
     synchronous: str | None,
     clickhouse_url: str | None,
+    otlp_endpoint: str | None,
+    alert_webhook_url: str | None,
     timeout_s: float,
 ) -> None:
     """Start the daemon (detached unless --foreground)."""
@@ -162,6 +182,8 @@ def start(
         config_file,
         synchronous=synchronous,
         clickhouse_url=clickhouse_url,
+        otlp_endpoint=otlp_endpoint,
+        alert_webhook_url=alert_webhook_url,
     )
     with errors_for_people():
         if foreground:

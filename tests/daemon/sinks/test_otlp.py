@@ -12,7 +12,9 @@ import re
 import socket
 
 import pytest
+from click.testing import CliRunner
 
+from daemon.cli import cli, flags_for_child
 from daemon.forward import DestinationError, Rows
 from daemon.sinks._otlp_http import parse_retry_after
 from daemon.sinks.otlp import (
@@ -278,3 +280,31 @@ class TestConfig:
         at start, not a sink failing for ever."""
         with pytest.raises(ConfigError, match=message):
             load_config({"db": str(tmp_path / "x.db"), key: value}, env={})
+
+    def test_daemon_flags_set_the_keys_and_reach_a_detached_child(
+        self, tmp_path
+    ):
+        """``livemon-daemon start --otlp-endpoint/--alert-webhook-url``:
+        a bad value is refused in one line before anything starts, and a
+        detached daemon is handed the flags."""
+        result = CliRunner().invoke(
+            cli,
+            [
+                "start",
+                "--foreground",
+                f"--db={tmp_path / 'x.db'}",
+                "--otlp-endpoint=127.0.0.1:4318",
+            ],
+        )
+        assert result.exit_code != 0
+        assert "http:// or https://" in result.output
+        assert "Traceback" not in result.output
+        flags = flags_for_child(
+            {"otlp_endpoint": "http://c:4318", "alert_webhook_url": "http://w"}
+        )
+        assert flags == [
+            "--otlp-endpoint",
+            "http://c:4318",
+            "--alert-webhook-url",
+            "http://w",
+        ]
