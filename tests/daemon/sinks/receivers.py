@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import collections
 import contextlib
+import gzip
 import http.server
 import json
 import re
@@ -19,9 +20,11 @@ from collections.abc import Callable
 from typing import Any
 
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
 )
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _HEX16 = re.compile(r"[0-9a-f]{16}")
@@ -140,6 +143,26 @@ def _base64_ids(request: dict[str, Any]) -> dict[str, Any]:
                         raw = bytes.fromhex(span[key])
                         span[key] = base64.b64encode(raw).decode()
     return copy
+
+
+def protobuf_spans(body: bytes) -> list[Span]:
+    """The spans of an OTLP/HTTP protobuf body (gzipped or not).
+
+    Raises:
+        InvalidOtlp: it does not decode.
+    """
+    if body[:2] == b"\x1f\x8b":
+        body = gzip.decompress(body)
+    try:
+        request = ExportTraceServiceRequest.FromString(body)
+    except DecodeError as exc:
+        raise InvalidOtlp(f"not OTLP protobuf: {exc}") from None
+    return [
+        span
+        for resource in request.resource_spans
+        for scope in resource.scope_spans
+        for span in scope.spans
+    ]
 
 
 def to_protobuf(body: bytes) -> bytes:
