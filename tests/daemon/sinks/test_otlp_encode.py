@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import urllib.error
 import urllib.request
 
 import pytest
@@ -190,6 +191,30 @@ class TestBody:
         assert {"key": "host.name", "value": {"stringValue": HOST}} in (
             resource["resource"]["attributes"]
         )
+
+    def test_oteltap_refuses_otlp_json(self):
+        """oteltap takes protobuf only (400 for JSON): why the JSON itself
+        is checked by the strict receiver and by rotel, a collector."""
+        roots, _ = encode.request_spans(HOST, columns([request_row(1)]))
+        port = free_port()
+
+        def post():
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/v1/traces",
+                _body(roots),
+                {"Content-Type": "application/json"},
+            )
+            try:
+                return urllib.request.urlopen(request, timeout=10).status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        async def scenario():
+            settings = OtelTapHttpProtobufReceiverSettings(http_port=port)
+            async with OtelTapHttpProtobufReceiver(settings):
+                return await asyncio.to_thread(post)
+
+        assert asyncio.run(scenario()) == 400
 
     def test_oteltap_receives_the_spans_as_protobuf(self):
         """oteltap, a real OTLP/HTTP protobuf receiver, takes the body
