@@ -30,9 +30,12 @@ class Endpoint:
     host: str
     port: int | None
     path: str
+    secret_path: bool = False
+    """Show the path as ``/...`` in messages (a Slack webhook's path is
+    its credential: it must not reach logs or the status file)."""
 
     @classmethod
-    def parse(cls, url: str, what: str) -> Endpoint:
+    def parse(cls, url: str, what: str, secret_path: bool = False) -> Endpoint:
         """Parse and check ``url``.
 
         Raises:
@@ -47,20 +50,22 @@ class Endpoint:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             port = -1
         if port == -1 or parts.username or parts.fragment:
+            shown = "" if secret_path else f" {url!r}"
             raise ValueError(
-                f"{what} {url!r} is not an http:// or https:// URL with a "
+                f"{what}{shown} is not an http:// or https:// URL with a "
                 "host (no user name, no fragment), e.g. "
                 "http://127.0.0.1:4318"
             )
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
-        return cls(parts.scheme, parts.hostname or "", port, path)
+        return cls(parts.scheme, parts.hostname or "", port, path, secret_path)
 
     def __str__(self) -> str:
         port = f":{self.port}" if self.port else ""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}{port}{self.path}"
+        path = "/..." if self.secret_path else self.path
+        return f"{self.scheme}://{host}{port}{path}"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -237,7 +237,9 @@ class WebhookDestination:
             raise ValueError("host is empty: set LIVEMON_HOST")
         if not timeout_s > 0:
             raise ValueError("timeout_s must be positive")
-        self.endpoint = Endpoint.parse(url, "alert_webhook_url")
+        self.endpoint = Endpoint.parse(
+            url, "alert_webhook_url", secret_path=True
+        )
         self.format = pick_format(url, fmt)
         self.host = host
         self.timeout_s = timeout_s

@@ -142,6 +142,19 @@ class TestShip:
             hook.ship("alerts", _alerts(alert_row(1)))
         assert caught.value.permanent
 
+    def test_the_secret_path_stays_out_of_messages(self, receiver):
+        """A Slack webhook's path is its credential: errors (which reach
+        the log and the status file) show the host only."""
+        receiver.script.append((500, {}, b""))
+        hook = WebhookDestination(
+            receiver.url + "/services/T0/B0/s3cret", HOST, fmt="slack"
+        )
+        with pytest.raises(DestinationError) as caught:
+            hook.ship("alerts", _alerts(alert_row(1)))
+        assert "s3cret" not in str(caught.value)
+        assert receiver.url + "/..." in str(caught.value)
+        assert receiver.paths == ["/services/T0/B0/s3cret"]
+
 
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which(
     "alertmanager"
