@@ -18,6 +18,7 @@ from daemon.sinks import _otlp_encode as encode
 from daemon.sinks._otlp_http import Endpoint, post
 from livemon import __version__
 from livemon.config import Config
+from livemon.exceptions import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ TRACES_PATH = "/v1/traces"
 CONTENT_TYPE = "application/json"
 DEFAULT_TIMEOUT_S = 10.0
 MAX_SPANS_PER_POST = 512
-"""Spans in one request: the OTel SDK's batch (~190 KB of JSON), far
+"""Spans in one request: the OTel SDK's batch (~450 KB of JSON), far
 below a collector's default 20 MiB body limit."""
 _ENCODERS = {"events": encode.request_spans, "agent_runs": encode.agent_spans}
 HEADERS_ENV = (
@@ -82,14 +83,17 @@ def from_config(
     """The destination ``otlp_endpoint`` asks for, headers from ``env``.
 
     Raises:
-        ValueError: a bad endpoint or headers (the message says which).
+        ConfigError: a bad endpoint or headers (the message says which).
     """
-    return OtlpDestination(
-        config.otlp_endpoint,
-        host,
-        version=__version__,
-        headers=otlp_headers(env),
-    )
+    try:
+        return OtlpDestination(
+            config.otlp_endpoint,
+            host,
+            version=__version__,
+            headers=otlp_headers(env),
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 class OtlpDestination:

@@ -19,6 +19,7 @@ from daemon.forward import DestinationError, Rows
 from daemon.sinks._otlp_http import Endpoint, post
 from livemon import __version__
 from livemon.config import Config
+from livemon.exceptions import ConfigError
 
 FORMATS = ("auto", "slack", "alertmanager", "json")
 """``alert_webhook_format`` values; ``auto`` picks by URL (``pick_format``)."""
@@ -212,14 +213,17 @@ def from_config(config: Config, host: str) -> WebhookDestination:
     """The destination ``alert_webhook_url`` asks for.
 
     Raises:
-        ValueError: a bad URL or format (the message says which).
+        ConfigError: a bad URL or format (the message says which).
     """
-    return WebhookDestination(
-        config.alert_webhook_url,
-        host,
-        fmt=config.alert_webhook_format,
-        version=__version__,
-    )
+    try:
+        return WebhookDestination(
+            config.alert_webhook_url,
+            host,
+            fmt=config.alert_webhook_format,
+            version=__version__,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 class WebhookDestination:

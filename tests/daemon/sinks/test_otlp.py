@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import socket
 
@@ -238,6 +239,27 @@ class TestHeaders:
         assert sent["Authorization"] == "Basic cGs6c2s="
         assert sent["x-tenant"] == "a"
         assert "x-ignored" not in sent
+
+    def test_a_malformed_header_stops_the_daemon_in_one_line(
+        self, tmp_path, monkeypatch
+    ):
+        """Bad headers are a usage error at start (exit 2), no traceback,
+        no daemon forwarding without its credentials."""
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "Bearer s3cret")
+        monkeypatch.setenv("LIVEMON_RING", f"hdr{os.getpid()}")
+        result = CliRunner().invoke(
+            cli,
+            [
+                "start",
+                "--foreground",
+                f"--db={tmp_path / 'x.db'}",
+                "--otlp-endpoint=http://127.0.0.1:9",
+            ],
+        )
+        assert result.exit_code == 2
+        assert "key1=value1" in result.output
+        assert "Traceback" not in result.output
+        assert "s3cret" not in result.output
 
     def test_a_malformed_header_is_refused_without_its_value(self):
         """A pair without '=' is refused; the value (a secret) is not
