@@ -179,27 +179,39 @@ class AgentSpillReplayer:
         return {"records": records, "size_bytes": size}
 
 
+LAST_OPEN_ERROR: dict[str, str] = {}
+"""Why the agents ring of each name could not be had, last time (each
+reason is logged once, not at every retry; shown in status)."""
+
+
 def open_agents_ring(config: Config) -> ringbuf.Ring | None:
     """Attach to (or create) the agents ring and become its consumer.
 
-    None, logged, when it cannot be had: the events go on draining, and
-    the runs wait in their ring or spill (the caller tries again later).
-    Another daemon consuming it is refused, as for the events ring.
+    None when it cannot be had (logged once per reason): the events go on
+    draining, and the runs wait in their ring or spill (the caller tries
+    again later).  Another daemon consuming it is refused, as for the
+    events ring.
     """
+    name = ipc.agents_ring(config).name
     try:
         ring = ipc.open_ring(config, ipc.agents_ring(config))
     except (ringbuf.RingError, OSError) as exc:
-        logger.error(
-            "cannot open the agents ring (agent runs wait for it; retrying):"
-            " %s",
-            exc,
-        )
+        _not_opened(name, f"cannot open ring {name!r}: {exc}")
         return None
     if not ring.lock_consumer():
         ring.close()
-        logger.error(
-            "ring %r is consumed by another daemon: stop one of the two",
-            ring.name,
+        _not_opened(
+            name,
+            f"ring {name!r} is consumed by another daemon: stop one of "
+            "the two",
         )
         return None
+    if LAST_OPEN_ERROR.pop(name, None) is not None:
+        logger.warning("ring %r open again: agent runs drain", name)
     return ring
+
+
+def _not_opened(name: str, reason: str) -> None:
+    if LAST_OPEN_ERROR.get(name) != reason:
+        logger.error("%s (agent runs wait for it; retrying)", reason)
+    LAST_OPEN_ERROR[name] = reason

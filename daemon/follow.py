@@ -13,6 +13,8 @@ import time
 import ringbuf
 from daemon import agent_runs
 from daemon.drain import Drainer
+from daemon.exceptions import DaemonError
+from daemon.store import Store
 from livemon import ipc
 from livemon.config import Config
 
@@ -116,8 +118,17 @@ def follow_agents(config: Config, drainer: Drainer) -> list[ringbuf.Ring]:
     old = drainer.agents
     if old is None or not old.replaced:
         return []
+    # Until its producers moved (they give their old lanes back): one
+    # that saw this daemon still attached carries nothing over.  Idle
+    # ones past the deadline find no consumer when they next write, and
+    # carry their records along themselves.
     deadline = time.monotonic() + DRAIN_OLD_S
-    while time.monotonic() < deadline and drainer.step():
+    while time.monotonic() < deadline:
+        if not drainer.step():
+            if not _held(old):
+                break
+            time.sleep(0.05)
+    while drainer.step():  # what came before the last lane was let go
         pass
     new = agent_runs.open_agents_ring(config)
     if new is None:  # the old one stays in use; tried again next check
@@ -128,6 +139,11 @@ def follow_agents(config: Config, drainer: Drainer) -> list[ringbuf.Ring]:
         new.name,
     )
     return [old]
+
+
+def _held(ring: ringbuf.Ring) -> bool:
+    """Whether a live producer holds a lane of ``ring``."""
+    return any(ring.lane_state(i).owned for i in range(ring.lanes))
 
 
 def regrow_agents(config: Config, drainer: Drainer) -> list[ringbuf.Ring]:
@@ -151,3 +167,76 @@ def _renew_agents(config: Config, drainer: Drainer) -> None:
     ringbuf.unlink(agents.name)
     ipc.open_ring(config, ipc.agents_ring(config)).close()
     agents.retire()
+
+
+def _lent() -> Store:
+    """Never called: a ``Retired`` drainer is lent the main one's store."""
+    raise DaemonError("a retired ring's drainer opens no store")
+
+
+class Retired:
+    """Old segments drained alongside the new ones while producers hold
+    lanes in them, then let go.
+
+    A producer of this release moves to the new ring at its next record
+    (and gives its old lane back); one of an older release never notices
+    a retired or replaced ring (a rolling upgrade: the daemon first) and
+    writes on into the old segment until it restarts.  Its records are
+    drained from there, so a regrow or a replaced ring loses nothing.
+
+    Args:
+        config: the daemon's config (which names are which ring).
+        rings: the old rings ``follow`` or ``regrow`` returned.
+    """
+
+    def __init__(self, config: Config, rings: list[ringbuf.Ring]) -> None:
+        self.rings = rings
+        by_name = {ring.name: ring for ring in rings}
+        names = [spec.name for spec in ipc.all_rings(config)]
+        events, labels, feedback = (by_name.get(n) for n in names)
+        agents = by_name.get(ipc.agents_ring(config).name)
+        self.drainer: Drainer | None = None
+        if events is not None and labels is not None:
+            self.drainer = Drainer(
+                config,
+                events,
+                labels,
+                _lent,  # the main drainer's store is lent per step
+                feedback,
+                agents=agents,
+            )
+
+    def step(self, main: Drainer) -> int:
+        """Drain what the old segments hold into ``main``'s store; return
+        the records moved (failures go to ``main``, which owns the store).
+        """
+        drainer = self.drainer
+        if drainer is None or main.store is None:
+            return 0
+        drainer.store = main.store
+        try:
+            return drainer.drain_once()
+        except Exception as exc:  # the drain loop's boundary, as step()
+            main.handle_failure(exc)
+            return 0
+
+    def done(self) -> bool:
+        """Whether no producer holds a lane and nothing waits: then the
+        rings are closed (the caller forgets them)."""
+        try:
+            busy = any(
+                state.owned or state.pending > 0
+                for ring in self.rings
+                for state in (ring.lane_state(i) for i in range(ring.lanes))
+            )
+        except ringbuf.RingError:
+            busy = False  # closed or damaged: nothing more to drain there
+        if busy and self.drainer is not None:
+            return False
+        self.close()
+        return True
+
+    def close(self) -> None:
+        """Let go of the old segments (the store stays the main one's)."""
+        for ring in self.rings:
+            ring.close()

@@ -70,6 +70,8 @@ class Service:
         self._forwarding = Forwarding(
             self.config.db, sinks.configured(self.config, self.config.host)
         )
+        # Old segments still drained while producers hold lanes there.
+        self._retired: list[follow.Retired] = []
 
     def run(self) -> int:
         """Run until SIGTERM or SIGINT; return the exit status.
@@ -134,6 +136,8 @@ class Service:
             drainer.close()
             for ring in self._rings:
                 ring.close()
+            for retired in self._retired:
+                retired.close()
             pidfile.remove_if_mine()
             proc.remove_file(ipc.status_file(config))
             lock.release()
@@ -176,11 +180,15 @@ class Service:
         """Replay spill files, then drain the rings; return records moved."""
         n = self.config.batch_records
         replayed = self._replayer.step(n) + self._agent_replayer.step(n)
-        return replayed + drainer.step()
+        moved = replayed + drainer.step()
+        for retired in self._retired:
+            moved += retired.step(drainer)
+        return moved
 
     def _follow_rings(self, drainer: Drainer) -> None:
         if not self._due("rings", follow.CHECK_INTERVAL_S):
             return
+        self._retired = [r for r in self._retired if not r.done()]
         if follow.replaced(drainer):
             self._replace_rings(follow.follow, drainer)
         elif drainer.agents is not None and drainer.agents.replaced:
@@ -196,8 +204,9 @@ class Service:
         drainer: Drainer,
     ) -> None:
         try:
-            for ring in how(self.config, drainer):
-                ring.close()
+            old = how(self.config, drainer)
+            if old:
+                self._retired.append(follow.Retired(self.config, old))
         except (ringbuf.RingError, OSError) as exc:
             logger.error("cannot move to the new rings: %s", exc)
         current = (
@@ -346,6 +355,9 @@ class Service:
             "drained": drainer.agent_runs_drained,
             "lag_records": lag,
             "ring": ring is not None,
+            "ring_error": agent_runs.LAST_OPEN_ERROR.get(
+                ipc.agents_ring(self.config).name
+            ),
             "spill_replayed": spill.replayed,
             "spill": spill.backlog(),
             "spill_error": spill.last_error,

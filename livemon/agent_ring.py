@@ -73,6 +73,7 @@ class AgentLane:
     _ring: ringbuf.Ring | None = None
     _writer: ringbuf.RingWriter | None = None
     _closed = False
+    _reported: str | None = None  # the last attach failure logged
 
     def __init__(
         self,
@@ -212,13 +213,16 @@ class AgentLane:
         # An agents ring of another layout (a release that changed
         # AGENT_RUN_DTYPE without a new name) must never stop requests:
         # only the runs are lost, counted, and the attach tried again.
-        logger.warning(
-            "cannot write agent runs to ring %r (retrying in %.0f s; the "
-            "requests are recorded meanwhile): %s",
-            self.spec.name,
-            self._retry_interval_s,
-            exc,
-        )
+        reason = str(exc)
+        if reason != self._reported:  # once per reason, not every retry
+            logger.warning(
+                "cannot write agent runs to ring %r (retrying every %.0f "
+                "s; the requests are recorded meanwhile): %s",
+                self.spec.name,
+                self._retry_interval_s,
+                reason,
+            )
+        self._reported = reason
         self._retry_at = time.monotonic() + self._retry_interval_s
         if self._strict:
             raise MonitoringUnavailable(

@@ -13,7 +13,7 @@ import struct
 from typing import Any
 
 from livemon import record as rec
-from livemon._checks import FieldChecks
+from livemon._checks import FieldChecks, _short
 from livemon.exceptions import InvalidField, LivemonError
 
 __all__ = ["OUTCOMES", "AgentRun", "keep_run", "pack_runs", "write_runs"]
@@ -30,6 +30,9 @@ _INF = float("inf")
 _NAN = float("nan")
 AGENT_RUN_STRUCT = rec.struct_for(rec.AGENT_RUN_DTYPE)
 """Packs one agent run, fields in ``AGENT_RUN_DTYPE`` order."""
+_pack = AGENT_RUN_STRUCT.pack
+_UNKNOWN = rec.UNKNOWN_FLAG  # also UNKNOWN_COUNT: both -1
+_UNKNOWN_OUTCOME = int(rec.AgentOutcome.UNKNOWN)
 
 
 def _request_field(name: str) -> struct.Struct:
@@ -72,7 +75,7 @@ def _outcome(ctx: FieldChecks, value: Any) -> int:
         return code
     reason = (
         "must be 'selected', 'merged', 'discarded', 'cancelled', an "
-        f"AgentOutcome or None, not {value!r:.60}"
+        f"AgentOutcome or None, not {_short(value)}"
     )
     return int(ctx._bad("agent.outcome", reason, rec.AgentOutcome.UNKNOWN))
 
@@ -81,28 +84,62 @@ def _pack_run(
     ctx: FieldChecks, run: AgentRun, head: tuple[int, int, int, int, int]
 ) -> bytes:
     """One run's record; ``head``: timestamp, request id, pid, category
-    and strategy label ids, from the request."""
-    name, ms, ok, error, tokens_in, tokens_out, score, outcome = run
-    if name is None:  # a run must name its agent
-        agent = int(ctx._bad("agent", "must name the agent, not None", 0))
-    else:
-        agent = ctx._label("agent", name)
+    and strategy label ids, from the request.
+
+    Each field's common case is checked inline, as in ``end()`` (a call
+    per field would double the cost); anything else takes its checker.
+    """
+    name, ms, ok, err, t_in, t_out, score, outcome = run
+    ids = ctx._sink.labels.ids
     timestamp, request_id, pid, category, strategy = head
-    return AGENT_RUN_STRUCT.pack(
+    return _pack(
         timestamp,
         request_id,
         pid,
-        agent,
-        _outcome(ctx, outcome),
+        (type(name) is str and ids.get(name)) or _agent(ctx, name),
+        _UNKNOWN_OUTCOME
+        if outcome is None
+        else OUTCOMES[outcome]
+        if type(outcome) is str and outcome in OUTCOMES
+        else _outcome(ctx, outcome),
         category,
         strategy,
-        ctx._number("agent.execution_time_ms", ms, _INF),
-        ctx._flag("agent.success", ok),
-        ctx._text("agent.error", error),
-        ctx._int("agent.input_tokens", tokens_in, _MAX_TOKENS),
-        ctx._int("agent.output_tokens", tokens_out, _MAX_TOKENS),
-        ctx._number("agent.quality_score", score, 1.0),
+        _NAN
+        if ms is None
+        else ms
+        if type(ms) is float and 0.0 <= ms < _INF
+        else ctx._number("agent.execution_time_ms", ms, _INF),
+        _UNKNOWN
+        if ok is None
+        else ok
+        if type(ok) is bool
+        else ctx._flag("agent.success", ok),
+        rec.NO_LABEL
+        if err is None
+        else (type(err) is str and ids.get(err))
+        or ctx._text("agent.error", err),
+        _UNKNOWN
+        if t_in is None
+        else t_in
+        if type(t_in) is int and 0 <= t_in <= _MAX_TOKENS
+        else ctx._int("agent.input_tokens", t_in, _MAX_TOKENS),
+        _UNKNOWN
+        if t_out is None
+        else t_out
+        if type(t_out) is int and 0 <= t_out <= _MAX_TOKENS
+        else ctx._int("agent.output_tokens", t_out, _MAX_TOKENS),
+        _NAN
+        if score is None
+        else score
+        if type(score) is float and 0.0 <= score <= 1.0
+        else ctx._number("agent.quality_score", score, 1.0),
     )
+
+
+def _agent(ctx: FieldChecks, name: Any) -> int:
+    if name is None:  # a run must name its agent
+        return int(ctx._bad("agent", "must name the agent, not None", 0))
+    return ctx._label("agent", name)
 
 
 def pack_runs(

@@ -2,7 +2,8 @@
 One request's monitoring context: the hot path.
 
 The ``log_*`` calls only keep their arguments; ``end`` checks them all,
-turns text into label ids and writes one packed record.  Doing the work
+turns text into label ids and writes one packed record (then one per agent
+run, ``log_agent``: see ``livemon.agents``).  Doing the work
 once, inline, keeps a whole request to a few microseconds (see bench/).
 """
 

@@ -16,6 +16,7 @@ import json
 import sys
 import time
 
+import livemon
 from livemon import Monitor
 
 AGENTS = ("analyst_a", "analyst_b", "coder", "reviewer")
@@ -60,7 +61,8 @@ def main(argv: list[str]) -> None:
             one_request(monitor, seed, i)
             if pause_every and i % pause_every == pause_every - 1:
                 time.sleep(pause_s)
-        print(json.dumps(dataclasses.asdict(monitor.counters)))
+        counters = dataclasses.asdict(monitor.counters)
+    print(json.dumps({**counters, "livemon": livemon.__file__}))
 
 
 if __name__ == "__main__":

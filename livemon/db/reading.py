@@ -119,8 +119,12 @@ class Labels:
         return list(dict.fromkeys(str(n) for n in names))
 
     def agents(self) -> dict[str, int]:
-        """Every agent some stored request used: name -> label id."""
-        rows = self._db.execute("SELECT DISTINCT member FROM list_members")
+        """Every agent some stored request used, or that has stored runs:
+        name -> label id."""
+        rows = self._db.execute(
+            "SELECT member FROM list_members UNION "
+            "SELECT agent FROM rollup_agent_runs WHERE agent != 0"
+        )
         return {self.text(member): member for (member,) in rows}
 
     def agent(self, name: str) -> int:

@@ -23,6 +23,7 @@ from livemon.feedback.rules import FeedbackState, Policy, replay
 from livemon.feedback.stats import WindowStats, feedback_stats
 from livemon.ipc import read_status
 from livemon.record import label_texts
+from livemon.views.agent_live import RunFigures, run_figures
 from livemon.views.report import Table
 
 
@@ -34,6 +35,8 @@ class Snapshot:
         lanes: each lane's counters (fill is ``pending / capacity``).
         overhead_ns: p50 and p99 of the recording cost in the window.
         daemon: the daemon's status file, or None if it is not running.
+        agent_runs: per agent, figures of its own runs in the agents
+            ring's window (agents without runs use the request figures).
     """
 
     stats: WindowStats
@@ -44,6 +47,7 @@ class Snapshot:
     overhead_ns: tuple[float, float]
     names: dict[int, str]
     daemon: dict[str, Any] | None
+    agent_runs: dict[int, RunFigures] = dataclasses.field(default_factory=dict)
 
 
 def snapshot(config: Config, policy: Policy | None = None) -> Snapshot:
@@ -84,14 +88,21 @@ def snapshot(config: Config, policy: Policy | None = None) -> Snapshot:
         overhead_ns=percentiles,
         names=_ring_labels(config),
         daemon=read_status(config),
+        agent_runs=run_figures(
+            _ring_records(ipc.agents_ring(config), policy.window_per_lane),
+            policy.recent,
+        ),
     )
 
 
-def _ring_records(spec: ipc.RingSpec) -> npt.NDArray[np.void]:
-    """Every record still readable in ring ``spec`` (none if it is gone)."""
+def _ring_records(
+    spec: ipc.RingSpec, per_lane: int | None = None
+) -> npt.NDArray[np.void]:
+    """The records still readable in ring ``spec``, at most ``per_lane``
+    of each lane (all by default; none if the ring is gone)."""
     try:
         with ipc.attach_ring(spec) as ring:
-            return ring.window(ring.capacity_records).records
+            return ring.window(per_lane or ring.capacity_records).records
     except ringbuf.RingError:
         return np.empty(0, spec.dtype)
 
@@ -104,19 +115,40 @@ def _ring_labels(config: Config) -> dict[int, str]:
 def stats_tables(snap: Snapshot, name: Callable[[int], str]) -> list[Table]:
     """The live statistics as report tables, names given by ``name``."""
     fb = snap.feedback
-    agents = [
-        (
-            name(a.agent),
+    figures: dict[int, tuple[Any, ...]] = {
+        a.agent: (
             a.requests,
             a.success_rate,
             a.success_low,
             a.success_high,
             a.p50_ms,
             a.p95_ms,
-            fb.multipliers.get(a.agent, 1.0),
-            "capped" if a.agent in fb.capped else "",
+            "requests",
         )
-        for a in sorted(snap.stats.agents.values(), key=lambda a: -a.requests)
+        for a in snap.stats.agents.values()
+    }
+    # An agent's own runs where it has any in the window (issue 15).
+    figures |= {
+        r.agent: (
+            r.runs,
+            r.success_rate,
+            r.success_low,
+            r.success_high,
+            r.p50_ms,
+            r.p95_ms,
+            "runs",
+        )
+        for r in snap.agent_runs.values()
+    }
+    agents = [
+        (
+            name(agent),
+            *f[:6],
+            fb.multipliers.get(agent, 1.0),
+            "capped" if agent in fb.capped else "",
+            f[6],
+        )
+        for agent, f in sorted(figures.items(), key=lambda item: -item[1][0])
     ]
     categories = [
         (
@@ -136,7 +168,7 @@ def stats_tables(snap: Snapshot, name: Callable[[int], str]) -> list[Table]:
     return [
         Table(
             "agents",
-            "Per agent (each one's newest requests in the window)",
+            "Per agent (each one's newest runs, else requests, in the window)",
             (
                 "agent",
                 "requests",
@@ -147,6 +179,7 @@ def stats_tables(snap: Snapshot, name: Callable[[int], str]) -> list[Table]:
                 "p95_ms",
                 "confidence_x",
                 "parallel",
+                "source",
             ),
             agents,
         ),

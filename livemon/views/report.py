@@ -20,6 +20,7 @@ import numpy as np
 
 from livemon.db import rollup
 from livemon.db.reading import Labels, TimeRange, format_ns
+from livemon.views import agent_report
 
 NS_PER_HOUR = rollup.NS_PER_HOUR
 HOURS_PER = {"hour": 1, "day": 24}
@@ -182,24 +183,28 @@ def _figures(sums: Sequence[float]) -> tuple[Any, ...]:
 
 def _agents(db: sqlite3.Connection, labels: Labels, src: _Sources) -> Table:
     percentiles = _latency_percentiles(db, src, "agent", src.agent_rows)
-    rows = []
+    by_requests: dict[int, tuple[Any, ...]] = {}
     for agent, figures in _figures_by(
         db, src, "agent", src.agent_rows, "2 DESC"
     ):
         requests, success, _, mean_ms, quality, tokens = figures
         p50, p95 = percentiles.get(agent, (math.nan, math.nan))
-        rows.append(
-            (
-                labels.text(agent),
-                requests,
-                success,
-                mean_ms,
-                p50,
-                p95,
-                quality,
-                tokens,
-            )
+        by_requests[agent] = (
+            requests,
+            success,
+            mean_ms,
+            p50,
+            p95,
+            quality,
+            tokens,
         )
+    # Each agent's own runs where it has any (issue 15), else the
+    # figures of the requests that used it.
+    runs = agent_report.run_rows(db, src)
+    rows = [
+        (labels.text(agent), *figures)
+        for agent, figures in agent_report.merged(by_requests, runs)
+    ]
     return Table(
         "agents",
         "Per agent",
@@ -212,6 +217,7 @@ def _agents(db: sqlite3.Connection, labels: Labels, src: _Sources) -> Table:
             "p95_ms",
             "quality",
             "tokens",
+            *agent_report.RUN_COLUMNS,
         ),
         rows,
     )

@@ -42,6 +42,7 @@ def frame(
     except MonitoringUnavailable as exc:
         return [head, "", f"waiting: {exc}"]
     lines = [head, _daemon_line(config, snap.daemon), _ring_line(snap)]
+    lines += _agents_line(snap.daemon)
     p50, p99 = snap.overhead_ns
     lines.append(
         f"overhead  p50 {p50 / 1000:.1f} us  p99 {p99 / 1000:.1f} us per "
@@ -106,6 +107,21 @@ def _ring_line(snap: Snapshot) -> str:
             else ""
         )
     )
+
+
+def _agents_line(status: dict[str, Any] | None) -> list[str]:
+    """The daemon's agent-run figures (none from a daemon without them)."""
+    runs = (status or {}).get("agent_runs")
+    if not runs:
+        return []
+    spill = runs.get("spill") or {}
+    waiting = spill.get("records") or 0
+    return [
+        f"agents    runs drained {runs.get('drained', 0):,}  lag "
+        f"{runs.get('lag_records', 0):,}"
+        + (f"  spill {waiting:,}" if waiting else "")
+        + ("" if runs.get("ring") else "  (agents ring not open)")
+    ]
 
 
 def run(

@@ -12,32 +12,56 @@ import pathlib
 import sqlite3
 import subprocess
 import sys
+import time
+import uuid
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+import ringbuf
 from daemon.agent_runs import AgentSpillReplayer
 from daemon.drain import Drainer
 from daemon.store import Store
-from livemon import ipc
+from livemon import Monitor, ipc
 from livemon import record as rec
+from livemon.cli import cli
 from livemon.config import load_config
 from livemon.spill import SPILL_LANE_BASE
 
 WORKER = pathlib.Path(__file__).resolve().parents[1] / "agent_worker.py"
 
 
-def run_workers(env, count: int, requests: int) -> list[dict]:
-    """Run ``count`` coordinator processes to the end; their counters."""
-    processes = [
+def start_workers(env, count: int, requests: int, *pace: str):
+    """Start ``count`` coordinator processes (``pace``: pause every n
+    requests, for s seconds)."""
+    return [
         subprocess.Popen(
-            [sys.executable, "-P", str(WORKER), str(requests), str(seed)],
+            [
+                sys.executable,
+                "-P",
+                str(WORKER),
+                str(requests),
+                str(seed),
+                *pace,
+            ],
             env=env,
             stdout=subprocess.PIPE,
             text=True,
         )
         for seed in range(count)
     ]
+
+
+def run_workers(env, count: int, requests: int) -> list[dict]:
+    """Run ``count`` coordinator processes to the end; their counters."""
+    return finish(start_workers(env, count, requests))
+
+
+def finish(processes) -> list[dict]:
+    """Wait for coordinator processes; return their counters."""
     found = []
     for process in processes:
         out, _ = process.communicate(timeout=300)
@@ -117,6 +141,62 @@ class TestDaemon:
         [(rolled,)] = query(run.db, "SELECT sum(runs) FROM rollup_agent_runs")
         assert rolled == expected
 
+    def test_top_and_report_show_runs(self, start_daemon, daemon_env):
+        """``top`` shows the agent runs drained; ``report`` the agents'
+        figures from their runs."""
+        run = start_daemon()
+        expected = stored_runs(run_workers(daemon_env, 1, 200))
+        run.wait_until(
+            lambda: run.count("SELECT count(*) FROM agent_runs") == expected
+        )
+        run.wait_until(
+            lambda: run.status()["agent_runs"]["drained"] == expected
+        )
+        top = CliRunner().invoke(
+            cli,
+            ["top", "--iterations", "1"],
+            env=daemon_env,
+            catch_exceptions=False,
+        )
+        assert f"agents    runs drained {expected:,}  lag 0" in top.output
+        report = CliRunner().invoke(
+            cli,
+            [
+                "report",
+                "--since",
+                "1h",
+                "--format",
+                "json",
+                "--table",
+                "agents",
+            ],
+            env=daemon_env,
+            catch_exceptions=False,
+        )
+        assert report.exit_code == 0, report.output
+        agents = {a["agent"]: a for a in json.loads(report.output)["agents"]}
+        assert {a["source"] for a in agents.values()} == {"runs"}
+        assert sum(a["requests"] for a in agents.values()) == expected
+        assert run.stop() == 0
+
+    def test_agents_ring_of_another_layout(self, start_daemon, daemon_env):
+        """An agents ring this release cannot read (another layout under
+        the name): the daemon drains the requests, says why in status,
+        logs it once; the coordinators lose only the runs, counted."""
+        other = np.dtype([("x", "<i8")])
+        name = daemon_env["LIVEMON_RING"] + ".agents"
+        with ringbuf.Ring.create(name, other, 2, 8):
+            run = start_daemon()
+            counters = run_workers(daemon_env, 1, 100)
+            run.wait_until(lambda: run.count() == 100)
+            assert counters[0]["agent_runs_unavailable"] == 200
+            status = run.status()["agent_runs"]
+            assert not status["ring"] and "dtype" in status["ring_error"]
+            time.sleep(2.5)  # two more retries
+            assert run.stop() == 0
+        log = run.process.stderr.read()
+        assert log.count("cannot open ring") == 1, log
+
     def test_spilled_runs_are_replayed(self, start_daemon, daemon_env):
         """No daemon while coordinators run with tiny lanes: the runs
         spill; the daemon started later stores each once and retires the
@@ -140,6 +220,48 @@ class TestDaemon:
         )
         assert run.stop() == 0
         assert run.count("SELECT count(*) FROM agent_runs") == expected
+
+
+class TestRingsMove:
+    """The agents ring replaced or regrown under running coordinators."""
+
+    def test_restart_with_more_lanes(self, start_daemon, daemon_env):
+        """A daemon restarted with 8 lanes regrows the agents ring too;
+        the coordinators follow, and every run is stored once."""
+        small = dict(daemon_env, LIVEMON_LANES="4")
+        first = start_daemon(env=small)
+        load = start_workers(small, 2, 1500, "50", "0.1")
+        first.wait_until(lambda: first.count(RUNS) > 200)
+        assert first.stop() == 0
+        second = start_daemon(env=dict(daemon_env, LIVEMON_LANES="8"))
+        spec = ipc.agents_ring(load_config(env=small))
+        with ipc.attach_ring(spec) as ring:
+            assert ring.lanes == 8
+        counters = finish(load)
+        assert all(c["agent_runs_dropped"] == 0 for c in counters)
+        second.wait_until(lambda: second.count(RUNS) == 6000, timeout_s=120)
+        assert second.count(DISTINCT_RUNS) == 6000
+        assert second.stop() == 0
+
+    def test_agents_ring_unlinked(self, start_daemon, daemon_env):
+        """A cleanup script removes the agents ring alone: coordinators
+        make a new one, the daemon follows it, and no run is lost."""
+        daemon = start_daemon()
+        load = start_workers(daemon_env, 2, 1500, "50", "0.1")
+        daemon.wait_until(lambda: daemon.count(RUNS) > 200)
+        ringbuf.unlink(daemon_env["LIVEMON_RING"] + ".agents")
+        counters = finish(load)
+        assert stored_runs(counters) == 6000
+        daemon.wait_until(lambda: daemon.count(RUNS) == 6000, timeout_s=120)
+        assert daemon.count(DISTINCT_RUNS) == 6000
+        assert daemon.stop() == 0
+
+
+RUNS = "SELECT count(*) FROM agent_runs"
+DISTINCT_RUNS = (
+    "SELECT count(*) FROM (SELECT DISTINCT pid, request_id, agent "
+    "FROM agent_runs)"
+)
 
 
 @pytest.fixture
@@ -239,3 +361,93 @@ def test_spill_replayer_stores_once(tmp_path, ring_name):
         assert replayer.backlog()["records"] == 0
     finally:
         store.close()
+
+
+valid_runs = st.lists(
+    st.fixed_dictionaries(
+        {
+            "name": st.sampled_from(["coder", "reviewer", "é agent"]),
+            "execution_time_ms": st.none() | st.floats(0, 1e6),
+            "success": st.none() | st.booleans(),
+            "error": st.none() | st.text(min_size=1, max_size=30),
+            "input_tokens": st.none() | st.integers(0, 2**40),
+            "output_tokens": st.none() | st.integers(0, 2**40),
+            "quality_score": st.none() | st.floats(0, 1),
+            "outcome": st.sampled_from(
+                [None, "selected", "merged", "discarded", "cancelled"]
+            ),
+        }
+    ),
+    min_size=1,
+    max_size=rec.MAX_AGENT_RUNS,
+)
+
+
+@settings(
+    max_examples=30,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(runs=valid_runs)
+def test_round_trip(tmp_path, ring_name, runs):
+    """log_agent -> ring -> drain -> agent_runs_view gives back each
+    run's values, in order, linked to its request."""
+    config = load_config(
+        {
+            "ring": ring_name,
+            "db": str(tmp_path / f"{uuid.uuid4()}.db"),
+            "lanes": 2,
+        }
+    )
+    with Monitor(config=config) as monitor:
+        with monitor.request("q", category="code") as ctx:
+            for run in runs:
+                ctx.log_agent(
+                    run["name"],
+                    **{k: v for k, v in run.items() if k != "name"},
+                )
+        request_id = ctx.request_id
+        assert monitor.counters.invalid == 0
+        events, labels, agents = (
+            ipc.attach_ring(spec)
+            for spec in (
+                ipc.events_ring(config),
+                ipc.labels_ring(config),
+                ipc.agents_ring(config),
+            )
+        )
+        store = Store(config.db)
+        try:
+            drainer = Drainer(
+                config, events, labels, lambda: store, agents=agents
+            )
+            while drainer.drain_once():
+                pass
+            rows = store.db.execute(
+                "SELECT v.agent, v.execution_time_ms, v.success, v.error, "
+                "v.input_tokens, v.output_tokens, v.quality_score, "
+                "v.outcome, v.request_id, v.query_category FROM "
+                "agent_runs_view AS v JOIN agent_runs AS a ON a.id = v.id "
+                f"WHERE a.request_id = {request_id} ORDER BY a.seq"
+            ).fetchall()
+        finally:
+            store.close()
+            for ring in (events, labels, agents):
+                ring.close()
+    expected = [
+        (
+            run["name"],
+            run["execution_time_ms"],
+            None if run["success"] is None else int(run["success"]),
+            run["error"],
+            run["input_tokens"],
+            run["output_tokens"],
+            run["quality_score"],
+            run["outcome"],
+            request_id,
+            "code",
+        )
+        for run in runs
+    ]
+    assert rows == expected
+    for suffix in ("", ".labels", ".feedback", ".agents"):
+        ringbuf.unlink(ring_name + suffix)  # the next example's are new

@@ -288,3 +288,53 @@ def test_processes_write_their_own_lanes(ring_name, method):
     runs = runs_in(ring_name)
     assert len(runs) == 6
     assert len(set(runs["pid"].tolist())) == 3
+
+
+class Hostile:
+    """A value whose every method raises."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("repr")
+
+    def __hash__(self) -> int:
+        raise RuntimeError("hash")
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("eq")
+
+
+def test_hostile_values_never_raise(monitor, ring_name):
+    """Default mode: hostile values are refused and counted, the run and
+    the request still recorded."""
+    hostile = Hostile()
+    with monitor.request("q") as ctx:
+        ctx.log_agent(
+            hostile,
+            execution_time_ms=hostile,
+            success=hostile,
+            error=hostile,
+            input_tokens=hostile,
+            quality_score=hostile,
+            outcome=hostile,
+        )
+    assert monitor.counters.recorded == 1
+    assert monitor.counters.agent_runs_recorded == 1
+    assert monitor.counters.invalid == 7
+    [run] = runs_in(ring_name)
+    assert run["agent"] == 0 and run["outcome"] == -1
+
+
+def test_strict_unavailable_agents_ring(ring_name):
+    """Strict: an agents ring that cannot be opened raises, typed."""
+    from livemon.exceptions import MonitoringUnavailable
+
+    other = np.dtype([("x", "<i8")])
+    with (
+        ringbuf.Ring.create(ring_name + ".agents", other, 2, 8),
+        Monitor(ring_name, strict=True) as monitor,
+    ):
+        ctx = monitor.request("q")
+        ctx.log_agent("coder")
+        with pytest.raises(MonitoringUnavailable, match="agents"):
+            ctx.end()
+        assert monitor.counters.recorded == 1  # the request went first

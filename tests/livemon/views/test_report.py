@@ -90,7 +90,8 @@ class TestBuildReport:
         assert set(agents) == set(AGENTS)
         for name in AGENTS:
             mine = chosen[uses(chosen, label_id(name))]
-            _, requests, success, mean_ms, p50, p95, quality, _ = agents[name]
+            _, requests, success, mean_ms, p50, p95, quality = agents[name][:7]
+            assert agents[name][-1] == "requests"  # no agent runs stored
             assert requests == np.isin(mine["event_type"], (0, 1)).sum()
             known = mine["success"] >= 0
             assert success == pytest.approx(
