@@ -6,33 +6,36 @@ thread per destination that ships rows above its high-water mark.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
+import functools
 import logging
-import os
-import random
 import sqlite3
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from daemon.exceptions import DaemonError
 from daemon.outbox import (
     SOURCES,
+    OutboxReader,
+    OutboxReplaced,
     Rows,
     Source,
     lowest_marks,
     read_marks,
     read_rows,
+    unshipped,
 )
+from daemon.retry import Backoff, DestinationError
 
 logger = logging.getLogger("livemon.daemon.forward")
 
 BATCH_ROWS = 20_000
 IDLE_S = 0.25  # between looks at the outbox when a destination is caught up
 LAG_INTERVAL_S = 1.0
-BUSY_TIMEOUT_MS = 1000
+BUSY_SHARE = 0.15  # of the time a forwarder may work while the drain is busy
 
 __all__ = [
     "BATCH_ROWS",
@@ -47,37 +50,6 @@ __all__ = [
     "read_marks",
     "read_rows",
 ]
-
-
-class DestinationError(DaemonError, ConnectionError):
-    """A destination refused or failed to take a batch.
-
-    Nothing is lost: the batch stays in the outbox and is shipped again.
-
-    Attributes:
-        retry_after: seconds the destination asked us to wait (None: ours).
-        permanent: retrying soon cannot help (bad credentials, a missing
-            client library); retried at the slow cap and shown in status
-            until someone fixes what the message says.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        retry_after: float | None = None,
-        permanent: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-        self.permanent = permanent
-
-    def __reduce__(
-        self,
-    ) -> tuple[type[DestinationError], tuple[str, float | None, bool]]:
-        return (
-            DestinationError,
-            (str(self), self.retry_after, self.permanent),
-        )
 
 
 class Destination(Protocol):
@@ -97,46 +69,6 @@ class Destination(Protocol):
         """Release connections; called once, after the last ``ship``."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Backoff:
-    """Delays between retries: exponential with jitter, capped.
-
-    Attributes:
-        base_s: the first delay.
-        cap_s: the longest delay for a failure that may pass.
-        permanent_s: the delay after a permanent failure (the slow cap).
-    """
-
-    base_s: float = 0.5
-    cap_s: float = 30.0
-    permanent_s: float = 300.0
-
-    def delay_s(
-        self,
-        failures: int,
-        error: BaseException,
-        rand: Callable[[], float] = random.random,
-    ) -> float:
-        """How long to wait after the ``failures``-th failure in a row.
-
-        Half the exponential delay is fixed and half random ("equal
-        jitter"), so many hosts that failed together do not retry
-        together; a destination's ``retry_after`` is honoured (up to the
-        slow cap).
-        """
-        if failures < 1:
-            raise ValueError("failures must be at least 1")
-        if isinstance(error, DestinationError) and error.permanent:
-            return self.permanent_s
-        exp: float = min(
-            self.cap_s, self.base_s * 2.0 ** min(failures - 1, 32)
-        )
-        delay = exp / 2 + exp / 2 * rand()
-        if isinstance(error, DestinationError) and error.retry_after:
-            delay = max(delay, min(error.retry_after, self.permanent_s))
-        return delay
-
-
 @dataclasses.dataclass
 class _Progress:
     """One source of one destination: its mark and how far behind it is."""
@@ -154,6 +86,11 @@ class Forwarder:
     for a destination.  A batch's mark moves (in memory) only after
     ``ship`` returned; ``Forwarding.save`` stores the marks through the
     daemon's write connection.  Failures are retried with ``backoff``.
+
+    The drain comes first: while ``drain_busy()`` says it has a backlog,
+    the forwarder works at most ``busy_share`` of the time (it shares the
+    interpreter's lock with the drain, and a local server the CPUs),
+    then catches up at full speed.
     """
 
     def __init__(
@@ -164,6 +101,8 @@ class Forwarder:
         batch_rows: int = BATCH_ROWS,
         backoff: Backoff | None = None,
         idle_s: float = IDLE_S,
+        drain_busy: Callable[[], bool] | None = None,
+        busy_share: float = BUSY_SHARE,
     ) -> None:
         unknown = sorted(set(destination.sources) - set(SOURCES))
         if not destination.name or unknown or not destination.sources:
@@ -171,9 +110,13 @@ class Forwarder:
                 f"destination {destination.name!r}: sources must be some "
                 f"of {sorted(SOURCES)}, not {list(destination.sources)}"
             )
-        if batch_rows < 1 or idle_s <= 0:
-            raise ValueError("batch_rows must be >= 1 and idle_s positive")
-        self.db_path = os.path.abspath(db_path)
+        if batch_rows < 1 or idle_s <= 0 or not 0 < busy_share <= 1:
+            raise ValueError(
+                "batch_rows must be >= 1, idle_s positive, busy_share in "
+                "(0, 1]"
+            )
+        self.drain_busy = drain_busy
+        self.busy_share = busy_share
         self.destination = destination
         self.batch_rows = batch_rows
         self.backoff = backoff or Backoff()
@@ -185,12 +128,16 @@ class Forwarder:
         self._delay_s = 0.0
         self._progress = {s: _Progress() for s in destination.sources}
         self._loaded = False  # marks read from the database
+        self._marks_of: tuple[int, int] | None = None  # from this file
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._deadline = float("inf")
         self._lag_due = 0.0
-        self._db: sqlite3.Connection | None = None
+        self._reader = OutboxReader(db_path, destination.name)
+        self._next: dict[
+            str, tuple[int, concurrent.futures.Future[Rows | None]]
+        ] = {}
         self._thread = threading.Thread(
             target=self._run,
             name=f"livemon-forward-{destination.name}",
@@ -229,12 +176,14 @@ class Forwarder:
             return False
         return True
 
-    def marks(self) -> dict[str, int]:
-        """The marks per source ({} until read from the database)."""
+    def marks(self) -> tuple[tuple[int, int] | None, dict[str, int]]:
+        """The database file the marks belong to (st_dev, st_ino), and the
+        marks per source ({} until read from that file)."""
         with self._lock:
             if not self._loaded:
-                return {}
-            return {s: p.mark for s, p in self._progress.items()}
+                return None, {}
+            marks = {s: p.mark for s, p in self._progress.items()}
+            return self._marks_of, marks
 
     def figures(self) -> dict[str, Any]:
         """What status and ``top`` show of this destination."""
@@ -262,7 +211,9 @@ class Forwarder:
             while not (
                 self._stopping.is_set() and time.monotonic() >= self._deadline
             ):
+                spent_s = time.monotonic()
                 moved = self._attempt()
+                spent_s = time.monotonic() - spent_s
                 if self._stopping.is_set() and not moved:
                     break  # caught up, or failing: the rest ships later
                 if moved is None:
@@ -271,6 +222,9 @@ class Forwarder:
                     self._retry_at = None
                 elif moved == 0:
                     self._sleep(self.idle_s)
+                elif self.drain_busy is not None and self.drain_busy():
+                    share = self.busy_share
+                    self._sleep(spent_s * (1 - share) / share)
         finally:
             self._close()
 
@@ -280,19 +234,17 @@ class Forwarder:
         while (left := until - time.monotonic()) > 0:
             if self._wake.wait(min(left, LAG_INTERVAL_S)):
                 break
-            if self._db is not None:
-                try:
-                    self._measure_lag(self._db)
-                except sqlite3.Error:
-                    self._close_db()
+            if self._loaded:
+                with contextlib.suppress(sqlite3.Error):  # reported next
+                    self._measure_lag()
         self._wake.clear()
 
     def _attempt(self) -> int | None:
         """One batch of each source; rows shipped, or None on failure."""
         try:
-            db = self._connect()
-            self._measure_lag(db)
-            moved = sum(self._ship_one(db, s) for s in self._progress)
+            self._load_marks()
+            self._measure_lag()
+            moved = sum(self._ship_one(s) for s in self._progress)
         except Exception as exc:  # the forwarder loop's boundary
             self._fail(exc)
             return None
@@ -305,11 +257,16 @@ class Forwarder:
             self.failures = 0
         return moved
 
-    def _ship_one(self, db: sqlite3.Connection, source: str) -> int:
+    def _ship_one(self, source: str) -> int:
         progress = self._progress[source]
-        rows = read_rows(db, source, progress.mark, self.batch_rows)
+        after, pending = self._next.pop(source, (-1, None))
+        if pending is None or after != progress.mark:
+            pending = self._read(source, progress.mark)
+        rows = pending.result()
         if rows is None:
             return 0
+        # The next batch is read while this one ships (a failure drops it).
+        self._next[source] = (rows.last_id, self._read(source, rows.last_id))
         self.destination.ship(source, rows)
         # Only now: a batch the destination did not take is read again.
         with self._lock:
@@ -318,11 +275,25 @@ class Forwarder:
             progress.lag_rows = max(progress.lag_rows - len(rows), 0)
         return len(rows)
 
+    def _read(
+        self, source: str, after_id: int
+    ) -> concurrent.futures.Future[Rows | None]:
+        return self._reader.submit(
+            functools.partial(
+                read_rows,
+                source=source,
+                after_id=after_id,
+                limit=self.batch_rows,
+            )
+        )
+
     def _fail(self, exc: Exception) -> None:
         self.failures += 1
         self._delay_s = self.backoff.delay_s(self.failures, exc)
-        if isinstance(exc, sqlite3.Error):
-            self._close_db()  # a fresh connection next time
+        self._next.clear()
+        if isinstance(exc, OutboxReplaced):
+            with self._lock:
+                self._loaded = False  # the new file's marks, next attempt
         text = (
             str(exc)
             if isinstance(exc, DestinationError)
@@ -337,53 +308,39 @@ class Forwarder:
         self.last_error = text
         self.last_error_at = time.time()
 
-    def _connect(self) -> sqlite3.Connection:
-        if self._db is None:
-            uri = f"file:{urllib.parse.quote(self.db_path)}?mode=ro"
-            db = sqlite3.connect(uri, uri=True, isolation_level=None)
-            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            self._db = db
-        if not self._loaded:
-            stored = read_marks(self._db, self.name)
-            with self._lock:
-                for source, progress in self._progress.items():
-                    progress.mark = stored.get(source, 0)
-                self._loaded = True
-        return self._db
+    def _load_marks(self) -> None:
+        if self._loaded:
+            return
+        reader = self._reader
+        of, stored = reader.call(
+            lambda db: (reader.identity, read_marks(db, self.name)),
+            reload=True,
+        )
+        with self._lock:
+            for source, progress in self._progress.items():
+                progress.mark = stored.get(source, 0)
+            self._marks_of = of
+            self._loaded = True
 
-    def _measure_lag(self, db: sqlite3.Connection) -> None:
+    def _measure_lag(self) -> None:
         now = time.monotonic()
         if now < self._lag_due:
             return
         self._lag_due = now + LAG_INTERVAL_S
         for source, progress in self._progress.items():
-            table = SOURCES[source].table
-            try:
-                top, oldest_ns = db.execute(
-                    f"SELECT (SELECT max(id) FROM {table}), (SELECT "
-                    f"timestamp_ns FROM {table} WHERE id > ? ORDER BY id "
-                    "LIMIT 1)",
-                    (progress.mark,),
-                ).fetchone()
-            except sqlite3.OperationalError as exc:
-                if "no such table" not in str(exc):
-                    raise
-                top, oldest_ns = None, None
+            top, oldest_ns = self._reader.call(
+                functools.partial(unshipped, source=source, mark=progress.mark)
+            )
             with self._lock:
-                progress.lag_rows = max((top or 0) - progress.mark, 0)
+                progress.lag_rows = max(top - progress.mark, 0)
                 progress.lag_s = (
                     0.0
                     if oldest_ns is None
                     else max(time.time() - oldest_ns / 1e9, 0.0)
                 )
 
-    def _close_db(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-
     def _close(self) -> None:
-        self._close_db()
+        self._reader.close()
         try:
             self.destination.close()
         except Exception:  # closing must not break the daemon's stop

@@ -31,7 +31,7 @@ class Forwarding:
         self.forwarders = [
             Forwarder(db_path, d, **options) for d in destinations
         ]
-        self._saved: dict[tuple[str, str], int] = {}
+        self._saved: dict[tuple[Any, str, str], int] = {}  # file, sink, source
 
     def names_for(self, source: str) -> list[str]:
         """The destinations that take ``source`` (retention keeps what
@@ -49,15 +49,24 @@ class Forwarding:
         """Each destination's figures, for the status file."""
         return [f.figures() for f in self.forwarders]
 
-    def save(self, db: sqlite3.Connection) -> None:
+    def save(
+        self, db: sqlite3.Connection, identity: tuple[int, int] | None = None
+    ) -> None:
         """Store the marks that moved, in one transaction on ``db`` (the
-        daemon's write connection: the forwarders only read)."""
-        changed = [
-            (f.name, source, mark, time.time_ns())
-            for f in self.forwarders
-            for source, mark in f.marks().items()
-            if self._saved.get((f.name, source)) != mark
-        ]
+        daemon's write connection: the forwarders only read).
+
+        Args:
+            identity: (st_dev, st_ino) of ``db``'s file: marks a forwarder
+                read from another file (one since replaced) are not saved.
+        """
+        changed: dict[tuple[Any, str, str], int] = {}
+        for forwarder in self.forwarders:
+            of, marks = forwarder.marks()
+            if identity is not None and of != identity:
+                continue
+            for source, mark in marks.items():
+                if self._saved.get((of, forwarder.name, source)) != mark:
+                    changed[of, forwarder.name, source] = mark
         if not changed:
             return
         with atomic(db):
@@ -66,9 +75,12 @@ class Forwarding:
                 "updated_ns) VALUES (?, ?, ?, ?) ON CONFLICT (sink, source) "
                 "DO UPDATE SET last_id = excluded.last_id, "
                 "updated_ns = excluded.updated_ns",
-                changed,
+                [
+                    (name, source, mark, time.time_ns())
+                    for (_, name, source), mark in changed.items()
+                ],
             )
-        self._saved.update({(n, s): m for n, s, m, _ in changed})
+        self._saved.update(changed)
 
     def stop(self, timeout_s: float) -> bool:
         """Ship what can be shipped within ``timeout_s``, then stop every

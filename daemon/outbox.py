@@ -5,10 +5,16 @@ from SQLite with texts resolved, and the destinations' stored marks.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import os
 import sqlite3
-from collections.abc import Sequence
-from typing import Any
+import urllib.parse
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+BUSY_TIMEOUT_MS = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,3 +126,102 @@ def lowest_marks(
     if not sinks:
         return None
     return min(read_marks(db, sink).get(source, 0) for sink in sinks)
+
+
+def unshipped(
+    db: sqlite3.Connection, source: str, mark: int
+) -> tuple[int, int | None]:
+    """The highest id of ``source``, and the timestamp of its first row
+    above ``mark`` (None: none); (0, None) before its table exists."""
+    table = SOURCES[source].table
+    try:
+        top, oldest_ns = db.execute(
+            f"SELECT (SELECT max(id) FROM {table}), (SELECT timestamp_ns "
+            f"FROM {table} WHERE id > ? ORDER BY id LIMIT 1)",
+            (mark,),
+        ).fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" not in str(exc):
+            raise
+        return 0, None
+    return top or 0, oldest_ns
+
+
+class OutboxReplaced(sqlite3.DatabaseError):
+    """Another file now sits at the outbox's path (the daemon moved a
+    damaged one aside): the marks must be read again, from that file."""
+
+
+class OutboxReader:
+    """Reads the outbox in a thread of its own, through its own read-only
+    connection: a forwarder reads the next batch while it ships the last.
+
+    Every use of the connection runs in that thread, one at a time.  When
+    the path names another file, every call raises ``OutboxReplaced``
+    until one made with ``reload=True`` (which reads the new marks).
+    """
+
+    def __init__(self, db_path: str, name: str) -> None:
+        self.path = os.path.abspath(db_path)
+        self.uri = f"file:{urllib.parse.quote(self.path)}?mode=ro"
+        self.identity: tuple[int, int] | None = None  # (st_dev, st_ino)
+        self._replaced = False
+        self._db: sqlite3.Connection | None = None
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix=f"livemon-outbox-{name}"
+        )
+
+    def submit(
+        self, work: Callable[[sqlite3.Connection], T], reload: bool = False
+    ) -> concurrent.futures.Future[T]:
+        """Run ``work(connection)`` in the reader's thread."""
+        return self._pool.submit(self._run, work, reload)
+
+    def call(
+        self, work: Callable[[sqlite3.Connection], T], reload: bool = False
+    ) -> T:
+        """Run ``work(connection)`` in the reader's thread; its result.
+
+        Raises:
+            OutboxReplaced: another file is at the path; call again with
+                ``reload=True`` to read its marks.
+            sqlite3.Error: the database cannot be read (the connection is
+                opened again on the next call).
+        """
+        return self.submit(work, reload).result()
+
+    def close(self) -> None:
+        """Close the connection once pending reads are done."""
+        self._pool.submit(self._close_db)
+        self._pool.shutdown(wait=False)
+
+    def _run(self, work: Callable[[sqlite3.Connection], T], reload: bool) -> T:
+        try:
+            now = os.stat(self.path)
+        except OSError:
+            self._close_db()
+            raise sqlite3.OperationalError(
+                f"cannot find {self.path}"
+            ) from None
+        if self._db is not None and (now.st_dev, now.st_ino) != self.identity:
+            self._close_db()
+        if self._db is None:
+            db = sqlite3.connect(self.uri, uri=True, isolation_level=None)
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._db = db
+            if self.identity not in (None, (now.st_dev, now.st_ino)):
+                self._replaced = True
+            self.identity = (now.st_dev, now.st_ino)
+        if self._replaced and not reload:
+            raise OutboxReplaced(f"{self.path} is another file now")
+        self._replaced = False
+        try:
+            return work(self._db)
+        except sqlite3.Error:
+            self._close_db()
+            raise
+
+    def _close_db(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None

@@ -66,9 +66,13 @@ class Service:
         self.file_errors: dict[str, str] = {}
         self._pidfile_written = False
         self._integrity: IntegrityCheck | None = None
-        # Destinations fed from the database (daemon/forward.py).
+        # Destinations fed from the database (daemon/forward.py); they
+        # hold back while the drain has a backlog.
+        self._drain_busy = False
         self._forwarding = Forwarding(
-            self.config.db, sinks.configured(self.config, self.config.host)
+            self.config.db,
+            sinks.configured(self.config, self.config.host),
+            drain_busy=lambda: self._drain_busy,
         )
         # Old segments still drained while producers hold lanes there.
         self._retired: list[follow.Retired] = []
@@ -146,8 +150,9 @@ class Service:
     def _loop(self, drainer: Drainer) -> None:
         while not self.stop_event.is_set():
             moved = self._step(drainer)
+            self._drain_busy = moved >= self.config.batch_records // 2
             self._upkeep(drainer)
-            if moved < self.config.batch_records // 2:
+            if not self._drain_busy:
                 self.stop_event.wait(self.config.batch_interval_s)
 
     def _final_drain(self, drainer: Drainer) -> None:
@@ -174,7 +179,8 @@ class Service:
         self._forwarding.stop(FORWARD_STOP_S)
         if drainer.store is not None:
             with contextlib.suppress(sqlite3.Error):
-                self._forwarding.save(drainer.store.db)
+                store = drainer.store
+                self._forwarding.save(store.db, store.identity)
 
     def _step(self, drainer: Drainer) -> int:
         """Replay spill files, then drain the rings; return records moved."""
@@ -265,7 +271,7 @@ class Service:
             if self._due("health", self.config.health_interval_s):
                 self._add_health(drainer, store)
             if self._due("sink marks", STATUS_INTERVAL_S):
-                self._forwarding.save(store.db)
+                self._forwarding.save(store.db, store.identity)
             if self._due("optimize", OPTIMIZE_INTERVAL_S):
                 store.optimize()
             self._retain(store)
@@ -430,6 +436,8 @@ class Service:
         fixed = (
             "ring",
             "db",
+            "host",
+            "clickhouse_url",
             "lanes",
             "capacity_records",
             "pidfile",

@@ -117,24 +117,29 @@ class ClickHouseDestination:
         if name == "host":
             return [self.host] * len(rows)
         values = rows.columns[name]
-        if name in LIST_COLUMNS:
-            return [self._list(text) for text in values]
-        return values
+        if name not in LIST_COLUMNS:
+            return values
+        # Few distinct lists (each is a label): parse each once, then
+        # map the column in C.
+        cache = self._lists
+        new = set(values).difference(cache)
+        if len(cache) + len(new) > _LIST_CACHE_MAX:
+            cache.clear()
+            new = set(values)
+        for text in new:
+            cache[text] = _parse_list(text)
+        return list(map(cache.__getitem__, values))
 
-    def _list(self, text: str | None) -> list[str]:
-        # Few distinct lists (they are labels): parse each once.
-        found = self._lists.get(text)
-        if found is None:
-            if len(self._lists) >= _LIST_CACHE_MAX:
-                self._lists.clear()
-            try:
-                parsed = json.loads(text) if text else []
-            except ValueError:
-                parsed = [text]
-            if not isinstance(parsed, list):
-                parsed = [str(parsed)]
-            found = self._lists[text] = [str(item) for item in parsed]
-        return found
+
+def _parse_list(text: str | None) -> list[str]:
+    """A list column's JSON text as the array ClickHouse stores."""
+    try:
+        parsed = json.loads(text) if text else []
+    except ValueError:
+        parsed = [text]
+    if not isinstance(parsed, list):
+        parsed = [parsed]
+    return [str(item) for item in parsed]
 
 
 def driver() -> Any:

@@ -43,6 +43,7 @@ def frame(
         return [head, "", f"waiting: {exc}"]
     lines = [head, _daemon_line(config, snap.daemon), _ring_line(snap)]
     lines += _agents_line(snap.daemon)
+    lines += sink_lines(snap.daemon)
     p50, p99 = snap.overhead_ns
     lines.append(
         f"overhead  p50 {p50 / 1000:.1f} us  p99 {p99 / 1000:.1f} us per "
@@ -183,3 +184,17 @@ def _screen(out: TextIO, interactive: bool) -> Iterator[None]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
         out.write(_LEAVE)
         out.flush()
+
+
+def sink_lines(status: dict[str, Any] | None) -> list[str]:
+    """One line per destination the daemon ships to: lag, last error."""
+    lines = []
+    for sink in (status or {}).get("sinks") or []:
+        line = (
+            f"sink      {sink['sink']}  lag {sink['lag_rows']:,} rows "
+            f"{sink['lag_s']:,.0f} s  shipped {sink['shipped_rows']:,}"
+        )
+        if sink.get("failures"):
+            line += f"  FAILING: {sink['last_error']}"
+        lines.append(line)
+    return lines

@@ -204,6 +204,40 @@ class TestForwarder:
         finally:
             group.stop(5.0)
 
+    def test_a_replaced_database_ships_from_its_own_marks(self, tmp_path):
+        """The daemon moved a damaged file aside and started a new one at
+        the path: the forwarder reads the new file's marks (none), so its
+        low ids ship too, and old marks never land in the new file."""
+        import os
+
+        from daemon.store import Store
+        from tests.daemon.sinks.conftest import label_batch
+
+        path = str(tmp_path / "swap.db")
+        old = Store(path)
+        old.write(1, [label_batch("coding")], [event_batch(100)])
+        dest = Recording()
+        group = Forwarding(path, [dest], backoff=FAST, idle_s=0.02)
+        group.start()
+        try:
+            wait_for(lambda: len(dest.ids()) == 100)
+            group.save(old.db, old.identity)
+            old.close()
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(path + suffix):
+                    os.rename(path + suffix, path + ".aside" + suffix)
+            new = Store(path)
+            group.save(new.db, new.identity)  # old marks: not for this file
+            assert read_marks(new.db, "recording") == {}
+            new.write(2, [label_batch("coding")], [event_batch(30)])
+            wait_for(lambda: len(dest.ids()) == 130)
+            assert dest.ids()[100:] == list(range(1, 31))
+            group.save(new.db, new.identity)
+            assert read_marks(new.db, "recording") == {"events": 30}
+            new.close()
+        finally:
+            group.stop(5.0)
+
     def test_marks_are_not_saved_before_they_are_read(self, store):
         """An unstarted forwarder never overwrites stored marks with 0."""
         store.db.execute(

@@ -12,6 +12,7 @@ import pytest
 
 import ringbuf
 from daemon.status import sink_trouble
+from livemon.views.top import sink_lines
 from tests.daemon.conftest import coordinators, recorded
 from tests.daemon.sinks.test_clickhouse import final_counts, wait_for
 
@@ -79,6 +80,7 @@ def test_totals_reconcile_per_host_through_pause_and_kill(hosts, clickhouse):
         wait_for(lambda run=run: sink(run).get("failures", 0) >= 1)
         assert sink(run)["last_error"].startswith("ClickHouse")
         assert "FAILING" in sink_trouble(run.status()["sinks"])
+        assert "FAILING" in sink_lines(run.status())[0]  # livemon top
     for i, writers in enumerate(second):
         totals[i] += recorded(writers)
     for i, writers in enumerate(third):

@@ -11,6 +11,7 @@ import ringbuf
 from daemon.retention import NS_PER_DAY, Retention
 from daemon.status import status_line, status_text
 from livemon.record import RECORD_DTYPE
+from livemon.views.top import sink_lines
 
 NOW = 1_790_000_000 * 10**9
 
@@ -136,3 +137,15 @@ class TestStatus:
         assert "sink      clickhouse: lag 1234 rows, 61 s" in text
         assert "FAILING x2: refused (retry in 4 s)" in text
         assert "otlp: lag 0 rows" in text and "last error: old trouble" in text
+
+
+class TestTop:
+    def test_a_line_per_destination(self):
+        """top shows each sink's lag, and FAILING with the error."""
+        lines = sink_lines(
+            {"sinks": [sink(), sink(sink="otlp", failures=1, last_error="x")]}
+        )
+        assert lines[0].startswith("sink      clickhouse  lag 1,234 rows 61 s")
+        assert "FAILING" not in lines[0]
+        assert lines[1].endswith("FAILING: x")
+        assert sink_lines(None) == sink_lines({}) == []
