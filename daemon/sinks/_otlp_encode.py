@@ -12,6 +12,7 @@ replay re-sends exactly the same ids (backends that upsert by id stay exact).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -77,11 +78,22 @@ def _value(value: Any) -> dict[str, Any] | None:
 
 def attributes(pairs: Mapping[str, Any]) -> list[dict[str, Any]]:
     """OTLP ``KeyValue`` list of ``pairs``, leaving unknown values out."""
+    # The common types inline: this runs a dozen times per span, and the
+    # call per value would be half the cost of encoding a batch.
     out = []
     for key, raw in pairs.items():
-        value = _value(raw)
-        if value is not None:
-            out.append({"key": key, "value": value})
+        kind = type(raw)
+        if kind is str:
+            out.append({"key": key, "value": {"stringValue": raw}})
+        elif kind is int:
+            out.append({"key": key, "value": {"intValue": str(raw)}})
+        elif kind is float:
+            if math.isfinite(raw):
+                out.append({"key": key, "value": {"doubleValue": raw}})
+        elif raw is not None:
+            value = _value(raw)
+            if value is not None:
+                out.append({"key": key, "value": value})
     return out
 
 
@@ -120,14 +132,18 @@ def _failure(row: Mapping[str, Any], attrs: dict[str, Any]) -> Any:
     return None
 
 
-def _agent_list(text: Any) -> list[str] | None:
-    if not isinstance(text, str):
-        return None
+def _agent_list(text: Any) -> tuple[str, ...] | None:
+    return _parsed_list(text) if isinstance(text, str) else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_list(text: str) -> tuple[str, ...] | None:
+    """A JSON list's items (cached: few distinct agent lists recur)."""
     try:
         names = json.loads(text)
     except ValueError:
-        return [text]
-    return [str(n) for n in names] if isinstance(names, list) else None
+        return (text,)
+    return tuple(map(str, names)) if isinstance(names, list) else None
 
 
 def _span(
