@@ -104,14 +104,22 @@ def _rows(columns: Mapping[str, Sequence[Any]]) -> Iterator[dict[str, Any]]:
         yield {name: values[i] for name, values in columns.items()}
 
 
+_MAX_NS = 2**63 - 1
+
+
 def _times(row: Mapping[str, Any]) -> tuple[str, str]:
     """Start and end (decimal nanoseconds): the record's time plus its
-    execution time, or a zero-length span when that is unknown."""
-    start = int(row["timestamp_ns"])
+    execution time, or a zero-length span when that is unknown.
+
+    Both are kept within 0..2**63-1: a damaged record's time must not make
+    a collector refuse the whole request for ever (fixed64 is unsigned).
+    """
+    start = min(max(int(row["timestamp_ns"]), 0), _MAX_NS)
     ms = row.get("execution_time_ms")
+    end = start
     if isinstance(ms, int | float) and math.isfinite(ms) and ms >= 0:
-        return str(start), str(start + round(ms * 1e6))
-    return str(start), str(start)
+        end = min(start + round(ms * 1e6), _MAX_NS)
+    return str(start), str(end)
 
 
 def _flag(value: Any) -> bool | None:

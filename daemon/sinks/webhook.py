@@ -73,10 +73,14 @@ def alert_id(host: str, source: str, row: Mapping[str, Any]) -> str:
     return "livemon-" + digest.hexdigest()
 
 
+_MAX_S = 253402300799.0  # 9999-12-31T23:59:59Z, datetime's last second
+
+
 def _rfc3339(timestamp_ns: int, plus_s: float = 0.0) -> str:
-    moment = datetime.datetime.fromtimestamp(
-        timestamp_ns / 1e9 + plus_s, datetime.UTC
-    )
+    """UTC RFC 3339 time; a damaged record's time is clamped to what
+    ``datetime`` holds, never an error that would stall the sink."""
+    seconds = min(max(timestamp_ns / 1e9 + plus_s, 0.0), _MAX_S)
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

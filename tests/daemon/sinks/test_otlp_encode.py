@@ -160,6 +160,18 @@ class TestSpans:
         assert span["startTimeUnixNano"] == span["endTimeUnixNano"]
         otlp_spans(_body([span]))
 
+    def test_damaged_times_stay_within_fixed64(self):
+        """A negative time or an absurd duration (a damaged record) is
+        clamped, so no collector refuses the batch for ever."""
+        rows = [
+            agent_row(1, 1, timestamp_ns=-5),
+            agent_row(2, 1, execution_time_ms=1e300),
+        ]
+        spans, _ = encode.agent_spans(HOST, columns(rows))
+        assert spans[0]["startTimeUnixNano"] == "0"
+        assert int(spans[1]["endTimeUnixNano"]) == 2**63 - 1
+        to_protobuf(_body(spans))  # protobuf's parser takes them
+
     def test_stage_records_and_missing_request_ids_are_counted_out(self):
         """Legacy stage rows and rows without a request id make no span
         and are counted, not silently lost."""

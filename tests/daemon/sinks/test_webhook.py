@@ -91,6 +91,19 @@ class TestFormat:
             != (ended["annotations"]["livemon_id"])
         )
 
+    @pytest.mark.parametrize("fmt", ["slack", "alertmanager", "json"])
+    def test_a_damaged_row_still_makes_a_payload(self, fmt):
+        """Absurd times, NULLs and infinities (a damaged record) give a
+        payload, never an exception that would stall the sink for ever."""
+        row = alert_row(
+            1, timestamp_ns=2**63 - 1, subject=None, message=None,
+            old_value=math.inf, statistic=None, samples=None,
+        )  # fmt: skip
+        json.loads(payload(fmt, HOST, "alerts", row))
+        json.loads(
+            payload(fmt, HOST, "adjustments", row | {"timestamp_ns": -1})
+        )
+
     def test_json_carries_every_field_and_no_nan(self):
         """livemon's shape holds the whole row; NaN becomes null (JSON
         has no NaN)."""
