@@ -118,6 +118,8 @@ def flags_for_child(overrides: dict[str, Any]) -> list[str]:
         "synchronous",
         "metrics_address",
         "clickhouse_url",
+        "otlp_endpoint",
+        "alert_webhook_url",
     ):
         if overrides.get(name) is not None:
             argv += [f"--{name.replace('_', '-')}", str(overrides[name])]
@@ -148,6 +150,16 @@ def cli() -> None:
     "e.g. clickhouse://127.0.0.1:9000/livemon (env LIVEMON_CLICKHOUSE_URL).",
 )
 @click.option(
+    "--otlp-endpoint",
+    help="Also send requests and agent runs as traces to this OTLP/HTTP "
+    "collector, e.g. http://127.0.0.1:4318 (env LIVEMON_OTLP_ENDPOINT).",
+)
+@click.option(
+    "--alert-webhook-url",
+    help="Also post alerts and adjustments to this webhook "
+    "(env LIVEMON_ALERT_WEBHOOK_URL; shape: LIVEMON_ALERT_WEBHOOK_FORMAT).",
+)
+@click.option(
     "--timeout",
     "timeout_s",
     default=30.0,
@@ -166,6 +178,8 @@ def start(
     foreground: bool,
     synchronous: str | None,
     clickhouse_url: str | None,
+    otlp_endpoint: str | None,
+    alert_webhook_url: str | None,
     timeout_s: float,
     metrics_address: str | None,
 ) -> None:
@@ -177,6 +191,8 @@ def start(
         synchronous=synchronous,
         metrics_address=metrics_address,
         clickhouse_url=clickhouse_url,
+        otlp_endpoint=otlp_endpoint,
+        alert_webhook_url=alert_webhook_url,
     )
     with errors_for_people():
         if foreground:

@@ -91,6 +91,12 @@ class Config:
             host name); it keeps hosts apart in ClickHouse.
         clickhouse_url: ship events and agent runs to this ClickHouse
             database (``clickhouse://host:9000/livemon``); empty: off.
+        otlp_endpoint: OTLP/HTTP collector base URL; traces go to its
+            ``/v1/traces`` (empty: off).
+        alert_webhook_url: where alerts and adjustments are POSTed
+            (empty: off).
+        alert_webhook_format: ``auto`` (by URL), ``slack``,
+            ``alertmanager`` or ``json``.
     """
 
     ring: str = "livemon"
@@ -122,6 +128,10 @@ class Config:
     # Forwarding to shared destinations (daemon/forward.py, daemon/sinks).
     host: str = ""
     clickhouse_url: str = ""
+    # OTLP traces and alert webhooks (issue 17: daemon/sinks/otlp, webhook)
+    otlp_endpoint: str = ""
+    alert_webhook_url: str = ""
+    alert_webhook_format: str = "auto"
 
     def __post_init__(self) -> None:
         try:
@@ -176,6 +186,7 @@ class Config:
             object.__setattr__(self, "log_file", self.db + ".log")
         if not self.archive_dir:
             object.__setattr__(self, "archive_dir", str(db_dir / "archive"))
+        self._check_sink_urls()
 
     def _check_spill(self) -> None:
         segment = self.spill_segment_bytes
@@ -210,6 +221,18 @@ class Config:
                 "(clickhouses:// for TLS; the database name of letters, "
                 "digits and _)"
             )
+
+    def _check_sink_urls(self) -> None:
+        for name in ("otlp_endpoint", "alert_webhook_url"):
+            url = getattr(self, name)
+            if url and not url.startswith(("http://", "https://")):
+                raise ConfigError(
+                    f"{name} {url!r} must be an http:// or https:// URL, "
+                    "e.g. http://127.0.0.1:4318 (empty: off)"
+                )
+        formats = ("auto", "slack", "alertmanager", "json")
+        if self.alert_webhook_format not in formats:
+            raise ConfigError(f"alert_webhook_format must be one of {formats}")
 
     @property
     def mode(self) -> int:

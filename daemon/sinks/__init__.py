@@ -6,6 +6,7 @@ configuration: ClickHouse (events, agent runs), OTLP, alert webhooks.
 from __future__ import annotations
 
 from daemon.forward import Destination
+from daemon.sinks import otlp, webhook
 from daemon.sinks.clickhouse import ClickHouseDestination
 from livemon.config import Config
 
@@ -25,4 +26,8 @@ def configured(config: Config, host: str) -> list[Destination]:
     destinations: list[Destination] = []
     if config.clickhouse_url:
         destinations.append(ClickHouseDestination(config.clickhouse_url, host))
+    if config.otlp_endpoint:
+        destinations.append(otlp.from_config(config, host))
+    if config.alert_webhook_url:
+        destinations.append(webhook.from_config(config, host))
     return destinations
