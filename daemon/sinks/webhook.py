@@ -28,11 +28,6 @@ ALERT_HOLD_S = 24 * 3600.0
 """How long an Alertmanager alert fires without its recovery (``endsAt``)."""
 ADJUSTMENT_HOLD_S = 3600.0
 """How long an adjustment shows in Alertmanager as an ``info`` alert."""
-REPEAT_WINDOW_S = 300.0
-"""Every coordinator runs its own feedback loop on the same shared window,
-so N coordinators record the same decision N times: a row repeating the
-decision last told for its subject within this window (by the records'
-own times) is not posted again."""
 _ID_PERSON = b"livemon-alert"
 
 
@@ -190,23 +185,6 @@ def payload(fmt: str, host: str, source: str, row: Mapping[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
 
 
-_Told = tuple[Any, int]  # a decision and its record's time (ns)
-
-
-def _decision(source: str, row: Mapping[str, Any]) -> tuple[Any, _Told]:
-    """The subject a row decides about, and its decision.
-
-    An alert and its recovery are one subject's alternating decisions;
-    each kind of adjustment of a subject is a subject of its own, whose
-    decision is its new value.
-    """
-    when = int(row["timestamp_ns"])
-    if source == "alerts":
-        return (source, row.get("subject")), (row.get("action"), when)
-    key = (source, row.get("action"), row.get("subject"))
-    return key, (row.get("new_value"), when)
-
-
 def _rows(columns: Mapping[str, Sequence[Any]]) -> Iterator[dict[str, Any]]:
     count = len(next(iter(columns.values()), ()))
     for i in range(count):
@@ -233,12 +211,8 @@ def from_config(config: Config, host: str) -> WebhookDestination:
 class WebhookDestination:
     """Ships ``alerts`` and ``adjustments``, one POST per decision, in order.
 
-    Once per alert, not once per coordinator: each coordinator's feedback
-    loop reaches the same decisions on the shared window and records them
-    apart, so a row that repeats the decision last told for its subject
-    (same action, same new value) within ``REPEAT_WINDOW_S`` is counted in
-    ``repeats`` and not posted; it stays in the database.  A regression,
-    its recovery and a new regression are three posts.
+    Once per alert, not once per coordinator: one feedback loop per host
+    decides and records each decision once (``livemon.feedback.leader``).
 
     Delivery: the forwarding machinery moves this sink's mark only after
     ``ship`` returned, and stores it with the daemon's next commit, so
@@ -253,7 +227,6 @@ class WebhookDestination:
 
     Attributes:
         posted: rows posted.
-        repeats: rows not posted: another coordinator's same decision.
     """
 
     name = "webhook"
@@ -285,9 +258,8 @@ class WebhookDestination:
         self.timeout_s = timeout_s
         self._agent = f"livemon/{version}" if version else "livemon"
         self._taken: dict[str, set[int]] = {s: set() for s in self.sources}
-        self._told: dict[tuple[Any, ...], _Told] = {}  # see _repeats
         self._lock = threading.Lock()
-        self.posted = self.repeats = 0
+        self.posted = 0
 
     def ship(self, source: str, rows: Rows) -> None:
         """POST each row not yet taken, in ``id`` order.
@@ -310,24 +282,8 @@ class WebhookDestination:
         for row in _rows(rows.columns):
             if row["id"] in taken:
                 continue
-            key, decision = _decision(source, row)
-            if self._repeats(key, decision):
-                with self._lock:
-                    self.repeats += 1
-            else:
-                self._post(source, row)
-                self._told[key] = decision  # only once it was taken
+            self._post(source, row)
             taken.add(row["id"])
-
-    def _repeats(self, key: tuple[Any, ...], decision: _Told) -> bool:
-        """Whether ``decision`` is the one last told for ``key`` within
-        ``REPEAT_WINDOW_S`` (record times: a replay judges the same)."""
-        told = self._told.get(key)
-        return (
-            told is not None
-            and told[0] == decision[0]
-            and abs(decision[1] - told[1]) <= REPEAT_WINDOW_S * 1e9
-        )
 
     def _post(self, source: str, row: Mapping[str, Any]) -> None:
         body = payload(self.format, self.host, source, row)

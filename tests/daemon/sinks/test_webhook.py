@@ -17,7 +17,6 @@ import pytest
 
 from daemon.forward import DestinationError, Rows
 from daemon.sinks.webhook import (
-    REPEAT_WINDOW_S,
     WebhookDestination,
     alert_id,
     payload,
@@ -146,47 +145,6 @@ class TestShip:
         texts = [json.loads(b)["text"] for b in receiver.accepted]
         assert len(texts) == len(set(texts)) == 3
         assert receiver.answers == [200, 503, 200, 200]
-
-    def test_each_coordinators_same_decision_is_told_once(self, receiver):
-        """Three coordinators' loops record the same regression (and the
-        same adjustment): one post each; the recovery, a new regression
-        and another value are posts of their own."""
-        hook = WebhookDestination(receiver.url, HOST, fmt="json")
-        same = [alert_row(i, lane=i, pid=100 + i) for i in (1, 2, 3)]
-        hook.ship("alerts", _alerts(*same))
-        cut = {"action": "agent_confidence", "subject": "coder"}
-        hook.ship(
-            "adjustments",
-            _alerts(
-                alert_row(4, new_value=0.9, **cut),
-                alert_row(5, new_value=0.9, lane=2, **cut),
-                alert_row(6, new_value=0.8, **cut),
-            ),
-        )
-        hook.ship(
-            "alerts",
-            _alerts(
-                alert_row(7, action="quality_recovered"),
-                alert_row(8, action="quality_recovered", lane=2),
-                alert_row(9),
-            ),
-        )
-        told = [
-            (b["livemon"]["outbox_id"])
-            for b in map(json.loads, receiver.accepted)
-        ]
-        assert told == [1, 4, 6, 7, 9]
-        assert (hook.posted, hook.repeats) == (5, 4)
-
-    def test_the_same_decision_much_later_is_told_again(self, receiver):
-        """Past REPEAT_WINDOW_S the same decision is news (a coordinator
-        restarted with its state lost, a new episode)."""
-        hook = WebhookDestination(receiver.url, HOST, fmt="slack")
-        later = alert_row(1)["timestamp_ns"] + int(REPEAT_WINDOW_S * 1e9) + 1
-        hook.ship(
-            "alerts", _alerts(alert_row(1), alert_row(2, timestamp_ns=later))
-        )
-        assert len(receiver.accepted) == 2
 
     def test_refused_payload_is_permanent(self, receiver):
         """Slack's 400/404 (``invalid_payload``, ``no_service``) need a
