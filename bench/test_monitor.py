@@ -163,3 +163,115 @@ def test_queue_put_of_the_fields(benchmark, record):
 def _drain(queue) -> None:
     while queue.get() is not None:
         pass
+
+
+def prometheus_request(metrics) -> None:
+    """What a coordinator counts per request with prometheus_client."""
+    requests, tokens, latency, quality = metrics
+    requests.labels("code", "parallel").inc()
+    tokens.labels("code").inc(1234)
+    latency.labels("coder").observe(0.1205)
+    quality.labels("coder").observe(0.9)
+
+
+@pytest.fixture
+def prometheus_metrics(tmp_path, monkeypatch):
+    """Two counters and two histograms in multiprocess mode (mmap files).
+
+    prometheus_client picks its value class from the environment at
+    import; it is set here for this test alone.
+    """
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from prometheus_client import values
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue())
+    registry = prometheus_client.CollectorRegistry()
+    return (
+        prometheus_client.Counter(
+            "requests", "", ["category", "strategy"], registry=registry
+        ),
+        prometheus_client.Counter(
+            "tokens", "", ["category"], registry=registry
+        ),
+        prometheus_client.Histogram(
+            "latency_s", "", ["agent"], registry=registry
+        ),
+        prometheus_client.Histogram(
+            "quality", "", ["agent"], registry=registry
+        ),
+    )
+
+
+def test_prometheus_multiprocess(benchmark, record, prometheus_metrics):
+    """prometheus_client multiprocess mode: 2 counters, 2 observations."""
+    benchmark.pedantic(
+        prometheus_request,
+        args=(prometheus_metrics,),
+        rounds=ROUNDS // ITERATIONS,
+        iterations=ITERATIONS,
+        warmup_rounds=10,
+    )
+    record(benchmark, baseline="test_monitor_request")
+    requests = prometheus_metrics[0].labels("code", "parallel")
+    assert requests._value.get() >= ROUNDS
+
+
+def otel_request(tracer) -> None:
+    """One span carrying the request's fields (OpenTelemetry SDK)."""
+    with tracer.start_as_current_span("request") as span:
+        span.set_attributes(
+            {
+                "query_category": "support",
+                "intent_category": REQUEST["category"],
+                "intent_domains": REQUEST["domains"],
+                "complexity": 3,
+                "suggested_agents": REQUEST["suggested"],
+                "strategy": "parallel",
+                "confidence": 0.8,
+                "actual_agents": REQUEST["actual"],
+                "execution_time_ms": 120.5,
+                "success": True,
+                "token_count": 1234,
+                "context_size_kb": 12.5,
+                "score": 0.9,
+                "task_completed": True,
+                "code_valid": True,
+                "tests_passed": False,
+                "accepted": False,
+                "override_reason": "reviewer busy",
+            }
+        )
+
+
+def test_otel_span(benchmark, record):
+    """One OpenTelemetry span with a BatchSpanProcessor (exporter: none)."""
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    class Discard(SpanExporter):
+        """Counts the spans it is handed and keeps none."""
+
+        exported = 0
+
+        def export(self, spans):
+            Discard.exported += len(spans)
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Discard()))
+    benchmark.pedantic(
+        otel_request,
+        args=(provider.get_tracer("bench"),),
+        rounds=ROUNDS // ITERATIONS,
+        iterations=ITERATIONS,
+        warmup_rounds=10,
+    )
+    record(benchmark, baseline="test_monitor_request")
+    provider.shutdown()
+    assert Discard.exported > 0

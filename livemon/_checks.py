@@ -15,7 +15,7 @@ from livemon.exceptions import InvalidField
 from livemon.sink import Sink
 
 QUERY_HASH_SEED = 0x9E3779B9  # the second CRC's seed: 2**32 / phi
-_INT64_OFFSET = 1 << 63  # maps an unsigned 64-bit hash to a signed one
+INT64_OFFSET = 1 << 63  # maps an unsigned 64-bit hash to a signed one
 _NAN = float("nan")
 PADS = {n: (rec.NO_LABEL,) * n for n in (rec.MAX_AGENTS, rec.MAX_DOMAINS)}
 PACKED_PADS = {n: rec.LIST_STRUCTS[n].pack(*PADS[n]) for n in PADS}
@@ -27,7 +27,7 @@ _crc32 = zlib.crc32
 def hash_bytes(data: bytes) -> int:
     """The signed 64-bit hash of ``data``: two CRC-32s, different seeds."""
     return ((_crc32(data, QUERY_HASH_SEED) << 32) | _crc32(data)) - (
-        _INT64_OFFSET
+        INT64_OFFSET
     )
 
 

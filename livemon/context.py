@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import time
+import zlib
 from collections.abc import Iterable
 from typing import Any
 
 from livemon import agents as _agents
 from livemon import record as rec
-from livemon._checks import FieldChecks, hash_bytes
+from livemon._checks import (
+    INT64_OFFSET,
+    QUERY_HASH_SEED,
+    FieldChecks,
+    hash_bytes,
+)
 from livemon.exceptions import LivemonError
 from livemon.sink import Sink
 
@@ -31,7 +37,11 @@ _NAN = float("nan")
 _INF = float("inf")
 _REQUEST = int(rec.EventType.REQUEST)
 _perf_ns = time.perf_counter_ns
+_time_ns = time.time_ns
 _pack = rec.SCALARS_STRUCT.pack
+_crc32 = zlib.crc32
+_SEED = QUERY_HASH_SEED
+_OFFSET = INT64_OFFSET
 
 
 def query_hash(query: str) -> int:
@@ -97,7 +107,7 @@ class RequestContext(FieldChecks):
         self._query = query
         self._query_category = category
         self.request_id: int = next(sink.request_ids)
-        self.timestamp_ns = time.time_ns()
+        self.timestamp_ns = _time_ns()
         if sink.strict:
             self._strict = self._checked = True
             self._checked_query()
@@ -306,25 +316,49 @@ class RequestContext(FieldChecks):
         # Each field's common case is checked inline (a method call per
         # field would double the cost); anything else takes its checker,
         # which validates, counts or raises.  Flags pack True/False as is.
-        category, intent, strategy, override, error = self._text_ids()
+        # Cold (a request every few ms, caches evicted in between) the
+        # cost is the Python run, so the query hash and the label lookups
+        # are inline too: one frame for the whole scalar part.
+        sink, query = self._sink, self._query
+        ids = sink.label_ids
+        qc, ic, st = (
+            self._query_category,
+            self._intent_category,
+            self._strategy,
+        )
+        ov, err = self._override, self._error
         cx, conf, ms = self._complexity, self._confidence, self._execution_ms
         acc, ok, score = self._accepted, self._success, self._score
         tc, cv, tp = self._task_completed, self._code_valid, self._tests_passed
         tok, kb = self._tokens, self._context_kb
+        if type(query) is str and query.isascii():  # ASCII encodes as is
+            data = query.encode()
+            query = ((_crc32(data, _SEED) << 32) | _crc32(data)) - _OFFSET
+        else:
+            query = self._checked_query()
         return _pack(
             self.timestamp_ns,
             self.request_id,
-            self._sink.pid,
+            sink.pid,
             _REQUEST,
-            self._checked_query(),
-            category,
+            query,
+            _NO_LABEL
+            if qc is None
+            else (type(qc) is str and ids.get(qc))
+            or self._label("category", qc),
             _UNKNOWN_COUNT
             if cx is None
             else cx
             if type(cx) is int and 0 <= cx <= _MAX_COMPLEXITY
             else self._int("complexity", cx, _MAX_COMPLEXITY),
-            intent,
-            strategy,
+            _NO_LABEL
+            if ic is None
+            else (type(ic) is str and ids.get(ic))
+            or self._label("category", ic),
+            _NO_LABEL
+            if st is None
+            else (type(st) is str and ids.get(st))
+            or self._label("strategy", st),
             _NAN
             if conf is None
             else conf
@@ -335,7 +369,10 @@ class RequestContext(FieldChecks):
             else acc
             if type(acc) is bool
             else self._flag("accepted", acc),
-            override,
+            _NO_LABEL
+            if ov is None
+            else (type(ov) is str and ids.get(ov))
+            or self._text("override_reason", ov),
             _NAN
             if ms is None
             else ms
@@ -346,7 +383,10 @@ class RequestContext(FieldChecks):
             else ok
             if type(ok) is bool
             else self._flag("success", ok),
-            error,
+            _NO_LABEL
+            if err is None
+            else (type(err) is str and ids.get(err))
+            or self._text("error", err),
             _NAN
             if score is None
             else score
@@ -380,38 +420,6 @@ class RequestContext(FieldChecks):
             self._overhead_ns + (_perf_ns() - start),
         )
 
-    def _text_ids(self) -> tuple[int, int, int, int, int]:
-        """The label ids of category, intent, strategy, override, error."""
-        ids = self._sink.labels.ids
-        qc, ic, st = (
-            self._query_category,
-            self._intent_category,
-            self._strategy,
-        )
-        ov, err = self._override, self._error
-        return (
-            _NO_LABEL
-            if qc is None
-            else (type(qc) is str and ids.get(qc))
-            or self._label("category", qc),
-            _NO_LABEL
-            if ic is None
-            else (type(ic) is str and ids.get(ic))
-            or self._label("category", ic),
-            _NO_LABEL
-            if st is None
-            else (type(st) is str and ids.get(st))
-            or self._label("strategy", st),
-            _NO_LABEL
-            if ov is None
-            else (type(ov) is str and ids.get(ov))
-            or self._text("override_reason", ov),
-            _NO_LABEL
-            if err is None
-            else (type(err) is str and ids.get(err))
-            or self._text("error", err),
-        )
-
     def _lists(self) -> bytes:
         domains, suggested, actual = (
             self._domains,
@@ -424,7 +432,7 @@ class RequestContext(FieldChecks):
             and (type(actual) is list)
         ):
             # The common case, three lists seen before: no call per list.
-            cached = self._sink.labels.lists
+            cached = self._sink.label_lists
             try:
                 return (
                     cached[tuple(domains)]

@@ -40,6 +40,9 @@ class LabelCache:
         lists: packed id lists by tuple of names, all of them announced.
         pending: texts held for a retry, oldest first (at most
             ``MAX_PENDING_LABELS``).
+
+    These dicts are cleared in place, never replaced: a ``Sink`` holds
+    ``ids`` and ``lists`` themselves.
     """
 
     def __init__(

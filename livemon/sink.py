@@ -101,6 +101,10 @@ class Sink:
         strict: raise typed errors instead of counting.
         counters: the Monitor's counters.
         labels: the Monitor's label cache.
+        label_ids, label_lists: its ``ids`` and ``lists`` dicts (cleared
+            in place, never replaced): the hot path reads them with one
+            attribute load fewer, and one object fewer to bring into a
+            cold cache.
         write: stores one packed record; returns whether it was stored.
         agents: stores a request's packed agent runs; returns how many
             were stored (None: no agents ring, the runs are counted lost).
@@ -111,6 +115,8 @@ class Sink:
     __slots__ = (
         "agents",
         "counters",
+        "label_ids",
+        "label_lists",
         "labels",
         "pid",
         "request_ids",
@@ -130,6 +136,8 @@ class Sink:
         self.strict = strict
         self.counters = counters
         self.labels = labels
+        self.label_ids = labels.ids
+        self.label_lists = labels.lists
         self.write = write
         self.agents = agents
         self.renew_identity()

@@ -72,7 +72,9 @@ def event_rows(
     """Turn a batch of ``RECORD_DTYPE`` records into ``events`` rows.
 
     Columns are converted whole by numpy (``tolist``) and zipped, so no
-    Python code runs per field of per record.
+    Python code runs per field of per record.  A column holding one value
+    throughout (a lane's pid, the event type, an error or a score never
+    given) is that one object repeated: no Python object per row.
 
     Args:
         list_ids: from ``list_columns``: each list field as list label ids.
@@ -86,8 +88,22 @@ def event_rows(
     ]
     for name in RECORD_DTYPE.names or ():
         column = list_ids[name] if name in LIST_FIELDS else records[name]
-        columns.append(column.tolist())
+        columns.append(_values(column))
     return zip(*columns, strict=True)
+
+
+def _values(column: npt.NDArray[Any]) -> Iterable[Any]:
+    """A column's Python values, one object repeated if all are equal.
+
+    Measured here: the comparison costs ~1/20 of the ``tolist`` it saves
+    (every float, and every int outside -5..256, is a new object).
+    """
+    if len(column) > 1:
+        # Bit for bit: NaN (unknown) equals itself, -0.0 is not 0.0.
+        bits = column.view(f"u{column.dtype.itemsize}")
+        if (bits == bits[0]).all():
+            return itertools.repeat(column[0].item(), len(column))
+    return column.tolist()  # type: ignore[no-any-return]
 
 
 class ListLabels:
@@ -223,7 +239,11 @@ def insert_records(
         for batch in events
     )
     if events:  # one rollup pass for all lanes: it costs per call too
-        records = np.concatenate([batch.records for batch in events])
+        records = (
+            events[0].records
+            if len(events) == 1  # the usual step: no copy
+            else np.concatenate([batch.records for batch in events])
+        )
         rollup.add_inserted(db, records, inserted, last_id)
     feedback_epoch, feedback_batches = feedback
     for batch in feedback_batches:
