@@ -142,10 +142,10 @@ class TestBuildReport:
         total = sum(only.table("trend").column("requests"))
         assert total == coder[1]
 
-    def test_query_plans_use_the_indexes(self, reader, capsys):
+    def test_query_plans_use_the_indexes(self, reader):
         """No report or tail query scans the events table: whole hours are
         read by the rollups' keys, partial ones by the timestamp index,
-        tail by the primary key.  The plans are printed (pytest -s)."""
+        tail by the primary key."""
         statements = []
         reader.set_trace_callback(statements.append)
         build_report(reader, reading.Labels(reader), self.SPAN)
@@ -159,10 +159,9 @@ class TestBuildReport:
                 plan = reader.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall()
                 plans[sql] = [row[3] for row in plan]
         assert len(plans) >= 9
-        with capsys.disabled():
-            for sql, steps in plans.items():
-                print(f"\n{' '.join(sql.split())[:100]}...")
-                print("\n".join(f"    {step}" for step in steps))
+        for sql, steps in plans.items():  # shown with pytest -s
+            print(f"\n{' '.join(sql.split())[:100]}...")
+            print("\n".join(f"    {step}" for step in steps))
         for steps in plans.values():
             assert not any(s.startswith("SCAN events") for s in steps), steps
             assert not any(s.startswith("SCAN e") for s in steps), steps
