@@ -9,7 +9,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import NoReturn
 
 import numpy as np
 import numpy.typing as npt
@@ -74,33 +75,89 @@ class Policy:
     baseline_z: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in (
-            "success_threshold",
-            "override_threshold",
-            "confidence_step",
-            "exploration",
-            "quality_drop",
-            "quality_recovered",
-            "min_multiplier",
-        ):
+        """Refuse any setting the loop cannot work with.
+
+        Raises:
+            ConfigError: a wrong type or a value out of range; the
+                message names the parameter and what it may be.
+        """
+        for name, (valid, what) in _RANGES.items():
             value = getattr(self, name)
-            if not 0 <= value <= 1:
-                raise ConfigError(
-                    f"Policy.{name} must be in [0, 1], got {value}"
-                )
-        if self.recent < 1 or self.min_samples < 1 or self.interval_s <= 0:
-            raise ConfigError(
-                "Policy.recent and min_samples must be >= 1, interval_s > 0"
+            if not (_is_number(value) and valid(value)):  # NaN fails too
+                _refuse(name, value, what)
+        for name in _COUNTS:
+            value = getattr(self, name)
+            least = 0 if name == "window_per_lane" else 1
+            if type(value) is not int or value < least:
+                _refuse(name, value, f"an int >= {least}")
+        if not self.base_threshold <= self.max_threshold:
+            _refuse(
+                "max_threshold", self.max_threshold, "in [base_threshold, 1]"
             )
-        DetectorSettings(  # refuses a detector tuning that cannot work
-            self.success_threshold,
-            self.change_drops,
-            self.cusum_h,
-            self.confirm_z,
-            self.baseline_memory,
-            self.min_samples,
-            self.baseline_z,
+        if not self.quality_recovered <= self.quality_drop:
+            _refuse(
+                "quality_recovered", self.quality_recovered, "<= quality_drop"
+            )
+        drops = self.change_drops
+        if not isinstance(drops, tuple | list) or not all(
+            _is_number(d) for d in drops
+        ):
+            _refuse("change_drops", drops, "a tuple of numbers")
+        object.__setattr__(self, "change_drops", tuple(drops))  # hashable
+        self.detector_settings()  # refuses a tuning that cannot work
+
+    def detector_settings(self) -> DetectorSettings:
+        """The tuning of each agent's change detector."""
+        return DetectorSettings(
+            threshold=self.success_threshold,
+            drops=self.change_drops,
+            h=self.cusum_h,
+            z=self.confirm_z,
+            memory=self.baseline_memory,
+            min_samples=self.min_samples,
+            baseline_z=self.baseline_z,
         )
+
+
+# What each real-valued parameter may be: (predicate, said as).
+_UNIT = (lambda v: 0 <= v <= 1, "a number in [0, 1]")
+_STEP = (lambda v: 0 < v <= 1, "a number in (0, 1]")
+_POSITIVE = (lambda v: 0 < v < math.inf, "a finite number > 0")
+_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "success_threshold": _UNIT,
+    "override_threshold": _UNIT,
+    "exploration": _UNIT,
+    "quality_drop": _UNIT,
+    "quality_recovered": _UNIT,
+    "min_multiplier": _UNIT,
+    "base_threshold": _UNIT,
+    "max_threshold": _UNIT,
+    "confidence_step": (lambda v: 0 < v < 1, "a number in (0, 1)"),
+    "threshold_step": _STEP,
+    "slow_recover": _STEP,
+    "interval_s": _POSITIVE,
+    "z": _POSITIVE,
+    "slow_mean_ms": _POSITIVE,
+    "slow_p95_ms": _POSITIVE,
+    "cusum_h": _POSITIVE,
+    "confirm_z": _POSITIVE,
+    "baseline_z": (lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+}
+_COUNTS = (
+    "recent",
+    "baseline",
+    "window_per_lane",
+    "min_samples",
+    "baseline_memory",
+)
+
+
+def _is_number(value: object) -> bool:
+    return type(value) is not bool and isinstance(value, int | float)
+
+
+def _refuse(name: str, value: object, what: str) -> NoReturn:
+    raise ConfigError(f"Policy.{name} must be {what}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from livemon.exceptions import LivemonError
-from livemon.feedback.detect import Detector, DetectorSettings, wilson_bounds
+from livemon.feedback.detect import Detector, wilson_bounds
 from livemon.feedback.rules import Policy
 from livemon.feedback.stats import AgentStats, CategoryStats, WindowStats
 from livemon.record import AGENT_RUN_DTYPE, RECORD_DTYPE, AgentOutcome
@@ -56,7 +56,7 @@ class Tracker:
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
-        self.settings = detector_settings(policy)
+        self.settings = policy.detector_settings()
         self.agents: dict[int, _Agent] = {}
         self._categories: dict[int, _Category] = {}
         # Figures are recomputed only for what changed since stats().
@@ -276,16 +276,3 @@ def _mean_sd(values: npt.NDArray[np.float64]) -> tuple[float, float, int]:
         return math.nan, math.nan, 0
     sd = float(known.std(ddof=1)) if n > 1 else math.nan
     return float(known.mean()), sd, n
-
-
-def detector_settings(policy: Policy) -> DetectorSettings:
-    """The detector tuning a policy asks for."""
-    return DetectorSettings(
-        threshold=policy.success_threshold,
-        drops=policy.change_drops,
-        h=policy.cusum_h,
-        z=policy.confirm_z,
-        memory=policy.baseline_memory,
-        min_samples=policy.min_samples,
-        baseline_z=policy.baseline_z,
-    )
