@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
+from livemon._checks import _short
 from livemon.context import RequestContext
 from livemon.feedback import FeedbackLoop
 from livemon.monitor import Monitor
@@ -312,15 +313,39 @@ class Coordinator:
         context.log_acceptance(
             accepted=accepted, override_reason=result.override_reason
         )
-        for run in result.agents:
-            context.log_agent(
-                run.name,
-                execution_time_ms=run.execution_time_ms,
-                success=run.success,
-                error=run.error,
-                input_tokens=run.input_tokens,
-                output_tokens=run.output_tokens,
-                quality_score=run.quality_score,
-                outcome=run.outcome,
-            )
+        _log_runs(context, result.agents)
         return context.end()
+
+
+def _log_runs(context: RequestContext, runs: Any) -> None:
+    """Log each ``AgentResult`` of ``Result.agents`` as an agent run.
+
+    Anything else (a dict, a name, a non-sequence) is counted in
+    ``invalid``, or raises ``InvalidField`` in strict mode: never an
+    ``AttributeError`` into the request, which would also lose its record.
+    """
+    if runs is None:
+        return
+    try:
+        entries = list(runs) if not isinstance(runs, str | bytes) else None
+    except Exception:  # not iterable, or a hostile __iter__
+        entries = None
+    if entries is None:
+        reason = f"must be a sequence of AgentResult, not {_short(runs)}"
+        context._bad("agents", reason, None)
+        return
+    for run in entries:
+        if not isinstance(run, AgentResult):
+            reason = f"holds {_short(run)}, not an AgentResult"
+            context._bad("agents", reason, None)
+            continue
+        context.log_agent(
+            run.name,
+            execution_time_ms=run.execution_time_ms,
+            success=run.success,
+            error=run.error,
+            input_tokens=run.input_tokens,
+            output_tokens=run.output_tokens,
+            quality_score=run.quality_score,
+            outcome=run.outcome,
+        )

@@ -188,6 +188,49 @@ class TestLogAgent:
         assert runs["outcome"].tolist() == [0, 2]
         assert (runs["request_id"] == decision.context.request_id).all()
 
+    @pytest.mark.parametrize(
+        "agents",
+        [
+            [{"name": "coder"}],
+            ["coder"],
+            5,
+            "coder",
+            [AgentResult("coder"), object()],
+        ],
+        ids=["dicts", "names", "int", "str", "mixed"],
+    )
+    def test_coordinator_complete_bad_agents(
+        self, monitor, strict, ring_name, agents
+    ):
+        """Anything but AgentResults in ``Result.agents`` is counted, the
+        request still recorded (strict: InvalidField), never raised."""
+        coordinator = Coordinator(monitor)
+        decision = coordinator.route("fix this python bug")
+        assert coordinator.complete(
+            decision, Result(("coder",), True, agents=agents)
+        )
+        assert monitor.counters.recorded == 1
+        assert monitor.counters.invalid >= 1
+        good = monitor.counters.agent_runs_recorded
+        assert good == (
+            1 if isinstance(agents, list) and len(agents) == 2 else 0
+        )
+        strict_coordinator = Coordinator(strict)
+        decision = strict_coordinator.route("fix this python bug")
+        with pytest.raises(InvalidField, match="agents"):
+            strict_coordinator.complete(
+                decision, Result(("coder",), True, agents=agents)
+            )
+
+    def test_coordinator_complete_agents_none(self, monitor):
+        """``agents=None`` means no runs: nothing counted."""
+        coordinator = Coordinator(monitor)
+        decision = coordinator.route("q")
+        assert coordinator.complete(
+            decision, Result(("x",), True, agents=None)
+        )
+        assert monitor.counters.invalid == 0
+
 
 def tiny(tmp_path: pathlib.Path, ring_name: str, **values: object):
     """A config with 8-record lanes, spilling under tmp_path."""
