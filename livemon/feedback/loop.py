@@ -11,13 +11,14 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 import ringbuf
 from livemon import ipc
 from livemon.feedback.decisions import Board
 from livemon.feedback.follow import RingFollower
-from livemon.feedback.leader import LeaderLock
+from livemon.feedback.leader import LeaderLock, LeaderWatch
 from livemon.feedback.rules import Action, FeedbackState, Policy, decide
 from livemon.feedback.stats import WindowStats
 from livemon.feedback.tracker import Tracker
@@ -27,6 +28,8 @@ from livemon.record import ALERT_ACTIONS, FEEDBACK_DTYPE, NO_LABEL, struct_for
 logger = logging.getLogger("livemon.feedback")
 
 _FEEDBACK = struct_for(FEEDBACK_DTYPE)
+STALE_INTERVALS = 10  # a follower warns after this many silent intervals
+STALE_MIN_S = 5.0  # and never sooner
 _GOLDEN_64 = 0x9E3779B97F4A7C15  # odd, so request ids spread evenly
 
 
@@ -69,6 +72,20 @@ class FeedbackLoop:
         on_alert: Callable[[Action], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if not isinstance(monitor, Monitor):
+            raise TypeError(
+                f"FeedbackLoop takes a livemon.Monitor, not "
+                f"{type(monitor).__name__}"
+            )
+        if policy is not None and not isinstance(policy, Policy):
+            raise TypeError(
+                f"policy must be a livemon.feedback.Policy or None, not "
+                f"{type(policy).__name__}"
+            )
+        if (on_alert is not None and not callable(on_alert)) or not callable(
+            clock
+        ):
+            raise TypeError("on_alert (or None) and clock must be callable")
         self.monitor = monitor
         self.policy = policy or Policy()
         self.on_alert = on_alert
@@ -94,6 +111,11 @@ class FeedbackLoop:
         self._rings_lock = threading.RLock()  # on_alert may close()
         self.failures = 0
         self.actions_dropped = 0
+        self.last_error: str | None = None
+        self._watch = LeaderWatch(
+            max(STALE_MIN_S, STALE_INTERVALS * self.policy.interval_s)
+        )
+        _LOOPS.add(self)
 
     @property
     def running(self) -> bool:
@@ -177,11 +199,30 @@ class FeedbackLoop:
         and counted in ``failures``.
         """
         try:
-            return self.update()
-        except Exception:
+            actions = self.update()
+        except Exception as exc:
             self.failures += 1
-            logger.exception("feedback update failed")
+            self._report(exc)
             return []
+        self.last_error = None
+        return actions
+
+    def _report(self, exc: Exception) -> None:
+        """Log a failure once per reason, not at every update (twice a
+        second per process); an expected one without a traceback."""
+        reason = f"{type(exc).__name__}: {exc}"
+        if reason == self.last_error:
+            return
+        self.last_error = reason
+        if isinstance(exc, ringbuf.RingError | OSError):
+            logger.warning(
+                "feedback paused (routing goes on unadjusted; retrying "
+                "every %.1f s): %s",
+                self.policy.interval_s,
+                reason,
+            )
+        else:
+            logger.exception("feedback update failed")
 
     def update(self) -> list[Action]:
         """Lead (compute, decide, record, publish) if this process holds
@@ -195,10 +236,28 @@ class FeedbackLoop:
             if not self._leader.try_acquire():
                 if board.changed():
                     self.state = board.read() or self.state
+                self._watch.observe(board.leader, self._clock())
                 return []
             if not led or self._tracker is None:
                 self._take_over(board)
             return self._lead(board)
+
+    @property
+    def leader_silent_s(self) -> float | None:
+        """Seconds since this process (a follower) last saw the host's
+        leader beat; None when it leads or has seen no beat yet.
+
+        A stopped (SIGSTOP) or hung leader keeps the lock, so nobody
+        takes over and the decisions stand unchanged: this says how long.
+        """
+        return None if self.leading else self._watch.silent_s(self._clock())
+
+    @property
+    def leader_stale(self) -> bool:
+        """Whether the leader has been silent for ``STALE_INTERVALS``
+        update intervals (and at least ``STALE_MIN_S``); warned once."""
+        silent = self.leader_silent_s
+        return silent is not None and silent > self._watch.stale_after_s
 
     def _take_over(self, board: Board) -> None:
         """Start leading from the host's standing decisions and the
@@ -290,6 +349,16 @@ class FeedbackLoop:
             self._feedback.close()
         self._writer = self._feedback = None
 
+    def _after_fork_in_child(self) -> None:
+        # The parent's thread may have held these at fork (an update in
+        # progress): the child's copies would never be released, and its
+        # route() would hang in maybe_update().  The thread is not ours.
+        self._rings_lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread = None
+        self._tracker = None
+        self._watch = LeaderWatch(self._watch.stale_after_s)
+
     def close(self) -> None:
         """Stop the thread, give back leadership and the feedback lane.
         Idempotent.
@@ -305,3 +374,14 @@ class FeedbackLoop:
             if self._board is not None:
                 self._board.close()
                 self._board = None
+
+
+_LOOPS: weakref.WeakSet[FeedbackLoop] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for loop in list(_LOOPS):
+        loop._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
