@@ -310,6 +310,33 @@ class TestRingLayout:
         assert monitor.counters.agent_runs_dropped == 0
 
 
+def test_forked_child_without_a_lane_counts_runs_unavailable(ring_name):
+    """More forked workers than lanes: a child whose agents writer finds
+    no lane loses its runs as unavailable (as events' lanes_exhausted),
+    not as dropped from a full lane, and says so once."""
+    config = load_config({"ring": ring_name, "lanes": 1})
+    with Monitor(config=config) as monitor:
+        fan_out(monitor)  # the parent holds the only lane of each ring
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                fan_out(monitor)
+                fan_out(monitor)
+                c = monitor.counters
+                said = (c.agent_runs_unavailable, c.agent_runs_dropped)
+                os.write(write, repr(said).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write)
+        answer = os.read(read, 64)
+        os.close(read)
+        assert os.waitpid(pid, 0)[1] == 0
+    assert answer == b"(4, 0)"
+
+
 def _child_runs(ring_name: str) -> None:
     with Monitor(ring_name) as monitor:
         fan_out(monitor)
