@@ -21,7 +21,7 @@ from livemon.feedback.follow import RingFollower
 from livemon.feedback.leader import LeaderLock, LeaderWatch
 from livemon.feedback.rules import Action, FeedbackState, Policy, decide
 from livemon.feedback.stats import WindowStats
-from livemon.feedback.tracker import Tracker
+from livemon.feedback.tracker import MAX_TRACKED, Tracker
 from livemon.monitor import Monitor
 from livemon.record import ALERT_ACTIONS, FEEDBACK_DTYPE, NO_LABEL, struct_for
 
@@ -279,7 +279,14 @@ class FeedbackLoop:
     def _lead(self, board: Board) -> list[Action]:
         tracker = self._tracker
         assert tracker is not None
+        evicted = tracker.evicted
         tracker.add(self._runs.read(), self._requests.read())
+        if tracker.evicted and not evicted:
+            logger.warning(
+                "more than %d agents or categories: the least recently "
+                "seen are forgotten (names made unique per request?)",
+                MAX_TRACKED,
+            )
         stats = tracker.stats()
         self.last_stats = stats
         actions = self.decide(stats)

@@ -15,14 +15,17 @@ import signal
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from livemon import Monitor
 from livemon.exceptions import ConfigError
 from livemon.feedback import FeedbackLoop, Policy
 from livemon.feedback.decisions import SIZE_BYTES, Board, verdicts_name
+from livemon.feedback.tracker import MAX_TRACKED, Tracker
 from ringbuf import _layout
 from tests.livemon.feedback.test_host import config_of, wait_for
+from tests.livemon.feedback.test_tracker import requests, runs
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -204,3 +207,25 @@ def test_a_stopped_leader_is_seen_as_silent(ring_name, caplog):
 def _stopped(pid: int) -> bool:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def test_unique_names_per_request_stay_bounded():
+    """Agents (and categories) made unique per request: the leader keeps
+    the MAX_TRACKED seen most recently, counts what it forgot, and a
+    busy agent among them keeps its figures."""
+    tracker = Tracker(Policy())
+    busy = 7
+    for batch in range(3):
+        ids = np.arange(1, 601) + 10_000 * (batch + 1)  # 1,800 in all
+        flood = runs(0, len(ids), start=batch * 10_000)
+        flood["agent"] = ids
+        steady = runs(busy, 50, start=batch * 10_000 + 5_000)
+        asked = requests([busy], len(ids), start=batch * 10_000)
+        asked["intent_category"] = ids
+        tracker.add(np.concatenate([flood, steady]), asked)
+        stats = tracker.stats()
+        assert len(tracker.agents) <= MAX_TRACKED
+        assert len(stats.agents) <= MAX_TRACKED
+        assert len(stats.categories) <= MAX_TRACKED
+    assert tracker.evicted >= 1801 - MAX_TRACKED  # agents alone
+    assert stats.agents[busy].runs == 150
