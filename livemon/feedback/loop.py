@@ -217,7 +217,7 @@ class FeedbackLoop:
         if isinstance(exc, ringbuf.RingError | OSError):
             logger.warning(
                 "feedback paused (routing goes on unadjusted; retrying "
-                "every %.1f s): %s",
+                "every %.3g s): %s",
                 self.policy.interval_s,
                 reason,
             )
@@ -231,7 +231,10 @@ class FeedbackLoop:
         with self._rings_lock:
             board = self._board
             if board is None:
-                board = self._board = Board.open(self.monitor.config)
+                # After a failure, no waiting for a creator: this may run
+                # inside route(), and a bad segment stays bad.
+                wait_s = 0.0 if self.last_error else 2.0
+                board = self._board = Board.open(self.monitor.config, wait_s)
             led = self._leader.held  # False again in a forked child
             if not self._leader.try_acquire():
                 if board.changed():

@@ -229,3 +229,28 @@ def test_unique_names_per_request_stay_bounded():
         assert len(stats.categories) <= MAX_TRACKED
     assert tracker.evicted >= 1801 - MAX_TRACKED  # agents alone
     assert stats.agents[busy].runs == 150
+
+
+@pytest.mark.parametrize("content", [b"", b"\0"], ids=["empty", "no magic"])
+def test_bad_segment_is_waited_for_once(ring_name, monkeypatch, content):
+    """A segment left empty or without its magic (its creator died) may
+    be a creator's still writing it: the first attempt waits for that,
+    later ones do not (an update may run inside route())."""
+    path = _layout.segment_path(verdicts_name(config_of(ring_name)))
+    with open(path, "wb") as f:
+        f.write(content * SIZE_BYTES)
+    os.chmod(path, 0o600)
+    sleeps = []
+    real_sleep = time.sleep
+    monkeypatch.setattr(
+        time, "sleep", lambda s: (sleeps.append(s), real_sleep(s))
+    )
+    with Monitor(ring_name) as monitor:
+        loop = FeedbackLoop(monitor)
+        loop.safe_update()
+        first = len(sleeps)
+        for _ in range(3):
+            loop.safe_update()
+        loop.close()
+    assert first > 0 and len(sleeps) == first
+    assert loop.failures == 4
