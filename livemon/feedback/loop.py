@@ -18,16 +18,16 @@ import ringbuf
 from livemon import ipc
 from livemon.feedback.decisions import Board
 from livemon.feedback.follow import RingFollower
+from livemon.feedback.journal import ActionJournal
 from livemon.feedback.leader import LeaderLock, LeaderWatch
 from livemon.feedback.rules import Action, FeedbackState, Policy, decide
 from livemon.feedback.stats import WindowStats
 from livemon.feedback.tracker import MAX_TRACKED, Tracker
 from livemon.monitor import Monitor
-from livemon.record import ALERT_ACTIONS, FEEDBACK_DTYPE, NO_LABEL, struct_for
+from livemon.record import ALERT_ACTIONS
 
 logger = logging.getLogger("livemon.feedback")
 
-_FEEDBACK = struct_for(FEEDBACK_DTYPE)
 STALE_INTERVALS = 10  # a follower warns after this many silent intervals
 STALE_MIN_S = 5.0  # and never sooner
 _GOLDEN_64 = 0x9E3779B97F4A7C15  # odd, so request ids spread evenly
@@ -59,9 +59,9 @@ class FeedbackLoop:
     Attributes:
         state: the standing decisions (``rules.FeedbackState``).
         actions_taken: actions decided (as leader) since creation.
-        actions_dropped: actions not recorded for the daemon (feedback
-            lane full, or no feedback ring).
-        failures: updates that failed (logged; routing went on).
+        failures: updates that failed, and ``on_alert`` calls that
+            raised (logged; routing went on).
+        last_error: why the last update failed (None once one works).
         last_stats: the figures of the last update led (None otherwise).
     """
 
@@ -94,8 +94,7 @@ class FeedbackLoop:
         self.state = FeedbackState()
         self.actions_taken = 0
         self.last_stats: WindowStats | None = None
-        self._writer: ringbuf.RingWriter | None = None
-        self._feedback: ringbuf.Ring | None = None
+        self._journal = ActionJournal(monitor)
         config = monitor.config
         warm = self.policy.window_per_lane
         self._runs = RingFollower(ipc.agents_ring(config), warm)
@@ -110,12 +109,18 @@ class FeedbackLoop:
         # unmap a ring while a window is being copied out of it.
         self._rings_lock = threading.RLock()  # on_alert may close()
         self.failures = 0
-        self.actions_dropped = 0
         self.last_error: str | None = None
+        self._closed = False
         self._watch = LeaderWatch(
             max(STALE_MIN_S, STALE_INTERVALS * self.policy.interval_s)
         )
         _LOOPS.add(self)
+
+    @property
+    def actions_dropped(self) -> int:
+        """Actions not recorded for the daemon (feedback lane full, or no
+        feedback ring)."""
+        return self._journal.dropped
 
     @property
     def running(self) -> bool:
@@ -128,8 +133,9 @@ class FeedbackLoop:
         return self._leader.held and self._tracker is not None
 
     def start(self) -> None:
-        """Update in a background thread from now on. Idempotent."""
-        if self.running:
+        """Update in a background thread from now on. Idempotent; does
+        nothing once closed."""
+        if self.running or self._closed:
             return
         self._stop.clear()
         self._thread = threading.Thread(
@@ -227,8 +233,11 @@ class FeedbackLoop:
     def update(self) -> list[Action]:
         """Lead (compute, decide, record, publish) if this process holds
         or can take the leader lock; else copy the host's decisions if
-        they changed."""
+        they changed.  Nothing once closed (the standing decisions stay
+        as they were)."""
         with self._rings_lock:
+            if self._closed:  # route() may still call: lead no more
+                return []
             board = self._board
             if board is None:
                 # After a failure, no waiting for a creator: this may run
@@ -293,11 +302,13 @@ class FeedbackLoop:
         stats = tracker.stats()
         self.last_stats = stats
         actions = self.decide(stats)
-        for action in actions:
-            self._record(action)
-        if actions:
-            board.publish(self.state)
-        board.beat(self.generation)
+        try:
+            for action in actions:
+                self._record(action)
+        finally:  # standing now: publish them whatever recording did
+            if actions:
+                board.publish(self.state)
+            board.beat(self.generation)
         return actions
 
     def decide(self, stats: WindowStats) -> list[Action]:
@@ -314,50 +325,14 @@ class FeedbackLoop:
                 "%s (category label %d)", action.message, action.subject
             )
             if self.on_alert is not None:
-                self.on_alert(action)
+                try:
+                    self.on_alert(action)
+                except Exception:  # the user's callback: never our loop's
+                    self.failures += 1
+                    logger.exception("on_alert raised")
         else:
             logger.info("%s (label %d)", action.message, action.subject)
-        writer = self._feedback_writer()
-        if writer is None:
-            return
-        packed = _FEEDBACK.pack(
-            time.time_ns(),
-            os.getpid(),
-            int(action.action),
-            action.subject,
-            action.old_value,
-            action.new_value,
-            action.statistic,
-            action.threshold,
-            action.samples,
-            action.window_records,
-            self.monitor.intern(action.message) or NO_LABEL,
-        )
-        if not writer.put(packed):
-            self.actions_dropped += 1
-
-    def _feedback_writer(self) -> ringbuf.RingWriter | None:
-        if self._writer is not None and self._writer.stale:
-            self._close_feedback()  # replaced or retired: open the new one
-        if self._writer is None:
-            config = self.monitor.config
-            try:
-                self._feedback = ipc.open_ring(
-                    config, ipc.feedback_ring(config)
-                )
-                self._writer = self._feedback.writer()
-            except (ringbuf.RingError, OSError):
-                self._close_feedback()
-                self.actions_dropped += 1
-                return None
-        return self._writer
-
-    def _close_feedback(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        if self._feedback is not None:
-            self._feedback.close()
-        self._writer = self._feedback = None
+        self._journal.put(action)
 
     def _after_fork_in_child(self) -> None:
         # The parent's thread may have held these at fork (an update in
@@ -378,7 +353,8 @@ class FeedbackLoop:
         """
         self.stop()
         with self._rings_lock:
-            self._close_feedback()
+            self._closed = True
+            self._journal.close()
             self._runs.close()
             self._requests.close()
             if self._board is not None:

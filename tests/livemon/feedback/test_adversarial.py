@@ -18,13 +18,15 @@ import time
 import numpy as np
 import pytest
 
-from livemon import Monitor
+from livemon import Monitor, ipc
 from livemon.exceptions import ConfigError
 from livemon.feedback import FeedbackLoop, Policy
 from livemon.feedback.decisions import SIZE_BYTES, Board, verdicts_name
 from livemon.feedback.tracker import MAX_TRACKED, Tracker
+from livemon.record import FeedbackAction
 from ringbuf import _layout
 from tests.livemon.feedback.test_host import config_of, wait_for
+from tests.livemon.feedback.test_loop import requests as loop_requests
 from tests.livemon.feedback.test_tracker import requests, runs
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -254,3 +256,53 @@ def test_bad_segment_is_waited_for_once(ring_name, monkeypatch, content):
         loop.close()
     assert first > 0 and len(sleeps) == first
     assert loop.failures == 4
+
+
+def test_a_closed_loop_leads_no_more(ring_name):
+    """route() after close() (a shutdown in the wrong order) must not
+    take leadership back nor reopen the rings nobody will close."""
+    with Monitor(ring_name) as monitor:
+        loop = FeedbackLoop(monitor)
+        loop.update()
+        assert loop.leading
+        loop.close()
+        assert loop.maybe_update() == [] and loop.update() == []
+        loop.start()
+        assert not loop.leading and not loop.running
+        other = FeedbackLoop(monitor)
+        other.update()
+        assert other.leading  # the lock was free for another to take
+        other.close()
+
+
+def test_a_raising_on_alert_neither_hides_nor_loses_decisions(ring_name):
+    """The user's on_alert raises: the alert still stands, is published
+    for the other processes and recorded for the daemon; counted."""
+    config = config_of(ring_name)
+
+    def on_alert(action):
+        raise RuntimeError("pager down")
+
+    with Monitor(config=config) as monitor:
+        loop = FeedbackLoop(monitor, on_alert=on_alert)
+        loop.update()  # leads, from empty rings
+        rng = np.random.default_rng(1)
+        before = loop_requests(300, quality=0.9)
+        before["quality_score"] += rng.normal(0, 0.02, 300)
+        after = loop_requests(100, quality=0.7, start=300)
+        with ipc.open_ring(config, ipc.events_ring(config)) as events:
+            writer = events.writer()
+            writer.put_many(np.concatenate([before, after]))
+            writer.close()
+        loop.update()  # reads them (requests wait one update)
+        actions = loop.update()
+        assert [a.action for a in actions] == [FeedbackAction.QUALITY_ALERT]
+        assert loop.failures == 1
+        board = Board.open(config)
+        published = board.read()
+        assert published is not None
+        assert set(published.alerts) == set(loop.state.alerts) == {201}
+        with ipc.attach_ring(ipc.feedback_ring(config)) as feedback:
+            assert len(feedback.window(16).records) == 1
+        board.close()
+        loop.close()
