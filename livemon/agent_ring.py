@@ -48,6 +48,7 @@ class _SpillCounts:
 
     @property
     def spilled(self) -> int:
+        """The spill's ``spilled`` count is ``agent_runs_spilled``."""
         return self._counters.agent_runs_spilled
 
     @spilled.setter

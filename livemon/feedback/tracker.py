@@ -36,12 +36,16 @@ class InvalidRecords(LivemonError, TypeError):
 
 @dataclasses.dataclass
 class _Category:
+    """A category's newest requests: accepted (-1/0/1) and quality."""
+
     accepted: collections.deque[int]
     quality: collections.deque[float]
 
 
 @dataclasses.dataclass
 class _Agent:
+    """An agent's detector, newest outcomes and latencies, run counts."""
+
     detector: Detector
     outcomes: collections.deque[int]
     latencies: collections.deque[float]
