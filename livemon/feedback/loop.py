@@ -245,14 +245,23 @@ class FeedbackLoop:
                 wait_s = 0.0 if self.last_error else 2.0
                 board = self._board = Board.open(self.monitor.config, wait_s)
             led = self._leader.held  # False again in a forked child
-            if not self._leader.try_acquire():
-                if board.changed():
-                    self.state = board.read() or self.state
-                self._watch.observe(board.leader, self._clock())
+            try:
+                leads = self._leader.try_acquire()
+            except (ringbuf.RingError, OSError):
+                self._follow(board)  # a bad lock file: still follow
+                raise
+            if not leads:
+                self._follow(board)
                 return []
             if not led or self._tracker is None:
                 self._take_over(board)
             return self._lead(board)
+
+    def _follow(self, board: Board) -> None:
+        """Copy the host's decisions if they changed; watch the leader."""
+        if board.changed():
+            self.state = board.read() or self.state
+        self._watch.observe(board.leader, self._clock())
 
     @property
     def leader_silent_s(self) -> float | None:

@@ -22,10 +22,12 @@ from livemon import Monitor, ipc
 from livemon.exceptions import ConfigError
 from livemon.feedback import FeedbackLoop, Policy
 from livemon.feedback.decisions import SIZE_BYTES, Board, verdicts_name
+from livemon.feedback.leader import lock_path
+from livemon.feedback.rules import FeedbackState
 from livemon.feedback.tracker import MAX_TRACKED, Tracker
 from livemon.record import FeedbackAction
 from ringbuf import _layout
-from tests.livemon.feedback.test_host import config_of, wait_for
+from tests.livemon.feedback.test_host import AGENT, config_of, wait_for
 from tests.livemon.feedback.test_loop import requests as loop_requests
 from tests.livemon.feedback.test_tracker import requests, runs
 
@@ -306,3 +308,26 @@ def test_a_raising_on_alert_neither_hides_nor_loses_decisions(ring_name):
             assert len(feedback.window(16).records) == 1
         board.close()
         loop.close()
+
+
+def test_a_bad_lock_file_still_lets_a_process_follow(ring_name, caplog):
+    """The leader lock file is open to all (planted?): this process can
+    neither lead nor trust it, but it still reads the host's decisions."""
+    config = config_of(ring_name)
+    board = Board.open(config)
+    board.publish(FeedbackState(multipliers={AGENT: 0.5}))
+    path = lock_path(config)
+    with open(path, "wb"):
+        pass
+    os.chmod(path, 0o666)
+    with Monitor(config=config) as monitor:
+        loop = FeedbackLoop(monitor)
+        with caplog.at_level(logging.WARNING, "livemon.feedback"):
+            loop.safe_update()
+            loop.safe_update()
+        assert loop.state.multipliers == {AGENT: 0.5}
+        assert not loop.leading and loop.failures == 2
+        assert "lock file" in (loop.last_error or "")
+        loop.close()
+    board.close()
+    assert len(caplog.records) == 1
