@@ -44,7 +44,8 @@ class FeedbackLoop:
     (``tracker.Tracker``), decides, records each action for the daemon,
     and publishes the standing decisions in shared memory
     (``decisions.Board``).  The others copy them out when they change:
-    one load per update otherwise, and route() reads them in O(1).
+    a few loads per update otherwise (the seq, the leader's heartbeat),
+    and route() reads them in O(1).
     ``start`` runs ``update`` every ``policy.interval_s`` in a background
     thread, so no request pays for it; without the thread, ``route``
     calls ``maybe_update``, rate-limited the same way.
