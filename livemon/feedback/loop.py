@@ -24,7 +24,7 @@ from livemon.feedback.rules import Action, FeedbackState, Policy, decide
 from livemon.feedback.stats import WindowStats
 from livemon.feedback.tracker import MAX_TRACKED, Tracker
 from livemon.monitor import Monitor
-from livemon.record import ALERT_ACTIONS
+from livemon.record import ALERT_ACTIONS, NO_LABEL
 
 logger = logging.getLogger("livemon.feedback")
 
@@ -171,22 +171,35 @@ class FeedbackLoop:
 
     def confidence_multiplier(self, agent: str) -> float:
         """The factor applied to routing confidence for ``agent``."""
-        return self.state.multipliers.get(self.monitor.intern(agent), 1.0)
+        return self.state.multipliers.get(self._label(agent), 1.0)
 
     def threshold(self, category: str) -> float:
         """The confidence a route to ``category`` must reach."""
         return self.state.thresholds.get(
-            self.monitor.intern(category), self.policy.base_threshold
+            self._label(category), self.policy.base_threshold
         )
 
     def is_capped(self, agent: str) -> bool:
         """Whether ``agent`` is kept out of parallel fan-outs (too slow)."""
-        return self.monitor.intern(agent) in self.state.capped
+        return self._label(agent) in self.state.capped
 
     def explores(self, request_id: int) -> bool:
-        """Whether this request routes as if no demotion applied."""
+        """Whether this request routes as if no demotion applied (False
+        for anything but an int: it routes as decided)."""
+        if type(request_id) is not int:
+            return False
         share = self.policy.exploration
         return (request_id * _GOLDEN_64 % 2**64) / 2**64 < share
+
+    def _label(self, name: object) -> int:
+        """The label id a decision about ``name`` is kept under; for what
+        is not a text (a custom classifier's None), one matching nothing:
+        route() asks with what pluggable objects gave, and never raises."""
+        if not isinstance(name, str):
+            return NO_LABEL
+        # str.__str__: the text of a subclass (a StrEnum member) without
+        # calling anything it overrides.
+        return self.monitor.intern(str.__str__(name))
 
     # -- the loop -------------------------------------------------------------
 

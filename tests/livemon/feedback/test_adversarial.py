@@ -7,6 +7,7 @@ loop's lock, and a SIGSTOPped leader, whose silence followers must see.
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 import multiprocessing
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 
 from livemon import Monitor, ipc
+from livemon.coordinator import Coordinator, Intent, Selection
 from livemon.exceptions import ConfigError
 from livemon.feedback import FeedbackLoop, Policy
 from livemon.feedback.decisions import SIZE_BYTES, Board, verdicts_name
@@ -331,3 +333,44 @@ def test_a_bad_lock_file_still_lets_a_process_follow(ring_name, caplog):
         loop.close()
     board.close()
     assert len(caplog.records) == 1
+
+
+class _NoCategory:
+    """A custom classifier that cannot tell the category."""
+
+    def classify(self, query):
+        return Intent(None)  # type: ignore[arg-type]
+
+
+class _Agents(enum.StrEnum):
+    CODER = "coder"
+
+
+class _EnumSelector:
+    """A custom selector naming its agents by StrEnum members."""
+
+    def select(self, intent, query):
+        return Selection((_Agents.CODER, 7), "parallel", 0.8)  # type: ignore[arg-type]
+
+    def alternatives(self, intent):
+        return ()
+
+
+def test_route_takes_what_pluggable_objects_give(ring_name):
+    """A category of None and an agent that is not a name never raise
+    into route(); a StrEnum member gets its text's decisions."""
+    with Monitor(ring_name) as monitor:
+        loop = FeedbackLoop(monitor, Policy(exploration=0.0))
+        loop._next_update = math.inf  # decisions set by hand below
+        loop.state.multipliers[monitor.intern("coder")] = 0.5
+        coordinator = Coordinator(
+            monitor,
+            classifier=_NoCategory(),
+            selector=_EnumSelector(),
+            feedback=loop,
+        )
+        decision = coordinator.route("anything")
+        assert decision.selection.confidence == pytest.approx(0.4)
+        assert loop.explores(None) is False  # type: ignore[arg-type]
+        decision.context.end()
+        loop.close()
