@@ -9,14 +9,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from collections.abc import Callable, Iterable
-from typing import NoReturn
+from collections.abc import Iterable
 
 import numpy as np
 import numpy.typing as npt
 
-from livemon.exceptions import ConfigError
 from livemon.feedback.detect import DetectorSettings
+from livemon.feedback.policy_checks import check_policy
 from livemon.feedback.stats import Z_95, WindowStats
 from livemon.record import FeedbackAction
 
@@ -81,29 +80,7 @@ class Policy:
             ConfigError: a wrong type or a value out of range; the
                 message names the parameter and what it may be.
         """
-        for name, (valid, what) in _RANGES.items():
-            value = getattr(self, name)
-            if not (_is_number(value) and valid(value)):  # NaN fails too
-                _refuse(name, value, what)
-        for name in _COUNTS:
-            value = getattr(self, name)
-            least = 0 if name == "window_per_lane" else 1
-            if type(value) is not int or value < least:
-                _refuse(name, value, f"an int >= {least}")
-        if not self.base_threshold <= self.max_threshold:
-            _refuse(
-                "max_threshold", self.max_threshold, "in [base_threshold, 1]"
-            )
-        if not self.quality_recovered <= self.quality_drop:
-            _refuse(
-                "quality_recovered", self.quality_recovered, "<= quality_drop"
-            )
-        drops = self.change_drops
-        if not isinstance(drops, tuple | list) or not all(
-            _is_number(d) for d in drops
-        ):
-            _refuse("change_drops", drops, "a tuple of numbers")
-        object.__setattr__(self, "change_drops", tuple(drops))  # hashable
+        check_policy(self)
         self.detector_settings()  # refuses a tuning that cannot work
 
     def detector_settings(self) -> DetectorSettings:
@@ -117,47 +94,6 @@ class Policy:
             min_samples=self.min_samples,
             baseline_z=self.baseline_z,
         )
-
-
-# What each real-valued parameter may be: (predicate, said as).
-_UNIT = (lambda v: 0 <= v <= 1, "a number in [0, 1]")
-_STEP = (lambda v: 0 < v <= 1, "a number in (0, 1]")
-_POSITIVE = (lambda v: 0 < v < math.inf, "a finite number > 0")
-_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
-    "success_threshold": _UNIT,
-    "override_threshold": _UNIT,
-    "exploration": _UNIT,
-    "quality_drop": _UNIT,
-    "quality_recovered": _UNIT,
-    "min_multiplier": _UNIT,
-    "base_threshold": _UNIT,
-    "max_threshold": _UNIT,
-    "confidence_step": (lambda v: 0 < v < 1, "a number in (0, 1)"),
-    "threshold_step": _STEP,
-    "slow_recover": _STEP,
-    "interval_s": _POSITIVE,
-    "z": _POSITIVE,
-    "slow_mean_ms": _POSITIVE,
-    "slow_p95_ms": _POSITIVE,
-    "cusum_h": _POSITIVE,
-    "confirm_z": _POSITIVE,
-    "baseline_z": (lambda v: 0 <= v < math.inf, "a finite number >= 0"),
-}
-_COUNTS = (
-    "recent",
-    "baseline",
-    "window_per_lane",
-    "min_samples",
-    "baseline_memory",
-)
-
-
-def _is_number(value: object) -> bool:
-    return type(value) is not bool and isinstance(value, int | float)
-
-
-def _refuse(name: str, value: object, what: str) -> NoReturn:
-    raise ConfigError(f"Policy.{name} must be {what}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -74,10 +74,14 @@ def test_nonsense_policy_is_refused_by_name(field, value):
         Policy(**{field: value})
 
 
-def test_policy_change_drops_list_is_kept_hashable():
-    """A list of drops is accepted and stored as a tuple (frozen Policy)."""
-    policy = Policy(change_drops=[0.1, 0.3])
+def test_policy_keeps_plain_values():
+    """A list of drops is stored as a tuple (frozen: hashable), numpy
+    numbers are accepted and counts stored as ints."""
+    policy = Policy(
+        change_drops=[0.1, 0.3], recent=np.int64(50), z=np.float32(2.0)
+    )
     assert policy.change_drops == (0.1, 0.3)
+    assert type(policy.recent) is int and policy.recent == 50
     assert hash(policy)
 
 
