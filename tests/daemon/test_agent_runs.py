@@ -332,8 +332,9 @@ class TestDrainer:
         writer.close()
 
 
-def test_spill_replayer_stores_once(tmp_path, ring_name):
-    """Spilled runs are committed once, even when replayed again."""
+def spilled(tmp_path, ring_name, count):
+    """``count`` agent runs in a spill lane (epoch 7, lane 1); return the
+    spill root and a store on a fresh database."""
     from livemon.spill import LaneSpill
 
     config = load_config({"ring": ring_name, "db": str(tmp_path / "db")})
@@ -346,10 +347,15 @@ def test_spill_replayer_stores_once(tmp_path, ring_name):
         rec.AGENT_RUN_DTYPE,
         min_free_bytes=0,
     )
-    for record in agent_runs(20):
+    for record in agent_runs(count):
         spill.put(record.tobytes())
     spill.close()
-    store = Store(config.db)
+    return root, Store(config.db)
+
+
+def test_spill_replayer_stores_once(tmp_path, ring_name):
+    """Spilled runs are committed once, even when replayed again."""
+    root, store = spilled(tmp_path, ring_name, 20)
     try:
         replayer = AgentSpillReplayer(root, ring_name, lambda: store)
         assert replayer.step(8) == 8
@@ -367,22 +373,7 @@ def test_spill_replayer_stores_once(tmp_path, ring_name):
 def test_spill_replay_failure_is_logged_once(tmp_path, ring_name, caplog):
     """A store that keeps failing (here: a closed one) is retried at every
     step and logged once, the runs kept in their files."""
-    from livemon.spill import LaneSpill
-
-    config = load_config({"ring": ring_name, "db": str(tmp_path / "db")})
-    root = str(tmp_path / "spill")
-    spill = LaneSpill.open(
-        root,
-        ring_name + ".agents",
-        7,
-        1,
-        rec.AGENT_RUN_DTYPE,
-        min_free_bytes=0,
-    )
-    for record in agent_runs(5):
-        spill.put(record.tobytes())
-    spill.close()
-    store = Store(config.db)
+    root, store = spilled(tmp_path, ring_name, 5)
     store.close()  # every query now raises sqlite3.ProgrammingError
     replayer = AgentSpillReplayer(root, ring_name, lambda: store)
     with caplog.at_level(logging.WARNING, "livemon.daemon"):
