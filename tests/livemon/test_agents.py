@@ -17,7 +17,7 @@ import ringbuf
 from livemon import Monitor, ipc
 from livemon import record as rec
 from livemon.config import load_config
-from livemon.coordinator import AgentResult, Coordinator, Result
+from livemon.coordinator import AgentResult, Coordinator, Intent, Result
 from livemon.exceptions import InvalidField
 from livemon.spill import SpillReader
 from tests.livemon.helpers import events_in, labels_in
@@ -408,3 +408,30 @@ def test_strict_unavailable_agents_ring(ring_name):
         with pytest.raises(MonitoringUnavailable, match="agents"):
             ctx.end()
         assert monitor.counters.recorded == 1  # the request went first
+
+
+@pytest.mark.parametrize(
+    ("used", "invalid"),
+    [(None, 0), (5, 1), (["coder", ["x"]], 1), (iter(["coder"]), 0)],
+    ids=["none", "int", "unhashable", "generator"],
+)
+def test_complete_takes_odd_agents_used(monitor, used, invalid):
+    """``Result.agents_used`` that is not a list of names is counted (a
+    generator is taken as its list); the request is still recorded."""
+    coordinator = Coordinator(monitor)
+    decision = coordinator.route("fix this python bug")
+    assert coordinator.complete(decision, Result(used, True))
+    assert monitor.counters.recorded == 1
+    assert monitor.counters.invalid == invalid
+
+
+def test_route_takes_a_classifier_without_domains(monitor):
+    """A custom classifier whose intent has domains=None: routed, recorded."""
+
+    class NoDomains:
+        def classify(self, query):
+            return Intent("code", None)  # type: ignore[arg-type]
+
+    coordinator = Coordinator(monitor, classifier=NoDomains())
+    decision = coordinator.route("q")
+    assert decision.context.end()
