@@ -117,16 +117,19 @@ class AgentSpillReplayer:
         self.last_error: str | None = None
 
     def step(self, max_records: int) -> int:
-        """``replay_once``, turning trouble into a retry at the next step."""
+        """``replay_once``, turning trouble into a retry at the next step
+        (logged once per reason, kept in ``last_error`` for status)."""
         try:
             moved = self.replay_once(max_records)
         except (sqlite3.Error, DaemonError, OSError, ValueError) as exc:
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            logger.warning(
-                "agent-run spill replay failed (%s); the runs stay in "
-                "their spill files, retrying",
-                self.last_error,
-            )
+            reason = f"{type(exc).__name__}: {exc}"
+            if reason != self.last_error:  # once, not at every step
+                logger.warning(
+                    "agent-run spill replay failed (%s); the runs stay in "
+                    "their spill files, retrying",
+                    reason,
+                )
+            self.last_error = reason
             return 0
         self.last_error = None
         return moved

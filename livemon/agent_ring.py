@@ -48,6 +48,7 @@ class _SpillCounts:
 
     @property
     def spilled(self) -> int:
+        """The spill's ``spilled`` count is ``agent_runs_spilled``."""
         return self._counters.agent_runs_spilled
 
     @spilled.setter
@@ -114,7 +115,16 @@ class AgentLane:
             self._labels.flush()
         in_ring = spilled = 0
         for i, packed in enumerate(runs):
-            if self._put(writer, packed):
+            try:
+                stored = self._put(writer, packed)
+            except ringbuf.LanesExhausted as exc:  # a forked child found none
+                # As the events' lanes_exhausted: lost, never spilled (a
+                # spill belongs to a lane), counted and said once.
+                self._counters.agent_runs_recorded += in_ring
+                self._warn_once(str(exc))
+                lost = self._lost("agent_runs_unavailable", len(runs) - i)
+                return in_ring + spilled + lost
+            if stored:
                 in_ring += 1
                 continue
             if self._stale(writer):
@@ -154,6 +164,8 @@ class AgentLane:
     def _put(writer: ringbuf.RingWriter, packed: bytes) -> bool:
         try:
             return writer.put(packed)
+        except ringbuf.LanesExhausted:
+            raise  # not a closed ring: put_runs counts it
         except _FAILURES:  # closed under us: _stale says so
             return False
 
@@ -213,8 +225,16 @@ class AgentLane:
         # An agents ring of another layout (a release that changed
         # AGENT_RUN_DTYPE without a new name) must never stop requests:
         # only the runs are lost, counted, and the attach tried again.
-        reason = str(exc)
-        if reason != self._reported:  # once per reason, not every retry
+        self._warn_once(str(exc))
+        self._retry_at = time.monotonic() + self._retry_interval_s
+        if self._strict:
+            raise MonitoringUnavailable(
+                f"cannot open ring {self.spec.name!r}: {exc}"
+            ) from exc
+
+    def _warn_once(self, reason: str) -> None:
+        """Say why runs are lost, once per reason, not at every retry."""
+        if reason != self._reported:
             logger.warning(
                 "cannot write agent runs to ring %r (retrying every %.0f "
                 "s; the requests are recorded meanwhile): %s",
@@ -223,11 +243,6 @@ class AgentLane:
                 reason,
             )
         self._reported = reason
-        self._retry_at = time.monotonic() + self._retry_interval_s
-        if self._strict:
-            raise MonitoringUnavailable(
-                f"cannot open ring {self.spec.name!r}: {exc}"
-            ) from exc
 
     def _follow(self, stale: ringbuf.RingWriter) -> ringbuf.RingWriter | None:
         """Move to the ring now under the name, carrying along what no

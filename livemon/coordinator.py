@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
+from livemon._checks import _short
 from livemon.context import RequestContext
 from livemon.feedback import FeedbackLoop
 from livemon.monitor import Monitor
@@ -214,7 +215,7 @@ class Coordinator:
         intent = self.classifier.classify(query)
         context.log_intent(
             category=intent.category,
-            domains=list(intent.domains),
+            domains=_names(intent.domains),
             complexity=intent.complexity,
         )
         selection = self.selector.select(intent, query)
@@ -223,7 +224,7 @@ class Coordinator:
                 self.feedback.maybe_update()  # guarded: counts, never raises
             selection = self._adjusted(intent, selection, context.request_id)
         context.log_routing(
-            suggested_agents=list(selection.agents),
+            suggested_agents=_names(selection.agents),
             strategy=selection.strategy,
             confidence=selection.confidence,
         )
@@ -292,8 +293,9 @@ class Coordinator:
         reached the ring.
         """
         context = decision.context
+        used = _names(result.agents_used)
         context.log_execution(
-            actual_agents=list(result.agents_used),
+            actual_agents=used,
             execution_time_ms=result.execution_time_ms,
             success=result.success,
             error=result.error,
@@ -307,20 +309,59 @@ class Coordinator:
             tests_passed=result.tests_passed,
         )
         accepted = result.accepted
-        if accepted is None:
-            accepted = set(result.agents_used) == set(decision.agents)
+        if accepted is None and isinstance(used, list | tuple):
+            try:
+                accepted = set(used) == set(decision.agents)
+            except TypeError:  # unhashable entries: counted by the check
+                accepted = None
         context.log_acceptance(
             accepted=accepted, override_reason=result.override_reason
         )
-        for run in result.agents:
-            context.log_agent(
-                run.name,
-                execution_time_ms=run.execution_time_ms,
-                success=run.success,
-                error=run.error,
-                input_tokens=run.input_tokens,
-                output_tokens=run.output_tokens,
-                quality_score=run.quality_score,
-                outcome=run.outcome,
-            )
+        _log_runs(context, result.agents)
         return context.end()
+
+
+def _log_runs(context: RequestContext, runs: Any) -> None:
+    """Log each ``AgentResult`` of ``Result.agents`` as an agent run.
+
+    Anything else (a dict, a name, a non-sequence) is counted in
+    ``invalid``, or raises ``InvalidField`` in strict mode: never an
+    ``AttributeError`` into the request, which would also lose its record.
+    """
+    if runs is None:
+        return
+    try:
+        entries = list(runs) if not isinstance(runs, str | bytes) else None
+    except Exception:  # not iterable, or a hostile __iter__
+        entries = None
+    if entries is None:
+        reason = f"must be a sequence of AgentResult, not {_short(runs)}"
+        context._bad("agents", reason, None)
+        return
+    for run in entries:
+        if not isinstance(run, AgentResult):
+            reason = f"holds {_short(run)}, not an AgentResult"
+            context._bad("agents", reason, None)
+            continue
+        context.log_agent(
+            run.name,
+            execution_time_ms=run.execution_time_ms,
+            success=run.success,
+            error=run.error,
+            input_tokens=run.input_tokens,
+            output_tokens=run.output_tokens,
+            quality_score=run.quality_score,
+            outcome=run.outcome,
+        )
+
+
+def _names(values: Any) -> Any:
+    """``values`` as a list for the record's checks; what is not a
+    collection of names (None, a number) is handed on as it is, for the
+    check to count (strict: raise), never a TypeError into the request."""
+    if isinstance(values, list | tuple) or values is None:
+        return values
+    try:
+        return list(values) if not isinstance(values, str | bytes) else values
+    except Exception:  # not iterable, or a hostile __iter__
+        return values

@@ -1,10 +1,11 @@
 """
 The feedback loop: per-agent change detection (``detect``) and running
 figures from agent runs and requests (``tracker``, fed by ``follow``),
-pure rules that turn them into actions (``rules``; window statistics in
-``stats``), computed once per host by a leader (``leader``) that
-publishes the decisions in shared memory (``decisions``), and the loop
-every coordinator runs (``loop``).
+pure rules that turn them into actions (``rules``, tuned by a ``Policy``
+that ``policy_checks`` validates; window statistics in ``stats``),
+computed once per host by a leader (``leader``) that publishes the
+decisions in shared memory (``decisions``) and records each action for
+the daemon (``journal``), and the loop every coordinator runs (``loop``).
 """
 
 from __future__ import annotations

@@ -70,8 +70,14 @@ class Board:
         self.seen_seq = -1  # the seq of the last copy this process took
 
     @classmethod
-    def open(cls, config: Config) -> Board:
+    def open(cls, config: Config, wait_s: float = 2.0) -> Board:
         """Attach to the host's segment, creating it if it is missing.
+
+        Args:
+            config: names the segment, its mode and group.
+            wait_s: how long a segment still empty or without its magic
+                may be a creator's, still writing it (0 after a failed
+                attempt: a segment that was bad then is not being made).
 
         Raises:
             ringbuf.RingUntrusted: the segment may be another user's.
@@ -80,7 +86,7 @@ class Board:
         """
         name = verdicts_name(config)
         _layout.validate_name(name)
-        deadline = time.monotonic() + 2.0
+        deadline = time.monotonic() + wait_s
         while True:
             try:
                 segment = _shm.attach(name, deadline, config.gid)
@@ -100,13 +106,13 @@ class Board:
             words[W_MAGIC] = MAGIC
             break
         board = cls(segment)
-        board._check(name)
+        board._check(name, min(wait_s, 1.0))
         return board
 
-    def _check(self, name: str) -> None:
+    def _check(self, name: str, wait_s: float) -> None:
         words = self._words()
         # A creator that has not yet written the magic: give it a moment.
-        deadline = time.monotonic() + 1.0
+        deadline = time.monotonic() + wait_s
         while words[W_MAGIC] == 0 and time.monotonic() < deadline:
             time.sleep(0.001)
         if (

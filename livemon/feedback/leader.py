@@ -8,6 +8,7 @@ its holder dies, so the next process to try takes over.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import threading
 import weakref
@@ -16,6 +17,7 @@ from livemon.config import Config
 from livemon.feedback.decisions import verdicts_name
 from ringbuf import _lanelock, _layout
 
+logger = logging.getLogger("livemon.feedback")
 _ALL: weakref.WeakSet[LeaderLock] = weakref.WeakSet()
 
 
@@ -85,6 +87,48 @@ class LeaderLock:
         # our copy leaves the parent's lock in place).
         self._mutex = threading.Lock()
         self._drop()
+
+
+class LeaderWatch:
+    """A follower's view of the leader's heartbeat: how long since the
+    beat word last changed, on this process's own monotonic clock (so
+    no two processes' clocks are compared).
+
+    Args:
+        stale_after_s: silence after which the leader is warned about
+            once (stopped or hung: it keeps the lock, nobody takes over).
+    """
+
+    def __init__(self, stale_after_s: float) -> None:
+        self.stale_after_s = stale_after_s
+        self._beat = 0
+        self._seen_s = 0.0
+        self._warned = False
+
+    def silent_s(self, now_s: float) -> float | None:
+        """Seconds without a beat; None before the first one seen."""
+        return max(0.0, now_s - self._seen_s) if self._beat else None
+
+    def observe(self, leader: tuple[int, int, int], now_s: float) -> None:
+        """Note the board's (pid, generation, heartbeat ns); warn once
+        when the beat stopped changing for ``stale_after_s``."""
+        pid, _, beat = leader
+        if beat != self._beat:
+            if self._warned:
+                logger.warning("feedback leader (pid %d) beats again", pid)
+            self._beat, self._seen_s, self._warned = beat, now_s, False
+            return
+        silent = self.silent_s(now_s)
+        if silent is not None and silent > self.stale_after_s:
+            if not self._warned:
+                logger.warning(
+                    "feedback leader (pid %d) silent for %.1f s (stopped "
+                    "or hung?): the host's decisions stand unchanged until "
+                    "it resumes or exits",
+                    pid,
+                    silent,
+                )
+            self._warned = True
 
 
 def _after_fork_in_child() -> None:

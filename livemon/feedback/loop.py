@@ -11,22 +11,25 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 import ringbuf
 from livemon import ipc
 from livemon.feedback.decisions import Board
 from livemon.feedback.follow import RingFollower
-from livemon.feedback.leader import LeaderLock
+from livemon.feedback.journal import ActionJournal
+from livemon.feedback.leader import LeaderLock, LeaderWatch
 from livemon.feedback.rules import Action, FeedbackState, Policy, decide
 from livemon.feedback.stats import WindowStats
-from livemon.feedback.tracker import Tracker
+from livemon.feedback.tracker import MAX_TRACKED, Tracker
 from livemon.monitor import Monitor
-from livemon.record import ALERT_ACTIONS, FEEDBACK_DTYPE, NO_LABEL, struct_for
+from livemon.record import ALERT_ACTIONS, NO_LABEL
 
 logger = logging.getLogger("livemon.feedback")
 
-_FEEDBACK = struct_for(FEEDBACK_DTYPE)
+STALE_INTERVALS = 10  # a follower warns after this many silent intervals
+STALE_MIN_S = 5.0  # and never sooner
 _GOLDEN_64 = 0x9E3779B97F4A7C15  # odd, so request ids spread evenly
 
 
@@ -41,7 +44,8 @@ class FeedbackLoop:
     (``tracker.Tracker``), decides, records each action for the daemon,
     and publishes the standing decisions in shared memory
     (``decisions.Board``).  The others copy them out when they change:
-    one load per update otherwise, and route() reads them in O(1).
+    a few loads per update otherwise (the seq, the leader's heartbeat),
+    and route() reads them in O(1).
     ``start`` runs ``update`` every ``policy.interval_s`` in a background
     thread, so no request pays for it; without the thread, ``route``
     calls ``maybe_update``, rate-limited the same way.
@@ -56,9 +60,9 @@ class FeedbackLoop:
     Attributes:
         state: the standing decisions (``rules.FeedbackState``).
         actions_taken: actions decided (as leader) since creation.
-        actions_dropped: actions not recorded for the daemon (feedback
-            lane full, or no feedback ring).
-        failures: updates that failed (logged; routing went on).
+        failures: updates that failed, and ``on_alert`` calls that
+            raised (logged; routing went on).
+        last_error: why the last update failed (None once one works).
         last_stats: the figures of the last update led (None otherwise).
     """
 
@@ -69,6 +73,20 @@ class FeedbackLoop:
         on_alert: Callable[[Action], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if not isinstance(monitor, Monitor):
+            raise TypeError(
+                f"FeedbackLoop takes a livemon.Monitor, not "
+                f"{type(monitor).__name__}"
+            )
+        if policy is not None and not isinstance(policy, Policy):
+            raise TypeError(
+                f"policy must be a livemon.feedback.Policy or None, not "
+                f"{type(policy).__name__}"
+            )
+        if (on_alert is not None and not callable(on_alert)) or not callable(
+            clock
+        ):
+            raise TypeError("on_alert (or None) and clock must be callable")
         self.monitor = monitor
         self.policy = policy or Policy()
         self.on_alert = on_alert
@@ -77,8 +95,7 @@ class FeedbackLoop:
         self.state = FeedbackState()
         self.actions_taken = 0
         self.last_stats: WindowStats | None = None
-        self._writer: ringbuf.RingWriter | None = None
-        self._feedback: ringbuf.Ring | None = None
+        self._journal = ActionJournal(monitor)
         config = monitor.config
         warm = self.policy.window_per_lane
         self._runs = RingFollower(ipc.agents_ring(config), warm)
@@ -93,7 +110,18 @@ class FeedbackLoop:
         # unmap a ring while a window is being copied out of it.
         self._rings_lock = threading.RLock()  # on_alert may close()
         self.failures = 0
-        self.actions_dropped = 0
+        self.last_error: str | None = None
+        self._closed = False
+        self._watch = LeaderWatch(
+            max(STALE_MIN_S, STALE_INTERVALS * self.policy.interval_s)
+        )
+        _LOOPS.add(self)
+
+    @property
+    def actions_dropped(self) -> int:
+        """Actions not recorded for the daemon (feedback lane full, or no
+        feedback ring)."""
+        return self._journal.dropped
 
     @property
     def running(self) -> bool:
@@ -106,8 +134,9 @@ class FeedbackLoop:
         return self._leader.held and self._tracker is not None
 
     def start(self) -> None:
-        """Update in a background thread from now on. Idempotent."""
-        if self.running:
+        """Update in a background thread from now on. Idempotent; does
+        nothing once closed."""
+        if self.running or self._closed:
             return
         self._stop.clear()
         self._thread = threading.Thread(
@@ -142,22 +171,35 @@ class FeedbackLoop:
 
     def confidence_multiplier(self, agent: str) -> float:
         """The factor applied to routing confidence for ``agent``."""
-        return self.state.multipliers.get(self.monitor.intern(agent), 1.0)
+        return self.state.multipliers.get(self._label(agent), 1.0)
 
     def threshold(self, category: str) -> float:
         """The confidence a route to ``category`` must reach."""
         return self.state.thresholds.get(
-            self.monitor.intern(category), self.policy.base_threshold
+            self._label(category), self.policy.base_threshold
         )
 
     def is_capped(self, agent: str) -> bool:
         """Whether ``agent`` is kept out of parallel fan-outs (too slow)."""
-        return self.monitor.intern(agent) in self.state.capped
+        return self._label(agent) in self.state.capped
 
     def explores(self, request_id: int) -> bool:
-        """Whether this request routes as if no demotion applied."""
+        """Whether this request routes as if no demotion applied (False
+        for anything but an int: it routes as decided)."""
+        if type(request_id) is not int:
+            return False
         share = self.policy.exploration
         return (request_id * _GOLDEN_64 % 2**64) / 2**64 < share
+
+    def _label(self, name: object) -> int:
+        """The label id a decision about ``name`` is kept under; for what
+        is not a text (a custom classifier's None), one matching nothing:
+        route() asks with what pluggable objects gave, and never raises."""
+        if not isinstance(name, str):
+            return NO_LABEL
+        # str.__str__: the text of a subclass (a StrEnum member) without
+        # calling anything it overrides.
+        return self.monitor.intern(str.__str__(name))
 
     # -- the loop -------------------------------------------------------------
 
@@ -177,28 +219,80 @@ class FeedbackLoop:
         and counted in ``failures``.
         """
         try:
-            return self.update()
-        except Exception:
+            actions = self.update()
+        except Exception as exc:
             self.failures += 1
-            logger.exception("feedback update failed")
+            self._report(exc)
             return []
+        self.last_error = None
+        return actions
+
+    def _report(self, exc: Exception) -> None:
+        """Log a failure once per reason, not at every update (twice a
+        second per process); an expected one without a traceback."""
+        reason = f"{type(exc).__name__}: {exc}"
+        if reason == self.last_error:
+            return
+        self.last_error = reason
+        if isinstance(exc, ringbuf.RingError | OSError):
+            logger.warning(
+                "feedback paused (routing goes on unadjusted; retrying "
+                "every %.3g s): %s",
+                self.policy.interval_s,
+                reason,
+            )
+        else:
+            logger.exception("feedback update failed")
 
     def update(self) -> list[Action]:
         """Lead (compute, decide, record, publish) if this process holds
         or can take the leader lock; else copy the host's decisions if
-        they changed."""
+        they changed.  Nothing once closed (the standing decisions stay
+        as they were)."""
         with self._rings_lock:
+            if self._closed:  # route() may still call: lead no more
+                return []
             board = self._board
             if board is None:
-                board = self._board = Board.open(self.monitor.config)
+                # After a failure, no waiting for a creator: this may run
+                # inside route(), and a bad segment stays bad.
+                wait_s = 0.0 if self.last_error else 2.0
+                board = self._board = Board.open(self.monitor.config, wait_s)
             led = self._leader.held  # False again in a forked child
-            if not self._leader.try_acquire():
-                if board.changed():
-                    self.state = board.read() or self.state
+            try:
+                leads = self._leader.try_acquire()
+            except (ringbuf.RingError, OSError):
+                self._follow(board)  # a bad lock file: still follow
+                raise
+            if not leads:
+                self._follow(board)
                 return []
             if not led or self._tracker is None:
                 self._take_over(board)
             return self._lead(board)
+
+    def _follow(self, board: Board) -> None:
+        """Copy the host's decisions if they changed; watch the leader."""
+        if board.changed():
+            self.state = board.read() or self.state
+        self._watch.observe(board.leader, self._clock())
+
+    @property
+    def leader_silent_s(self) -> float | None:
+        """Seconds since this process (a follower) last saw the host's
+        leader beat; None when it leads or has seen no beat yet.
+
+        A stopped (SIGSTOP) or hung leader keeps the lock, so nobody
+        takes over and the decisions stand unchanged: this says how long.
+        """
+        return None if self.leading else self._watch.silent_s(self._clock())
+
+    @property
+    def leader_stale(self) -> bool:
+        """Whether the leader has been silent for ``STALE_INTERVALS``
+        update intervals (and at least ``STALE_MIN_S``); warned once."""
+        silent = self.leader_silent_s
+        return silent is not None and silent > self._watch.stale_after_s
 
     def _take_over(self, board: Board) -> None:
         """Start leading from the host's standing decisions and the
@@ -220,15 +314,24 @@ class FeedbackLoop:
     def _lead(self, board: Board) -> list[Action]:
         tracker = self._tracker
         assert tracker is not None
+        evicted = tracker.evicted
         tracker.add(self._runs.read(), self._requests.read())
+        if tracker.evicted and not evicted:
+            logger.warning(
+                "more than %d agents or categories: the least recently "
+                "seen are forgotten (names made unique per request?)",
+                MAX_TRACKED,
+            )
         stats = tracker.stats()
         self.last_stats = stats
         actions = self.decide(stats)
-        for action in actions:
-            self._record(action)
-        if actions:
-            board.publish(self.state)
-        board.beat(self.generation)
+        try:
+            for action in actions:
+                self._record(action)
+        finally:  # standing now: publish them whatever recording did
+            if actions:
+                board.publish(self.state)
+            board.beat(self.generation)
         return actions
 
     def decide(self, stats: WindowStats) -> list[Action]:
@@ -245,50 +348,24 @@ class FeedbackLoop:
                 "%s (category label %d)", action.message, action.subject
             )
             if self.on_alert is not None:
-                self.on_alert(action)
+                try:
+                    self.on_alert(action)
+                except Exception:  # the user's callback: never our loop's
+                    self.failures += 1
+                    logger.exception("on_alert raised")
         else:
             logger.info("%s (label %d)", action.message, action.subject)
-        writer = self._feedback_writer()
-        if writer is None:
-            return
-        packed = _FEEDBACK.pack(
-            time.time_ns(),
-            os.getpid(),
-            int(action.action),
-            action.subject,
-            action.old_value,
-            action.new_value,
-            action.statistic,
-            action.threshold,
-            action.samples,
-            action.window_records,
-            self.monitor.intern(action.message) or NO_LABEL,
-        )
-        if not writer.put(packed):
-            self.actions_dropped += 1
+        self._journal.put(action)
 
-    def _feedback_writer(self) -> ringbuf.RingWriter | None:
-        if self._writer is not None and self._writer.stale:
-            self._close_feedback()  # replaced or retired: open the new one
-        if self._writer is None:
-            config = self.monitor.config
-            try:
-                self._feedback = ipc.open_ring(
-                    config, ipc.feedback_ring(config)
-                )
-                self._writer = self._feedback.writer()
-            except (ringbuf.RingError, OSError):
-                self._close_feedback()
-                self.actions_dropped += 1
-                return None
-        return self._writer
-
-    def _close_feedback(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        if self._feedback is not None:
-            self._feedback.close()
-        self._writer = self._feedback = None
+    def _after_fork_in_child(self) -> None:
+        # The parent's thread may have held these at fork (an update in
+        # progress): the child's copies would never be released, and its
+        # route() would hang in maybe_update().  The thread is not ours.
+        self._rings_lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread = None
+        self._tracker = None
+        self._watch = LeaderWatch(self._watch.stale_after_s)
 
     def close(self) -> None:
         """Stop the thread, give back leadership and the feedback lane.
@@ -299,9 +376,21 @@ class FeedbackLoop:
         """
         self.stop()
         with self._rings_lock:
-            self._close_feedback()
+            self._closed = True
+            self._journal.close()
             self._runs.close()
             self._requests.close()
             if self._board is not None:
                 self._board.close()
                 self._board = None
+
+
+_LOOPS: weakref.WeakSet[FeedbackLoop] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for loop in list(_LOOPS):
+        loop._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

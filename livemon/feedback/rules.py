@@ -14,8 +14,8 @@ from collections.abc import Iterable
 import numpy as np
 import numpy.typing as npt
 
-from livemon.exceptions import ConfigError
 from livemon.feedback.detect import DetectorSettings
+from livemon.feedback.policy_checks import check_policy
 from livemon.feedback.stats import Z_95, WindowStats
 from livemon.record import FeedbackAction
 
@@ -74,32 +74,25 @@ class Policy:
     baseline_z: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in (
-            "success_threshold",
-            "override_threshold",
-            "confidence_step",
-            "exploration",
-            "quality_drop",
-            "quality_recovered",
-            "min_multiplier",
-        ):
-            value = getattr(self, name)
-            if not 0 <= value <= 1:
-                raise ConfigError(
-                    f"Policy.{name} must be in [0, 1], got {value}"
-                )
-        if self.recent < 1 or self.min_samples < 1 or self.interval_s <= 0:
-            raise ConfigError(
-                "Policy.recent and min_samples must be >= 1, interval_s > 0"
-            )
-        DetectorSettings(  # refuses a detector tuning that cannot work
-            self.success_threshold,
-            self.change_drops,
-            self.cusum_h,
-            self.confirm_z,
-            self.baseline_memory,
-            self.min_samples,
-            self.baseline_z,
+        """Refuse any setting the loop cannot work with.
+
+        Raises:
+            ConfigError: a wrong type or a value out of range; the
+                message names the parameter and what it may be.
+        """
+        check_policy(self)
+        self.detector_settings()  # refuses a tuning that cannot work
+
+    def detector_settings(self) -> DetectorSettings:
+        """The tuning of each agent's change detector."""
+        return DetectorSettings(
+            threshold=self.success_threshold,
+            drops=self.change_drops,
+            h=self.cusum_h,
+            z=self.confirm_z,
+            memory=self.baseline_memory,
+            min_samples=self.min_samples,
+            baseline_z=self.baseline_z,
         )
 
 

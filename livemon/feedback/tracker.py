@@ -15,13 +15,19 @@ import numpy as np
 import numpy.typing as npt
 
 from livemon.exceptions import LivemonError
-from livemon.feedback.detect import Detector, DetectorSettings, wilson_bounds
+from livemon.feedback.detect import Detector, wilson_bounds
 from livemon.feedback.rules import Policy
 from livemon.feedback.stats import AgentStats, CategoryStats, WindowStats
 from livemon.record import AGENT_RUN_DTYPE, RECORD_DTYPE, AgentOutcome
 
 _WINS = (int(AgentOutcome.SELECTED), int(AgentOutcome.MERGED))
 _COVERED_CYCLES = 3  # updates a run's request id is remembered for
+MAX_TRACKED = 1024
+"""Agents, and categories, the leader follows at most: beyond, the one
+seen least recently is forgotten (``Tracker.evicted``).  Names made
+unique per request (an id in the name) would otherwise grow the leader's
+memory and each update without bound; and 1,024 of each, at two
+decisions apiece, is what the decisions segment holds (4,096)."""
 
 
 class InvalidRecords(LivemonError, TypeError):
@@ -30,12 +36,16 @@ class InvalidRecords(LivemonError, TypeError):
 
 @dataclasses.dataclass
 class _Category:
+    """A category's newest requests: accepted (-1/0/1) and quality."""
+
     accepted: collections.deque[int]
     quality: collections.deque[float]
 
 
 @dataclasses.dataclass
 class _Agent:
+    """An agent's detector, newest outcomes and latencies, run counts."""
+
     detector: Detector
     outcomes: collections.deque[int]
     latencies: collections.deque[float]
@@ -56,9 +66,15 @@ class Tracker:
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
-        self.settings = detector_settings(policy)
-        self.agents: dict[int, _Agent] = {}
-        self._categories: dict[int, _Category] = {}
+        self.settings = policy.detector_settings()
+        # Least recently seen first (each access moves one to the end).
+        self.agents: collections.OrderedDict[int, _Agent] = (
+            collections.OrderedDict()
+        )
+        self._categories: collections.OrderedDict[int, _Category] = (
+            collections.OrderedDict()
+        )
+        self.evicted = 0
         # Figures are recomputed only for what changed since stats().
         self._agent_figures: dict[int, AgentStats] = {}
         self._category_figures: dict[int, CategoryStats] = {}
@@ -76,13 +92,20 @@ class Tracker:
 
     def _agent(self, agent: int) -> _Agent:
         entry = self.agents.get(agent)
-        if entry is None:
-            recent = self.policy.recent
-            entry = self.agents[agent] = _Agent(
-                Detector(self.settings),
-                collections.deque(maxlen=recent),
-                collections.deque(maxlen=recent),
-            )
+        if entry is not None:
+            self.agents.move_to_end(agent)
+            return entry
+        if len(self.agents) >= MAX_TRACKED:
+            gone, _ = self.agents.popitem(last=False)
+            self._agent_figures.pop(gone, None)
+            self._dirty.discard(gone)
+            self.evicted += 1
+        recent = self.policy.recent
+        entry = self.agents[agent] = _Agent(
+            Detector(self.settings),
+            collections.deque(maxlen=recent),
+            collections.deque(maxlen=recent),
+        )
         return entry
 
     def add(
@@ -166,13 +189,20 @@ class Tracker:
                     self._sample(self._agent(agent), success, ms)
 
     def _category(self, category: int) -> _Category:
-        self._dirty_categories.add(category)
         window = self._categories.get(category)
-        if window is None:
+        if window is not None:
+            self._categories.move_to_end(category)
+        else:
+            if len(self._categories) >= MAX_TRACKED:
+                gone, _ = self._categories.popitem(last=False)
+                self._category_figures.pop(gone, None)
+                self._dirty_categories.discard(gone)
+                self.evicted += 1
             size = self.policy.recent + self.policy.baseline
             window = self._categories[category] = _Category(
                 collections.deque(maxlen=size), collections.deque(maxlen=size)
             )
+        self._dirty_categories.add(category)
         return window
 
     @staticmethod
@@ -276,16 +306,3 @@ def _mean_sd(values: npt.NDArray[np.float64]) -> tuple[float, float, int]:
         return math.nan, math.nan, 0
     sd = float(known.std(ddof=1)) if n > 1 else math.nan
     return float(known.mean()), sd, n
-
-
-def detector_settings(policy: Policy) -> DetectorSettings:
-    """The detector tuning a policy asks for."""
-    return DetectorSettings(
-        threshold=policy.success_threshold,
-        drops=policy.change_drops,
-        h=policy.cusum_h,
-        z=policy.confirm_z,
-        memory=policy.baseline_memory,
-        min_samples=policy.min_samples,
-        baseline_z=policy.baseline_z,
-    )

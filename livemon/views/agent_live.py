@@ -12,9 +12,9 @@ import math
 import numpy as np
 import numpy.typing as npt
 
+from livemon.feedback.stats import wilson
 from livemon.record import AgentOutcome
 
-_Z = 1.959963984540054  # 95%
 _CANCELLED = int(AgentOutcome.CANCELLED)
 
 
@@ -30,17 +30,6 @@ class RunFigures:
     p50_ms: float
     p95_ms: float
     cancelled: int
-
-
-def _wilson(successes: int, trials: int) -> tuple[float, float]:
-    if not trials:
-        return math.nan, math.nan
-    p, n = successes / trials, trials
-    centre = (p + _Z * _Z / (2 * n)) / (1 + _Z * _Z / n)
-    half = (_Z / (1 + _Z * _Z / n)) * math.sqrt(
-        p * (1 - p) / n + _Z * _Z / (4 * n * n)
-    )
-    return centre - half, centre + half
 
 
 def run_figures(
@@ -62,7 +51,8 @@ def run_figures(
         kept = mine[~cancelled][-recent:]
         known = kept["success"] >= 0
         ok = int((kept["success"] == 1).sum())
-        low, high = _wilson(ok, int(known.sum()))
+        bounds = wilson(np.array([ok]), np.array([int(known.sum())]))
+        low, high = float(bounds[0][0]), float(bounds[1][0])
         times = kept["execution_time_ms"]
         times = times[~np.isnan(times)]
         p50, p95 = (

@@ -26,7 +26,10 @@ class Sources(Protocol):
     params: dict[str, int]
     agent_rows: str
 
-    def of(self, table: str, select: str) -> str: ...
+    def of(self, table: str, select: str) -> str:
+        """A subquery over the range: ``table``'s rollup rows for whole
+        hours, ``select`` over the raw rows for the partial ones."""
+        ...
 
 
 def _ratio(part: float, whole: float) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import pathlib
 import sqlite3
 import subprocess
@@ -331,8 +332,9 @@ class TestDrainer:
         writer.close()
 
 
-def test_spill_replayer_stores_once(tmp_path, ring_name):
-    """Spilled runs are committed once, even when replayed again."""
+def spilled(tmp_path, ring_name, count):
+    """``count`` agent runs in a spill lane (epoch 7, lane 1); return the
+    spill root and a store on a fresh database."""
     from livemon.spill import LaneSpill
 
     config = load_config({"ring": ring_name, "db": str(tmp_path / "db")})
@@ -345,10 +347,15 @@ def test_spill_replayer_stores_once(tmp_path, ring_name):
         rec.AGENT_RUN_DTYPE,
         min_free_bytes=0,
     )
-    for record in agent_runs(20):
+    for record in agent_runs(count):
         spill.put(record.tobytes())
     spill.close()
-    store = Store(config.db)
+    return root, Store(config.db)
+
+
+def test_spill_replayer_stores_once(tmp_path, ring_name):
+    """Spilled runs are committed once, even when replayed again."""
+    root, store = spilled(tmp_path, ring_name, 20)
     try:
         replayer = AgentSpillReplayer(root, ring_name, lambda: store)
         assert replayer.step(8) == 8
@@ -361,6 +368,21 @@ def test_spill_replayer_stores_once(tmp_path, ring_name):
         assert replayer.backlog()["records"] == 0
     finally:
         store.close()
+
+
+def test_spill_replay_failure_is_logged_once(tmp_path, ring_name, caplog):
+    """A store that keeps failing (here: a closed one) is retried at every
+    step and logged once, the runs kept in their files."""
+    root, store = spilled(tmp_path, ring_name, 5)
+    store.close()  # every query now raises sqlite3.ProgrammingError
+    replayer = AgentSpillReplayer(root, ring_name, lambda: store)
+    with caplog.at_level(logging.WARNING, "livemon.daemon"):
+        for _ in range(5):
+            assert replayer.step(100) == 0
+    said = [r for r in caplog.records if "spill replay failed" in r.message]
+    assert len(said) == 1
+    assert replayer.last_error is not None
+    assert replayer.backlog()["records"] == 5
 
 
 valid_runs = st.lists(

@@ -17,7 +17,7 @@ import ringbuf
 from livemon import Monitor, ipc
 from livemon import record as rec
 from livemon.config import load_config
-from livemon.coordinator import AgentResult, Coordinator, Result
+from livemon.coordinator import AgentResult, Coordinator, Intent, Result
 from livemon.exceptions import InvalidField
 from livemon.spill import SpillReader
 from tests.livemon.helpers import events_in, labels_in
@@ -188,6 +188,49 @@ class TestLogAgent:
         assert runs["outcome"].tolist() == [0, 2]
         assert (runs["request_id"] == decision.context.request_id).all()
 
+    @pytest.mark.parametrize(
+        "agents",
+        [
+            [{"name": "coder"}],
+            ["coder"],
+            5,
+            "coder",
+            [AgentResult("coder"), object()],
+        ],
+        ids=["dicts", "names", "int", "str", "mixed"],
+    )
+    def test_coordinator_complete_bad_agents(
+        self, monitor, strict, ring_name, agents
+    ):
+        """Anything but AgentResults in ``Result.agents`` is counted, the
+        request still recorded (strict: InvalidField), never raised."""
+        coordinator = Coordinator(monitor)
+        decision = coordinator.route("fix this python bug")
+        assert coordinator.complete(
+            decision, Result(("coder",), True, agents=agents)
+        )
+        assert monitor.counters.recorded == 1
+        assert monitor.counters.invalid >= 1
+        good = monitor.counters.agent_runs_recorded
+        assert good == (
+            1 if isinstance(agents, list) and len(agents) == 2 else 0
+        )
+        strict_coordinator = Coordinator(strict)
+        decision = strict_coordinator.route("fix this python bug")
+        with pytest.raises(InvalidField, match="agents"):
+            strict_coordinator.complete(
+                decision, Result(("coder",), True, agents=agents)
+            )
+
+    def test_coordinator_complete_agents_none(self, monitor):
+        """``agents=None`` means no runs: nothing counted."""
+        coordinator = Coordinator(monitor)
+        decision = coordinator.route("q")
+        assert coordinator.complete(
+            decision, Result(("x",), True, agents=None)
+        )
+        assert monitor.counters.invalid == 0
+
 
 def tiny(tmp_path: pathlib.Path, ring_name: str, **values: object):
     """A config with 8-record lanes, spilling under tmp_path."""
@@ -267,6 +310,33 @@ class TestRingLayout:
         assert monitor.counters.agent_runs_dropped == 0
 
 
+def test_forked_child_without_a_lane_counts_runs_unavailable(ring_name):
+    """More forked workers than lanes: a child whose agents writer finds
+    no lane loses its runs as unavailable (as events' lanes_exhausted),
+    not as dropped from a full lane, and says so once."""
+    config = load_config({"ring": ring_name, "lanes": 1})
+    with Monitor(config=config) as monitor:
+        fan_out(monitor)  # the parent holds the only lane of each ring
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                fan_out(monitor)
+                fan_out(monitor)
+                c = monitor.counters
+                said = (c.agent_runs_unavailable, c.agent_runs_dropped)
+                os.write(write, repr(said).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write)
+        answer = os.read(read, 64)
+        os.close(read)
+        assert os.waitpid(pid, 0)[1] == 0
+    assert answer == b"(4, 0)"
+
+
 def _child_runs(ring_name: str) -> None:
     with Monitor(ring_name) as monitor:
         fan_out(monitor)
@@ -338,3 +408,30 @@ def test_strict_unavailable_agents_ring(ring_name):
         with pytest.raises(MonitoringUnavailable, match="agents"):
             ctx.end()
         assert monitor.counters.recorded == 1  # the request went first
+
+
+@pytest.mark.parametrize(
+    ("used", "invalid"),
+    [(None, 0), (5, 1), (["coder", ["x"]], 1), (iter(["coder"]), 0)],
+    ids=["none", "int", "unhashable", "generator"],
+)
+def test_complete_takes_odd_agents_used(monitor, used, invalid):
+    """``Result.agents_used`` that is not a list of names is counted (a
+    generator is taken as its list); the request is still recorded."""
+    coordinator = Coordinator(monitor)
+    decision = coordinator.route("fix this python bug")
+    assert coordinator.complete(decision, Result(used, True))
+    assert monitor.counters.recorded == 1
+    assert monitor.counters.invalid == invalid
+
+
+def test_route_takes_a_classifier_without_domains(monitor):
+    """A custom classifier whose intent has domains=None: routed, recorded."""
+
+    class NoDomains:
+        def classify(self, query):
+            return Intent("code", None)  # type: ignore[arg-type]
+
+    coordinator = Coordinator(monitor, classifier=NoDomains())
+    decision = coordinator.route("q")
+    assert decision.context.end()
