@@ -23,7 +23,7 @@ from livemon import record as rec
 from livemon.agent_ring import AgentLane
 from livemon.config import Config, load_config
 from livemon.context import RequestContext
-from livemon.exceptions import MonitoringUnavailable
+from livemon.exceptions import InvalidField, MonitoringUnavailable
 from livemon.labels import LabelCache
 from livemon.sink import Counters, Sink
 from livemon.spill import SpillStatus
@@ -76,6 +76,7 @@ class Monitor:
     _rings: tuple[ringbuf.Ring, ringbuf.Ring] | None = None
     _closed = False
     _lanes_exhausted = False  # the last attempt found no free lane
+    _said: set[type[Exception]]  # causes already logged (_say_once)
     _spills: ProcessSpill | None = None  # None: config.spill is off
 
     def __init__(
@@ -88,6 +89,7 @@ class Monitor:
         self.config = config or load_config({"ring": ring})
         self.strict = strict
         self.counters = Counters()
+        self._said = set()
         self._label_cache = LabelCache(
             self._put_label, self.counters, _MAX_CACHED_LABELS
         )
@@ -149,7 +151,16 @@ class Monitor:
         return self._sink.pid
 
     def intern(self, text: str) -> int:
-        """Return the label id of ``text``, announcing it once per process."""
+        """Return the label id of ``text``, announcing it once per process.
+
+        Raises:
+            InvalidField: ``text`` is not a ``str`` (any mode: this is a
+                direct call, not a field of a request).
+        """
+        if not isinstance(text, str):
+            raise InvalidField(
+                "text", f"a label is a str, got {type(text).__name__}"
+            )
         return self._label_cache.intern(text)
 
     def close(self) -> None:
@@ -182,6 +193,7 @@ class Monitor:
             stored = events.put(packed)
             stale = not stored and events.stale
         except ringbuf.LanesExhausted as exc:  # a forked child found none
+            self._say_once(exc, str(exc))
             return self._lost("lanes_exhausted", str(exc), exc)
         except ringbuf.RingClosed:
             # Another thread closed the Monitor, or moved it to a new ring
@@ -358,7 +370,25 @@ class Monitor:
         self._lanes_exhausted = isinstance(exc, ringbuf.LanesExhausted)
         if self.strict:
             raise MonitoringUnavailable(f"{message}: {exc}") from exc
+        self._say_once(exc, message)
         self._retry_at = time.monotonic() + self.retry_interval_s
+
+    def _say_once(self, exc: Exception, message: str) -> None:
+        """Log why records are not reaching a ring, once per kind of cause
+        (the counters say how many; retries must not flood the log)."""
+        if type(exc) in self._said:
+            return
+        self._said.add(type(exc))
+        hint = (
+            ": raise 'lanes' and restart livemon-daemon"
+            if isinstance(exc, ringbuf.LanesExhausted)
+            else ""
+        )
+        logger.warning(
+            "%s: this process's requests are counted, not recorded%s",
+            message,
+            hint,
+        )
 
     def _check_geometry(
         self, rings: tuple[ringbuf.Ring, ringbuf.Ring]
@@ -392,6 +422,7 @@ class Monitor:
             return  # already renewed
         self._sink.renew_identity()
         self._label_cache.clear()
+        self._said = set()  # the child tells its own troubles
         # The parent's spills were abandoned in this process by their own
         # at-fork hooks; the child spills from its own lane, when needed,
         # with new locks (another thread of the parent may have held one).

@@ -223,6 +223,12 @@ UNKNOWN_COLUMNS = {
 class TestValidation:
     """Bad values: typed errors in strict mode, unknown and counted else."""
 
+    @pytest.mark.parametrize("text", [None, 7, b"coder", ["coder"]])
+    def test_intern_refuses_what_is_not_text(self, monitor, text):
+        """A direct call with a non-str is a typed error naming it."""
+        with pytest.raises(InvalidField, match="a label is a str"):
+            monitor.intern(text)
+
     @pytest.mark.parametrize(("method", "kwargs", "field"), BAD_CALLS)
     def test_strict_names_the_field(self, strict, method, kwargs, field):
         """Strict mode: a typed error naming the field, at the call."""
@@ -324,14 +330,19 @@ class TestFailuresNeverBreakRouting:
             with pytest.raises(MonitoringUnavailable, match="full"):
                 mon.request("q").end()
 
-    def test_no_free_lane_is_counted_not_raised(self, ring_name):
-        """A ring whose lanes are all taken: requests still complete."""
+    def test_no_free_lane_is_counted_not_raised(self, ring_name, caplog):
+        """A ring whose lanes are all taken: requests still complete, and
+        the log says why once, however often the lane is tried again."""
         config = load_config({"ring": ring_name, "lanes": 1})
         with Monitor(config=config) as first, Monitor(config=config) as second:
             assert first.available and not second.available
+            second.retry_interval_s = 0.0
             with second.request("q") as ctx:
                 ctx.log_routing(confidence=0.5)
-            assert second.counters.lanes_exhausted == 1
+            second.request("q").end()
+            told = [r for r in caplog.records if "raise 'lanes'" in r.message]
+            assert len(told) == 1
+            assert second.counters.lanes_exhausted == 2
             assert second.counters.unavailable == 0
             with pytest.raises(MonitoringUnavailable, match="lanes"):
                 Monitor(config=config, strict=True)
