@@ -12,7 +12,6 @@ import dataclasses
 import grp
 import os
 import pathlib
-import socket
 import tomllib
 import urllib.parse
 from collections.abc import Mapping
@@ -209,7 +208,7 @@ class Config:
 
     def _check_forwarding(self) -> None:
         if not self.host:
-            object.__setattr__(self, "host", socket.gethostname())
+            object.__setattr__(self, "host", os.uname().nodename)
         if len(self.host) > 255 or not self.host.isprintable():
             raise ConfigError(
                 "host must be printable and at most 255 characters"
