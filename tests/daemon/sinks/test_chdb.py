@@ -137,3 +137,28 @@ def test_the_report_runs_on_the_current_engine(engine, store):
     assert math.isnan(report.table("agents").column("mean_ms")[0])
     [row] = report.table("agent_runs").records()
     assert (row["agent"], row["runs"], row["merged"]) == ("coder", 5, 5)
+
+
+def test_the_ttl_keeps_freshly_shipped_rows_of_any_time(engine, store):
+    """Rows whose own time is long past (a migrated history, a clock
+    behind, a zero or damaged timestamp) or far ahead survive a merge
+    right after shipping: the TTL counts from when ClickHouse received
+    them, so the per-host reconciliation stays exact."""
+    add_agent_runs(store.db, 6)
+    rows = read_rows(store.db, "agent_runs", 0, 100)
+    day_ns = 86_400 * 10**9
+    now_ns = rows.columns["timestamp_ns"][0]
+    rows.columns["timestamp_ns"] = [
+        now_ns,
+        now_ns - 400 * day_ns,  # older than the 90 days
+        0,
+        -(2**63),
+        2**63 - 1,
+        now_ns + 3650 * day_ns,
+    ]
+    insert(engine, "agent_runs", rows, "h")
+    engine.query("OPTIMIZE TABLE livemon.agent_runs FINAL")
+    found = engine.query(
+        "SELECT count() FROM livemon.agent_runs FINAL", "CSV"
+    ).bytes()
+    assert found.decode().strip() == "6"
