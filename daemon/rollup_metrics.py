@@ -11,7 +11,9 @@ import math
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -19,6 +21,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.samples import Sample
 
 from livemon.db import rollup, schema
 
@@ -44,6 +47,7 @@ class RollupReader:
         self._read_at = -math.inf
         self._metrics: list[Metric] = []
         self._ok = False
+        self._monotonic = Monotonic()
 
     def metrics(self) -> Iterator[Metric]:
         """The cached metrics (re-read when older than ROLLUP_CACHE_S)."""
@@ -64,17 +68,85 @@ class RollupReader:
         try:
             with contextlib.closing(
                 sqlite3.connect(
-                    f"file:{self._path}?mode=ro",
+                    f"file:{urllib.parse.quote(self._path)}?mode=ro",
                     uri=True,
                     timeout=1.0,
                     check_same_thread=False,
                 )
             ) as db:
-                self._metrics = rollup_metrics(db)
+                self._metrics = self._monotonic.apply(rollup_metrics(db))
             self._ok = True
         except sqlite3.Error as exc:  # locked, missing: the last ones stay
             logger.debug("metrics: rollups not read: %s", exc)
             self._ok = False
+
+
+_Group = tuple[str, tuple[tuple[str, str], ...]]  # family, labels but le
+
+
+class Monotonic:
+    """Counters and histograms read from rollups, kept from falling.
+
+    Retention deletes old events and rebuilds their hours' rollups, and
+    the database can be replaced: the totals read then fall, and
+    Prometheus takes a fall for a reset (``rate`` and ``increase`` show
+    the whole total as new).  A series (a family's samples of one label
+    set, every ``le`` together, so a histogram stays consistent) moves
+    by what it gained since the last read; a read in which any of its
+    samples fell moves it by nothing (what that interval added is not
+    counted) and becomes the new base.  A series whose rows are all
+    gone keeps being shown at its value.
+    """
+
+    def __init__(self) -> None:
+        self._raw: dict[_Group, dict[Any, float]] = {}
+        self._shown: dict[_Group, dict[Any, Sample]] = {}
+
+    def apply(self, families: list[Metric]) -> list[Metric]:
+        """``families`` with their counter and histogram samples moved
+        to the values shown (in place; gauges as read)."""
+        for family in families:
+            if family.type not in ("counter", "histogram"):
+                continue
+            series: dict[_Group, list[Sample]] = {}
+            for sample in family.samples:
+                series.setdefault(_series(family.name, sample), []).append(
+                    sample
+                )
+            for group in self._shown:
+                if group[0] == family.name:
+                    series.setdefault(group, [])  # its rows are gone
+            family.samples = [
+                shown
+                for group, samples in series.items()
+                for shown in self._advance(group, samples)
+            ]
+        return families
+
+    def _advance(self, group: _Group, samples: list[Sample]) -> list[Sample]:
+        raw = {_identity(s): s.value for s in samples}
+        last_raw = self._raw.get(group, {})
+        shown = self._shown.setdefault(group, {})
+        fell = any(raw.get(key, 0.0) < v for key, v in last_raw.items())
+        for sample in samples:
+            key = _identity(sample)
+            before = shown.get(key)
+            if before is None:
+                shown[key] = sample
+            elif not fell:
+                gained = sample.value - last_raw.get(key, 0.0)
+                shown[key] = before._replace(value=before.value + gained)
+        self._raw[group] = raw
+        return list(shown.values())
+
+
+def _identity(sample: Sample) -> tuple[str, tuple[tuple[str, str], ...]]:
+    return sample.name, tuple(sorted(sample.labels.items()))
+
+
+def _series(family: str, sample: Sample) -> _Group:
+    labels = sorted((k, v) for k, v in sample.labels.items() if k != "le")
+    return family, tuple(labels)
 
 
 def rollup_metrics(db: sqlite3.Connection) -> list[Metric]:

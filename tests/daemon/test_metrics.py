@@ -325,3 +325,62 @@ class TestRefusals:
                 )
             )
             assert daemon.stop() == 0
+
+
+def counter_samples(reader) -> dict[tuple, float]:
+    """Every counter and histogram sample a RollupReader yields."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in reader.metrics()
+        if family.type in ("counter", "histogram")
+        for s in family.samples
+    }
+
+
+class TestRollupCounters:
+    @pytest.fixture
+    def reader(self, tmp_path, monkeypatch):
+        """A reader of migrated rollups, reading them on every scrape."""
+        legacy, db_path = tmp_path / "agent_performance.db", tmp_path / "u.db"
+        fx.performance_db(legacy, good=50)
+        migrate(str(db_path), [str(legacy)])
+        monkeypatch.setattr(rollup_metrics, "ROLLUP_CACHE_S", 0.0)
+        return rollup_metrics.RollupReader(str(db_path)), db_path
+
+    def test_never_fall_when_retention_removes_hours(self, reader):
+        """Retention archives old events and rebuilds their hours'
+        rollups (empty): the counters must not fall (Prometheus reads a
+        fall as a reset and shows the whole total as a spike); what is
+        recorded afterwards still adds."""
+        reader, db_path = reader
+        before = counter_samples(reader)
+        with contextlib.closing(sqlite3.connect(db_path)) as db, db:
+            for table in ("rollup", "rollup_latency"):  # all but the last
+                db.execute(
+                    f"DELETE FROM {table} WHERE hour < "
+                    f"(SELECT max(hour) FROM {table})"
+                )
+        after = counter_samples(reader)
+        assert after  # the series stay, at their values
+        assert all(after[k] >= before[k] for k in after if k in before)
+        assert after == {k: v for k, v in before.items() if k in after}
+        with contextlib.closing(sqlite3.connect(db_path)) as db, db:
+            db.execute(
+                "INSERT INTO rollup_latency SELECT max(hour), 0, 3, 7 "
+                "FROM rollup_latency WHERE true ON CONFLICT DO UPDATE "
+                "SET requests = requests + 7"
+            )
+        key = ("livemon_request_latency_seconds_count", ())
+        assert counter_samples(reader)[key] == before[key] + 7
+
+    def test_a_path_with_uri_characters(self, tmp_path):
+        """A database path holding '#', '?' or '%' is read (a URI
+        without quoting opened another file: never readable)."""
+        folder = tmp_path / "a#b?c%41"
+        folder.mkdir()
+        legacy, db_path = tmp_path / "agent_performance.db", folder / "u.db"
+        fx.performance_db(legacy, good=5)
+        migrate(str(db_path), [str(legacy)])
+        reader = rollup_metrics.RollupReader(str(db_path))
+        got = {s.name: s.value for f in reader.metrics() for s in f.samples}
+        assert got["livemon_rollups_readable"] == 1
