@@ -27,6 +27,11 @@ from livemon.db import rollup, schema
 
 logger = logging.getLogger("livemon.daemon")
 
+MAX_AGENTS = 100
+"""Agents with series of their own (the most requested; the rest are
+summed under ``agent="(other agents)"``): ~20 series each."""
+OTHER_AGENTS = "(other agents)"
+Agent = int | str  # a label id, or OTHER_AGENTS
 ROLLUP_CACHE_S = 15.0
 """Rollups are read at most this often: a scrape is then a dict walk."""
 LATENCY_BOUNDS_S = (
@@ -160,12 +165,14 @@ def rollup_metrics(db: sqlite3.Connection) -> list[Metric]:
     sums = dict(
         db.execute("SELECT agent, total(time_ms_sum) FROM rollup GROUP BY 1")
     )
-    buckets: dict[int, list[tuple[int, int]]] = {}
+    buckets: dict[Agent, list[tuple[int, int]]] = {}
     for agent, bucket, n in db.execute(
         "SELECT agent, bucket, sum(requests) FROM rollup_latency "
         "GROUP BY agent, bucket"
     ):
         buckets.setdefault(agent, []).append((bucket, n))
+    counts = _bounded(counts, sums, buckets)
+    names[OTHER_AGENTS] = OTHER_AGENTS
     out: list[Metric] = []
     for scope, label in (("request", []), ("agent", ["agent"])):
         requests = CounterMetricFamily(
@@ -198,9 +205,33 @@ def rollup_metrics(db: sqlite3.Connection) -> list[Metric]:
     return out
 
 
-def _name(names: Mapping[int, str], agent: int) -> str:
+def _bounded(
+    counts: list[tuple[Agent, float, float]],
+    sums: dict[Agent, float],
+    buckets: dict[Agent, list[tuple[int, int]]],
+) -> list[tuple[Agent, float, float]]:
+    """``counts`` with at most ``MAX_AGENTS`` agents: the most requested,
+    and the rest summed as ``OTHER_AGENTS`` (into ``sums`` and
+    ``buckets`` too), so agent names made per request (an id in the
+    name) cannot grow a scrape without bound."""
+    every = [c for c in counts if c[0] == rollup.EVERY_REQUEST]
+    agents = sorted(
+        (c for c in counts if c[0] != rollup.EVERY_REQUEST),
+        key=lambda c: (-c[1], c[0]),
+    )
+    if len(agents) <= MAX_AGENTS:
+        return counts
+    kept, rest = agents[: MAX_AGENTS - 1], agents[MAX_AGENTS - 1 :]
+    other = OTHER_AGENTS
+    sums[other] = sum(sums.pop(a, 0.0) for a, _, _ in rest)
+    buckets[other] = [b for a, _, _ in rest for b in buckets.pop(a, [])]
+    merged = (other, sum(c[1] for c in rest), sum(c[2] for c in rest))
+    return [*every, *kept, merged]
+
+
+def _name(names: Mapping[Agent, str], agent: Agent) -> str:
     text = names.get(agent)
-    return schema.unknown_text(agent) if text is None else text
+    return schema.unknown_text(int(agent)) if text is None else text
 
 
 def _cumulative(buckets: list[tuple[int, int]]) -> list[tuple[str, float]]:

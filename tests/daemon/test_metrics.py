@@ -17,6 +17,7 @@ import sys
 import urllib.request
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon import metrics, rollup_metrics
@@ -384,3 +385,66 @@ class TestRollupCounters:
         reader = rollup_metrics.RollupReader(str(db_path))
         got = {s.name: s.value for f in reader.metrics() for s in f.samples}
         assert got["livemon_rollups_readable"] == 1
+
+
+def rollups_of(names: list[str]) -> sqlite3.Connection:
+    """The rollup tables' columns the metrics read, agent i (from 1)
+    with i requests, i - 1 of them failed, each in latency bucket 10."""
+    db = sqlite3.connect(":memory:")
+    db.executescript(
+        "CREATE TABLE labels (label_id INTEGER, text TEXT);"
+        "CREATE TABLE rollup (hour, agent, category, requests, known, "
+        "successes, time_ms_sum);"
+        "CREATE TABLE rollup_latency (hour, agent, bucket, requests);"
+    )
+    total = len(names) * (len(names) + 1) // 2
+    db.execute("INSERT INTO rollup VALUES (1, 0, 0, ?, ?, 0, 0)", (total,) * 2)
+    for i, name in enumerate(names, 1):
+        db.execute("INSERT INTO labels VALUES (?, ?)", (i, name))
+        db.execute("INSERT INTO rollup VALUES (1, ?, 0, ?, ?, 1, ?)", (i,) * 4)
+        db.execute("INSERT INTO rollup_latency VALUES (1, ?, 10, ?)", (i, i))
+    return db
+
+
+def exposition(families) -> str:
+    """The text a scrape of ``families`` returns."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(type("C", (), {"collect": lambda self: families})())
+    return generate_latest(registry).decode()
+
+
+class TestAgentSeries:
+    def test_names_any_text_round_trip(self):
+        """Quotes, newlines, backslashes, braces and non-ASCII in agent
+        names come back intact through the official parser."""
+        odd = ['a"b', "c\nd", "back\\slash", "x}y{", "caf\u00e9 \U0001f642"]
+        text = exposition(rollup_metrics.rollup_metrics(rollups_of(odd)))
+        found = samples(text)
+        for name in odd:
+            key = ("livemon_agent_requests_total", (("agent", name),))
+            assert key in found
+
+    def test_bounded_with_the_rest_summed(self):
+        """A name per request (thousands of agents): at most MAX_AGENTS
+        agent series, the most requested kept, the rest summed as
+        OTHER_AGENTS, every total still equal to the rollups'."""
+        count = 3 * rollup_metrics.MAX_AGENTS
+        db = rollups_of([f"agent-{i}" for i in range(1, count + 1)])
+        found = samples(exposition(rollup_metrics.rollup_metrics(db)))
+        requests = {
+            dict(labels)["agent"]: value
+            for (name, labels), value in found.items()
+            if name == "livemon_agent_requests_total"
+        }
+        assert len(requests) == rollup_metrics.MAX_AGENTS
+        assert requests[f"agent-{count}"] == count  # the most requested
+        assert sum(requests.values()) == count * (count + 1) // 2
+        other = (("agent", rollup_metrics.OTHER_AGENTS),)
+        kept = rollup_metrics.MAX_AGENTS - 1
+        rest = (count - kept) * (count - kept + 1) // 2
+        assert requests[rollup_metrics.OTHER_AGENTS] == rest
+        inf = (*other, ("le", "+Inf"))
+        assert found[("livemon_agent_latency_seconds_bucket", inf)] == rest
+        assert found[("livemon_agent_failures_total", other)] == rest - (
+            count - kept
+        )
