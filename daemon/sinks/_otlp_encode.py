@@ -118,7 +118,10 @@ def _times(row: Mapping[str, Any]) -> tuple[str, str]:
     ms = row.get("execution_time_ms")
     end = start
     if isinstance(ms, int | float) and math.isfinite(ms) and ms >= 0:
-        end = min(start + round(ms * 1e6), _MAX_NS)
+        # In floats first: a huge duration's nanoseconds overflow to inf.
+        end = (
+            _MAX_NS if ms * 1e6 >= _MAX_NS - start else start + round(ms * 1e6)
+        )
     return str(start), str(end)
 
 
@@ -127,7 +130,11 @@ def _flag(value: Any) -> bool | None:
 
 
 def _count(value: Any) -> int | None:
-    return None if value is None or value < 0 else int(value)
+    if value is None or value < 0:
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # a damaged record: no count rather than an error
+    return int(value)
 
 
 def _failure(row: Mapping[str, Any], attrs: dict[str, Any]) -> Any:
