@@ -16,8 +16,10 @@ import functools
 import hashlib
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from daemon.outbox import row_dicts
 
 SEMCONV_VERSION = "1.41.0"
 """The semantic-conventions release followed (GenAI: "Development"); v1.41.0
@@ -95,13 +97,6 @@ def attributes(pairs: Mapping[str, Any]) -> list[dict[str, Any]]:
             if value is not None:
                 out.append({"key": key, "value": value})
     return out
-
-
-def _rows(columns: Mapping[str, Sequence[Any]]) -> Iterator[dict[str, Any]]:
-    """Each row of a column batch as a dict (a missing column reads None)."""
-    count = len(next(iter(columns.values()), ()))
-    for i in range(count):
-        yield {name: values[i] for name, values in columns.items()}
 
 
 _MAX_NS = 2**63 - 1
@@ -195,7 +190,7 @@ def request_spans(
     schema) and records with no request id: neither is a request trace.
     """
     spans, skipped = [], 0
-    for row in _rows(columns):
+    for row in row_dicts(columns):
         request_id = row.get("request_id")
         if row.get("event_type") != "request" or not request_id:
             skipped += 1
@@ -230,7 +225,7 @@ def agent_spans(
     could be) has no trace to join and is left out.
     """
     spans, skipped = [], 0
-    for row in _rows(columns):
+    for row in row_dicts(columns):
         request_id = row.get("request_id")
         if not request_id:
             skipped += 1
