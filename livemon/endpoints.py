@@ -52,7 +52,7 @@ class Endpoint:
             port = -1
         credentials = parts.username is not None or parts.password is not None
         if port == -1 or credentials or parts.fragment:
-            shown = "" if secret_path else f" {url!r}"
+            shown = "" if secret_path else f" {hide_password(url)!r}"
             raise ValueError(
                 f"{what}{shown} is not an http:// or https:// URL with a "
                 "host (no user name or password, no fragment), e.g. "

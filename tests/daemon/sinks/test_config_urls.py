@@ -37,6 +37,14 @@ class TestRefusedAtConfig:
         with pytest.raises(ConfigError, match=key):
             Config(db=str(tmp_path / "x.db"), **{key: value})
 
+    def test_a_refused_password_is_not_shown(self, tmp_path):
+        """An OTLP URL refused for holding a password does not print it."""
+        with pytest.raises(ConfigError) as caught:
+            Config(
+                db=str(tmp_path / "x.db"), otlp_endpoint="http://u:hunter2@h"
+            )
+        assert "hunter2" not in str(caught.value)
+
     def test_good_values(self, tmp_path):
         """What the README shows is taken."""
         config = Config(
