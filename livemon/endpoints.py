@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import urllib.parse
 
 from livemon.exceptions import ConfigError
@@ -20,6 +21,7 @@ REMOTE_PREFIX = "remote:"
 # '?' and an existing '%' escape); anything else is percent-encoded once.
 _PATH_SAFE = "/%!$&'()*+,;=:@-._~"
 _QUERY_SAFE = _PATH_SAFE + "?"
+_PASSWORD = re.compile(r"(//[^/?#@:]*):.*@")  # to the last @: over, not under
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,10 +116,6 @@ def _is_loopback(host: str) -> bool:
 
 
 def hide_password(url: str) -> str:
-    """``url`` with its password (if any) as ``***``, for messages."""
-    parts = urllib.parse.urlsplit(url)
-    user, at, host = parts.netloc.rpartition("@")
-    if not at or ":" not in user:
-        return url
-    netloc = user.partition(":")[0] + ":***@" + host
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    """``url`` with its password (if any) as ``***``, for messages; by
+    pattern, so a URL too broken to parse is masked too."""
+    return _PASSWORD.sub(r"\1:***@", url)

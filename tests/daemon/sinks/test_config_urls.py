@@ -60,6 +60,7 @@ class TestRefusedAtConfig:
         [
             "clickhouse://u:hunter2@h:9000/no-such-db",
             "clickhouse://u:hunter2@h:99999/db",
+            "clickhouse://u:hunter2/x@h:9000/db",  # a '/' not encoded
         ],
     )
     def test_clickhouse_password_not_shown(self, tmp_path, url):
