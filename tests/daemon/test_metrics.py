@@ -423,6 +423,17 @@ class TestAgentSeries:
         for name in odd:
             key = ("livemon_agent_requests_total", (("agent", name),))
             assert key in found
+        promtool = shutil.which("promtool")
+        if promtool is not None:  # CI has it (.ci/run)
+            linted = subprocess.run(
+                [promtool, "check", "metrics"],
+                input=text,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert linted.returncode == 0, linted.stdout + linted.stderr
 
     def test_bounded_with_the_rest_summed(self):
         """A name per request (thousands of agents): at most MAX_AGENTS
