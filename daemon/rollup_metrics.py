@@ -100,7 +100,8 @@ class Monotonic:
     by what it gained since the last read; a read in which any of its
     samples fell moves it by nothing (what that interval added is not
     counted) and becomes the new base.  A series whose rows are all
-    gone keeps being shown at its value.
+    gone is not shown (summed under ``OTHER_AGENTS``, or archived); its
+    value is kept, so it goes on from there if it comes back.
     """
 
     def __init__(self) -> None:
@@ -118,9 +119,6 @@ class Monotonic:
                 series.setdefault(_series(family.name, sample), []).append(
                     sample
                 )
-            for group in self._shown:
-                if group[0] == family.name:
-                    series.setdefault(group, [])  # its rows are gone
             family.samples = [
                 shown
                 for group, samples in series.items()
