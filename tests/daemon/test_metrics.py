@@ -127,6 +127,25 @@ class TestCollector:
         assert [k for k in got if k[0] == "livemon_build_info"]
 
 
+def promtool_check(text: str) -> None:
+    """``promtool check metrics`` (Prometheus's own linter) passes
+    ``text``; skipped where promtool is missing, except in CI."""
+    promtool = shutil.which("promtool")
+    if promtool is None and not os.environ.get("CI"):
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    assert promtool, "CI installs promtool (.ci/run)"
+    lint = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    assert lint.stdout.strip() == "", lint.stdout
+
+
 def scrape(url: str) -> str:
     """GET the metrics page."""
     with urllib.request.urlopen(url, timeout=10) as answer:
@@ -230,21 +249,8 @@ class TestServedByTheDaemon:
 
     def test_promtool_finds_nothing_to_lint(self, served):
         """``promtool check metrics`` (Prometheus's own linter) passes."""
-        promtool = shutil.which("promtool")
-        if promtool is None and not os.environ.get("CI"):
-            pytest.skip("promtool not installed (apt-get install prometheus)")
-        assert promtool, "CI installs promtool (.ci/run)"
         _, _, text = served
-        lint = subprocess.run(
-            [promtool, "check", "metrics"],
-            input=text,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert lint.returncode == 0, lint.stdout + lint.stderr
-        assert lint.stdout.strip() == "", lint.stdout
+        promtool_check(text)
 
     def test_scraped_again_counters_never_fall(self, served):
         """A second scrape: every counter is at least what it was."""
@@ -423,17 +429,7 @@ class TestAgentSeries:
         for name in odd:
             key = ("livemon_agent_requests_total", (("agent", name),))
             assert key in found
-        promtool = shutil.which("promtool")
-        if promtool is not None:  # CI has it (.ci/run)
-            linted = subprocess.run(
-                [promtool, "check", "metrics"],
-                input=text,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
-            assert linted.returncode == 0, linted.stdout + linted.stderr
+        promtool_check(text)
 
     def test_bounded_with_the_rest_summed(self):
         """A name per request (thousands of agents): at most MAX_AGENTS
