@@ -272,6 +272,14 @@ class Forwarder:
             return 0
         # The next batch is read while this one ships (a failure drops it).
         self._next[source] = (rows.last_id, self._read(source, rows.last_id))
+        # The lag measured may predate these rows, and a ship can last
+        # until its timeout: status shows them behind meanwhile.
+        with self._lock:
+            progress.lag_rows = max(progress.lag_rows, len(rows))
+            first_ns = rows.columns.get("timestamp_ns", [None])[0]
+            if first_ns is not None:
+                age_s = max(time.time() - first_ns / 1e9, 0.0)
+                progress.lag_s = max(progress.lag_s, age_s)
         self.destination.ship(source, rows)
         # Only now: a batch the destination did not take is read again.
         with self._lock:

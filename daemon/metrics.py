@@ -7,7 +7,6 @@ hourly rollups, read at scrape time and served by prometheus_client on
 from __future__ import annotations
 
 import importlib.metadata
-import ipaddress
 import logging
 import platform
 import threading
@@ -31,60 +30,15 @@ from prometheus_client.core import (
 
 from daemon.rollup_metrics import RollupReader
 from livemon.config import Config
-from livemon.exceptions import ConfigError
+from livemon.endpoints import parse_address
 
 logger = logging.getLogger("livemon.daemon")
 
-REMOTE_PREFIX = "remote:"
-"""Written before ``metrics_address`` to serve beyond loopback on purpose."""
 STALE_AFTER_S = 10.0
 """Figures older than this (the loop publishes every second): not up."""
 DROP_REASONS = ("ring_full", "spill_cap", "disk_full", "io_error")
 
 Figures = Callable[[], Mapping[str, Any] | None]
-
-
-def parse_address(text: str) -> tuple[str, int] | None:
-    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) to bind; None when empty.
-
-    Raises:
-        ConfigError: not HOST:PORT, or a host that is not loopback
-            without the ``remote:`` prefix; the message says what to do.
-    """
-    remote = text.startswith(REMOTE_PREFIX)
-    spec = text.removeprefix(REMOTE_PREFIX).strip()
-    if not spec:
-        if remote:
-            raise ConfigError("metrics_address 'remote:' names no address")
-        return None
-    host, colon, port_text = spec.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not colon or not host or not port_text.isdigit():
-        raise ConfigError(
-            f"metrics_address {text!r} is not HOST:PORT: write e.g. "
-            "127.0.0.1:9464 or [::1]:9464"
-        )
-    port = int(port_text)
-    if port > 65535:
-        raise ConfigError(f"metrics_address {text!r}: port above 65535")
-    if not remote and not _is_loopback(host):
-        raise ConfigError(
-            f"metrics_address {text!r} is not a loopback address, and the "
-            "metrics name agents and errors to whoever can connect: bind "
-            "127.0.0.1 (reach it through a proxy or an SSH tunnel), or "
-            f"write {REMOTE_PREFIX}{spec} to serve beyond this machine "
-            "on purpose"
-        )
-    return host, port
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name: it could resolve to anything
 
 
 class DaemonCollector:

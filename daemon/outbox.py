@@ -10,7 +10,7 @@ import dataclasses
 import os
 import sqlite3
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -34,6 +34,15 @@ class Rows:
 
     def __len__(self) -> int:
         return len(self.columns["id"]) if "id" in self.columns else 0
+
+
+def row_dicts(
+    columns: Mapping[str, Sequence[Any]],
+) -> Iterator[dict[str, Any]]:
+    """Each row of a column batch (``Rows.columns``) as a dict."""
+    count = len(next(iter(columns.values()), ()))
+    for i in range(count):
+        yield {name: values[i] for name, values in columns.items()}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
+from livemon.endpoints import Endpoint, hide_password, parse_address
 from livemon.exceptions import ConfigError
 from ringbuf import (
     MAX_CAPACITY_RECORDS,
@@ -215,7 +216,8 @@ class Config:
             )
         if self.clickhouse_url and not _is_clickhouse_url(self.clickhouse_url):
             raise ConfigError(
-                f"clickhouse_url {self.clickhouse_url!r} is not a ClickHouse "
+                f"clickhouse_url {hide_password(self.clickhouse_url)!r} is "
+                "not a ClickHouse "
                 "URL: write clickhouse://[USER:PASSWORD@]HOST[:9000]/DATABASE "
                 "(clickhouses:// for TLS; the database name of letters, "
                 "digits and _)"
@@ -229,6 +231,12 @@ class Config:
                     f"{name} {url!r} must be an http:// or https:// URL, "
                     "e.g. http://127.0.0.1:4318 (empty: off)"
                 )
+            try:  # what the sink would refuse in the detached daemon
+                if url:
+                    Endpoint.parse(url, name, name == "alert_webhook_url")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        parse_address(self.metrics_address)
         formats = ("auto", "slack", "alertmanager", "json")
         if self.alert_webhook_format not in formats:
             raise ConfigError(f"alert_webhook_format must be one of {formats}")

@@ -121,11 +121,13 @@ def for_terminal(
 
 
 def _columns(stream: TextIO) -> int:
-    """The width of the terminal ``stream`` writes to (80 if unknown)."""
+    """The width of the terminal ``stream`` writes to (80 if unknown:
+    also when it says 0, as a pty whose size was never set does)."""
     try:
-        return os.get_terminal_size(stream.fileno()).columns
+        columns = os.get_terminal_size(stream.fileno()).columns
     except (AttributeError, ValueError, OSError):
-        return shutil.get_terminal_size((80, 24)).columns
+        columns = 0
+    return columns if columns > 0 else shutil.get_terminal_size((80, 24))[0]
 
 
 def _duration(seconds: float) -> str:

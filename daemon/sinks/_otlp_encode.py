@@ -16,8 +16,10 @@ import functools
 import hashlib
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from daemon.outbox import row_dicts
 
 SEMCONV_VERSION = "1.41.0"
 """The semantic-conventions release followed (GenAI: "Development"); v1.41.0
@@ -97,13 +99,6 @@ def attributes(pairs: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _rows(columns: Mapping[str, Sequence[Any]]) -> Iterator[dict[str, Any]]:
-    """Each row of a column batch as a dict (a missing column reads None)."""
-    count = len(next(iter(columns.values()), ()))
-    for i in range(count):
-        yield {name: values[i] for name, values in columns.items()}
-
-
 _MAX_NS = 2**63 - 1
 
 
@@ -118,7 +113,10 @@ def _times(row: Mapping[str, Any]) -> tuple[str, str]:
     ms = row.get("execution_time_ms")
     end = start
     if isinstance(ms, int | float) and math.isfinite(ms) and ms >= 0:
-        end = min(start + round(ms * 1e6), _MAX_NS)
+        # In floats first: a huge duration's nanoseconds overflow to inf.
+        end = (
+            _MAX_NS if ms * 1e6 >= _MAX_NS - start else start + round(ms * 1e6)
+        )
     return str(start), str(end)
 
 
@@ -127,7 +125,11 @@ def _flag(value: Any) -> bool | None:
 
 
 def _count(value: Any) -> int | None:
-    return None if value is None or value < 0 else int(value)
+    if value is None or value < 0:
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # a damaged record: no count rather than an error
+    return int(value)
 
 
 def _failure(row: Mapping[str, Any], attrs: dict[str, Any]) -> Any:
@@ -188,7 +190,7 @@ def request_spans(
     schema) and records with no request id: neither is a request trace.
     """
     spans, skipped = [], 0
-    for row in _rows(columns):
+    for row in row_dicts(columns):
         request_id = row.get("request_id")
         if row.get("event_type") != "request" or not request_id:
             skipped += 1
@@ -223,7 +225,7 @@ def agent_spans(
     could be) has no trace to join and is left out.
     """
     spans, skipped = [], 0
-    for row in _rows(columns):
+    for row in row_dicts(columns):
         request_id = row.get("request_id")
         if not request_id:
             skipped += 1

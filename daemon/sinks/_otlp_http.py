@@ -10,62 +10,18 @@ import dataclasses
 import email.utils
 import http.client
 import time
-import urllib.parse
 from collections.abc import Mapping
 
 from daemon.forward import DestinationError
+from livemon.endpoints import Endpoint
+
+__all__ = ["Answer", "Endpoint", "parse_retry_after", "post"]
 
 RETRYABLE_STATUSES = frozenset({408, 429, 502, 503, 504})
 """Statuses a later try may cure (OTLP/HTTP spec); any other 5xx is too."""
 MAX_RETRY_AFTER_S = 3600.0
 """A ``Retry-After`` beyond an hour is taken as an hour."""
 MAX_BODY_BYTES = 64 * 2**10  # of an answer: enough for any error message
-
-
-@dataclasses.dataclass(frozen=True)
-class Endpoint:
-    """A parsed ``http(s)://host[:port]/path`` to POST to."""
-
-    scheme: str
-    host: str
-    port: int | None
-    path: str
-    secret_path: bool = False
-    """Show the path as ``/...`` in messages (a Slack webhook's path is
-    its credential: it must not reach logs or the status file)."""
-
-    @classmethod
-    def parse(cls, url: str, what: str, secret_path: bool = False) -> Endpoint:
-        """Parse and check ``url``.
-
-        Raises:
-            ValueError: not an http(s) URL with a host; the message names
-                ``what`` (the setting) and says what a valid one looks like.
-        """
-        parts = urllib.parse.urlsplit(url)
-        try:
-            port = parts.port
-        except ValueError:
-            port = -1
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            port = -1
-        if port == -1 or parts.username or parts.fragment:
-            shown = "" if secret_path else f" {url!r}"
-            raise ValueError(
-                f"{what}{shown} is not an http:// or https:// URL with a "
-                "host (no user name, no fragment), e.g. "
-                "http://127.0.0.1:4318"
-            )
-        path = parts.path or "/"
-        if parts.query:
-            path += "?" + parts.query
-        return cls(parts.scheme, parts.hostname or "", port, path, secret_path)
-
-    def __str__(self) -> str:
-        port = f":{self.port}" if self.port else ""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        path = "/..." if self.secret_path else self.path
-        return f"{self.scheme}://{host}{port}{path}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +70,12 @@ def post(
         location = response.getheader("Location")
     except (OSError, http.client.HTTPException) as exc:
         raise DestinationError(f"POST {endpoint}: {exc!r}") from exc
+    except UnicodeError as exc:  # a header http.client cannot encode
+        raise DestinationError(
+            f"POST {endpoint}: a header is not Latin-1 ({exc}): "
+            "percent-encode it in OTEL_EXPORTER_OTLP_HEADERS",
+            permanent=True,
+        ) from exc
     finally:
         connection.close()
     if 200 <= status < 300:

@@ -27,6 +27,8 @@ _PERMANENT_CODES = frozenset({8, 16, 47, 53, 164, 192, 193, 194, 497, 516})
 # Server errors that ask us to slow down: seconds to wait.
 _SLOW_DOWN_S = {202: 5.0, 241: 5.0, 252: 10.0}
 _LIST_CACHE_MAX = 100_000
+_BUCKET_NS = 28 * 86_400 * 10**9  # no longer than the shortest month
+_MAX_BUCKETS = 45  # of them per insert: at most 90 months (100 allowed)
 
 
 class ClickHouseDestination:
@@ -84,7 +86,10 @@ class ClickHouseDestination:
         errors = driver().errors
         try:
             client = self._connect()
-            client.execute(table.insert(self.database), data, columnar=True)
+            for block in _blocks(rows.columns["timestamp_ns"], data):
+                client.execute(
+                    table.insert(self.database), block, columnar=True
+                )
         except (errors.Error, OSError, EOFError) as exc:
             self.close()  # a fresh connection (and table check) next time
             raise _as_destination_error(exc) from exc
@@ -129,6 +134,34 @@ class ClickHouseDestination:
         for text in new:
             cache[text] = _parse_list(text)
         return list(map(cache.__getitem__, values))
+
+
+def _blocks(times_ns: list[int], data: list[list[Any]]) -> list[list[Any]]:
+    """``data`` (columns) as inserts of at most ~90 months each.
+
+    A server refuses an insert touching more than 100 monthly partitions
+    (``max_partitions_per_insert_block``), the same batch on every retry:
+    a batch whose times span more (a migrated history, damaged times)
+    goes in groups of at most ``_MAX_BUCKETS`` 28-day buckets, each of
+    which overlaps at most two calendar months.
+    """
+    if max(times_ns) - min(times_ns) < (_MAX_BUCKETS - 1) * _BUCKET_NS:
+        return [data]  # the usual batch: one insert
+    rows_of: dict[int, list[int]] = {}
+    for n, time_ns in enumerate(times_ns):
+        rows_of.setdefault(time_ns // _BUCKET_NS, []).append(n)
+    buckets = sorted(rows_of)
+    groups = [
+        [
+            n
+            for bucket in buckets[i : i + _MAX_BUCKETS]
+            for n in rows_of[bucket]
+        ]
+        for i in range(0, len(buckets), _MAX_BUCKETS)
+    ]
+    return [
+        [[column[n] for n in group] for column in data] for group in groups
+    ]
 
 
 def _parse_list(text: str | None) -> list[str]:

@@ -1,6 +1,7 @@
 """
 The ClickHouse tables the sink creates: modern DDL (LowCardinality,
-DateTime64, a 90-day TTL) and a variant for servers before 20.1.
+DateTime64, a TTL of 90 days after arrival) and a variant for servers
+before 20.1.
 
 Both are ReplacingMergeTree tables ordered by (host, epoch, lane, seq):
 a batch shipped twice collapses to one row, so ``FINAL`` (or a query
@@ -90,13 +91,17 @@ class Table:
                 "timestamp DateTime64(9, 'UTC') "
                 "DEFAULT fromUnixTimestamp64Nano(timestamp_ns)"
             )
-            tail = f"TTL toDateTime(timestamp) + INTERVAL {TTL_DAYS} DAY "
+            # From arrival, not the row's own time: a history shipped
+            # late, a clock behind or a damaged time would else be
+            # deleted at the next merge, under the reconciliation.
+            tail = f"TTL received + INTERVAL {TTL_DAYS} DAY "
         else:
             lines.append(
                 "timestamp DateTime DEFAULT "
                 "toDateTime(intDiv(timestamp_ns, 1000000000))"
             )
             tail = ""
+        lines.append("received DateTime DEFAULT now()")
         body = ",\n    ".join(lines)
         return (
             f"CREATE TABLE IF NOT EXISTS `{database}`.`{self.name}` (\n"

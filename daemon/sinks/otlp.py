@@ -28,6 +28,9 @@ DEFAULT_TIMEOUT_S = 10.0
 MAX_SPANS_PER_POST = 512
 """Spans in one request: the OTel SDK's batch (~450 KB of JSON), far
 below a collector's default 20 MiB body limit."""
+MAX_POST_BYTES = 4 * 2**20
+"""A body above this goes in halves: a collector's default limit is
+20 MiB, others take less; 512 spans of long texts can reach 40 MiB."""
 _ENCODERS = {"events": encode.request_spans, "agent_runs": encode.agent_spans}
 HEADERS_ENV = (
     "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
@@ -185,6 +188,13 @@ class OtlpDestination:
 
     def _post(self, spans: list[dict[str, Any]]) -> None:
         body = encode.export_request(self.host, self.version, spans)
+        if len(body) > MAX_POST_BYTES and len(spans) > 1:
+            # Long texts (4 KiB each, escaped): in halves, or a collector
+            # refuses the body (413) on every retry, for ever.
+            half = len(spans) // 2
+            self._post(spans[:half])
+            self._post(spans[half:])
+            return
         answer = post(
             self.endpoint,
             body,

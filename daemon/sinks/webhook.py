@@ -12,10 +12,11 @@ import json
 import math
 import threading
 import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from daemon.forward import DestinationError, Rows
+from daemon.outbox import row_dicts
 from daemon.sinks._otlp_http import Endpoint, post
 from livemon import __version__
 from livemon.config import Config
@@ -185,12 +186,6 @@ def payload(fmt: str, host: str, source: str, row: Mapping[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
 
 
-def _rows(columns: Mapping[str, Sequence[Any]]) -> Iterator[dict[str, Any]]:
-    count = len(next(iter(columns.values()), ()))
-    for i in range(count):
-        yield {name: values[i] for name, values in columns.items()}
-
-
 def from_config(config: Config, host: str) -> WebhookDestination:
     """The destination ``alert_webhook_url`` asks for.
 
@@ -279,7 +274,7 @@ class WebhookDestination:
                 i for i in self._taken[source] if i >= ids[0]
             }
         taken = self._taken[source]
-        for row in _rows(rows.columns):
+        for row in row_dicts(rows.columns):
             if row["id"] in taken:
                 continue
             self._post(source, row)

@@ -14,6 +14,7 @@ import urllib.parse
 from typing import Any
 
 from livemon.db.reading import TimeRange, format_ns
+from livemon.endpoints import hide_password
 from livemon.exceptions import DatabaseUnavailable, UnknownName
 from livemon.views.report import HOURS_PER, NS_PER_HOUR, Report, Table
 
@@ -75,7 +76,7 @@ def parse_url(url: str) -> dict[str, Any]:
         or not _IDENTIFIER.fullmatch(database)
     ):
         raise BadClickHouseUrl(
-            f"{url!r} is not a ClickHouse URL: write "
+            f"{hide_password(url)!r} is not a ClickHouse URL: write "
             "clickhouse://[USER:PASSWORD@]HOST[:9000]/DATABASE "
             "(clickhouses:// for TLS; a database name of letters, digits, _)"
         )

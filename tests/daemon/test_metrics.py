@@ -17,6 +17,7 @@ import sys
 import urllib.request
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon import metrics, rollup_metrics
@@ -126,6 +127,25 @@ class TestCollector:
         assert [k for k in got if k[0] == "livemon_build_info"]
 
 
+def promtool_check(text: str) -> None:
+    """``promtool check metrics`` (Prometheus's own linter) passes
+    ``text``; skipped where promtool is missing, except in CI."""
+    promtool = shutil.which("promtool")
+    if promtool is None and not os.environ.get("CI"):
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    assert promtool, "CI installs promtool (.ci/run)"
+    lint = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    assert lint.stdout.strip() == "", lint.stdout
+
+
 def scrape(url: str) -> str:
     """GET the metrics page."""
     with urllib.request.urlopen(url, timeout=10) as answer:
@@ -229,21 +249,8 @@ class TestServedByTheDaemon:
 
     def test_promtool_finds_nothing_to_lint(self, served):
         """``promtool check metrics`` (Prometheus's own linter) passes."""
-        promtool = shutil.which("promtool")
-        if promtool is None and not os.environ.get("CI"):
-            pytest.skip("promtool not installed (apt-get install prometheus)")
-        assert promtool, "CI installs promtool (.ci/run)"
         _, _, text = served
-        lint = subprocess.run(
-            [promtool, "check", "metrics"],
-            input=text,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert lint.returncode == 0, lint.stdout + lint.stderr
-        assert lint.stdout.strip() == "", lint.stdout
+        promtool_check(text)
 
     def test_scraped_again_counters_never_fall(self, served):
         """A second scrape: every counter is at least what it was."""
@@ -325,3 +332,126 @@ class TestRefusals:
                 )
             )
             assert daemon.stop() == 0
+
+
+def counter_samples(reader) -> dict[tuple, float]:
+    """Every counter and histogram sample a RollupReader yields."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in reader.metrics()
+        if family.type in ("counter", "histogram")
+        for s in family.samples
+    }
+
+
+class TestRollupCounters:
+    @pytest.fixture
+    def reader(self, tmp_path, monkeypatch):
+        """A reader of migrated rollups, reading them on every scrape."""
+        legacy, db_path = tmp_path / "agent_performance.db", tmp_path / "u.db"
+        fx.performance_db(legacy, good=50)
+        migrate(str(db_path), [str(legacy)])
+        monkeypatch.setattr(rollup_metrics, "ROLLUP_CACHE_S", 0.0)
+        return rollup_metrics.RollupReader(str(db_path)), db_path
+
+    def test_never_fall_when_retention_removes_hours(self, reader):
+        """Retention archives old events and rebuilds their hours'
+        rollups (empty): the counters must not fall (Prometheus reads a
+        fall as a reset and shows the whole total as a spike); what is
+        recorded afterwards still adds."""
+        reader, db_path = reader
+        before = counter_samples(reader)
+        with contextlib.closing(sqlite3.connect(db_path)) as db, db:
+            for table in ("rollup", "rollup_latency"):  # all but the last
+                db.execute(
+                    f"DELETE FROM {table} WHERE hour < "
+                    f"(SELECT max(hour) FROM {table})"
+                )
+        after = counter_samples(reader)
+        assert after  # the series stay, at their values
+        assert all(after[k] >= before[k] for k in after if k in before)
+        assert after == {k: v for k, v in before.items() if k in after}
+        with contextlib.closing(sqlite3.connect(db_path)) as db, db:
+            db.execute(
+                "INSERT INTO rollup_latency SELECT max(hour), 0, 3, 7 "
+                "FROM rollup_latency WHERE true ON CONFLICT DO UPDATE "
+                "SET requests = requests + 7"
+            )
+        key = ("livemon_request_latency_seconds_count", ())
+        assert counter_samples(reader)[key] == before[key] + 7
+
+    def test_a_path_with_uri_characters(self, tmp_path):
+        """A database path holding '#', '?' or '%' is read (a URI
+        without quoting opened another file: never readable)."""
+        folder = tmp_path / "a#b?c%41"
+        folder.mkdir()
+        legacy, db_path = tmp_path / "agent_performance.db", folder / "u.db"
+        fx.performance_db(legacy, good=5)
+        migrate(str(db_path), [str(legacy)])
+        reader = rollup_metrics.RollupReader(str(db_path))
+        got = {s.name: s.value for f in reader.metrics() for s in f.samples}
+        assert got["livemon_rollups_readable"] == 1
+
+
+def rollups_of(names: list[str]) -> sqlite3.Connection:
+    """The rollup tables' columns the metrics read, agent i (from 1)
+    with i requests, i - 1 of them failed, each in latency bucket 10."""
+    db = sqlite3.connect(":memory:")
+    db.executescript(
+        "CREATE TABLE labels (label_id INTEGER, text TEXT);"
+        "CREATE TABLE rollup (hour, agent, category, requests, known, "
+        "successes, time_ms_sum);"
+        "CREATE TABLE rollup_latency (hour, agent, bucket, requests);"
+    )
+    total = len(names) * (len(names) + 1) // 2
+    db.execute("INSERT INTO rollup VALUES (1, 0, 0, ?, ?, 0, 0)", (total,) * 2)
+    for i, name in enumerate(names, 1):
+        db.execute("INSERT INTO labels VALUES (?, ?)", (i, name))
+        db.execute("INSERT INTO rollup VALUES (1, ?, 0, ?, ?, 1, ?)", (i,) * 4)
+        db.execute("INSERT INTO rollup_latency VALUES (1, ?, 10, ?)", (i, i))
+    return db
+
+
+def exposition(families) -> str:
+    """The text a scrape of ``families`` returns."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(type("C", (), {"collect": lambda self: families})())
+    return generate_latest(registry).decode()
+
+
+class TestAgentSeries:
+    def test_names_any_text_round_trip(self):
+        """Quotes, newlines, backslashes, braces and non-ASCII in agent
+        names come back intact through the official parser."""
+        odd = ['a"b', "c\nd", "back\\slash", "x}y{", "caf\u00e9 \U0001f642"]
+        text = exposition(rollup_metrics.rollup_metrics(rollups_of(odd)))
+        found = samples(text)
+        for name in odd:
+            key = ("livemon_agent_requests_total", (("agent", name),))
+            assert key in found
+        promtool_check(text)
+
+    def test_bounded_with_the_rest_summed(self):
+        """A name per request (thousands of agents): at most MAX_AGENTS
+        agent series, the most requested kept, the rest summed as
+        OTHER_AGENTS, every total still equal to the rollups'."""
+        count = 3 * rollup_metrics.MAX_AGENTS
+        db = rollups_of([f"agent-{i}" for i in range(1, count + 1)])
+        found = samples(exposition(rollup_metrics.rollup_metrics(db)))
+        requests = {
+            dict(labels)["agent"]: value
+            for (name, labels), value in found.items()
+            if name == "livemon_agent_requests_total"
+        }
+        assert len(requests) == rollup_metrics.MAX_AGENTS
+        assert requests[f"agent-{count}"] == count  # the most requested
+        assert sum(requests.values()) == count * (count + 1) // 2
+        other = (("agent", rollup_metrics.OTHER_AGENTS),)
+        kept = rollup_metrics.MAX_AGENTS - 1
+        rest = (count - kept) * (count - kept + 1) // 2
+        assert requests[rollup_metrics.OTHER_AGENTS] == rest
+        inf = (*other, ("le", "+Inf"))
+        assert found[("livemon_agent_latency_seconds_bucket", inf)] == rest
+        assert found[("livemon_agent_failures_total", other)] == rest - (
+            count - kept
+        )

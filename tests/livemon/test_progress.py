@@ -95,6 +95,23 @@ class TestProgressBar:
         first, second = stream.getvalue().split("\r")[1:]
         assert len(second) >= len(first)
 
+    def test_a_terminal_without_a_size_gets_80_columns(self):
+        """A pty whose size was never set (docker exec -t, some CI
+        runners) reports 0 columns: the line is fitted to 80, not left
+        whole to wrap on every redraw."""
+        master, slave = pty.openpty()  # a fresh pty's size is 0 x 0
+        try:
+            assert os.get_terminal_size(slave).columns == 0
+            with open(slave, "w", closefd=False) as stream:
+                bar = ProgressBar("migrate " + "x" * 200, stream=stream)
+                bar(5, 10)
+                stream.flush()
+            drawn = os.read(master, 65536).decode()
+        finally:
+            os.close(slave)
+            os.close(master)
+        assert 0 < len(drawn.strip("\r\n")) <= 79
+
     def test_bad_input_is_refused(self):
         """Negative counts and empty names are errors that say so."""
         bar = ProgressBar("m", stream=io.StringIO())

@@ -192,3 +192,23 @@ def wait_for(predicate, timeout_s=60.0):
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+@pytest.mark.clickhouse
+def test_a_batch_over_many_months_ships(store, clickhouse):
+    """One batch whose times span more months than ClickHouse takes in
+    one insert by default (100 partitions: a migrated history, damaged
+    times) ships, rather than being refused and retried forever."""
+    add_agent_runs(store.db, 240)
+    month_ns = 31 * 86_400 * 10**9
+    store.db.execute(
+        "UPDATE agent_runs SET timestamp_ns = timestamp_ns - id * ?",
+        (month_ns,),
+    )
+    dest = ClickHouseDestination(clickhouse.url("months"), "h")
+    dest.ship("agent_runs", read_rows(store.db, "agent_runs", 0, 1000))
+    dest.close()
+    assert clickhouse.query(
+        "SELECT count(), uniqExact(toYYYYMM(timestamp)) "
+        "FROM months.agent_runs FINAL"
+    ) == [(240, 240)]

@@ -154,6 +154,23 @@ class TestForwarder:
         forwarding.save(store)
         assert read_marks(store.db, "recording") == {"events": 0}
 
+    def test_lag_shows_while_a_ship_hangs(self, store, forwarding):
+        """Rows that came while caught up, stuck in a ship that does not
+        return (a server that took the connection and never answers):
+        status shows them behind at once, not 0 until the timeout."""
+        dest = forwarding.destination
+        forwarding.start()
+        wait_for(lambda: len(dest.ids()) == 250)
+        dest.block.set()
+        attempts = dest.attempts
+        store.write(1, [], [event_batch(40, lane=1)])
+        wait_for(lambda: dest.attempts > attempts)  # inside ship, held
+        figures = forwarding.figures()[0]
+        assert figures["lag_rows"] == 40
+        assert figures["lag_s"] >= 0 and figures["shipped_rows"] == 250
+        dest.block.clear()
+        wait_for(lambda: forwarding.figures()[0]["lag_rows"] == 0)
+
     def test_a_bug_in_a_destination_is_retried_not_fatal(
         self, store, forwarding
     ):

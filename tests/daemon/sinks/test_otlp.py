@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from daemon.cli import cli, flags_for_child
 from daemon.forward import DestinationError, Rows
+from daemon.sinks import otlp as otlp_module
 from daemon.sinks._otlp_http import parse_retry_after
 from daemon.sinks.otlp import (
     MAX_SPANS_PER_POST,
@@ -120,6 +121,35 @@ class TestShip:
         ids = [s["spanId"] for b in receiver.accepted for s in otlp_spans(b)]
         assert len(ids) == len(set(ids)) == count
         assert receiver.answers == [200, 503, 200, 200]
+
+    def test_long_texts_go_in_bodies_a_collector_takes(self):
+        """512 requests whose texts are all 4 KiB (non-ASCII, escaped
+        in JSON) would make a 40 MiB body, which a collector refuses on
+        every retry: they go in bodies of at most MAX_POST_BYTES."""
+
+        def check(body: bytes) -> None:
+            if len(body) > otlp_module.MAX_POST_BYTES:
+                raise ValueError(f"{len(body)} bytes: too large")
+            otlp_spans(body)
+
+        receiver = Receiver(check)
+        try:
+            text = "\U0001f642" * 1024  # 4 KiB of UTF-8
+            rows = [
+                request_row(
+                    i, error=text, override_reason=text, query_category=text,
+                    routing_strategy=text, intent_category=text,
+                )
+                for i in range(1, MAX_SPANS_PER_POST + 1)
+            ]  # fmt: skip
+            otlp = _destination(receiver.url)
+            otlp.ship("events", Rows(columns(rows), MAX_SPANS_PER_POST))
+            assert receiver.refused == []
+            sent = [s for b in receiver.accepted for s in otlp_spans(b)]
+            assert len({s["spanId"] for s in sent}) == MAX_SPANS_PER_POST
+            assert len(receiver.accepted) > 1
+        finally:
+            receiver.stop()
 
     def test_a_batch_of_stage_records_posts_nothing(self, receiver):
         """A batch with no span is done without a request."""

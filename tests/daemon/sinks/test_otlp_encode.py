@@ -172,6 +172,23 @@ class TestSpans:
         assert int(spans[1]["endTimeUnixNano"]) == 2**63 - 1
         to_protobuf(_body(spans))  # protobuf's parser takes them
 
+    def test_overflowing_values_never_stall_the_sink(self):
+        """A duration whose nanoseconds overflow a float, or an infinite
+        or NaN count (a damaged record), encodes: an OverflowError would
+        fail the same batch on every retry, for ever."""
+        rows = [
+            agent_row(1, 1, execution_time_ms=1e303, input_tokens=math.inf),
+            agent_row(2, 1, output_tokens=math.nan),
+        ]
+        spans, _ = encode.agent_spans(HOST, columns(rows))
+        assert int(spans[0]["endTimeUnixNano"]) == 2**63 - 1
+        assert "gen_ai.usage.input_tokens" not in _attrs(spans[0])
+        assert "gen_ai.usage.output_tokens" not in _attrs(spans[1])
+        requests = [request_row(1, execution_time_ms=1e303)]
+        roots, _ = encode.request_spans(HOST, columns(requests))
+        assert int(roots[0]["endTimeUnixNano"]) == 2**63 - 1
+        otlp_spans(_body(spans, roots))
+
     def test_stage_records_and_missing_request_ids_are_counted_out(self):
         """Legacy stage rows and rows without a request id make no span
         and are counted, not silently lost."""
