@@ -16,7 +16,7 @@ import ringbuf
 from daemon import agent_runs
 from daemon.drain import Drainer
 from daemon.replay import SpillReplayer
-from daemon.status import health_columns
+from daemon.status import agent_health_columns, health_columns
 from daemon.store import Store
 from livemon import ipc
 from livemon.config import Config
@@ -129,6 +129,7 @@ def health_row(
         spill_records=f["spill"].get("records", 0),
         spill_bytes=f["spill"].get("size_bytes", 0),
         **health_columns(f),
+        **agent_health_columns(f),
         last_error="; ".join(
             [t for t in (f["last_error"], f["incident"]) if t]
             + f["file_errors"]

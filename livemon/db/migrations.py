@@ -1,8 +1,8 @@
 """
 The schema's migrations since the first rollups, by topic: the feedback
-tables, the health columns (spill, drops), the agent runs with their
-view and rollups, and the destinations' marks.  ``schema.MIGRATIONS``
-orders them.
+tables, the health columns (spill, drops, agent runs), the agent runs
+with their view and rollups, and the destinations' marks.
+``schema.MIGRATIONS`` orders them.
 """
 
 from __future__ import annotations
@@ -147,4 +147,19 @@ def create_sink_progress(db: sqlite3.Connection) -> None:
             PRIMARY KEY (sink, source)
         )
         """
+    )
+
+
+def add_health_agent_runs_columns(db: sqlite3.Connection) -> None:
+    """Migration ``0010_health_agent_runs``: the agent runs' own figures
+    in each health row (drained so far, waiting in their ring and in
+    spill, lost by full lanes)."""
+    run(
+        db,
+        """
+        ALTER TABLE health ADD COLUMN agent_runs_drained INTEGER;
+        ALTER TABLE health ADD COLUMN agent_runs_lag_records INTEGER;
+        ALTER TABLE health ADD COLUMN agent_runs_spill_records INTEGER;
+        ALTER TABLE health ADD COLUMN agent_runs_lost INTEGER;
+        """,
     )

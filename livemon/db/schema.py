@@ -211,6 +211,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0007_health_drops_per_reason", migrations.add_health_drop_columns),
     ("0008_agent_runs", migrations.create_agent_runs),
     ("0009_sink_progress", migrations.create_sink_progress),
+    ("0010_health_agent_runs", migrations.add_health_agent_runs_columns),
 ]
 """Every schema change, in order; a name is never reused or reordered."""
 
