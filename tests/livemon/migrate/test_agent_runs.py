@@ -92,7 +92,7 @@ class TestAgentRuns:
         )
         assert linked == [(good,)]
         names = {c.name for c in report.checks}
-        assert {"agent runs", "agent runs linked to their request"} <= names
+        assert {"agent runs", "agent runs sum execution_time_ms"} <= names
 
     def test_rollups_hold_the_runs(self, legacy, unified):
         """The agent rollups equal a fresh aggregate of the runs."""
