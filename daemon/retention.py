@@ -11,7 +11,7 @@ import datetime
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from daemon.outbox import lowest_marks
 from daemon.store import Store
@@ -56,8 +56,15 @@ class Retention:
         older_than_days: float,
         archive_dir: str,
         batch_rows: int = BATCH_ROWS,
-        sinks: Sequence[str] = (),
+        sinks: Sequence[str] | Mapping[str, Sequence[str]] = (),
     ) -> None:
+        """Move rows older than ``older_than_days`` into ``archive_dir``.
+
+        Args:
+            sinks: the destinations whose marks hold rows back: per table
+                (``{"events": [...], "agent_runs": [...]}``, the ones
+                taking that outbox source), or one list for every table.
+        """
         if older_than_days <= 0 or batch_rows < 1:
             raise ValueError(
                 "older_than_days must be positive, batch_rows at least 1"
@@ -68,7 +75,12 @@ class Retention:
         self.store = store
         self.older_than_days = older_than_days
         self.archive_dir = archive_dir
-        self.sinks = tuple(sinks)
+        self.sinks = {
+            table: tuple(
+                sinks.get(table, ()) if isinstance(sinks, Mapping) else sinks
+            )
+            for table in TABLES
+        }
 
     def cutoff_ns(self, now_ns: int | None = None) -> int:
         """Events before this timestamp are due to move."""
@@ -117,14 +129,14 @@ class Retention:
         return path, len(ids)
 
     def _shipped_id(self, db: sqlite3.Connection, table: str) -> int:
-        """The highest id of ``table`` every destination in ``sinks``
+        """The highest id of ``table`` every destination taking it
         shipped (its outbox source has the table's name).
 
         Below the newest row too: deleting it would let SQLite hand its
         id (and lower ones) out again, to rows a destination's mark has
         passed already.
         """
-        lowest = lowest_marks(db, self.sinks, table)
+        lowest = lowest_marks(db, self.sinks[table], table)
         if lowest is None:
             return 2**63 - 1
         newest = db.execute(f"SELECT max(id) FROM {table}").fetchone()[0]

@@ -24,7 +24,7 @@ from daemon.exceptions import DatabaseCorrupt
 from daemon.forwarding import Forwarding
 from daemon.notify import Notifier
 from daemon.replay import SpillReplayer
-from daemon.retention import DAEMON_SHARE, Retention
+from daemon.retention import DAEMON_SHARE, TABLES, Retention
 from daemon.status import status_line
 from daemon.store import IntegrityCheck, Store, check_database_path
 from livemon import ipc
@@ -306,7 +306,10 @@ class Service:
                 store,
                 self.config.retention_days,
                 self.config.archive_dir,
-                sinks=self._forwarding.names_for("events"),
+                sinks={
+                    table: self._forwarding.names_for(table)
+                    for table in TABLES
+                },
             )
         self._retaining = self._retention.step_within(DAEMON_SHARE)
         if not self._retaining:

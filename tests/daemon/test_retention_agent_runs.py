@@ -164,3 +164,13 @@ class TestAgentRunsRetention:
         assert store.db.execute("SELECT id FROM agent_runs").fetchall() == [
             (newest,)
         ]
+
+    def test_a_destination_of_events_only_holds_no_run_back(
+        self, store, tmp_path
+    ):
+        """Marks count only for the destinations taking agent runs: one
+        that takes events alone (never an agent_runs mark) keeps none."""
+        moved = Retention(
+            store, 90, str(tmp_path / "a"), sinks={"events": ["events-only"]}
+        ).run(NOW)
+        assert moved.total == 300
