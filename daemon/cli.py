@@ -222,8 +222,9 @@ def start(
 @click.option(
     "--unlink",
     is_flag=True,
-    help="Then remove the ring's shared memory (no coordinator may be "
-    "attached).",
+    help="Then remove the configuration's shared memory: every ring (agents "
+    "too) and the feedback decisions segment, with their lock files (no "
+    "coordinator may be attached).",
 )
 def stop(
     ring: str | None,
@@ -239,7 +240,7 @@ def stop(
         click.echo(f"livemon daemon (pid {pid}) stopped")
         if unlink:
             proc.unlink_rings(config)
-            click.echo(f"removed ring {config.ring!r}")
+            click.echo(f"removed ring {config.ring!r} and its segments")
 
 
 @cli.command()

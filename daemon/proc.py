@@ -288,14 +288,16 @@ def stop(config: Config, timeout_s: float = 30.0) -> int:
 
 
 def unlink_rings(config: Config) -> None:
-    """Remove every ring of ``config`` once nothing is left in them.
+    """Remove every segment of ``config`` once nothing is left in them:
+    each ring (the agents ring too) and the feedback decisions segment,
+    each with its lock file (``ipc.segments``).
 
     Raises:
         DaemonError: a coordinator still holds a lane, or records are
             still pending (start the daemon again to drain them).
     """
     rings = []
-    for spec in ipc.all_rings(config):
+    for spec in ipc.every_ring(config):
         with contextlib.suppress(ringbuf.RingNotFound):
             rings.append(ipc.attach_ring(spec))
     try:
@@ -314,8 +316,8 @@ def unlink_rings(config: Config) -> None:
     finally:
         for ring in rings:
             ring.close()
-    for ring in rings:
-        ring.unlink()
+    for name in ipc.segments(config):
+        ringbuf.unlink(name)
 
 
 def open_and_lock(

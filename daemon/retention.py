@@ -1,6 +1,7 @@
 """
-Retention: events older than the configured age move to one archive
-database per month, a batch at a time, without loss or duplication.
+Retention: events and agent runs older than the configured age move to
+one archive database per month, a batch at a time, without loss or
+duplication, and the rollup hours they leave are rebuilt on both sides.
 """
 
 from __future__ import annotations
@@ -10,17 +11,19 @@ import datetime
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from daemon.outbox import lowest_marks
 from daemon.store import Store
-from livemon.db import rollup
+from livemon.db import agent_rollup, rollup
 from livemon.db.transaction import atomic
 from livemon.db.writer import open_writer
 
 BATCH_ROWS = 5000
 DAEMON_SHARE = 0.03  # of the daemon's time that retention may take
 NS_PER_DAY = 86_400 * 10**9
+TABLES = ("events", "agent_runs")
+"""What moves, in this order; each table is its own outbox source."""
 
 
 @dataclasses.dataclass
@@ -36,7 +39,8 @@ class RetentionReport:
 
 
 class Retention:
-    """Moves old events out of the unified database into monthly archives.
+    """Moves old events and agent runs out of the unified database into
+    monthly archives (a month's archive holds both).
 
     Each batch is first copied into the archive and committed there, then
     counted in the archive, then deleted from the unified database in a
@@ -52,8 +56,15 @@ class Retention:
         older_than_days: float,
         archive_dir: str,
         batch_rows: int = BATCH_ROWS,
-        sinks: Sequence[str] = (),
+        sinks: Sequence[str] | Mapping[str, Sequence[str]] = (),
     ) -> None:
+        """Move rows older than ``older_than_days`` into ``archive_dir``.
+
+        Args:
+            sinks: the destinations whose marks hold rows back: per table
+                (``{"events": [...], "agent_runs": [...]}``, the ones
+                taking that outbox source), or one list for every table.
+        """
         if older_than_days <= 0 or batch_rows < 1:
             raise ValueError(
                 "older_than_days must be positive, batch_rows at least 1"
@@ -64,7 +75,12 @@ class Retention:
         self.store = store
         self.older_than_days = older_than_days
         self.archive_dir = archive_dir
-        self.sinks = tuple(sinks)
+        self.sinks = {
+            table: tuple(
+                sinks.get(table, ()) if isinstance(sinks, Mapping) else sinks
+            )
+            for table in TABLES
+        }
 
     def cutoff_ns(self, now_ns: int | None = None) -> int:
         """Events before this timestamp are due to move."""
@@ -72,12 +88,22 @@ class Retention:
         return now - int(self.older_than_days * NS_PER_DAY)
 
     def step(self, now_ns: int | None = None) -> tuple[str, int] | None:
-        """Move one batch; return (archive path, rows), or None if done."""
+        """Move one batch; return (archive path, rows), or None if done.
+
+        Events first, then agent runs: each of their own table, below the
+        same cutoff, into the same monthly archive.
+        """
+        for table in TABLES:
+            moved = self._step_table(table, self.cutoff_ns(now_ns))
+            if moved is not None:
+                return moved
+        return None
+
+    def _step_table(self, table: str, cutoff: int) -> tuple[str, int] | None:
         db = self.store.db
-        cutoff = self.cutoff_ns(now_ns)
-        shipped = self._shipped_id(db)
+        shipped = self._shipped_id(db, table)
         row = db.execute(
-            "SELECT min(timestamp_ns) FROM events WHERE timestamp_ns < ? "
+            f"SELECT min(timestamp_ns) FROM {table} WHERE timestamp_ns < ? "
             "AND id <= ?",
             (cutoff, shipped),
         ).fetchone()
@@ -89,30 +115,31 @@ class Retention:
         )
         # A range on the timestamp index: the oldest rows of that month.
         rows = db.execute(
-            "SELECT id, timestamp_ns FROM events WHERE timestamp_ns >= ? "
+            f"SELECT id, timestamp_ns FROM {table} WHERE timestamp_ns >= ? "
             "AND timestamp_ns < ? AND id <= ? ORDER BY timestamp_ns LIMIT ?",
             (month_start, min(month_end, cutoff), shipped, self.batch_rows),
         ).fetchall()
         ids = [r[0] for r in rows]
         span = (rows[0][1], rows[-1][1])
-        self._copy(path, ids, span)
+        self._copy(path, ids, span, table)
         marks = ",".join("?" * len(ids))
         with self.store.atomic():
-            db.execute(f"DELETE FROM events WHERE id IN ({marks})", ids)
-            rollup.rebuild_hours(db, *span)
+            db.execute(f"DELETE FROM {table} WHERE id IN ({marks})", ids)
+            _rebuild_hours(db, table, span)
         return path, len(ids)
 
-    def _shipped_id(self, db: sqlite3.Connection) -> int:
-        """The highest event id every destination in ``sinks`` shipped.
+    def _shipped_id(self, db: sqlite3.Connection, table: str) -> int:
+        """The highest id of ``table`` every destination taking it
+        shipped (its outbox source has the table's name).
 
         Below the newest row too: deleting it would let SQLite hand its
         id (and lower ones) out again, to rows a destination's mark has
         passed already.
         """
-        lowest = lowest_marks(db, self.sinks, "events")
+        lowest = lowest_marks(db, self.sinks[table], table)
         if lowest is None:
             return 2**63 - 1
-        newest = db.execute("SELECT max(id) FROM events").fetchone()[0]
+        newest = db.execute(f"SELECT max(id) FROM {table}").fetchone()[0]
         return min(lowest, (newest or 0) - 1)
 
     def step_within(self, share: float, now_ns: int | None = None) -> bool:
@@ -135,7 +162,7 @@ class Retention:
         now_ns: int | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> RetentionReport:
-        """Move every due event (the CLI's on-demand pass).
+        """Move every due event and agent run (the CLI's on-demand pass).
 
         Args:
             progress: told (rows moved, rows due) after each batch.
@@ -143,10 +170,13 @@ class Retention:
         report = RetentionReport()
         due = 0
         if progress is not None:
-            (due,) = self.store.db.execute(
-                "SELECT count(*) FROM events WHERE timestamp_ns < ?",
-                (self.cutoff_ns(now_ns),),
-            ).fetchone()
+            due = sum(
+                self.store.db.execute(
+                    f"SELECT count(*) FROM {table} WHERE timestamp_ns < ?",
+                    (self.cutoff_ns(now_ns),),
+                ).fetchone()[0]
+                for table in TABLES
+            )
         while (moved := self.step(now_ns)) is not None:
             path, rows = moved
             report.moved[path] = report.moved.get(path, 0) + rows
@@ -156,7 +186,13 @@ class Retention:
             self.store.db.execute("PRAGMA incremental_vacuum")
         return report
 
-    def _copy(self, path: str, ids: list[int], span: tuple[int, int]) -> None:
+    def _copy(
+        self,
+        path: str,
+        ids: list[int],
+        span: tuple[int, int],
+        table: str = "events",
+    ) -> None:
         if path not in self._prepared:
             os.makedirs(self.archive_dir, exist_ok=True)
             open_writer(path, mode=self.store.mode, check=False).close()
@@ -168,18 +204,18 @@ class Retention:
             # Durable in the archive before anything is deleted here.
             db.execute("PRAGMA archive.synchronous = FULL")
             with atomic(db):
-                for table in ("labels", "list_members"):
+                for texts in ("labels", "list_members"):
                     db.execute(
-                        f"INSERT OR IGNORE INTO archive.{table} "
-                        f"SELECT * FROM main.{table}"
+                        f"INSERT OR IGNORE INTO archive.{texts} "
+                        f"SELECT * FROM main.{texts}"
                     )
                 db.execute(
-                    "INSERT OR IGNORE INTO archive.events SELECT * FROM "
-                    f"main.events WHERE id IN ({marks})",
+                    f"INSERT OR IGNORE INTO archive.{table} SELECT * FROM "
+                    f"main.{table} WHERE id IN ({marks})",
                     ids,
                 )
             held = db.execute(
-                "SELECT count(*) FROM main.events AS m JOIN archive.events "
+                f"SELECT count(*) FROM main.{table} AS m JOIN archive.{table} "
                 "AS a USING (epoch, lane, seq) "
                 f"WHERE m.id IN ({marks})",
                 ids,
@@ -196,9 +232,38 @@ class Retention:
         archive = sqlite3.connect(path, isolation_level=None)
         try:
             with atomic(archive):
-                rollup.rebuild_hours(archive, *span)
+                _rebuild_hours(archive, table, span)
         finally:
             archive.close()
+
+
+def _rebuild_hours(
+    db: sqlite3.Connection, table: str, span: tuple[int, int]
+) -> None:
+    """Recompute the rollups of ``table`` for every hour touching
+    ``span`` from the rows stored now.  The caller owns the transaction.
+    """
+    if table == "events":
+        rollup.rebuild_hours(db, *span)
+        return
+    rollup.ensure_math(db)
+    first, last = span[0] // rollup.NS_PER_HOUR, span[1] // rollup.NS_PER_HOUR
+    hours = {
+        "lo": first * rollup.NS_PER_HOUR,
+        "hi": (last + 1) * rollup.NS_PER_HOUR,
+    }
+    where = "a.timestamp_ns >= :lo AND a.timestamp_ns < :hi"
+    selects = (
+        agent_rollup.AGENT_ROLLUP_SELECT,
+        agent_rollup.AGENT_LATENCY_SELECT,
+    )
+    for name, select in zip(
+        agent_rollup.AGENT_ROLLUP_TABLES, selects, strict=True
+    ):
+        db.execute(
+            f"DELETE FROM {name} WHERE hour BETWEEN ? AND ?", (first, last)
+        )
+        db.execute(f"INSERT INTO {name} {select.format(where=where)}", hours)
 
 
 def _month_of(timestamp_ns: int) -> tuple[int, int]:

@@ -1,7 +1,7 @@
 """
 The daemon's lifetime: instance lock, pidfile, rings, signals, readiness,
-the published status and health, upkeep (checkpoints, retention), and
-the final drain at stop.
+publishing status and health (assembled in ``daemon.figures``), upkeep
+(checkpoints, retention), and the final drain at stop.
 """
 
 from __future__ import annotations
@@ -15,25 +15,21 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ringbuf
-from daemon import agent_runs, follow, proc, sinks
+from daemon import agent_runs, figures, follow, proc, sinks
 from daemon.drain import Drainer
 from daemon.exceptions import DatabaseCorrupt
 from daemon.forwarding import Forwarding
 from daemon.notify import Notifier
 from daemon.replay import SpillReplayer
-from daemon.retention import DAEMON_SHARE, Retention
-from daemon.status import health_columns, status_line
+from daemon.retention import DAEMON_SHARE, TABLES, Retention
+from daemon.status import status_line
 from daemon.store import IntegrityCheck, Store, check_database_path
 from livemon import ipc
 from livemon.config import Config, load_config
 from livemon.exceptions import ConfigError
-from livemon.spill.drops import lane_drops
-
-if TYPE_CHECKING:  # imported at run time only when configured
-    from daemon.metrics import MetricsServer
 
 logger = logging.getLogger("livemon.daemon")
 
@@ -74,7 +70,9 @@ class Service:
         self._retired: list[follow.Retired] = []
         # Prometheus metrics: read the figures last published, at scrape.
         self.figures: dict[str, Any] | None = None
-        self._metrics = _metrics_server(self.config, lambda: self.figures)
+        self._metrics = figures.metrics_server(
+            self.config, lambda: self.figures
+        )
         # Destinations fed from the database (daemon/forward.py); they
         # hold back while the drain has a backlog.
         self._drain_busy = False
@@ -308,76 +306,26 @@ class Service:
                 store,
                 self.config.retention_days,
                 self.config.archive_dir,
-                sinks=self._forwarding.names_for("events"),
+                sinks={
+                    table: self._forwarding.names_for(table)
+                    for table in TABLES
+                },
             )
         self._retaining = self._retention.step_within(DAEMON_SHARE)
         if not self._retaining:
             store.db.execute("PRAGMA incremental_vacuum")
 
     def _figures(self, drainer: Drainer) -> dict[str, Any]:
-        lanes = drainer.lanes()
-        capacity = drainer.events.capacity_records
-        fill = [
-            round(min(max(s.pending, 0), capacity) / capacity, 4)
-            for s in lanes
-        ]
-        drops = lane_drops(lanes)  # refused by full lanes: spilled or lost
-        return {
-            "pid": os.getpid(),
-            "ring": self.config.ring,
-            "db": self.config.db,
-            "started_at": self._started,
-            "drained": drainer.drained,
-            "drain_per_s": round(self._rate, 1),
-            "dropped": drops["lost"],
-            "drops": drops,
-            "lag_records": sum(
-                min(max(s.pending, 0), capacity) for s in lanes
-            ),
-            "lanes_in_use": sum(s.owned for s in lanes),
-            "lanes": len(lanes),
-            "ring_fill": fill,
-            "batch_latency_ms": drainer.batch_latency_ms,
-            "db_size_bytes": drainer.store.size_bytes()
-            if drainer.store
-            else None,
-            "last_error": drainer.last_error,
-            "file_errors": sorted(self.file_errors.values()),
-            "incident": drainer.incident,
-            "incident_at": drainer.incident_at,
-            "quarantined_lanes": drainer.quarantine.describe(),
-            "quarantined_records": drainer.quarantine.records,
-            "failures": drainer.failures,
-            "refused_claims": drainer.events.refused_claims,
-            "spill": self._replayer.backlog(),
-            "spill_replayed": self._replayer.replayed,
-            "spill_error": self._replayer.last_error,
-            "sinks": self._forwarding.figures(),
-            "agent_runs": self._agent_figures(drainer),
-        }
-
-    def _agent_figures(self, drainer: Drainer) -> dict[str, Any]:
-        """The agents ring's and spill's figures, for status."""
-        ring, lag = drainer.agents, 0
-        states: list[ringbuf.LaneState] = []
-        if ring is not None:
-            states = [ring.lane_state(i) for i in range(ring.lanes)]
-            lag = sum(
-                min(max(s.pending, 0), ring.capacity_records) for s in states
-            )
-        spill = self._agent_replayer
-        return {
-            "drained": drainer.agent_runs_drained,
-            "lag_records": lag,
-            "ring": ring is not None,
-            "ring_error": agent_runs.LAST_OPEN_ERROR.get(
-                ipc.agents_ring(self.config).name
-            ),
-            "spill_replayed": spill.replayed,
-            "spill": spill.backlog(),
-            "spill_error": spill.last_error,
-            "drops": lane_drops(states),  # spilled, or lost per reason
-        }
+        return figures.daemon_figures(
+            self.config,
+            drainer,
+            started=self._started,
+            rate=self._rate,
+            file_errors=self.file_errors,
+            replayer=self._replayer,
+            agent_replayer=self._agent_replayer,
+            sinks=self._forwarding.figures(),
+        )
 
     def _publish(self, drainer: Drainer) -> str:
         """Write the status file read by ``status``; return a STATUS= line."""
@@ -402,29 +350,8 @@ class Service:
         return status_line(figures)
 
     def _add_health(self, drainer: Drainer, store: Store) -> None:
-        f = self._figures(drainer)
-        store.add_health(
-            timestamp_ns=time.time_ns(),
-            drained=f["drained"],
-            dropped=f["dropped"],
-            lanes_in_use=f["lanes_in_use"],
-            ring_fill_max=max(f["ring_fill"]),
-            ring_fill_json=json.dumps(f["ring_fill"]),
-            lag_records=f["lag_records"],
-            drain_per_s=f["drain_per_s"],
-            batch_latency_ms=f["batch_latency_ms"],
-            db_size_bytes=store.size_bytes(),
-            refused_claims=f["refused_claims"],
-            spill_records=f["spill"].get("records", 0),
-            spill_bytes=f["spill"].get("size_bytes", 0),
-            **health_columns(f),
-            last_error="; ".join(
-                [t for t in (f["last_error"], f["incident"]) if t]
-                + f["file_errors"]
-                + [f"quarantined lane {q}" for q in f["quarantined_lanes"]]
-            )
-            or None,
-        )
+        row = figures.health_row(self._figures(drainer), store, time.time_ns())
+        store.add_health(**row)
 
     def _install_signals(self) -> None:
         def stop(signum: int, frame: object) -> None:
@@ -466,26 +393,3 @@ class Service:
             )
         self.config = drainer.config = fresh
         logger.info("SIGHUP: configuration reread, log reopened")
-
-
-def _metrics_server(
-    config: Config, figures: Callable[[], Any]
-) -> MetricsServer | None:
-    """The Prometheus endpoint when ``metrics_address`` is set, else None.
-
-    prometheus_client is the optional ``metrics`` extra: it is imported
-    only then, so the daemon runs without it.
-
-    Raises:
-        ConfigError: a bad address, or the extra is not installed.
-    """
-    if not config.metrics_address:
-        return None
-    try:
-        from daemon import metrics
-    except ImportError as exc:
-        raise ConfigError(
-            "metrics_address is set but prometheus_client is missing: "
-            "pip install 'livemon[metrics]'"
-        ) from exc
-    return metrics.server_for(config, figures)

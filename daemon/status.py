@@ -27,6 +27,20 @@ def health_columns(f: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def agent_health_columns(f: dict[str, Any]) -> dict[str, Any]:
+    """The health row's agent-run columns (migration 0010) of the
+    figures ``f``: runs drained, waiting in the ring and in spill, lost."""
+    runs = f.get("agent_runs") or {}
+    return {
+        "agent_runs_drained": runs.get("drained", 0),
+        "agent_runs_lag_records": runs.get("lag_records", 0),
+        "agent_runs_spill_records": (runs.get("spill") or {}).get(
+            "records", 0
+        ),
+        "agent_runs_lost": (runs.get("drops") or {}).get("lost", 0),
+    }
+
+
 def status_line(f: dict[str, Any]) -> str:
     """The one-line summary of the figures (``STATUS=`` for systemd)."""
     trouble = f"; DB TROUBLE: {f['last_error']}" if f["last_error"] else ""
@@ -39,6 +53,7 @@ def status_line(f: dict[str, Any]) -> str:
     if f["refused_claims"]:
         trouble += f"; {f['refused_claims']} lane claims REFUSED"
     trouble += sink_trouble(f.get("sinks") or [])
+    trouble += _agent_trouble(f.get("agent_runs") or {})
     spilled = f["spill"].get("records", 0)
     reasons = drop_text(f.get("drops") or {})
     return (
@@ -87,6 +102,7 @@ def status_text(report: dict[str, Any]) -> str:
         + (f" ({size / 2**20:.1f} MiB)" if size is not None else ""),
     ]
     lines += _spill_lines(report)
+    lines += agent_lines(report.get("agent_runs"))
     lines += sink_lines(report.get("sinks") or [])
     if report.get("last_error"):
         lines.append(f"  TROUBLE   {report['last_error']} (retrying)")
@@ -148,6 +164,50 @@ def _spill_lines(report: dict[str, Any]) -> list[str]:
                 f"            lane {lane['lane']}: lost {lane['lost']} "
                 f"({drop_text(lane)})"
             )
+    return lines
+
+
+# Agent runs: their own ring and spill (daemon/agent_runs.py).
+
+
+def _agent_trouble(runs: dict[str, Any]) -> str:
+    """The ``STATUS=`` line's part for agent runs lost or not read."""
+    trouble = ""
+    lost = (runs.get("drops") or {}).get("lost", 0)
+    if lost:
+        trouble += f"; {lost} agent runs LOST"
+    if runs.get("ring_error"):
+        trouble += f"; agents ring: {runs['ring_error']}"
+    return trouble
+
+
+def agent_lines(runs: dict[str, Any] | None) -> list[str]:
+    """The status lines of the agent runs: drained, lag, spill, drops,
+    and why their ring or spill cannot be read, if so."""
+    if not runs:
+        return []  # a daemon of the release before agent runs
+    spill = runs.get("spill") or {}
+    drops_ = runs.get("drops") or {}
+    line = (
+        f"  agents    drained {runs.get('drained', 0)}, lag "
+        f"{runs.get('lag_records', 0)}, spill {spill.get('records', 0)} "
+        f"records ({spill.get('size_bytes', 0) / 2**20:.1f} MiB), "
+        f"replayed {runs.get('spill_replayed', 0)}"
+    )
+    if drops_.get("refused"):
+        line += (
+            f"; full lanes refused {drops_['refused']}: spilled "
+            f"{drops_['spilled']}, lost {drops_['lost']}"
+            + (f" ({drop_text(drops_)})" if drops_["lost"] else "")
+        )
+    lines = [line]
+    if not runs.get("ring", True):
+        why = runs.get("ring_error") or "not created yet"
+        lines.append(f"  AGENTS    ring not drained: {why} (retrying)")
+    if runs.get("spill_error"):
+        lines.append(
+            f"  AGENTS    spill replay: {runs['spill_error']} (retrying)"
+        )
     return lines
 
 

@@ -1,9 +1,10 @@
 """
-Every shared surface of one configuration, in one place: the three rings
-(events, labels, feedback: their names, record dtypes, capacities and
-group), the spill root and its writers' options, and the file where the
-daemon publishes its figures. Coordinators, the daemon and the views all
-open them through here, so they always agree.
+Every shared surface of one configuration, in one place: the rings
+(events, labels, feedback, agents: their names, record dtypes, capacities
+and group), the feedback decisions segment, the spill root and its
+writers' options, and the file where the daemon publishes its figures.
+Coordinators, the daemon and the views all open them through here, so
+they always agree.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from livemon.config import (
     LABELS_RING_SUFFIX,
     Config,
 )
+from livemon.feedback.decisions import verdicts_name
 from livemon.spill.lane import default_spill_dir
 
 FEEDBACK_CAPACITY_RECORDS = 1024
@@ -77,6 +79,25 @@ def feedback_ring(config: Config) -> RingSpec:
 def all_rings(config: Config) -> tuple[RingSpec, RingSpec, RingSpec]:
     """Every ring of ``config``: events, labels, feedback."""
     return events_ring(config), labels_ring(config), feedback_ring(config)
+
+
+def every_ring(config: Config) -> tuple[RingSpec, ...]:
+    """Every ring of ``config``, the agents ring too: events, labels,
+    feedback, agents (``all_rings`` keeps the first three, which the
+    daemon opens together)."""
+    return (*all_rings(config), agents_ring(config))
+
+
+def segments(config: Config) -> tuple[str, ...]:
+    """The name of every shared-memory segment ``config`` uses: each
+    ring's, then the feedback decisions segment (``<ring>.verdicts``).
+
+    ``ringbuf.unlink`` removes each with its lock file.
+    """
+    return (
+        *(spec.name for spec in every_ring(config)),
+        verdicts_name(config),
+    )
 
 
 def open_ring(config: Config, spec: RingSpec) -> ringbuf.Ring:

@@ -9,17 +9,19 @@ import json
 import sqlite3
 from collections.abc import Callable
 
-import numpy as np
-
-from livemon.db import agent_rollup, rollup
-from livemon.db.transaction import atomic
-from livemon.record import (
-    AGENT_RUN_DTYPE,
-    RECORD_DTYPE,
-    AgentOutcome,
-    label_id,
-    list_label_id,
+from livemon.db import migrations, rollup
+from livemon.db.sql import (
+    known_label_text,
+    known_list_text,
+    label_text,
+    list_text,
+    typed_columns,
 )
+from livemon.db.sql import run as _run
+from livemon.db.sql import unknown_text as unknown_text
+from livemon.db.sql import unknown_text_sql as unknown_text_sql
+from livemon.db.transaction import atomic
+from livemon.record import AGENT_RUN_DTYPE, label_id, list_label_id
 
 MIGRATIONS_TABLE = "_livemon_migrations"
 IDENTITY_COLUMNS = ("epoch", "lane", "seq")
@@ -32,16 +34,7 @@ def event_columns() -> list[str]:
     holding the label id of the whole list, whose text is a JSON array:
     three narrow columns instead of 24 cost a third less per insert.
     """
-    return [name for name, _ in _typed_event_columns()]
-
-
-def _typed_event_columns(
-    dtype: np.dtype[np.void] = RECORD_DTYPE,
-) -> list[tuple[str, str]]:
-    return [
-        (name, "REAL" if dtype[name].base.kind == "f" else "INTEGER")
-        for name in dtype.names or ()
-    ]
+    return [name for name, _ in typed_columns()]
 
 
 def agent_run_columns() -> list[str]:
@@ -50,62 +43,9 @@ def agent_run_columns() -> list[str]:
     return list(AGENT_RUN_DTYPE.names or ())
 
 
-def _run(db: sqlite3.Connection, script: str) -> None:
-    # executescript() would COMMIT first; a migration must stay inside its
-    # own transaction, so statements run one by one.  A statement ends at
-    # a ';' that SQLite agrees ends it (not one inside a literal).
-    statement = ""
-    for piece in script.split(";"):
-        statement += piece + ";"
-        if sqlite3.complete_statement(statement):
-            if statement.strip(" \n;"):
-                db.execute(statement)
-            statement = ""
-
-
-def unknown_text(label: int) -> str:
-    """How a label id whose text never reached the database is shown.
-
-    Never NULL or ``[]``, which would read as "no error" or "no agent".
-    """
-    return f"<unknown #{label & 2**64 - 1:016x}>"
-
-
-def unknown_text_sql(value: str) -> str:
-    """``unknown_text`` in SQL (printf's %x is the id's two's complement)."""
-    return f"printf('<unknown #%016x>', {value})"
-
-
-def _label_text(alias: str, column: str) -> str:
-    return f"(SELECT text FROM labels WHERE label_id = {alias}.{column})"
-
-
-def _list_text(alias: str, column: str) -> str:
-    return f"COALESCE({_label_text(alias, column)}, '[]')"
-
-
-def _known_label_text(alias: str, column: str) -> str:
-    """A label's text; NULL for no label, ``unknown_text`` if not stored."""
-    value = f"{alias}.{column}"
-    return (
-        f"CASE WHEN {value} = 0 THEN NULL ELSE COALESCE("
-        f"{_label_text(alias, column)}, {unknown_text_sql(value)}) END"
-    )
-
-
-def _known_list_text(alias: str, column: str) -> str:
-    """A list's JSON text; ``[]`` for no list, an unknown one named."""
-    value = f"{alias}.{column}"
-    return (
-        f"CASE WHEN {value} = 0 THEN '[]' ELSE COALESCE("
-        f"{_label_text(alias, column)}, "
-        f"json_array({unknown_text_sql(value)})) END"
-    )
-
-
 def _create_events(db: sqlite3.Connection) -> None:
     columns = ",\n            ".join(
-        f"{name} {sql_type}" for name, sql_type in _typed_event_columns()
+        f"{name} {sql_type}" for name, sql_type in typed_columns()
     )
     _run(
         db,
@@ -146,8 +86,8 @@ def _create_events(db: sqlite3.Connection) -> None:
 
 def _create_monitoring_events_view(
     db: sqlite3.Connection,
-    label: Callable[[str, str], str] = _label_text,
-    listed: Callable[[str, str], str] = _list_text,
+    label: Callable[[str, str], str] = label_text,
+    listed: Callable[[str, str], str] = list_text,
 ) -> None:
     flag = "NULLIF(e.{0}, -1) AS {0}"
     _run(
@@ -188,127 +128,7 @@ def _create_monitoring_events_view(
 
 def _name_unknown_labels(db: sqlite3.Connection) -> None:
     db.execute("DROP VIEW monitoring_events")
-    _create_monitoring_events_view(db, _known_label_text, _known_list_text)
-
-
-def _add_health_spill_columns(db: sqlite3.Connection) -> None:
-    _run(
-        db,
-        """
-        ALTER TABLE health ADD COLUMN refused_claims INTEGER;
-        ALTER TABLE health ADD COLUMN spill_records INTEGER;
-        ALTER TABLE health ADD COLUMN spill_bytes INTEGER;
-        """,
-    )
-
-
-def _add_health_drop_columns(db: sqlite3.Connection) -> None:
-    # Records the producers' full lanes refused: spilled, or lost per
-    # reason (their sum is ``dropped``); the spill backlog's age; and the
-    # same per lane (JSON: {"drops": [...], "spill": [...]}).
-    _run(
-        db,
-        """
-        ALTER TABLE health ADD COLUMN spilled INTEGER;
-        ALTER TABLE health ADD COLUMN dropped_ring_full INTEGER;
-        ALTER TABLE health ADD COLUMN dropped_spill_cap INTEGER;
-        ALTER TABLE health ADD COLUMN dropped_disk_full INTEGER;
-        ALTER TABLE health ADD COLUMN dropped_io_error INTEGER;
-        ALTER TABLE health ADD COLUMN spill_oldest_age_s REAL;
-        ALTER TABLE health ADD COLUMN lanes_json TEXT;
-        """,
-    )
-
-
-def _create_feedback_tables(db: sqlite3.Connection) -> None:
-    common = """
-            id INTEGER PRIMARY KEY,
-            epoch INTEGER NOT NULL,
-            lane INTEGER NOT NULL,
-            seq INTEGER NOT NULL,
-            timestamp_ns INTEGER NOT NULL,
-            pid INTEGER NOT NULL,
-            action TEXT NOT NULL,
-            subject INTEGER NOT NULL,
-            old_value REAL,
-            new_value REAL,
-            statistic REAL,
-            threshold REAL,
-            samples INTEGER,
-            window_records INTEGER,
-            message INTEGER
-    """
-    texts = """
-            strftime('%Y-%m-%d %H:%M:%f', t.timestamp_ns / 1e9, 'unixepoch')
-                AS timestamp,
-            t.pid, t.action,
-            (SELECT text FROM labels WHERE label_id = t.subject) AS subject,
-            t.old_value, t.new_value, t.statistic, t.threshold, t.samples,
-            t.window_records,
-            (SELECT text FROM labels WHERE label_id = t.message) AS message
-    """
-    _run(
-        db,
-        f"""
-        CREATE TABLE alerts ({common});
-        CREATE UNIQUE INDEX idx_alerts_identity ON alerts(epoch, lane, seq);
-        CREATE INDEX idx_alerts_timestamp ON alerts(timestamp_ns);
-        CREATE TABLE adjustments ({common});
-        CREATE UNIQUE INDEX idx_adjustments_identity
-            ON adjustments(epoch, lane, seq);
-        CREATE INDEX idx_adjustments_timestamp ON adjustments(timestamp_ns);
-        CREATE VIEW alert_log AS SELECT t.id, {texts} FROM alerts AS t;
-        CREATE VIEW adjustment_log AS
-            SELECT t.id, {texts} FROM adjustments AS t;
-        """,
-    )
-
-
-def _create_agent_runs(db: sqlite3.Connection) -> None:
-    columns = ",\n            ".join(
-        f"{name} {sql_type}"
-        for name, sql_type in _typed_event_columns(AGENT_RUN_DTYPE)
-    )
-    outcomes = " ".join(
-        f"WHEN {int(o)} THEN '{o.name.lower()}'"
-        for o in AgentOutcome
-        if o >= 0
-    )
-    _run(
-        db,
-        f"""
-        CREATE TABLE agent_runs (
-            id INTEGER PRIMARY KEY,
-            epoch INTEGER NOT NULL,
-            lane INTEGER NOT NULL,
-            seq INTEGER NOT NULL,
-            {columns},
-            UNIQUE (epoch, lane, seq)
-        );
-        CREATE INDEX idx_agent_runs_request ON agent_runs(request_id);
-        CREATE INDEX idx_agent_runs_timestamp ON agent_runs(timestamp_ns);
-        CREATE INDEX idx_events_request ON events(request_id);
-        CREATE VIEW agent_runs_view AS
-        SELECT
-            a.id AS id,
-            strftime('%Y-%m-%d %H:%M:%f', a.timestamp_ns / 1e9, 'unixepoch')
-                AS timestamp,
-            a.request_id AS request_id,
-            a.pid AS pid,
-            {_known_label_text("a", "agent")} AS agent,
-            CASE a.outcome {outcomes} END AS outcome,
-            {_known_label_text("a", "query_category")} AS query_category,
-            {_known_label_text("a", "routing_strategy")} AS routing_strategy,
-            a.execution_time_ms AS execution_time_ms,
-            CASE a.success WHEN 0 THEN 0 WHEN 1 THEN 1 END AS success,
-            {_known_label_text("a", "error")} AS error,
-            NULLIF(a.input_tokens, -1) AS input_tokens,
-            NULLIF(a.output_tokens, -1) AS output_tokens,
-            a.quality_score AS quality_score
-        FROM agent_runs AS a;
-        """,
-    )
-    _run(db, agent_rollup.AGENT_ROLLUP_DDL)
+    _create_monitoring_events_view(db, known_label_text, known_list_text)
 
 
 ROLLUP_TABLES_DDL = f"""
@@ -378,32 +198,20 @@ def last_event_id(db: sqlite3.Connection) -> int:
     )
 
 
-def _create_sink_progress(db: sqlite3.Connection) -> None:
-    # Each destination's high-water mark per outbox source (daemon/forward):
-    # rows with a higher id are not yet acknowledged by that destination.
-    db.execute(
-        """
-        CREATE TABLE sink_progress (
-            sink TEXT NOT NULL,
-            source TEXT NOT NULL,
-            last_id INTEGER NOT NULL,
-            updated_ns INTEGER NOT NULL,
-            PRIMARY KEY (sink, source)
-        )
-        """
-    )
-
-
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_events_labels_health", _create_events),
     ("0002_monitoring_events_view", _create_monitoring_events_view),
-    ("0003_alerts_adjustments", _create_feedback_tables),
+    ("0003_alerts_adjustments", migrations.create_feedback_tables),
     ("0004_hourly_rollups", _create_rollups),
     ("0005_unknown_labels_named", _name_unknown_labels),
-    ("0006_health_spill_and_refused_claims", _add_health_spill_columns),
-    ("0007_health_drops_per_reason", _add_health_drop_columns),
-    ("0008_agent_runs", _create_agent_runs),
-    ("0009_sink_progress", _create_sink_progress),
+    (
+        "0006_health_spill_and_refused_claims",
+        migrations.add_health_spill_columns,
+    ),
+    ("0007_health_drops_per_reason", migrations.add_health_drop_columns),
+    ("0008_agent_runs", migrations.create_agent_runs),
+    ("0009_sink_progress", migrations.create_sink_progress),
+    ("0010_health_agent_runs", migrations.add_health_agent_runs_columns),
 ]
 """Every schema change, in order; a name is never reused or reordered."""
 

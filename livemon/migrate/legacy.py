@@ -31,6 +31,8 @@ class Layout:
         required: unified fields a row cannot do without.
         lane: the identity lane its rows get (one per kind).
         single_names: list fields whose column holds one name, not JSON.
+        agent_runs: each row is one agent's run, stored in ``agent_runs``
+            too (the seed's per-agent performance log).
     """
 
     kind: str
@@ -40,6 +42,7 @@ class Layout:
     required: tuple[str, ...]
     lane: int
     single_names: tuple[str, ...] = ()
+    agent_runs: bool = False
 
 
 def _same(*names: str) -> dict[str, str]:
@@ -102,6 +105,7 @@ LAYOUTS: dict[str, Layout] = {
         ("timestamp", "actual_agents", "execution_time_ms"),
         3,
         single_names=("actual_agents",),
+        agent_runs=True,
     ),
 }
 

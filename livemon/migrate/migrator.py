@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 
 from livemon.db.rows import ListLabels, insert_events, insert_labels
+from livemon.db.schema import last_event_id as last_event_id_of
 from livemon.db.transaction import atomic
 from livemon.db.writer import open_writer
 from livemon.exceptions import LegacyError
-from livemon.migrate import bulk
+from livemon.migrate import agent_runs, bulk
 from livemon.migrate.convert import ChunkConverter
 from livemon.migrate.legacy import LAYOUTS, Layout, legacy_epoch
 from livemon.migrate.reconcile import Check, Totals, compare
@@ -45,6 +46,7 @@ class TableReport:
     read: int = 0
     migrated: int = 0
     added: int = 0
+    runs_added: int = 0  # agent runs, for a per-agent table
     rejected: collections.Counter[str] = dataclasses.field(
         default_factory=collections.Counter
     )
@@ -293,16 +295,30 @@ def _migrate_table(
         if db is not None and lists is not None:
             with atomic(db):
                 insert_labels(db, lists, chunk.labels)
-                report.added += insert_events(
+                last_event_id = last_event_id_of(db)
+                added = insert_events(
                     db,
                     lists,
                     source.epoch,
                     Batch(layout.lane, 0, chunk.records),
                     chunk.seqs.tolist(),
                 )
+                report.added += added
+                if layout.agent_runs:
+                    report.runs_added += agent_runs.insert_runs(
+                        db,
+                        source.epoch,
+                        layout.lane,
+                        (chunk.records, chunk.seqs),
+                        (added, last_event_id),
+                    )
         read(chunk.read)
     if db is not None:
-        report.checks = compare(db, source.epoch, source.layout.lane, totals)
+        report.checks = compare(db, source.epoch, layout.lane, totals)
+        if layout.agent_runs:
+            report.checks += agent_runs.compare_runs(
+                db, source.epoch, layout.lane, totals
+            )
     return report
 
 
