@@ -338,6 +338,7 @@ class Service:
         figures["ready"] = True
         figures["published_at"] = time.time()
         figures["metrics_url"] = self._metrics and self._metrics.url
+        figures["metrics_error"] = self._metrics and self._metrics.last_error
         path = ipc.status_file(self.config)
         try:
             proc.write_atomic(path, json.dumps(figures), self.config.mode)

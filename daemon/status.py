@@ -104,6 +104,10 @@ def status_text(report: dict[str, Any]) -> str:
     lines += _spill_lines(report)
     lines += agent_lines(report.get("agent_runs"))
     lines += sink_lines(report.get("sinks") or [])
+    if report.get("metrics_error"):
+        lines.append(f"  METRICS   {report['metrics_error']} (retrying)")
+    elif report.get("metrics_url"):
+        lines.append(f"  metrics   {report['metrics_url']}")
     if report.get("last_error"):
         lines.append(f"  TROUBLE   {report['last_error']} (retrying)")
     if report.get("incident") and report["incident"] != report.get(

@@ -331,6 +331,16 @@ class TestRefusals:
                     in pathlib.Path(daemon.env["LIVEMON_LOG_FILE"]).read_text()
                 )
             )
+            # ... and so does status, for whoever does not read logs.
+            daemon.wait_until(lambda: daemon.status().get("metrics_error"))
+            shown = subprocess.run(
+                [sys.executable, "-m", "daemon", "status"],
+                env=daemon.env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).stdout
+            assert "METRICS" in shown and str(port) in shown
             assert daemon.stop() == 0
 
 
