@@ -185,7 +185,9 @@ class TestLeader:
             assert held.wait(60)
             assert not lock.try_acquire() and not lock.held
             os.kill(holder.pid, signal.SIGKILL)
-            holder.join(30)
+            # Polled, not join(): the forked child holds the holder's
+            # sentinel pipe open, so join() would wait out its timeout.
+            wait_for(lambda: not holder.is_alive(), 30, "the holder's end")
             if fork:
                 assert child_pid.value > 0  # alive, never believed it led
             wait_for(lock.try_acquire, 10, "the lock after the kill")
