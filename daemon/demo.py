@@ -27,6 +27,11 @@ SELECT json_each.value AS agent, count(*) AS requests,
 FROM monitoring_events, json_each(monitoring_events.actual_agents)
 GROUP BY agent ORDER BY requests DESC
 """
+_AGENT_RUNS = """
+SELECT agent, count(*), avg(success), avg(execution_time_ms),
+       sum(outcome = 'discarded')
+FROM agent_runs_view GROUP BY agent ORDER BY count(*) DESC
+"""
 
 
 def run(
@@ -111,6 +116,12 @@ def show(db_path: str, echo: Callable[[str], None] = print) -> None:
         echo("  per agent:")
         for agent, count, rate in db.execute(_PER_AGENT):
             echo(f"    {agent:<18} {count:>7} requests, success {rate:.1%}")
+        echo("  agent runs (each agent's own, from agent_runs_view):")
+        for agent, runs, rate, ms, discarded in db.execute(_AGENT_RUNS):
+            echo(
+                f"    {agent:<18} {runs:>7} runs, success {rate:.1%}, "
+                f"mean {ms:.0f} ms, {discarded} discarded"
+            )
         row = db.execute(
             "SELECT * FROM monitoring_events ORDER BY id DESC LIMIT 1"
         )

@@ -14,7 +14,12 @@ import random
 import sys
 
 from livemon.config import load_config
-from livemon.coordinator import Coordinator, Result, RoutingDecision
+from livemon.coordinator import (
+    AgentResult,
+    Coordinator,
+    Result,
+    RoutingDecision,
+)
 from livemon.feedback import FeedbackLoop
 from livemon.monitor import Monitor
 
@@ -30,15 +35,21 @@ ERRORS = ("TimeoutError: agent did not answer", "ValueError: bad tool input")
 
 
 def simulate(decision: RoutingDecision, rng: random.Random) -> Result:
-    """Pretend to run the agents: success, latency and quality by chance."""
+    """Pretend to run the agents: success, latency and quality by chance.
+
+    Each agent's own run is reported too: the used agents' outputs are
+    selected (merged, for a fan-out), the others' discarded.
+    """
     agents = decision.agents
     overridden = rng.random() < 0.1
     used = agents[:1] if overridden and len(agents) > 1 else agents
-    success = rng.random() < 0.9
+    runs = [_run(agent, agent in used, len(used) > 1, rng) for agent in agents]
+    success = any(run.success for run in runs if run.name in used)
     return Result(
         agents_used=used,
+        agents=tuple(runs),
         success=success,
-        execution_time_ms=rng.lognormvariate(6.0, 0.6),
+        execution_time_ms=max(run.execution_time_ms or 0.0 for run in runs),
         error=None if success else rng.choice(ERRORS),
         quality_score=round(rng.uniform(0.6, 1.0) if success else 0.2, 3),
         task_completed=success,
@@ -47,6 +58,23 @@ def simulate(decision: RoutingDecision, rng: random.Random) -> Result:
         token_count=rng.randint(200, 4000),
         context_size_kb=round(rng.uniform(1, 64), 1),
         override_reason="user chose a single agent" if overridden else None,
+    )
+
+
+def _run(
+    agent: str, used: bool, fan_out: bool, rng: random.Random
+) -> AgentResult:
+    success = rng.random() < 0.9
+    tokens = rng.randint(100, 2000)
+    return AgentResult(
+        agent,
+        execution_time_ms=rng.lognormvariate(6.0, 0.6),
+        success=success,
+        error=None if success else rng.choice(ERRORS),
+        input_tokens=tokens,
+        output_tokens=tokens // 4,
+        quality_score=round(rng.uniform(0.6, 1.0) if success else 0.2, 3),
+        outcome=("merged" if fan_out else "selected") if used else "discarded",
     )
 
 

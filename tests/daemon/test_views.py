@@ -5,10 +5,12 @@ tail -f, stats, and top, the last also in a real terminal (tmux).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -217,6 +219,16 @@ class TestTheDemo:
             out
         )
         assert f"{db}: 600 requests in monitoring_events" in out
+        with contextlib.closing(sqlite3.connect(db)) as stored:
+            (runs,) = stored.execute(
+                "SELECT count(*) FROM agent_runs"
+            ).fetchone()
+            (agents,) = stored.execute(
+                "SELECT sum(json_array_length(suggested_agents)) FROM"
+                " monitoring_events"
+            ).fetchone()
+        assert runs == agents  # one run per agent each request ran
+        assert "agent runs (each agent's own" in out
         suggested = [
             line.split("livemon ", 1)[1].split()
             for line in out.splitlines()
