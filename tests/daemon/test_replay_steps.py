@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 
 from daemon import replay as replay_module
 from daemon.replay import DEFAULT_MAX_RECORDS, STEP_BATCHES, SpillReplayer
 from livemon.config import load_config
 from livemon.exceptions import SpillConfigError
+from livemon.record import RECORD_DTYPE
+from ringbuf import Batch
 from tests.daemon.test_replay import RING, replay_all, rows, segments, spill
 
 
@@ -89,3 +92,46 @@ def test_one_directory_fsync_per_lane_and_the_db_before_unlinks(
     dirs = [s for s in synced if s in {str(d) for d in lane_segments}]
     assert sorted(dirs) == sorted(str(d) for d in lane_segments)
     assert replay_module.DEFAULT_MAX_RECORDS >= 900  # all in one step
+
+
+def test_a_step_writes_in_parts_within_one_transaction(
+    tmp_path, store, monkeypatch
+):
+    """Parts of WRITE_RECORDS, one commit: every record once, and a
+    part that fails rolls the whole step back (nothing half-stored)."""
+    spill_dir = tmp_path / "spill"
+    spill(spill_dir, 900)
+    monkeypatch.setattr(replay_module, "WRITE_RECORDS", 200)
+    writes = []
+    real_write = store.write
+
+    def write(epoch, labels, events, *args):
+        writes.append(sum(len(b.records) for b in events))
+        if len(writes) == 3:
+            raise OSError("injected: the third part fails")
+        return real_write(epoch, labels, events, *args)
+
+    monkeypatch.setattr(store, "write", write)
+    replayer = SpillReplayer(spill_dir, RING, store)
+    assert replayer.step() == 0
+    assert "third part" in replayer.last_error
+    assert rows(store) == (0, 0)  # the parts before it rolled back too
+    assert len(segments(spill_dir)) > 2  # and nothing retired
+    writes.clear()
+    monkeypatch.setattr(store, "write", real_write)
+    assert replay_all(replayer) == 900
+    assert rows(store) == (900, 900)
+    assert segments(spill_dir) == []
+
+
+def test_parts_keep_whole_batches_in_order():
+    batches = [
+        Batch(0, first, np.zeros(size, RECORD_DTYPE))
+        for first, size in ((0, 150), (150, 100), (250, 30), (280, 300))
+    ]
+    parts = replay_module._parts(batches, 200)
+    assert [[b.first_seq for b in part] for part in parts] == [
+        [0, 150],
+        [250, 280],
+    ]
+    assert replay_module._parts([], 200) == [[]]
