@@ -12,6 +12,7 @@ import pytest
 
 import ringbuf
 from bench.test_monitor import ITERATIONS, one_request
+from daemon.replay import STEP_BATCHES
 from livemon import Monitor
 from livemon.config import Config, load_config
 from livemon.record import RECORD_DTYPE
@@ -252,7 +253,7 @@ def test_replay_batch(benchmark, record, tmp_path, ring_name):
 
 
 @pytest.mark.parametrize(
-    "lanes_a_step", [5, 1], ids=["replay-step", "drain-sized-step"]
+    "lanes_a_step", [STEP_BATCHES, 1], ids=["replay-step", "drain-sized-step"]
 )
 def test_replay_vs_drain_interleaved(
     benchmark, record, tmp_path, ring_name, lanes_a_step
@@ -271,12 +272,11 @@ def test_replay_vs_drain_interleaved(
 
     from bench.test_drain import realistic_records
     from daemon.drain import Drainer
-    from daemon.replay import STEP_BATCHES, SpillReplayer
+    from daemon.replay import SpillReplayer
     from daemon.store import Store
     from livemon.ipc import open_rings
     from livemon.spill import LaneSpill
 
-    assert lanes_a_step in (1, STEP_BATCHES)
     config = load_config(
         {
             "ring": ring_name,

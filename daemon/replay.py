@@ -5,11 +5,12 @@ committed into the store exactly once, then their segments unlinked.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from daemon.exceptions import DaemonError
@@ -22,18 +23,19 @@ from ringbuf import Batch
 logger = logging.getLogger("livemon.daemon")
 
 # A replay step commits up to STEP_BATCHES drain batches of events (the
-# daemon passes STEP_BATCHES * batch_records).  The drain is bounded by
-# what the ring holds, replay is not, and a larger step spreads its fixed
-# costs (the commit, the rollup pass, the fsync before unlinking, the
-# directory scans) over more records, so a backlog is caught up faster
-# than the ring drains.  At the default batch a step takes about a
-# second, while ring lanes hold ~16 s at 1,000 requests/s.
-STEP_BATCHES = 5
+# daemon passes STEP_BATCHES * batch_records) in one transaction.  The
+# drain is bounded by what the ring holds, replay is not, and one commit
+# for more records dirties each index page once for more of them (the
+# drain's cost per record grows with the database, a large step's far
+# less), besides spreading the fsync before unlinking and the directory
+# scans.  At the default batch a step takes ~2 s; ring lanes hold ~16 s
+# at 1,000 requests/s.
+STEP_BATCHES = 10
 DEFAULT_MAX_RECORDS = STEP_BATCHES * 20000
 # Records a ``Store.write`` of a step takes: the rows built for an insert
-# cost ~1.2 KB a record, so a step writes in parts (~60 MB of rows; ~80 MB
-# at the step's peak, against ~115 MB in one write, at the same speed),
-# all in the step's one transaction (one commit, one fsync).
+# cost ~1.2 KB a record, so a step reads and writes in parts, all in its
+# one transaction: its memory is one part's (~60 MB of rows), not all
+# the step commits.
 WRITE_RECORDS = 50_000
 RETIRE_INTERVAL_S = 1.0  # segments sealed since: looked at this often
 _HWM = "SELECT max(seq) FROM {table} WHERE epoch = ? AND lane = ?"
@@ -142,11 +144,18 @@ class SpillReplayer:
         if store is None:
             return 0
         label_batches = self._pending_labels(room)
-        event_lanes = self._pending_events(store, room)
-        if label_batches or event_lanes:
-            moved = self._commit(store, label_batches, event_lanes)
-        else:
-            moved = 0
+        events = self._pending_events(store, room)
+        first = next(events, None)  # no transaction for nothing
+        event_lanes: set[_Lane] = set()
+        moved = 0
+        if label_batches or first is not None:
+            ahead = [] if first is None else [first]
+            moved = self._commit(
+                store,
+                label_batches,
+                itertools.chain(ahead, events),
+                event_lanes,
+            )
         self.replayed += moved  # committed, whatever retiring meets
         # The commits above, fsynced before this step's first unlink.
         self._before_unlink = durable_once(store)
@@ -156,7 +165,7 @@ class SpillReplayer:
             self._retire_all(store)
         else:
             self._retire_labels({key for key, _ in label_batches})
-            self._retire_events(store, set(event_lanes))
+            self._retire_events(store, event_lanes)
         return moved
 
     # -- reading ---------------------------------------------------------
@@ -176,24 +185,21 @@ class SpillReplayer:
 
     def _pending_events(
         self, store: Store, max_records: int
-    ) -> dict[_Lane, list[Batch]]:
-        found: dict[_Lane, list[Batch]] = {}
+    ) -> Iterator[tuple[_Lane, Batch]]:
+        """Up to ``max_records`` events above their lanes' HWMs, in lane
+        and seq order, read only as they are wanted: a step holds one
+        write's part in memory, not all it commits."""
         room = max_records
         for key in self.events.lanes():
-            if room <= 0:
-                break
             epoch, lane = key
-            after = _hwm(store, epoch, lane)
+            after = _hwm(store, epoch, lane)  # before this step writes it
             for batch in self.events.read(epoch, lane, after):
-                if room <= 0:
-                    break
                 batch = _head(batch, room)
                 room -= len(batch.records)
                 # Stored under the spill lane: its own seq space.
-                found.setdefault(key, []).append(
-                    batch._replace(lane=spill_lane(lane))
-                )
-        return found
+                yield key, batch._replace(lane=spill_lane(lane))
+                if room <= 0:
+                    return
 
     # -- committing ------------------------------------------------------
 
@@ -201,25 +207,29 @@ class SpillReplayer:
         self,
         store: Store,
         label_batches: list[tuple[_Lane, Batch]],
-        event_lanes: dict[_Lane, list[Batch]],
+        events: Iterable[tuple[_Lane, Batch]],
+        event_lanes: set[_Lane],
     ) -> int:
-        labels = [batch for _, batch in label_batches]
-        by_epoch: dict[int, list[Batch]] = {}
-        for (epoch, _), batches in event_lanes.items():
-            by_epoch.setdefault(epoch, []).extend(batches)
-        inserted = 0
+        """Write the labels, then the events in parts, in one transaction;
+        add the events' lanes to ``event_lanes``; return events moved."""
+        moved = inserted = 0
+
+        def counted() -> Iterator[tuple[_Lane, Batch]]:
+            nonlocal moved
+            for key, batch in events:
+                event_lanes.add(key)
+                moved += len(batch.records)
+                yield key, batch
+
         with store.atomic():  # one transaction; the writes nest inside
-            if not by_epoch:
-                store.write(0, labels, [])
-            for epoch, batches in by_epoch.items():
-                for part in _parts(batches, WRITE_RECORDS):
-                    inserted += store.write(epoch, labels, part)
-                    labels = []  # once, in the first write
+            if label_batches:  # before the events that name them
+                store.write(0, [batch for _, batch in label_batches], [])
+            for epoch, part in _parts(counted(), WRITE_RECORDS):
+                inserted += store.write(epoch, [], part)
         # Committed: now the labels' HWM may move (events' is the rows).
         for key, batch in label_batches:
             hwm = self._label_hwm.get(key, -1)
             self._label_hwm[key] = max(hwm, batch.end_seq - 1)
-        moved = sum(len(b.records) for bs in event_lanes.values() for b in bs)
         if inserted != moved:
             logger.info(
                 "spill replay: %d of %d records were already stored",
@@ -364,18 +374,22 @@ def _check_max(max_records: object) -> int:
     return max_records
 
 
-def _parts(batches: list[Batch], records: int) -> list[list[Batch]]:
-    """``batches`` in order, grouped into lists of about ``records``
-    records each (whole batches: a segment's at most)."""
-    parts: list[list[Batch]] = [[]]
-    count = 0
-    for batch in batches:
-        if count >= records:
-            parts.append([])
-            count = 0
-        parts[-1].append(batch)
+def _parts(
+    events: Iterable[tuple[_Lane, Batch]], records: int
+) -> Iterator[tuple[int, list[Batch]]]:
+    """``(epoch, batches)`` of one epoch and about ``records`` records
+    each (whole batches: a segment's at most), in order."""
+    part: list[Batch] = []
+    part_epoch = count = 0
+    for (epoch, _), batch in events:
+        if part and (epoch != part_epoch or count >= records):
+            yield part_epoch, part
+            part, count = [], 0
+        part_epoch = epoch
+        part.append(batch)
         count += len(batch.records)
-    return parts
+    if part:
+        yield part_epoch, part
 
 
 def _head(batch: Batch, room: int) -> Batch:

@@ -108,13 +108,13 @@ def test_a_step_writes_in_parts_within_one_transaction(
     def write(epoch, labels, events, *args):
         writes.append(sum(len(b.records) for b in events))
         if len(writes) == 3:
-            raise OSError("injected: the third part fails")
+            raise OSError("injected: the third write fails")
         return real_write(epoch, labels, events, *args)
 
     monkeypatch.setattr(store, "write", write)
     replayer = SpillReplayer(spill_dir, RING, store)
     assert replayer.step() == 0
-    assert "third part" in replayer.last_error
+    assert "third write" in replayer.last_error
     assert rows(store) == (0, 0)  # the parts before it rolled back too
     assert len(segments(spill_dir)) > 2  # and nothing retired
     writes.clear()
@@ -124,14 +124,21 @@ def test_a_step_writes_in_parts_within_one_transaction(
     assert segments(spill_dir) == []
 
 
-def test_parts_keep_whole_batches_in_order():
-    batches = [
-        Batch(0, first, np.zeros(size, RECORD_DTYPE))
-        for first, size in ((0, 150), (150, 100), (250, 30), (280, 300))
+def test_parts_keep_whole_batches_one_epoch_each_in_order():
+    events = [
+        ((epoch, 0), Batch(0, first, np.zeros(size, RECORD_DTYPE)))
+        for epoch, first, size in (
+            (1, 0, 150),
+            (1, 150, 100),
+            (1, 250, 30),
+            (2, 0, 30),
+            (2, 30, 300),
+        )
     ]
-    parts = replay_module._parts(batches, 200)
-    assert [[b.first_seq for b in part] for part in parts] == [
-        [0, 150],
-        [250, 280],
+    parts = list(replay_module._parts(events, 200))
+    assert [(e, [b.first_seq for b in part]) for e, part in parts] == [
+        (1, [0, 150]),
+        (1, [250]),
+        (2, [0, 30]),
     ]
-    assert replay_module._parts([], 200) == [[]]
+    assert list(replay_module._parts([], 200)) == []
