@@ -5,22 +5,38 @@ committed into the store exactly once, then their segments unlinked.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from daemon.exceptions import DaemonError
 from daemon.store import Store
+from livemon.exceptions import SpillConfigError
 from livemon.record import LABEL_DTYPE, RECORD_DTYPE
 from livemon.spill import SpillReader, spill_lane
 from ringbuf import Batch
 
 logger = logging.getLogger("livemon.daemon")
 
-DEFAULT_MAX_RECORDS = 20000
+# A replay step commits up to STEP_BATCHES drain batches of events (the
+# daemon passes STEP_BATCHES * batch_records) in one transaction.  The
+# drain is bounded by what the ring holds, replay is not, and one commit
+# for more records dirties each index page once for more of them (the
+# drain's cost per record grows with the database, a large step's far
+# less), besides spreading the fsync before unlinking and the directory
+# scans.  At the default batch a step takes ~2 s; ring lanes hold ~16 s
+# at 1,000 requests/s.
+STEP_BATCHES = 10
+DEFAULT_MAX_RECORDS = STEP_BATCHES * 20000
+# Records a ``Store.write`` of a step takes: the rows built for an insert
+# cost ~1.2 KB a record, so a step reads and writes in parts, all in its
+# one transaction: its memory is one part's (~60 MB of rows), not all
+# the step commits.
+WRITE_RECORDS = 50_000
 RETIRE_INTERVAL_S = 1.0  # segments sealed since: looked at this often
 _HWM = "SELECT max(seq) FROM {table} WHERE epoch = ? AND lane = ?"
 
@@ -51,6 +67,10 @@ class SpillReplayer:
         ring: the events ring's name (labels: ``<ring>.labels``).
         store: the store, or a callable returning the current one (say
             ``lambda: drainer.store``), None while it is unavailable.
+        max_records: events a step commits when not told otherwise.
+
+    Raises:
+        SpillConfigError: ``max_records`` is not a positive int.
     """
 
     def __init__(
@@ -58,7 +78,9 @@ class SpillReplayer:
         spill_dir: str | os.PathLike[str],
         ring: str,
         store: Store | Callable[[], Store | None],
+        max_records: int = DEFAULT_MAX_RECORDS,
     ) -> None:
+        self.max_records = _check_max(max_records)
         self.spill_dir = os.fspath(spill_dir)
         self.events = SpillReader(self.spill_dir, ring, RECORD_DTYPE)
         self.labels = SpillReader(
@@ -80,12 +102,17 @@ class SpillReplayer:
         store = self._store
         return store if isinstance(store, Store) else store()
 
-    def step(self, max_records: int = DEFAULT_MAX_RECORDS) -> int:
+    def step(self, max_records: int | None = None) -> int:
         """``replay_once``, turning trouble into a retry at the next step.
 
         Database trouble is left to the drain loop (it backs off and
         reopens the store); the records stay in their files meanwhile.
+
+        Raises:
+            SpillConfigError: ``max_records`` is not a positive int.
         """
+        if max_records is not None:
+            _check_max(max_records)
         try:
             moved = self.replay_once(max_records)
         except (sqlite3.Error, DaemonError, OSError, ValueError) as exc:
@@ -99,24 +126,36 @@ class SpillReplayer:
         self.last_error = None
         return moved
 
-    def replay_once(self, max_records: int = DEFAULT_MAX_RECORDS) -> int:
-        """Commit up to ``max_records`` spilled events (and the labels
-        spilled meanwhile); return the events committed.
+    def replay_once(self, max_records: int | None = None) -> int:
+        """Commit up to ``max_records`` (default: the replayer's)
+        spilled events, and the labels spilled meanwhile; return the
+        events committed.
 
         Raises:
+            SpillConfigError: ``max_records`` is not a positive int.
             sqlite3.Error, DaemonError: the store failed; nothing was
                 retired, the records stay in their files.
             OSError: the spill directory cannot be read.
         """
+        room = _check_max(
+            self.max_records if max_records is None else max_records
+        )
         store = self.store
         if store is None:
             return 0
-        label_batches = self._pending_labels(max_records)
-        event_lanes = self._pending_events(store, max_records)
-        if label_batches or event_lanes:
-            moved = self._commit(store, label_batches, event_lanes)
-        else:
-            moved = 0
+        label_batches = self._pending_labels(room)
+        events = self._pending_events(store, room)
+        first = next(events, None)  # no transaction for nothing
+        event_lanes: set[_Lane] = set()
+        moved = 0
+        if label_batches or first is not None:
+            ahead = [] if first is None else [first]
+            moved = self._commit(
+                store,
+                label_batches,
+                itertools.chain(ahead, events),
+                event_lanes,
+            )
         self.replayed += moved  # committed, whatever retiring meets
         # The commits above, fsynced before this step's first unlink.
         self._before_unlink = durable_once(store)
@@ -126,7 +165,7 @@ class SpillReplayer:
             self._retire_all(store)
         else:
             self._retire_labels({key for key, _ in label_batches})
-            self._retire_events(store, set(event_lanes))
+            self._retire_events(store, event_lanes)
         return moved
 
     # -- reading ---------------------------------------------------------
@@ -146,24 +185,21 @@ class SpillReplayer:
 
     def _pending_events(
         self, store: Store, max_records: int
-    ) -> dict[_Lane, list[Batch]]:
-        found: dict[_Lane, list[Batch]] = {}
+    ) -> Iterator[tuple[_Lane, Batch]]:
+        """Up to ``max_records`` events above their lanes' HWMs, in lane
+        and seq order, read only as they are wanted: a step holds one
+        write's part in memory, not all it commits."""
         room = max_records
         for key in self.events.lanes():
-            if room <= 0:
-                break
             epoch, lane = key
-            after = _hwm(store, epoch, lane)
+            after = _hwm(store, epoch, lane)  # before this step writes it
             for batch in self.events.read(epoch, lane, after):
-                if room <= 0:
-                    break
                 batch = _head(batch, room)
                 room -= len(batch.records)
                 # Stored under the spill lane: its own seq space.
-                found.setdefault(key, []).append(
-                    batch._replace(lane=spill_lane(lane))
-                )
-        return found
+                yield key, batch._replace(lane=spill_lane(lane))
+                if room <= 0:
+                    return
 
     # -- committing ------------------------------------------------------
 
@@ -171,24 +207,29 @@ class SpillReplayer:
         self,
         store: Store,
         label_batches: list[tuple[_Lane, Batch]],
-        event_lanes: dict[_Lane, list[Batch]],
+        events: Iterable[tuple[_Lane, Batch]],
+        event_lanes: set[_Lane],
     ) -> int:
-        labels = [batch for _, batch in label_batches]
-        by_epoch: dict[int, list[Batch]] = {}
-        for (epoch, _), batches in event_lanes.items():
-            by_epoch.setdefault(epoch, []).extend(batches)
-        inserted = 0
+        """Write the labels, then the events in parts, in one transaction;
+        add the events' lanes to ``event_lanes``; return events moved."""
+        moved = inserted = 0
+
+        def counted() -> Iterator[tuple[_Lane, Batch]]:
+            nonlocal moved
+            for key, batch in events:
+                event_lanes.add(key)
+                moved += len(batch.records)
+                yield key, batch
+
         with store.atomic():  # one transaction; the writes nest inside
-            if not by_epoch:
-                store.write(0, labels, [])
-            for epoch, batches in by_epoch.items():
-                inserted += store.write(epoch, labels, batches)
-                labels = []  # once, in the first write
+            if label_batches:  # before the events that name them
+                store.write(0, [batch for _, batch in label_batches], [])
+            for epoch, part in _parts(counted(), WRITE_RECORDS):
+                inserted += store.write(epoch, [], part)
         # Committed: now the labels' HWM may move (events' is the rows).
         for key, batch in label_batches:
             hwm = self._label_hwm.get(key, -1)
             self._label_hwm[key] = max(hwm, batch.end_seq - 1)
-        moved = sum(len(b.records) for bs in event_lanes.values() for b in bs)
         if inserted != moved:
             logger.info(
                 "spill replay: %d of %d records were already stored",
@@ -315,6 +356,42 @@ def _hwm_or_none(store: Store | None, epoch: int, lane: int) -> int:
         return -1  # unknown: count every record as waiting
 
 
+def _check_max(max_records: object) -> int:
+    """``max_records`` if it is a positive int.
+
+    Raises:
+        SpillConfigError: it is not.
+    """
+    if (
+        not isinstance(max_records, int)
+        or isinstance(max_records, bool)
+        or max_records < 1
+    ):
+        raise SpillConfigError(
+            f"max_records must be a positive int (records a replay step "
+            f"commits), got {max_records!r}"
+        )
+    return max_records
+
+
+def _parts(
+    events: Iterable[tuple[_Lane, Batch]], records: int
+) -> Iterator[tuple[int, list[Batch]]]:
+    """``(epoch, batches)`` of one epoch and about ``records`` records
+    each (whole batches: a segment's at most), in order."""
+    part: list[Batch] = []
+    part_epoch = count = 0
+    for (epoch, _), batch in events:
+        if part and (epoch != part_epoch or count >= records):
+            yield part_epoch, part
+            part, count = [], 0
+        part_epoch = epoch
+        part.append(batch)
+        count += len(batch.records)
+    if part:
+        yield part_epoch, part
+
+
 def _head(batch: Batch, room: int) -> Batch:
     """The first ``room`` records of ``batch``."""
     if len(batch.records) <= room:
@@ -331,7 +408,8 @@ def _retire(
     """Unlink a lane's segments wholly at or below ``hwm``; count them.
     Once none is left, remove the lane's directory (and its epoch's).
 
-    ``before_unlink`` runs before the first unlink (``make_durable``).
+    ``before_unlink`` runs before the first unlink (``make_durable``);
+    the unlinks are made durable together, one directory fsync a lane.
     A segment starting above ``hwm`` holds nothing committed, so it is
     read (by ``retire``) only if its header says it has no frames: a
     producer killed right after making it leaves such a one behind.
@@ -347,8 +425,10 @@ def _retire(
     for segment in segments:
         if segment.first_seq > hwm and reader.published(segment):
             continue  # records to replay first
-        if reader.retire(segment, hwm, before_unlink):
+        if reader.retire(segment, hwm, before_unlink, sync_dir=False):
             retired += 1
+    if retired:  # one directory fsync for the lane's unlinks
+        reader.sync_lane(*key)
     if retired == len(segments):
         reader.prune(*key)
     return retired

@@ -23,7 +23,7 @@ from daemon.drain import Drainer
 from daemon.exceptions import DatabaseCorrupt
 from daemon.forwarding import Forwarding
 from daemon.notify import Notifier
-from daemon.replay import SpillReplayer
+from daemon.replay import STEP_BATCHES, SpillReplayer
 from daemon.retention import DAEMON_SHARE, TABLES, Retention
 from daemon.status import status_line
 from daemon.store import IntegrityCheck, Store, check_database_path
@@ -187,7 +187,9 @@ class Service:
     def _step(self, drainer: Drainer) -> int:
         """Replay spill files, then drain the rings; return records moved."""
         n = self.config.batch_records
-        replayed = self._replayer.step(n) + self._agent_replayer.step(n)
+        # Spill replay takes larger steps than the drain (daemon/replay.py).
+        replayed = self._replayer.step(STEP_BATCHES * n)
+        replayed += self._agent_replayer.step(n)
         moved = replayed + drainer.step()
         for retired in self._retired:
             moved += retired.step(drainer)

@@ -205,8 +205,11 @@ class SegmentFiles:
         whole = max(size, 0) // self._frame_bytes
         return active, min(header.capacity_frames, whole)
 
-    def unlink(self, segment: Segment) -> bool:
-        """Unlink a segment, durably; False if it or its lane is gone."""
+    def unlink(self, segment: Segment, *, sync: bool = True) -> bool:
+        """Unlink a segment, durably unless ``sync`` is off (the caller
+        then calls ``sync_lane`` after its last unlink in the lane, one
+        directory fsync for them all); False if it or its lane is gone.
+        """
         with self._lane_dir(segment) as fd:
             if fd < 0:
                 return False
@@ -214,8 +217,15 @@ class SegmentFiles:
                 os.unlink(segment.name, dir_fd=fd)
             except FileNotFoundError:
                 return False
-            os.fsync(fd)  # the unlink is durable before the caller moves on
+            if sync:  # the unlink is durable before the caller moves on
+                os.fsync(fd)
         return True
+
+    def sync_lane(self, epoch: int, lane: int) -> None:
+        """Fsync a lane's directory: the unlinks in it are durable."""
+        with _fs.dir_or_none(self.spill_dir, self._names(epoch, lane)) as fd:
+            if fd >= 0:
+                os.fsync(fd)
 
     def prune(self, epoch: int, lane: int) -> bool:
         """Remove a lane's directory if empty, then its epoch's if empty.

@@ -184,6 +184,8 @@ class SpillReader:
         segment: Segment,
         hwm_seq: int,
         before_unlink: Callable[[], None] | None = None,
+        *,
+        sync_dir: bool = True,
     ) -> bool:
         """Unlink a segment if every seq in it is at or below ``hwm_seq``.
 
@@ -193,6 +195,9 @@ class SpillReader:
                 (with the rows) from this reader.
             before_unlink: called right before the unlink (to make the
                 commit durable first); what it raises, the call raises.
+            sync_dir: fsync the lane's directory after the unlink; off
+                for a caller unlinking several, which calls ``sync_lane``
+                after the last.
 
         Returns:
             True if unlinked; False if it still holds a valid frame above
@@ -216,11 +221,16 @@ class SpillReader:
             return False
         if before_unlink is not None:
             before_unlink()
-        if not self._files.unlink(segment):
+        if not self._files.unlink(segment, sync=sync_dir):
             return False
         self._reported.pop(segment.path, None)
         self._verified.pop(segment.path, None)
         return True
+
+    def sync_lane(self, epoch: int, lane: int) -> None:
+        """Make the unlinks ``retire`` did in a lane durable (one fsync of
+        its directory), after unlinking with ``sync_dir`` off."""
+        self._files.sync_lane(epoch, lane)
 
     def prune(self, epoch: int, lane: int) -> bool:
         """Remove a lane's directory once it holds no file (and its
