@@ -94,7 +94,9 @@ class Drainer:
 
         Raises:
             sqlite3.Error, DaemonError, OSError: the store failed (or was
-                moved); nothing was advanced, the records stay in the ring.
+                moved); what it did not commit was not advanced and stays
+                in the ring (events, labels and actions commit together,
+                agent runs after them).
         """
         store = self._store()
         if store is None:
@@ -114,7 +116,10 @@ class Drainer:
             self.quarantine.screen(self.events.name, events, sane_events),
             feedback,
         )
-        self._write_agents(store, agents)  # after the labels they name
+        # What that transaction committed is acknowledged before the agent
+        # runs' own transaction: were it to fail (the database damaged or
+        # replaced meanwhile), committed events must not be drained again
+        # into whatever database comes next.
         for batch in labels:
             self.labels.advance(batch.lane, batch.end_seq)
         for batch in events:
@@ -122,6 +127,7 @@ class Drainer:
         for batch in feedback:
             assert self.feedback is not None
             self.feedback.advance(batch.lane, batch.end_seq)
+        self._write_agents(store, agents)  # after the labels they name
         self._advance_agents(agents)
         self.batch_latency_ms = (time.perf_counter() - started) * 1e3
         moved = sum(len(b.records) for b in events)

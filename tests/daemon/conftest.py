@@ -50,7 +50,12 @@ class DaemonRun:
                 f"{self.process.stderr.read() if self.process.stderr else ''}"
             )
             time.sleep(0.05)
-        raise AssertionError(f"timed out after {timeout_s} s waiting")
+        log = self.env.get("LIVEMON_LOG_FILE")
+        tail = pathlib.Path(log).read_text()[-3000:] if log else ""
+        raise AssertionError(
+            f"timed out after {timeout_s} s waiting; the daemon's log ends:"
+            f"\n{tail}"
+        )
 
     def count(self, sql="SELECT count(*) FROM events") -> int:
         """Run a counting query on the database (0 if it has no table)."""
