@@ -9,9 +9,10 @@ in the same transaction, from the rows just added.
 
 from __future__ import annotations
 
+import collections
 import math
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -347,3 +348,22 @@ def percentiles(
     share = (ranks - before) / counts[found]
     low, high = bucket_ms(buckets[found]), bucket_ms(buckets[found] + 1)
     return (low + share * (high - low)).tolist()  # type: ignore[no-any-return]
+
+
+def percentiles_per_key(
+    rows: Iterable[tuple[Any, int, int]],
+) -> dict[Any, list[float]]:
+    """p50 and p95 latency (ms) per key, from ``(key, bucket, count)``
+    rows of a latency rollup (a key's rows may come in any order)."""
+    histograms: dict[Any, collections.Counter[int]] = collections.defaultdict(
+        collections.Counter
+    )
+    for key, bucket, count in rows:
+        histograms[key][bucket] += count
+    return {
+        key: percentiles(
+            np.fromiter(histogram.keys(), np.int64, len(histogram)),
+            np.fromiter(histogram.values(), np.int64, len(histogram)),
+        )
+        for key, histogram in histograms.items()
+    }

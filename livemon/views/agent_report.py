@@ -7,12 +7,9 @@ that do not log them).
 
 from __future__ import annotations
 
-import collections
 import math
 import sqlite3
 from typing import Any, Protocol
-
-import numpy as np
 
 from livemon.db import agent_rollup, rollup
 
@@ -76,22 +73,11 @@ def _percentiles(
     table = src.of(
         agent_rollup.AGENT_ROLLUP_TABLES[1], agent_rollup.AGENT_LATENCY_SELECT
     )
-    histograms: dict[int, collections.Counter[int]] = collections.defaultdict(
-        collections.Counter
-    )
     sql = (
         f"SELECT agent, bucket, sum(runs) FROM {table} "
         f"WHERE {src.agent_rows} GROUP BY 1, 2"
     )
-    for agent, bucket, count in db.execute(sql, src.params):
-        histograms[agent][bucket] += count
-    return {
-        agent: rollup.percentiles(
-            np.fromiter(h.keys(), np.int64, len(h)),
-            np.fromiter(h.values(), np.int64, len(h)),
-        )
-        for agent, h in histograms.items()
-    }
+    return rollup.percentiles_per_key(db.execute(sql, src.params))
 
 
 def merged(

@@ -9,14 +9,11 @@ the same on ten thousand events or ten million.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import math
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
-
-import numpy as np
 
 from livemon.db import rollup
 from livemon.db.reading import Labels, TimeRange, format_ns
@@ -228,22 +225,11 @@ def _latency_percentiles(
 ) -> dict[int, list[float]]:
     """p50 and p95 latency (ms) per value of the SQL expression ``key``,
     over the latency rows matching ``where``."""
-    histograms: dict[int, collections.Counter[int]] = collections.defaultdict(
-        collections.Counter
-    )
     sql = (
         f"SELECT {key}, bucket, sum(requests) FROM {src.latency} "
         f"WHERE {where} GROUP BY 1, 2"
     )
-    for value, bucket, count in db.execute(sql, src.params):
-        histograms[value][bucket] += count
-    return {
-        value: rollup.percentiles(
-            np.fromiter(histogram.keys(), np.int64, len(histogram)),
-            np.fromiter(histogram.values(), np.int64, len(histogram)),
-        )
-        for value, histogram in histograms.items()
-    }
+    return rollup.percentiles_per_key(db.execute(sql, src.params))
 
 
 def _categories(
