@@ -434,7 +434,8 @@ class TestAgentSeries:
         """Quotes, newlines, backslashes, braces and non-ASCII in agent
         names come back intact through the official parser."""
         odd = ['a"b', "c\nd", "back\\slash", "x}y{", "caf\u00e9 \U0001f642"]
-        text = exposition(rollup_metrics.rollup_metrics(rollups_of(odd)))
+        with contextlib.closing(rollups_of(odd)) as db:
+            text = exposition(rollup_metrics.rollup_metrics(db))
         found = samples(text)
         for name in odd:
             key = ("livemon_agent_requests_total", (("agent", name),))
@@ -446,8 +447,9 @@ class TestAgentSeries:
         agent series, the most requested kept, the rest summed as
         OTHER_AGENTS, every total still equal to the rollups'."""
         count = 3 * rollup_metrics.MAX_AGENTS
-        db = rollups_of([f"agent-{i}" for i in range(1, count + 1)])
-        found = samples(exposition(rollup_metrics.rollup_metrics(db)))
+        names = [f"agent-{i}" for i in range(1, count + 1)]
+        with contextlib.closing(rollups_of(names)) as db:
+            found = samples(exposition(rollup_metrics.rollup_metrics(db)))
         requests = {
             dict(labels)["agent"]: value
             for (name, labels), value in found.items()
