@@ -285,6 +285,10 @@ class Store:
         grows without bound; a TRUNCATE checkpoint with a short busy
         timeout bounds it without stalling the writer for long.  Returns
         SQLite's (busy, wal pages, pages checkpointed).
+
+        Raises:
+            DatabaseGone, DatabaseReplaced: see ``check_identity``.
+            DatabaseCorrupt: the file is shorter than its pages.
         """
         db = self.db
         db.execute(f"PRAGMA busy_timeout = {CHECKPOINT_BUSY_TIMEOUT_MS}")
@@ -300,9 +304,13 @@ class Store:
         # Only after a complete checkpoint must the file hold every page
         # (before, the WAL may hold the tail: a checkpoint cut short by
         # a full disk leaves a short file that is not damaged).
+        # A file put at the path meanwhile is a replacement, not damage to
+        # ours: said as such (the caller treats it so), and the length
+        # measured is our descriptor's, never the newcomer's.
+        self.check_identity()
         pages = self.db.execute("PRAGMA page_count").fetchone()[0]
         page_bytes = self.db.execute("PRAGMA page_size").fetchone()[0]
-        size = os.path.getsize(self.path)
+        size = os.fstat(self._fd).st_size
         if size < pages * page_bytes:
             raise DatabaseCorrupt(
                 f"{self.path} was truncated under the daemon: {size} bytes "

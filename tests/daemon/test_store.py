@@ -5,7 +5,10 @@ ring -> store -> query round trips, corruption refused.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sqlite3
 
 import numpy as np
 import pytest
@@ -13,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ringbuf
-from daemon.exceptions import DatabaseCorrupt
+from daemon.exceptions import DatabaseCorrupt, DatabaseReplaced
 from daemon.store import Store
 from livemon.db import schema
 from livemon.record import (
@@ -282,6 +285,22 @@ class TestCorruption:
         with pytest.raises(DatabaseCorrupt, match="damaged") as info:
             Store(str(path))
         assert str(path) in str(info.value)
+
+    def test_a_smaller_file_put_at_the_path_is_a_replacement(self, tmp_path):
+        """Checkpointing after someone put a small foreign file at the path:
+        a replacement (left alone), never "truncated" (set aside)."""
+        path = tmp_path / "u.db"
+        store = Store(str(path))
+        try:
+            store.write(1, [], [events_batch(np.repeat(one_event(), 2000))])
+            foreign = tmp_path / "foreign.db"
+            with contextlib.closing(sqlite3.connect(foreign)) as db:
+                db.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+            os.replace(foreign, path)
+            with pytest.raises(DatabaseReplaced):
+                store.checkpoint()
+        finally:
+            store.close()
 
     def test_not_a_database(self, tmp_path):
         """A file that is not SQLite at all is refused the same way."""
