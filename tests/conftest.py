@@ -15,6 +15,8 @@ import pytest
 from hypothesis import settings
 
 import ringbuf
+from livemon import ipc
+from livemon.config import load_config
 from tests import mounts
 
 settings.register_profile("livemon", deadline=None, max_examples=60)
@@ -61,8 +63,14 @@ def ring_name() -> Iterator[str]:
     """A fresh ring name; whatever was created under it is unlinked after."""
     name = f"lmtest-{uuid.uuid4().hex[:12]}"
     yield name
-    for suffix in ("", ".labels", ".feedback", ".agents", ".verdicts"):
-        ringbuf.unlink(name + suffix)
+    unlink_rings(name)
+
+
+def unlink_rings(ring: str) -> None:
+    """Unlink every segment (and lock file) a configuration of ``ring``
+    uses, as ``livemon.ipc.segments`` names them."""
+    for name in ipc.segments(load_config({"ring": ring}, env={})):
+        ringbuf.unlink(name)
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from livemon import record as rec
 from livemon.cli import cli
 from livemon.config import load_config
 from livemon.spill import SPILL_LANE_BASE
+from tests.conftest import unlink_rings
 
 WORKER = pathlib.Path(__file__).resolve().parents[1] / "agent_worker.py"
 
@@ -471,5 +472,4 @@ def test_round_trip(tmp_path, ring_name, runs):
         for run in runs
     ]
     assert rows == expected
-    for suffix in ("", ".labels", ".feedback", ".agents"):
-        ringbuf.unlink(ring_name + suffix)  # the next example's are new
+    unlink_rings(ring_name)  # the next example's are new

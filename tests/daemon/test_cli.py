@@ -18,10 +18,10 @@ import time
 
 import pytest
 
-import ringbuf
 from livemon import ipc
 from livemon.config import load_config
 from tests import other_users
+from tests.conftest import unlink_rings
 
 
 def run_cli(env, *args, user: int | None = None, timeout=60):
@@ -93,11 +93,12 @@ class TestStatus:
             second = run_cli(other, "start", "--foreground")
             assert second.returncode == 1
             assert "already drains database" in second.stderr
-            for suffix in ("", ".labels", ".feedback", ".lanes"):
-                assert not os.path.exists(f"/dev/shm/{ring_name}-b{suffix}")
+            config = load_config({"ring": ring_name + "-b"}, env={})
+            for name in ipc.segments(config):
+                for suffix in ("", ".lanes"):
+                    assert not os.path.exists(f"/dev/shm/{name}{suffix}")
         finally:
-            for suffix in ("", ".labels", ".feedback"):
-                ringbuf.unlink(f"{ring_name}-b{suffix}")
+            unlink_rings(ring_name + "-b")
         assert first.stop() == 0
 
 
@@ -127,8 +128,7 @@ class TestFiles:
         finally:
             run_cli(env, "stop", *flags_a)
             run_cli(env, "stop", *flags_b)
-            for suffix in ("", ".labels", ".feedback"):
-                ringbuf.unlink(f"{ring}-b{suffix}")
+            unlink_rings(ring + "-b")
 
     def test_everything_is_owner_only(self, daemon_env, tmp_path):
         """State directory 0700; database, log, pid, status, backup 0600."""

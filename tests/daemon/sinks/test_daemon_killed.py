@@ -10,7 +10,7 @@ import signal
 
 import pytest
 
-import ringbuf
+from tests.conftest import unlink_rings
 from tests.daemon.conftest import coordinators, recorded
 from tests.daemon.sinks.test_clickhouse import final_counts, wait_for
 
@@ -44,5 +44,4 @@ def test_killed_mid_shipment_counts_once(daemon_env, start_daemon, clickhouse):
         assert raw_count(clickhouse) >= total
         assert run.stop() == 0
     finally:
-        for suffix in ("", ".labels", ".feedback", ".agents"):
-            ringbuf.unlink(env["LIVEMON_RING"] + suffix)
+        unlink_rings(env["LIVEMON_RING"])

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-import ringbuf
 from daemon.status import sink_trouble
 from livemon.views.top import sink_lines
+from tests.conftest import unlink_rings
 from tests.daemon.conftest import coordinators
 from tests.daemon.sinks.test_clickhouse import final_counts, wait_for
 from tests.daemon.test_agent_runs import finish, start_workers, stored_runs
@@ -43,8 +43,7 @@ def hosts(daemon_env, tmp_path, start_daemon, clickhouse):
     yield runs
     for run in runs:
         run.stop()
-        for suffix in ("", ".labels", ".feedback", ".agents"):
-            ringbuf.unlink(run.env["LIVEMON_RING"] + suffix)
+        unlink_rings(run.env["LIVEMON_RING"])
 
 
 def sink(run) -> dict:
