@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -133,43 +134,31 @@ class SegmentFiles:
         Returns:
             None if it vanished, or its header is bad (then set aside).
         """
-        with self._lane_dir(segment) as dir_fd:
-            if dir_fd < 0:
+        with self._opened(segment) as opened:
+            if opened is None:
                 return None
+            dir_fd, fd = opened
+            active = _fs.is_locked(fd)
+            head = os.pread(fd, _format.DATA_OFFSET, 0)
             try:
-                fd = os.open(
-                    segment.name, os.O_RDONLY | _fs.OPEN_FILE, dir_fd=dir_fd
-                )
-            except FileNotFoundError:
+                header = self._check(head, segment)
+            except _format.HeaderError as exc:
+                self._set_aside(dir_fd, segment.name, exc, active)
                 return None
-            try:
-                active = _fs.is_locked(fd)
-                head = os.pread(fd, _format.DATA_OFFSET, 0)
-                try:
-                    header = self._check(head, segment)
-                except _format.HeaderError as exc:
-                    self._set_aside(dir_fd, segment.name, exc, active)
-                    return None
-                published = min(
-                    _word(head, _format.COMMITTED_OFFSET),
-                    header.capacity_frames,
-                )
-                # Read the count before the frames: every frame below it
-                # was complete when the count was stored (see the writer).
-                size = os.fstat(fd).st_size - _format.DATA_OFFSET
-                whole = min(
-                    header.capacity_frames, max(size, 0) // self._frame_bytes
-                )
-                limit = (
-                    min(published, whole)
-                    if active or published_only
-                    else whole
-                )
-                data = os.pread(
-                    fd, limit * self._frame_bytes, _format.DATA_OFFSET
-                )
-            finally:
-                os.close(fd)
+            published = min(
+                _word(head, _format.COMMITTED_OFFSET),
+                header.capacity_frames,
+            )
+            # Read the count before the frames: every frame below it
+            # was complete when the count was stored (see the writer).
+            size = os.fstat(fd).st_size - _format.DATA_OFFSET
+            whole = min(
+                header.capacity_frames, max(size, 0) // self._frame_bytes
+            )
+            limit = (
+                min(published, whole) if active or published_only else whole
+            )
+            data = os.pread(fd, limit * self._frame_bytes, _format.DATA_OFFSET)
         count = len(data) // self._frame_bytes
         frames = np.frombuffer(data, self._frame_dtype, count)
         return Frames(header, active, published, frames, data)
@@ -183,21 +172,13 @@ class SegmentFiles:
             None if it vanished or its header is bad (``load`` sets it
             aside).
         """
-        with self._lane_dir(segment) as dir_fd:
-            if dir_fd < 0:
+        with self._opened(segment) as opened:
+            if opened is None:
                 return None
-            try:
-                fd = os.open(
-                    segment.name, os.O_RDONLY | _fs.OPEN_FILE, dir_fd=dir_fd
-                )
-            except FileNotFoundError:
-                return None
-            try:
-                active = _fs.is_locked(fd)
-                head = os.pread(fd, _format.DATA_OFFSET, 0)
-                size = os.fstat(fd).st_size - _format.DATA_OFFSET
-            finally:
-                os.close(fd)
+            _, fd = opened
+            active = _fs.is_locked(fd)
+            head = os.pread(fd, _format.DATA_OFFSET, 0)
+            size = os.fstat(fd).st_size - _format.DATA_OFFSET
         try:
             header = self._check(head, segment)
         except _format.HeaderError:
@@ -323,6 +304,26 @@ class SegmentFiles:
 
     def _names(self, epoch: int, lane: int) -> tuple[str, str, str]:
         return (self.ring, _format.epoch_name(epoch), _format.lane_name(lane))
+
+    @contextlib.contextmanager
+    def _opened(self, segment: Segment) -> Iterator[tuple[int, int] | None]:
+        """The segment's lane directory and the segment itself, opened
+        read-only (closed after); None if either has vanished."""
+        with self._lane_dir(segment) as dir_fd:
+            if dir_fd < 0:
+                yield None
+                return
+            try:
+                fd = os.open(
+                    segment.name, os.O_RDONLY | _fs.OPEN_FILE, dir_fd=dir_fd
+                )
+            except FileNotFoundError:
+                yield None
+                return
+            try:
+                yield dir_fd, fd
+            finally:
+                os.close(fd)
 
     def _lane_dir(
         self, segment: Segment
