@@ -18,7 +18,8 @@ import time
 
 import pytest
 
-PREVIOUS_RELEASE = "cd12de8"
+from tests import previous_release
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "agent_worker.py"
 
@@ -27,22 +28,7 @@ WORKER = ROOT / "tests" / "agent_worker.py"
 def old_release(tmp_path_factory) -> pathlib.Path:
     """The previous release's tree (ringbuf, livemon, daemon)."""
     where = tmp_path_factory.mktemp("previous-release")
-    archive = subprocess.run(
-        ["git", "archive", PREVIOUS_RELEASE, "ringbuf", "livemon", "daemon"],
-        cwd=ROOT,
-        capture_output=True,
-        check=False,
-    )
-    if archive.returncode:
-        pytest.fail(
-            f"{PREVIOUS_RELEASE} (the previous release) is not in this "
-            "checkout: the upgrade test needs the full history (git fetch "
-            "--unshallow)"
-        )
-    subprocess.run(
-        ["tar", "-x", "-C", str(where)], input=archive.stdout, check=True
-    )
-    return where
+    return previous_release.extract(where, "ringbuf", "livemon", "daemon")
 
 
 class Host:

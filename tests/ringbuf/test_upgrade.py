@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 import ringbuf
+from tests import previous_release
 from tests.ringbuf.records import TEST_DTYPE, intact, make_records
 
-PREVIOUS_RELEASE = "cd12de8"
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 _OLD_WRITES = """
@@ -50,22 +50,7 @@ with ringbuf.Ring.attach(sys.argv[1], TEST_DTYPE) as ring:
 def old_release(tmp_path_factory):
     """The previous release's ringbuf package, extracted from git."""
     where = tmp_path_factory.mktemp("old")
-    archive = subprocess.run(
-        ["git", "archive", PREVIOUS_RELEASE, "ringbuf"],
-        cwd=ROOT,
-        capture_output=True,
-        check=False,
-    )
-    if archive.returncode:
-        pytest.fail(
-            f"{PREVIOUS_RELEASE} (the previous release) is not in this "
-            "checkout: the upgrade test needs the full history (git fetch "
-            "--unshallow)"
-        )
-    subprocess.run(
-        ["tar", "-x", "-C", str(where)], input=archive.stdout, check=True
-    )
-    return where
+    return previous_release.extract(where, "ringbuf")
 
 
 def run_old(old_release, code: str, name: str) -> str:
