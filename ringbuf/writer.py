@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ringbuf import _lanelock, _layout
+from ringbuf._compiled import install_put
 from ringbuf._counters import LaneCounters
 from ringbuf._lanes import Lanes
 from ringbuf.exceptions import LanesExhausted, RecordDtypeError, RingClosed
@@ -169,6 +170,8 @@ class RingWriter(LaneCounters):
                 if self._lanes.closed:  # the views were released
                     raise self._lanes.closed_error() from exc
                 raise
+
+    _put_python = put  # the compiled put's fallback (see the module's end)
 
     def put_many(self, records: npt.NDArray[np.void]) -> int:
         """Store a batch in order; return how many fit (the rest are dropped).
@@ -381,8 +384,7 @@ class RingWriter(LaneCounters):
         )
 
 
-# Every live writer of this process.  One at-fork hook for all of them,
-# registered once: a hook per writer would pile up, never removed.
+# Every live writer: one at-fork hook for all (hooks never go away).
 _LIVE: weakref.WeakSet[RingWriter] = weakref.WeakSet()
 
 
@@ -392,3 +394,6 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+COMPILED = install_put(RingWriter, _RETIRED, _CLOCK_EVERY)
+"""Whether ``RingWriter.put`` stores its common case in compiled code."""

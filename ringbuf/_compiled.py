@@ -1,0 +1,41 @@
+"""
+The optional compiled put (``ringbuf/_fastput.c``), and when to use it.
+
+setup.py builds it where a C compiler and Python's headers are found;
+elsewhere the build skips it and the Python put runs alone.  Setting
+``LIVEMON_PURE_PYTHON`` (any value) runs the Python path even when built:
+the switch of the whole distribution, livemon's packer included.
+"""
+
+from __future__ import annotations
+
+import os
+
+try:
+    from ringbuf import _fastput  # type: ignore[attr-defined]
+except ImportError:  # not built: no compiler at install
+    _fastput = None
+
+PURE_PYTHON_ENV = "LIVEMON_PURE_PYTHON"
+
+
+def install_put(writer: type, retired_word: int, clock_every: int) -> bool:
+    """Make the compiled put ``writer.put``; return whether it is.
+
+    As the stdlib's C accelerators replace their Python versions.  It
+    stores the common case itself and hands anything else to the Python
+    put (``writer._put_python``), so every check, count and error stays
+    in Python and both paths keep one protocol.  Not installed: pure
+    Python asked for, not built, or built for another layout than
+    ``retired_word`` and ``clock_every`` say (``pip install -e .``
+    rebuilds it).
+    """
+    if _fastput is None or os.environ.get(PURE_PYTHON_ENV):
+        return False
+    if (
+        retired_word != _fastput.RETIRED_WORD
+        or clock_every != _fastput.CLOCK_EVERY
+    ):
+        return False
+    writer.put = _fastput.put  # type: ignore[attr-defined]
+    return True

@@ -1,0 +1,236 @@
+/*
+ * ringbuf._fastput: the common case of RingWriter.put, in C.
+ *
+ * Cold (a put every few ms, caches evicted in between) a put costs what
+ * the interpreter runs, and the Python put's thread lock alone is a large
+ * part of it.  put() stores one record when nothing is unusual: no thread
+ * inside the Python put (its lock free), a lane held, the ring not
+ * retired or replaced, no clock check due, the lane not full, the record
+ * exactly one slot of bytes.  Otherwise it returns None and the caller
+ * takes the Python put, which checks, counts and raises; so both paths
+ * keep one protocol (ringbuf/writer.py describes it).
+ *
+ * It is installed as RingWriter.put (the pattern of the stdlib's C
+ * accelerators) and hands every other case to RingWriter._put_python.
+ *
+ * Why no lock is needed: this function runs from start to end holding
+ * the GIL and runs no Python code, so no other thread of this process can
+ * interleave with it; and every Python path that moves the head does so
+ * holding the thread lock, which is checked free first.  A free-threaded
+ * build re-enables the GIL to load this module (it declares no
+ * Py_mod_gil slot).  Other processes never write this lane.
+ *
+ * Memory order: x86-64 only (ringbuf refuses others).  The slot is copied
+ * before the head is published with a release store, and the tail is
+ * loaded (acquire) before the slot is overwritten.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+#include <string.h>
+
+/* Compared with ringbuf/_layout.py and writer.py at import. */
+#define RETIRED_WORD 9
+#define CLOCK_EVERY 8
+
+enum {
+    A_LOCK, A_LANE, A_HEAD, A_WORDS, A_BYTES, A_CAPACITY, A_RECORD_BYTES,
+    A_TAIL_WORD, A_HEAD_WORD, A_SLOTS_OFFSET, N_ATTRS
+};
+static const char *const attr_names[N_ATTRS] = {
+    "_thread_lock", "_lane", "_head", "_words", "_bytes", "_capacity",
+    "_record_bytes", "_tail_word", "_head_word", "_slots_offset",
+};
+static PyObject *attr_keys[N_ATTRS];
+static PyObject *key_replaced, *key_closed, *key_locked, *key_put_python;
+
+/* A non-negative int attribute, or -1. */
+static long long
+index_of(PyObject *value)
+{
+    if (!PyLong_CheckExact(value))
+        return -1;
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (overflow || v < 0) {
+        PyErr_Clear();
+        return -1;
+    }
+    return v;
+}
+
+/* Whether the flag attribute is present and true (True: take Python). */
+static int
+flagged(PyObject *attributes, PyObject *key)
+{
+    PyObject *value = PyDict_GetItemWithError(attributes, key);
+    if (value == NULL) {
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            return 1;
+        }
+        return 0; /* the class default, False */
+    }
+    return value != Py_False;
+}
+
+/* Store the record; 1 stored, 0 not the common case. */
+static int
+store(PyObject *const *v, PyObject *record, long long head)
+{
+    long long capacity = index_of(v[A_CAPACITY]);
+    long long size = index_of(v[A_RECORD_BYTES]);
+    long long tail_word = index_of(v[A_TAIL_WORD]);
+    long long head_word = index_of(v[A_HEAD_WORD]);
+    long long slots_offset = index_of(v[A_SLOTS_OFFSET]);
+    if (capacity <= 0 || size <= 0 || tail_word < 0 || head_word < 0 ||
+        slots_offset < 0 || !PyBytes_CheckExact(record) ||
+        PyBytes_GET_SIZE(record) != size)
+        return 0;
+    Py_buffer words, bytes;
+    /* A released view (the ring was closed) refuses: Python raises. */
+    if (PyObject_GetBuffer(v[A_WORDS], &words, PyBUF_WRITABLE) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    int stored = 0;
+    long long n_words = words.len / 8;
+    if (PyObject_GetBuffer(v[A_BYTES], &bytes, PyBUF_WRITABLE) < 0) {
+        PyErr_Clear();
+        goto release_words;
+    }
+    uint64_t *word = words.buf;
+    long long start = slots_offset + (head % capacity) * size;
+    if (words.itemsize != 8 || RETIRED_WORD >= n_words ||
+        tail_word >= n_words || head_word >= n_words ||
+        start + size > bytes.len)
+        goto release;
+    if (__atomic_load_n(&word[RETIRED_WORD], __ATOMIC_ACQUIRE))
+        goto release; /* retired: Python sees it and says stale */
+    uint64_t tail = __atomic_load_n(&word[tail_word], __ATOMIC_ACQUIRE);
+    if ((uint64_t)head - tail >= (uint64_t)capacity)
+        goto release; /* full: Python counts the drop */
+    memcpy((char *)bytes.buf + start, PyBytes_AS_STRING(record), size);
+    __atomic_store_n(&word[head_word], (uint64_t)head + 1, __ATOMIC_RELEASE);
+    stored = 1;
+release:
+    PyBuffer_Release(&bytes);
+release_words:
+    PyBuffer_Release(&words);
+    return stored;
+}
+
+/* The common case; 1 stored, 0 take the Python put, -1 error. */
+static int
+put_common(PyObject *attributes, PyObject *record)
+{
+    PyObject *v[N_ATTRS];
+    for (int i = 0; i < N_ATTRS; i++) {
+        v[i] = PyDict_GetItemWithError(attributes, attr_keys[i]);
+        if (v[i] == NULL) { /* e.g. no lane yet: the class default */
+            PyErr_Clear();
+            return 0;
+        }
+    }
+    if (flagged(attributes, key_replaced) || flagged(attributes, key_closed))
+        return 0;
+    long long head = index_of(v[A_HEAD]);
+    if (v[A_LANE] == Py_None || head < 0 || head % CLOCK_EVERY == 0)
+        return 0; /* the clock check is due: Python times it */
+    PyObject *locked = PyObject_CallMethodNoArgs(v[A_LOCK], key_locked);
+    if (locked != Py_False) { /* a thread is inside the Python put */
+        if (locked == NULL)
+            PyErr_Clear();
+        Py_XDECREF(locked);
+        return 0;
+    }
+    Py_DECREF(locked);
+    if (!store(v, record, head))
+        return 0;
+    PyObject *next = PyLong_FromLongLong(head + 1);
+    if (next == NULL)
+        return -1; /* published, but our head unknown: cannot go on */
+    int failed = PyDict_SetItem(attributes, attr_keys[A_HEAD], next);
+    Py_DECREF(next);
+    return failed ? -1 : 1;
+}
+
+PyDoc_STRVAR(put_doc,
+"put(self, record) -> bool\n\n"
+"RingWriter.put, compiled: stores the common case here and hands\n"
+"anything else to the Python put (RingWriter._put_python), which\n"
+"documents the arguments, the result and the errors.");
+
+static PyObject *
+put(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "put(self, record)");
+        return NULL;
+    }
+    PyObject *attributes = PyObject_GenericGetDict(args[0], NULL);
+    if (attributes == NULL)
+        return NULL;
+    int stored = PyDict_CheckExact(attributes)
+                     ? put_common(attributes, args[1])
+                     : 0;
+    Py_DECREF(attributes);
+    if (stored < 0)
+        return NULL;
+    if (stored)
+        Py_RETURN_TRUE;
+    return PyObject_CallMethodOneArg(args[0], key_put_python, args[1]);
+}
+
+static PyMethodDef put_def = {
+    "put", (PyCFunction)(void (*)(void))put, METH_FASTCALL, put_doc,
+};
+
+static int
+exec_module(PyObject *module)
+{
+    for (int i = 0; i < N_ATTRS; i++) {
+        attr_keys[i] = PyUnicode_InternFromString(attr_names[i]);
+        if (attr_keys[i] == NULL)
+            return -1;
+    }
+    key_replaced = PyUnicode_InternFromString("_replaced");
+    key_closed = PyUnicode_InternFromString("_closed");
+    key_locked = PyUnicode_InternFromString("locked");
+    key_put_python = PyUnicode_InternFromString("_put_python");
+    if (!key_replaced || !key_closed || !key_locked || !key_put_python)
+        return -1;
+    /* An instancemethod binds like a Python function: RingWriter.put. */
+    PyObject *function = PyCFunction_NewEx(&put_def, NULL, NULL);
+    PyObject *method = function ? PyInstanceMethod_New(function) : NULL;
+    Py_XDECREF(function);
+    if (method == NULL || PyModule_AddObject(module, "put", method) < 0) {
+        Py_XDECREF(method);
+        return -1;
+    }
+    if (PyModule_AddIntConstant(module, "RETIRED_WORD", RETIRED_WORD) ||
+        PyModule_AddIntConstant(module, "CLOCK_EVERY", CLOCK_EVERY))
+        return -1;
+    return 0;
+}
+
+static PyModuleDef_Slot slots[] = {
+    {Py_mod_exec, exec_module},
+    {0, NULL},
+};
+
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "ringbuf._fastput",
+    .m_doc = "The common case of RingWriter.put, in C.",
+    .m_size = 0,
+    .m_slots = slots,
+};
+
+PyMODINIT_FUNC
+PyInit__fastput(void)
+{
+    return PyModuleDef_Init(&moduledef);
+}

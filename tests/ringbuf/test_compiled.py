@@ -1,0 +1,182 @@
+"""
+The compiled put (``ringbuf/_fastput.c``) against the Python put it
+stands in front of: the same records, drops, errors and thread safety.
+
+The rest of tests/ringbuf runs through whichever put is installed; CI
+runs it once more with ``LIVEMON_PURE_PYTHON=1`` for the Python put alone.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ringbuf
+from ringbuf import _compiled, writer
+from tests.ringbuf.records import TEST_DTYPE, intact, make_records
+
+ROOT = Path(__file__).resolve().parents[2]
+HAS_COMPILER = shutil.which(sysconfig.get_config_var("CC").split()[0] or "cc")
+needs_build = pytest.mark.skipif(
+    _compiled._fastput is None and not HAS_COMPILER,
+    reason="no C compiler here: only the Python put exists",
+)
+
+
+def test_built_wherever_a_compiler_is():
+    """An install with a compiler builds the compiled put and uses it."""
+    if HAS_COMPILER:
+        assert _compiled._fastput is not None, "pip install -e . builds it"
+        pure = bool(os.environ.get(_compiled.PURE_PYTHON_ENV))
+        assert writer.COMPILED is not pure
+    else:
+        assert not writer.COMPILED
+
+
+def test_pure_python_switch_keeps_the_python_put():
+    """``LIVEMON_PURE_PYTHON`` leaves ``RingWriter.put`` in Python."""
+    code = (
+        "import ringbuf.writer as w, livemon.context as c;"
+        "print(w.COMPILED, c.COMPILED, type(w.RingWriter.put).__name__)"
+    )
+    env = {"LIVEMON_PURE_PYTHON": "1", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout.split() == ["False", "False", "function"]
+
+
+@needs_build
+class TestSameAsPython:
+    def test_every_record_arrives_in_order(self, make_ring):
+        """A lane written through both paths (the C put hands every 8th
+        put to Python, which times its stale check) holds every record
+        bit for bit, seqs contiguous, across the lane's wrap."""
+        ring = make_ring(TEST_DTYPE, lanes=1, capacity=64)
+        put = ring.writer()
+        got = []
+        for start in range(0, 640, 32):
+            records = make_records(3, start, 32)
+            assert all(put.put(r.tobytes()) for r in records)
+            batch = ring.pending(0)
+            assert batch.first_seq == start and batch.end_seq == start + 32
+            got.append(batch.records.copy())
+            ring.advance(0, batch.end_seq)
+        got = np.concatenate(got)
+        assert intact(got)
+        assert np.array_equal(got["index"], np.arange(640))
+
+    def test_full_lane_is_counted_by_the_python_put(self, make_ring):
+        """The C put declines a full lane; the drop is counted once."""
+        ring = make_ring(TEST_DTYPE, lanes=1, capacity=16)
+        put = ring.writer()
+        results = [put.put(r.tobytes()) for r in make_records(0, 0, 21)]
+        assert results == [True] * 16 + [False] * 5
+        state = ring.lane_state(0)
+        assert (state.head, state.dropped) == (16, 5)
+
+    def test_retired_ring_takes_nothing(self, make_ring):
+        """After retire, no put stores, whichever path it takes."""
+        ring = make_ring(TEST_DTYPE, lanes=1, capacity=64)
+        put = ring.writer()
+        for record in make_records(0, 0, 3):
+            assert put.put(record.tobytes())
+        ring.retire()
+        assert not any(put.put(r.tobytes()) for r in make_records(0, 3, 9))
+        assert ring.lane_state(0).head == 3
+
+    def test_errors_are_the_python_puts(self, make_ring):
+        """Wrong sizes and closed writers raise as the Python put does;
+        an np.void record (not bytes) is stored by the Python put."""
+        ring = make_ring(TEST_DTYPE, lanes=1, capacity=64)
+        put = ring.writer()
+        for _ in range(3):  # past the clock check: the C put's turn
+            assert put.put(make_records(0, 0, 1).tobytes())
+        with pytest.raises(ringbuf.RecordDtypeError):
+            put.put(b"short")
+        assert put.put(make_records(0, 3, 1)[0])
+        put.close()
+        with pytest.raises(ringbuf.RingClosed):
+            put.put(make_records(0, 4, 1).tobytes())
+        assert ring.lane_state(0).head == 4
+
+    def test_closed_ring_raises(self, make_ring):
+        ring = make_ring(TEST_DTYPE, lanes=1, capacity=64)
+        put = ring.writer()
+        for _ in range(3):
+            assert put.put(make_records(0, 0, 1).tobytes())
+        ring.close()
+        with pytest.raises(ringbuf.RingClosed):
+            put.put(make_records(0, 3, 1).tobytes())
+
+    def test_waits_for_a_thread_inside_the_python_put(self, make_ring):
+        """While another thread holds the writer's lock (it is inside the
+        Python put), the C put does not write: it waits its turn."""
+        ring = make_ring(TEST_DTYPE, lanes=1, capacity=64)
+        put = ring.writer()
+        for _ in range(3):
+            assert put.put(make_records(0, 0, 1).tobytes())
+        done = threading.Event()
+
+        def write() -> None:
+            put.put(make_records(0, 3, 1).tobytes())
+            done.set()
+
+        with put._thread_lock:
+            thread = threading.Thread(target=write)
+            thread.start()
+            assert not done.wait(0.3)
+            assert ring.lane_state(0).head == 3
+        thread.join(10)
+        assert done.is_set() and ring.lane_state(0).head == 4
+
+    def test_threads_sharing_a_writer_lose_nothing(self, make_ring):
+        """Four threads, one writer: every record once, none torn."""
+        ring = make_ring(TEST_DTYPE, lanes=1, capacity=1 << 15)
+        put = ring.writer()
+        per_thread = 5000
+
+        def write(producer: int) -> None:
+            for record in make_records(producer, 0, per_thread):
+                assert put.put(record.tobytes())
+
+        threads = [threading.Thread(target=write, args=(p,)) for p in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        records = ring.pending(0).records
+        assert len(records) == 4 * per_thread and intact(records)
+        for producer in range(4):
+            mine = records[records["producer"] == producer]["index"]
+            assert np.array_equal(mine, np.arange(per_thread))
+
+    def test_stale_build_is_not_installed(self, monkeypatch):
+        """A build for another layout leaves the Python put in place."""
+
+        class Writer:
+            def put(self, record: bytes) -> bool:
+                return False
+
+        python_put = Writer.put
+        monkeypatch.setattr(_compiled._fastput, "RETIRED_WORD", 99)
+        assert not _compiled.install_put(Writer, 9, 8)
+        assert Writer.put is python_put
+
+    def test_bad_call_is_a_type_error(self):
+        with pytest.raises(TypeError):
+            _compiled._fastput.put(object())
