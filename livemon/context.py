@@ -23,6 +23,7 @@ from livemon._checks import (
     FieldChecks,
     hash_bytes,
 )
+from livemon._compiled import compiled_pack
 from livemon.exceptions import LivemonError
 from livemon.sink import Sink
 
@@ -42,6 +43,10 @@ _pack = rec.SCALARS_STRUCT.pack
 _crc32 = zlib.crc32
 _SEED = QUERY_HASH_SEED
 _OFFSET = INT64_OFFSET
+
+_fast_pack = compiled_pack()  # None: the Python path alone
+COMPILED = _fast_pack is not None
+"""Whether requests are packed by the compiled fast path."""
 
 
 def query_hash(query: str) -> int:
@@ -272,7 +277,9 @@ class RequestContext(FieldChecks):
             if self._success is None:
                 self._success = False
         try:
-            packed = self._scalars(start) + self._lists()
+            packed = (
+                _fast_pack is not None and _fast_pack(self.__dict__, start)
+            ) or self._scalars(start) + self._lists()
         except LivemonError:
             raise
         except Exception as exc:  # a value's own method raised

@@ -1,0 +1,199 @@
+"""
+The compiled packer (``livemon/_fastpack.c``) against the Python path it
+stands in front of: the same bytes whenever it packs, and it packs every
+common request once its labels are known.
+
+The rest of tests/livemon runs through whichever path is installed; CI
+runs it once more with ``LIVEMON_PURE_PYTHON=1`` for the Python path.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sysconfig
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from livemon import _compiled, context
+from livemon import record as rec
+from tests.livemon.test_context import CALLS, run_request
+
+HAS_COMPILER = shutil.which(sysconfig.get_config_var("CC").split()[0] or "cc")
+pytestmark = pytest.mark.skipif(
+    _compiled._fastpack is None and not HAS_COMPILER,
+    reason="no C compiler here: only the Python path exists",
+)
+OVERHEAD = slice(rec.SCALARS_STRUCT.size - 8, rec.SCALARS_STRUCT.size)
+SETTINGS = settings(
+    max_examples=150,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+
+names = st.sampled_from(["code", "coder", "reviewer", "parallel", "x" * 40])
+name_lists = st.one_of(
+    st.none(),
+    st.lists(names, max_size=8),
+    st.lists(names, max_size=3).map(tuple),
+)
+flags = st.one_of(st.none(), st.booleans())
+
+
+def unit(high: float) -> st.SearchStrategy[float | None]:
+    return st.one_of(st.none(), st.floats(0.0, high))
+
+
+#: Requests whose every value is the common case: exact types, in range.
+COMMON_CALLS = st.fixed_dictionaries(
+    {
+        "query": st.text(st.characters(max_codepoint=127), max_size=60),
+        "category": st.one_of(st.none(), names),
+        "intent": st.fixed_dictionaries(
+            {
+                "category": st.one_of(st.none(), names),
+                "domains": name_lists,
+                "complexity": st.one_of(st.none(), st.integers(0, 2**15 - 1)),
+            }
+        ),
+        "routing": st.fixed_dictionaries(
+            {
+                "suggested_agents": name_lists,
+                "strategy": st.one_of(st.none(), names),
+                "confidence": unit(1.0),
+            }
+        ),
+        "execution": st.fixed_dictionaries(
+            {
+                "actual_agents": name_lists,
+                "execution_time_ms": unit(1e12),
+                "success": flags,
+                "error": st.one_of(st.none(), names),
+                "token_count": st.one_of(st.none(), st.integers(0, 2**62)),
+                "context_size_kb": unit(1e9),
+            }
+        ),
+        "quality": st.fixed_dictionaries(
+            {
+                "score": unit(1.0),
+                "task_completed": flags,
+                "code_valid": flags,
+                "tests_passed": flags,
+            }
+        ),
+        "acceptance": st.fixed_dictionaries(
+            {
+                "accepted": flags,
+                "override_reason": st.one_of(st.none(), names),
+            }
+        ),
+        "end_error": st.one_of(st.none(), names),
+    }
+)
+
+
+@pytest.fixture
+def packed(monkeypatch):
+    """What the compiled packer returned at each ``end``, and its start."""
+    compiled = _compiled.compiled_pack()
+    assert compiled is not None, "pip install -e . builds livemon._fastpack"
+    calls: list[tuple[bytes | None, int]] = []
+
+    def spy(attributes, start):
+        result = compiled(attributes, start)
+        calls.append((result, start))
+        return result
+
+    monkeypatch.setattr(context, "_fast_pack", spy)
+    return calls
+
+
+def python_path(monitor, packed, call) -> tuple[bytes | None, bytes]:
+    """End ``call``'s request; return the compiled bytes (or None) and
+    the Python path's bytes for the same context and start."""
+    contexts = []
+    request = monitor.request
+
+    def keep(*args, **kwargs):
+        contexts.append(request(*args, **kwargs))
+        return contexts[-1]
+
+    monitor.request = keep
+    try:
+        run_request(monitor, call)
+    finally:
+        del monitor.request
+    compiled, start = packed[-1]
+    ctx = contexts[-1]
+    return compiled, ctx._scalars(start) + ctx._lists()
+
+
+def same_but_overhead(a: bytes, b: bytes) -> bool:
+    """Equal bytes, except the overhead_ns each path timed itself."""
+    return len(a) == len(b) and (
+        a[: OVERHEAD.start] + a[OVERHEAD.stop :]
+        == b[: OVERHEAD.start] + b[OVERHEAD.stop :]
+    )
+
+
+class TestSameBytes:
+    @SETTINGS
+    @given(call=CALLS)
+    def test_whatever_it_packs_equals_the_python_path(
+        self, monitor, packed, call
+    ):
+        """Any values, hostile ones included: it never raises, and when
+        it packs, the bytes are the Python path's."""
+        compiled, python = python_path(monitor, packed, call)
+        if compiled is not None:
+            assert same_but_overhead(compiled, python)
+
+    @SETTINGS
+    @given(call=COMMON_CALLS)
+    def test_it_packs_every_common_request(self, monitor, packed, call):
+        """The common case is packed in C once its labels are known."""
+        python_path(monitor, packed, call)  # the first meets the labels
+        compiled, python = python_path(monitor, packed, call)
+        assert compiled is not None
+        assert same_but_overhead(compiled, python)
+        assert monitor.counters.invalid == 0
+
+    def test_overhead_is_timed(self, monitor, packed):
+        """overhead_ns covers the context's start and its end."""
+        call = {
+            "query": "fix the test",
+            "category": "code",
+            "intent": {"category": "code", "domains": ["python"]},
+            "routing": {"suggested_agents": ["coder"], "confidence": 0.8},
+            "execution": {"actual_agents": ["coder"], "success": True},
+            "quality": {"score": 0.9},
+            "acceptance": {"accepted": True},
+            "end_error": None,
+        }
+        python_path(monitor, packed, call)
+        compiled, _ = python_path(monitor, packed, call)
+        overhead = int.from_bytes(compiled[OVERHEAD], "little", signed=True)
+        assert 0 < overhead < 10**9
+
+
+class TestDeclines:
+    def test_declines_without_side_effects(self, monitor):
+        """An unknown label, a bad type: None, and nothing counted."""
+        pack = _compiled.compiled_pack()
+        ctx = monitor.request("q", category="never seen")
+        before = dict(vars(monitor.counters))
+        assert pack(ctx.__dict__, time.perf_counter_ns()) is None
+        ctx.log_intent(category=None, complexity=True)  # a bool count
+        assert pack(ctx.__dict__, time.perf_counter_ns()) is None
+        assert vars(monitor.counters) == before
+        assert ctx.end() is True
+
+    def test_stale_build_is_not_used(self, monkeypatch):
+        """A build for another record layout stays unused."""
+        monkeypatch.setattr(_compiled._fastpack, "SCALARS_FORMAT", "<q")
+        assert _compiled.compiled_pack() is None
+
+    def test_bad_call_is_a_type_error(self):
+        with pytest.raises(TypeError):
+            _compiled._fastpack.pack([], 0)
