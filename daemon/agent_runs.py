@@ -17,12 +17,13 @@ import ringbuf
 from daemon.exceptions import DaemonError
 from daemon.isolation import Isolation, is_trouble, lane_batch
 from daemon.quarantine import Quarantine, sane_events
-from daemon.replay import (
+from daemon.spill_lanes import (
     RETIRE_INTERVAL_S,
-    _head,
-    _hwm,
-    _retire,
+    backlog_hwm,
+    committed_hwm,
     durable_once,
+    first_records,
+    retire_lane,
 )
 from daemon.store import Store
 from livemon import ipc
@@ -166,11 +167,11 @@ class AgentSpillReplayer:
         by_epoch: dict[int, list[ringbuf.Batch]] = {}
         room = max_records
         for epoch, lane in lanes:
-            after = _hwm(store, epoch, lane, TABLE)
+            after = committed_hwm(store, epoch, lane, TABLE)
             for batch in self.reader.read(epoch, lane, after):
                 if room <= 0:
                     break
-                batch = _head(batch, room)
+                batch = first_records(batch, room)
                 room -= len(batch.records)
                 by_epoch.setdefault(epoch, []).append(
                     batch._replace(lane=spill_lane(lane))
@@ -185,8 +186,8 @@ class AgentSpillReplayer:
             self._retire_at = now + RETIRE_INTERVAL_S
             before_unlink = durable_once(store)  # commits on disk first
             for key in lanes:
-                hwm = _hwm(store, *key, TABLE)
-                _retire(self.reader, key, hwm, before_unlink)
+                hwm = committed_hwm(store, *key, TABLE)
+                retire_lane(self.reader, key, hwm, before_unlink)
         self.replayed += moved
         return moved
 
@@ -195,12 +196,7 @@ class AgentSpillReplayer:
         store = self._store()
         records = size = 0
         for epoch, lane in self.reader.lanes():
-            try:
-                after = (
-                    -1 if store is None else _hwm(store, epoch, lane, TABLE)
-                )
-            except (sqlite3.Error, ValueError):
-                after = -1
+            after = backlog_hwm(store, epoch, lane, TABLE)
             got = self.reader.backlog(epoch, lane, after)
             records += got.records
             size += got.size_bytes
