@@ -15,12 +15,15 @@ from typing import Any
 
 import ringbuf
 from daemon.exceptions import DaemonError
-from daemon.replay import (
+from daemon.isolation import Isolation, is_trouble, lane_batch
+from daemon.quarantine import Quarantine, sane_events
+from daemon.spill_lanes import (
     RETIRE_INTERVAL_S,
-    _head,
-    _hwm,
-    _retire,
+    backlog_hwm,
+    committed_hwm,
     durable_once,
+    first_records,
+    retire_lane,
 )
 from daemon.store import Store
 from livemon import ipc
@@ -54,33 +57,48 @@ def store_agent_runs(
     return added
 
 
-def write_isolating(
-    write: Callable[[ringbuf.Batch], object],
-    batch: ringbuf.Batch,
-    set_aside: Callable[[ringbuf.Batch, Exception], None],
-    is_trouble: Callable[[BaseException], bool],
-) -> None:
-    """Write ``batch``, halving it until the records at fault are found.
+def pending_runs(
+    ring: ringbuf.Ring | None, quarantine: Quarantine, room: int
+) -> list[ringbuf.Batch]:
+    """Up to ``room`` agent runs of the agents ring (none while it is not
+    open), lanes in order, without the records that cannot be runs (set
+    aside).  Read them before the labels: those they name come along."""
+    if ring is None:
+        return []
+    batches = []
+    for lane in range(ring.lanes):
+        batch = lane_batch(quarantine, ring, lane, room)
+        if batch is not None:
+            batches.append(batch)
+            room -= len(batch.records)
+    return quarantine.screen(ring.name, batches, sane_events)
 
-    Database trouble is raised (nothing is set aside for it); a single
-    record that still fails goes to ``set_aside`` (which may raise to
-    stop a step where every record fails).
+
+def write_runs(
+    store: Store,
+    ring: ringbuf.Ring,
+    batches: list[ringbuf.Batch],
+    isolation: Isolation,
+) -> None:
+    """Store ``ring``'s agent runs in a transaction of their own; records
+    that cannot be stored are set aside, as events are.  Advance the
+    tails only once this returned.
+
+    Raises:
+        sqlite3.Error, DaemonError, OSError: the store failed (see
+            ``is_trouble``): advance nothing.
+        SystemicFault: record after record failed: advance nothing.
     """
     try:
-        write(batch)
+        store_agent_runs(store, ring.epoch, batches)
         return
     except Exception as exc:
         if is_trouble(exc):
             raise
-        if len(batch.records) == 1:
-            set_aside(batch, exc)
-            return
-    half = len(batch.records) // 2
-    for low, high in ((0, half), (half, len(batch.records))):
-        part = ringbuf.Batch(
-            batch.lane, batch.first_seq + low, batch.records[low:high]
-        )
-        write_isolating(write, part, set_aside, is_trouble)
+    isolation.store_apart(
+        [(ring.name, batch) for batch in batches],
+        lambda _, part: store_agent_runs(store, ring.epoch, [part]),
+    )
 
 
 class AgentSpillReplayer:
@@ -149,11 +167,11 @@ class AgentSpillReplayer:
         by_epoch: dict[int, list[ringbuf.Batch]] = {}
         room = max_records
         for epoch, lane in lanes:
-            after = _hwm(store, epoch, lane, TABLE)
+            after = committed_hwm(store, epoch, lane, TABLE)
             for batch in self.reader.read(epoch, lane, after):
                 if room <= 0:
                     break
-                batch = _head(batch, room)
+                batch = first_records(batch, room)
                 room -= len(batch.records)
                 by_epoch.setdefault(epoch, []).append(
                     batch._replace(lane=spill_lane(lane))
@@ -168,8 +186,8 @@ class AgentSpillReplayer:
             self._retire_at = now + RETIRE_INTERVAL_S
             before_unlink = durable_once(store)  # commits on disk first
             for key in lanes:
-                hwm = _hwm(store, *key, TABLE)
-                _retire(self.reader, key, hwm, before_unlink)
+                hwm = committed_hwm(store, *key, TABLE)
+                retire_lane(self.reader, key, hwm, before_unlink)
         self.replayed += moved
         return moved
 
@@ -178,12 +196,7 @@ class AgentSpillReplayer:
         store = self._store()
         records = size = 0
         for epoch, lane in self.reader.lanes():
-            try:
-                after = (
-                    -1 if store is None else _hwm(store, epoch, lane, TABLE)
-                )
-            except (sqlite3.Error, ValueError):
-                after = -1
+            after = backlog_hwm(store, epoch, lane, TABLE)
             got = self.reader.backlog(epoch, lane, after)
             records += got.records
             size += got.size_bytes

@@ -14,8 +14,9 @@ import time
 from collections.abc import Callable
 
 import ringbuf
-from daemon.agent_runs import store_agent_runs, write_isolating
-from daemon.exceptions import DaemonError, DatabaseGone, DatabaseMoved
+from daemon.agent_runs import pending_runs, write_runs
+from daemon.exceptions import DatabaseGone, DatabaseMoved
+from daemon.isolation import Isolation, is_trouble, lane_batch
 from daemon.quarantine import Quarantine, sane_events, sane_labels
 from daemon.store import Store, is_damage
 from livemon.config import Config
@@ -23,23 +24,9 @@ from livemon.config import Config
 logger = logging.getLogger("livemon.daemon")
 
 MAX_BACKOFF_S = 5.0
-# Past this many records set aside in one step, the store, not the
-# records, is at fault: the step fails and everything stays in the ring.
-MAX_ISOLATED_PER_STEP = 16
 # A fresh database that is "damaged" again at once is more likely a bug
 # here than bad luck: past this many set-asides an hour, only retry.
 MAX_SET_ASIDE_PER_HOUR = 3
-
-
-class SystemicFault(RuntimeError):
-    """Every record fails to be stored: a fault of the store, not theirs."""
-
-
-def _is_trouble(exc: BaseException) -> bool:
-    """Database or filesystem trouble, as opposed to a record's fault."""
-    return isinstance(
-        exc, (OSError, DaemonError, sqlite3.OperationalError)
-    ) or is_damage(exc)
 
 
 class Drainer:
@@ -71,6 +58,7 @@ class Drainer:
         self.quarantine = quarantine or Quarantine(
             config.db + ".quarantine.jsonl", config.mode
         )
+        self._isolation = Isolation(self.quarantine)
         self._open_store = open_store
         self.store: Store | None = None
         self.drained = 0
@@ -87,7 +75,6 @@ class Drainer:
         self._backoff_s = 0.0
         self._retry_at = 0.0
         self._first_lane = 0
-        self._isolated = 0  # records set aside by this step's write
 
     def drain_once(self) -> int:
         """Commit what is pending now; return the records moved.
@@ -102,7 +89,9 @@ class Drainer:
         if store is None:
             return 0
         events = self._pending_events()
-        agents = self._pending_agents()
+        agents = pending_runs(
+            self.agents, self.quarantine, self.config.batch_records
+        )
         feedback = self._pending_all(self.feedback)
         # Labels last: every label an event, agent run or action refers
         # to was published before it, so it is in this read.
@@ -120,41 +109,23 @@ class Drainer:
         # runs' own transaction: were it to fail (the database damaged or
         # replaced meanwhile), committed events must not be drained again
         # into whatever database comes next.
-        for batch in labels:
-            self.labels.advance(batch.lane, batch.end_seq)
-        for batch in events:
-            self.events.advance(batch.lane, batch.end_seq)
-        for batch in feedback:
-            assert self.feedback is not None
-            self.feedback.advance(batch.lane, batch.end_seq)
+        _advance(self.labels, labels)
+        _advance(self.events, events)
+        _advance(self.feedback, feedback)
         self._write_agents(store, agents)  # after the labels they name
-        self._advance_agents(agents)
+        self._advance_agents(agents)  # right after their own commit
         self.batch_latency_ms = (time.perf_counter() - started) * 1e3
         moved = sum(len(b.records) for b in events)
         self.drained += moved
         return moved + sum(len(b.records) for b in agents)
 
-    def _lane_batch(
-        self, ring: ringbuf.Ring, lane: int, room: int | None = None
-    ) -> ringbuf.Batch | None:
-        # The cursors come from shared memory any process can scribble
-        # on: a head behind the tail, or more than a lap ahead, would
-        # read garbage (or fail); such a lane waits in quarantine.
-        state = ring.lane_state(lane)
-        count = state.head - state.tail
-        if not 0 <= count <= ring.capacity_records:
-            self.quarantine.lane(ring.name, lane, state.head, state.tail)
-            return None
-        self.quarantine.release(ring.name, lane)
-        if count == 0 or room == 0:
-            return None
-        batch = ring.pending(lane, count if room is None else min(count, room))
-        return batch if len(batch.records) else None
-
     def _pending_all(self, ring: ringbuf.Ring | None) -> list[ringbuf.Batch]:
         if ring is None:
             return []
-        batches = [self._lane_batch(ring, lane) for lane in range(ring.lanes)]
+        batches = [
+            lane_batch(self.quarantine, ring, lane)
+            for lane in range(ring.lanes)
+        ]
         return [b for b in batches if b is not None]
 
     def _pending_events(self) -> list[ringbuf.Batch]:
@@ -168,72 +139,11 @@ class Drainer:
             if room == 0:
                 break
             lane = (self._first_lane + i) % lanes
-            batch = self._lane_batch(self.events, lane, room)
+            batch = lane_batch(self.quarantine, self.events, lane, room)
             if batch is not None:
                 batches.append(batch)
                 room -= len(batch.records)
         return batches
-
-    # -- agent runs (issue 15) ---------------------------------------------
-
-    def _pending_agents(self) -> list[ringbuf.Batch]:
-        """Up to ``batch_records`` agent runs, lanes in order."""
-        ring, room = self.agents, self.config.batch_records
-        if ring is None:
-            return []
-        batches = []
-        for lane in range(ring.lanes):
-            batch = self._lane_batch(ring, lane, room)
-            if batch is not None:
-                batches.append(batch)
-                room -= len(batch.records)
-        return self.quarantine.screen(ring.name, batches, sane_events)
-
-    def _write_agents(
-        self, store: Store, batches: list[ringbuf.Batch]
-    ) -> None:
-        """Store agent runs in their own transaction; records that cannot
-        be stored are set aside, as events are."""
-        ring = self.agents
-        if ring is None or not batches:
-            return
-        try:
-            store_agent_runs(store, ring.epoch, batches)
-            return
-        except Exception as exc:
-            if _is_trouble(exc):
-                raise
-        self._isolated = 0
-        for batch in batches:
-            write_isolating(
-                lambda part: store_agent_runs(store, ring.epoch, [part]),
-                batch,
-                lambda part, exc: self._set_aside_record(ring, part, exc),
-                _is_trouble,
-            )
-
-    def _advance_agents(self, batches: list[ringbuf.Batch]) -> None:
-        for batch in batches:
-            assert self.agents is not None
-            self.agents.advance(batch.lane, batch.end_seq)
-            self.agent_runs_drained += len(batch.records)
-
-    def _set_aside_record(
-        self, ring: ringbuf.Ring, batch: ringbuf.Batch, exc: Exception
-    ) -> None:
-        self._isolated += 1
-        if self._isolated > MAX_ISOLATED_PER_STEP:
-            raise SystemicFault(
-                f"{self._isolated} records in a row cannot be stored "
-                f"({type(exc).__name__}: {exc}); they stay in the ring"
-            ) from exc
-        self.quarantine.add(
-            ring.name,
-            batch.lane,
-            batch.first_seq,
-            batch.records,
-            f"cannot be stored: {type(exc).__name__}: {exc}",
-        )
 
     def _write(
         self,
@@ -242,11 +152,13 @@ class Drainer:
         events: list[ringbuf.Batch],
         feedback: list[ringbuf.Batch],
     ) -> None:
+        """Store events, labels and actions in one transaction; records
+        that cannot be stored are set aside (``daemon.isolation``)."""
         try:
             self._write_parts(store, labels, events, feedback)
             return
         except Exception as exc:
-            if _is_trouble(exc):
+            if is_trouble(exc):
                 raise
             logger.warning(
                 "a batch could not be stored (%s: %s); storing it in parts "
@@ -254,15 +166,14 @@ class Drainer:
                 type(exc).__name__,
                 exc,
             )
-        self._isolated = 0
         # Labels first: they must be stored with or before what uses them.
-        for batch in labels:
-            self._write_isolating(store, self.labels, batch)
-        for batch in events:
-            self._write_isolating(store, self.events, batch)
-        for batch in feedback:
-            assert self.feedback is not None
-            self._write_isolating(store, self.feedback, batch)
+        named = [(self.labels.name, batch) for batch in labels]
+        named += [(self.events.name, batch) for batch in events]
+        if self.feedback is not None:
+            named += [(self.feedback.name, batch) for batch in feedback]
+        self._isolation.store_apart(
+            named, lambda ring, part: self._write_alone(store, ring, part)
+        )
 
     def _write_parts(
         self,
@@ -276,47 +187,29 @@ class Drainer:
             self.events.epoch, labels, events, (feedback_epoch, feedback)
         )
 
-    def _write_isolating(
-        self, store: Store, ring: ringbuf.Ring, batch: ringbuf.Batch
+    def _write_alone(
+        self, store: Store, ring: str, batch: ringbuf.Batch
     ) -> None:
-        """Store ``batch``, halving it until the failing records are found."""
+        """Store one batch of ring ``ring`` in a transaction of its own."""
         parts: tuple[list[ringbuf.Batch], ...] = {
             self.labels.name: ([batch], [], []),
             self.events.name: ([], [batch], []),
-        }.get(ring.name, ([], [], [batch]))
-        try:
-            self._write_parts(store, *parts)
-            return
-        except Exception as exc:
-            if _is_trouble(exc):
-                raise
-            if len(batch.records) == 1:
-                self._isolated += 1
-                if self._isolated > MAX_ISOLATED_PER_STEP:
-                    # Record after record fails: the fault is not theirs
-                    # (a bug, say).  Keep them all in the ring instead.
-                    raise SystemicFault(
-                        f"{self._isolated} records in a row cannot be "
-                        f"stored ({type(exc).__name__}: {exc}); they stay "
-                        "in the ring"
-                    ) from exc
-                self.quarantine.add(
-                    ring.name,
-                    batch.lane,
-                    batch.first_seq,
-                    batch.records,
-                    f"cannot be stored: {type(exc).__name__}: {exc}",
-                )
-                return
-        half = len(batch.records) // 2
-        for low, high in ((0, half), (half, len(batch.records))):
-            self._write_isolating(
-                store,
-                ring,
-                ringbuf.Batch(
-                    batch.lane, batch.first_seq + low, batch.records[low:high]
-                ),
-            )
+        }.get(ring, ([], [], [batch]))
+        self._write_parts(store, *parts)
+
+    # -- agent runs (issue 15): their own transaction, after the labels
+
+    def _write_agents(
+        self, store: Store, batches: list[ringbuf.Batch]
+    ) -> None:
+        if self.agents is not None and batches:
+            write_runs(store, self.agents, batches, self._isolation)
+
+    def _advance_agents(self, batches: list[ringbuf.Batch]) -> None:
+        for batch in batches:
+            assert self.agents is not None
+            self.agents.advance(batch.lane, batch.end_seq)
+            self.agent_runs_drained += len(batch.records)
 
     def step(self) -> int:
         """``drain_once``, every failure turned into a retry (never raises).
@@ -347,7 +240,7 @@ class Drainer:
             self._reopen_moved(exc)
         elif is_damage(exc) and self._opened:
             self._set_aside(exc)
-        elif _is_trouble(exc) or isinstance(exc, sqlite3.Error):
+        elif is_trouble(exc) or isinstance(exc, sqlite3.Error):
             self.report_trouble(exc)
         else:
             self.failures += 1
@@ -464,3 +357,10 @@ class Drainer:
             "records still in the ring go into it"
         )
         self._retry_at = 0.0
+
+
+def _advance(ring: ringbuf.Ring | None, batches: list[ringbuf.Batch]) -> None:
+    """Mark ``batches`` of ``ring`` consumed: call it after their commit."""
+    for batch in batches:
+        assert ring is not None  # batches were read from it
+        ring.advance(batch.lane, batch.end_seq)

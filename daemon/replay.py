@@ -14,6 +14,15 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from daemon.exceptions import DaemonError
+from daemon.spill_lanes import (
+    RETIRE_INTERVAL_S,
+    LaneKey,
+    backlog_hwm,
+    committed_hwm,
+    durable_once,
+    first_records,
+    retire_lane,
+)
 from daemon.store import Store
 from livemon.exceptions import SpillConfigError
 from livemon.record import LABEL_DTYPE, RECORD_DTYPE
@@ -37,10 +46,6 @@ DEFAULT_MAX_RECORDS = STEP_BATCHES * 20000
 # one transaction: its memory is one part's (~60 MB of rows), not all
 # the step commits.
 WRITE_RECORDS = 50_000
-RETIRE_INTERVAL_S = 1.0  # segments sealed since: looked at this often
-_HWM = "SELECT max(seq) FROM {table} WHERE epoch = ? AND lane = ?"
-
-_Lane = tuple[int, int]  # (epoch, ring lane)
 
 
 class SpillReplayer:
@@ -87,7 +92,7 @@ class SpillReplayer:
             self.spill_dir, ring + ".labels", LABEL_DTYPE
         )
         self._store = store
-        self._label_hwm: dict[_Lane, int] = {}
+        self._label_hwm: dict[LaneKey, int] = {}
         self._retire_at = 0.0
         self._before_unlink: Callable[[], None] | None = None
         self.replayed = 0
@@ -146,7 +151,7 @@ class SpillReplayer:
         label_batches = self._pending_labels(room)
         events = self._pending_events(store, room)
         first = next(events, None)  # no transaction for nothing
-        event_lanes: set[_Lane] = set()
+        event_lanes: set[LaneKey] = set()
         moved = 0
         if label_batches or first is not None:
             ahead = [] if first is None else [first]
@@ -170,31 +175,32 @@ class SpillReplayer:
 
     # -- reading ---------------------------------------------------------
 
-    def _pending_labels(self, max_records: int) -> list[tuple[_Lane, Batch]]:
-        found: list[tuple[_Lane, Batch]] = []
+    def _pending_labels(self, max_records: int) -> list[tuple[LaneKey, Batch]]:
+        found: list[tuple[LaneKey, Batch]] = []
         room = max_records
         for key in self.labels.lanes():
             after = self._label_hwm.get(key, -1)
             for batch in self.labels.read(*key, after):
                 if room <= 0:
                     return found
-                batch = _head(batch, room)
+                batch = first_records(batch, room)
                 room -= len(batch.records)
                 found.append((key, batch))
         return found
 
     def _pending_events(
         self, store: Store, max_records: int
-    ) -> Iterator[tuple[_Lane, Batch]]:
+    ) -> Iterator[tuple[LaneKey, Batch]]:
         """Up to ``max_records`` events above their lanes' HWMs, in lane
         and seq order, read only as they are wanted: a step holds one
         write's part in memory, not all it commits."""
         room = max_records
         for key in self.events.lanes():
             epoch, lane = key
-            after = _hwm(store, epoch, lane)  # before this step writes it
+            # Read before this step writes the lane.
+            after = committed_hwm(store, epoch, lane)
             for batch in self.events.read(epoch, lane, after):
-                batch = _head(batch, room)
+                batch = first_records(batch, room)
                 room -= len(batch.records)
                 # Stored under the spill lane: its own seq space.
                 yield key, batch._replace(lane=spill_lane(lane))
@@ -206,15 +212,15 @@ class SpillReplayer:
     def _commit(
         self,
         store: Store,
-        label_batches: list[tuple[_Lane, Batch]],
-        events: Iterable[tuple[_Lane, Batch]],
-        event_lanes: set[_Lane],
+        label_batches: list[tuple[LaneKey, Batch]],
+        events: Iterable[tuple[LaneKey, Batch]],
+        event_lanes: set[LaneKey],
     ) -> int:
         """Write the labels, then the events in parts, in one transaction;
         add the events' lanes to ``event_lanes``; return events moved."""
         moved = inserted = 0
 
-        def counted() -> Iterator[tuple[_Lane, Batch]]:
+        def counted() -> Iterator[tuple[LaneKey, Batch]]:
             nonlocal moved
             for key, batch in events:
                 event_lanes.add(key)
@@ -244,16 +250,20 @@ class SpillReplayer:
         self._retire_labels(set(self.labels.lanes()))
         self._retire_events(store, set(self.events.lanes()))
 
-    def _retire_labels(self, keys: set[_Lane]) -> None:
+    def _retire_labels(self, keys: set[LaneKey]) -> None:
         for key in keys:
             hwm = self._label_hwm.get(key, -1)
-            self.retired += _retire(self.labels, key, hwm, self._before_unlink)
+            self.retired += retire_lane(
+                self.labels, key, hwm, self._before_unlink
+            )
 
-    def _retire_events(self, store: Store, keys: set[_Lane]) -> None:
+    def _retire_events(self, store: Store, keys: set[LaneKey]) -> None:
         for epoch, lane in keys:
-            hwm = _hwm(store, epoch, lane)
+            hwm = committed_hwm(store, epoch, lane)
             key = (epoch, lane)
-            self.retired += _retire(self.events, key, hwm, self._before_unlink)
+            self.retired += retire_lane(
+                self.events, key, hwm, self._before_unlink
+            )
 
     # -- status ----------------------------------------------------------
 
@@ -275,7 +285,7 @@ class SpillReplayer:
                 if tree == "labels":
                     after = self._label_hwm.get((epoch, lane), -1)
                 else:
-                    after = _hwm_or_none(store, epoch, lane)
+                    after = backlog_hwm(store, epoch, lane)
                 got = reader.backlog(epoch, lane, after)
                 if not got.segments:
                     continue  # a lane dir left empty by retire
@@ -305,57 +315,6 @@ class SpillReplayer:
         }
 
 
-def make_durable(store: Store) -> None:
-    """Fsync the database's WAL and file: call it before unlinking a
-    segment whose records were committed.  With ``synchronous=NORMAL`` a
-    commit is not on disk yet, and a segment unlinked after a commit that
-    a power loss undoes would lose its records (they survive in it).
-
-    Raises:
-        OSError: the fsync failed: unlink nothing.
-    """
-    for path in (store.path + "-wal", store.path):
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue  # no WAL: checkpointed and synced already
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def durable_once(store: Store) -> Callable[[], None]:
-    """A ``before_unlink`` for ``_retire``: ``make_durable(store)``, the
-    first time it is called only (one fsync for a step's unlinks)."""
-    done = False
-
-    def once() -> None:
-        nonlocal done
-        if not done:
-            make_durable(store)
-            done = True
-
-    return once
-
-
-def _hwm(store: Store, epoch: int, lane: int, table: str = "events") -> int:
-    """The highest spill seq committed for a ring lane into ``table``
-    (whose rows carry the ring identity), -1 if none."""
-    sql = _HWM.format(table=table)
-    row = store.db.execute(sql, (epoch, spill_lane(lane))).fetchone()
-    return -1 if row is None or row[0] is None else int(row[0])
-
-
-def _hwm_or_none(store: Store | None, epoch: int, lane: int) -> int:
-    if store is None:
-        return -1
-    try:
-        return _hwm(store, epoch, lane)
-    except (sqlite3.Error, ValueError):
-        return -1  # unknown: count every record as waiting
-
-
 def _check_max(max_records: object) -> int:
     """``max_records`` if it is a positive int.
 
@@ -375,7 +334,7 @@ def _check_max(max_records: object) -> int:
 
 
 def _parts(
-    events: Iterable[tuple[_Lane, Batch]], records: int
+    events: Iterable[tuple[LaneKey, Batch]], records: int
 ) -> Iterator[tuple[int, list[Batch]]]:
     """``(epoch, batches)`` of one epoch and about ``records`` records
     each (whole batches: a segment's at most), in order."""
@@ -390,45 +349,3 @@ def _parts(
         count += len(batch.records)
     if part:
         yield part_epoch, part
-
-
-def _head(batch: Batch, room: int) -> Batch:
-    """The first ``room`` records of ``batch``."""
-    if len(batch.records) <= room:
-        return batch
-    return batch._replace(records=batch.records[:room])
-
-
-def _retire(
-    reader: SpillReader,
-    key: _Lane,
-    hwm: int,
-    before_unlink: Callable[[], None] | None = None,
-) -> int:
-    """Unlink a lane's segments wholly at or below ``hwm``; count them.
-    Once none is left, remove the lane's directory (and its epoch's).
-
-    ``before_unlink`` runs before the first unlink (``make_durable``);
-    the unlinks are made durable together, one directory fsync a lane.
-    A segment starting above ``hwm`` holds nothing committed, so it is
-    read (by ``retire``) only if its header says it has no frames: a
-    producer killed right after making it leaves such a one behind.
-
-    The directory goes only when empty, and a live producer's is not:
-    while it spills, its segment is in it (sealed ones stay until
-    replayed), and ``rmdir`` removes only empty directories.  A producer
-    that spills again later, or had just made the directory for its next
-    segment, makes it again (``open_segment`` retries once).
-    """
-    retired = 0
-    segments = reader.segments(*key)
-    for segment in segments:
-        if segment.first_seq > hwm and reader.published(segment):
-            continue  # records to replay first
-        if reader.retire(segment, hwm, before_unlink, sync_dir=False):
-            retired += 1
-    if retired:  # one directory fsync for the lane's unlinks
-        reader.sync_lane(*key)
-    if retired == len(segments):
-        reader.prune(*key)
-    return retired

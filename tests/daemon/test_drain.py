@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.drain import MAX_ISOLATED_PER_STEP, Drainer
+from daemon.drain import Drainer
+from daemon.isolation import MAX_ISOLATED_PER_STEP
 from livemon import ipc
 from livemon.config import load_config
 from tests.daemon import harness

@@ -144,7 +144,7 @@ class TestExactlyOnce:
         def crash(*args):
             raise SystemExit("killed after the commit")
 
-        monkeypatch.setattr(replay_module, "_retire", crash)
+        monkeypatch.setattr(replay_module, "retire_lane", crash)
         with pytest.raises(SystemExit):
             SpillReplayer(spill_dir, RING, store).replay_once()
         assert rows(store) == (800, 800)
