@@ -9,8 +9,6 @@ runs it once more with ``LIVEMON_PURE_PYTHON=1`` for the Python path.
 
 from __future__ import annotations
 
-import shutil
-import sysconfig
 import time
 
 import pytest
@@ -19,9 +17,9 @@ from hypothesis import strategies as st
 
 from livemon import _compiled, context
 from livemon import record as rec
+from tests.compiler import HAS_COMPILER
 from tests.livemon.test_context import CALLS, run_request
 
-HAS_COMPILER = shutil.which(sysconfig.get_config_var("CC").split()[0] or "cc")
 pytestmark = pytest.mark.skipif(
     _compiled._fastpack is None and not HAS_COMPILER,
     reason="no C compiler here: only the Python path exists",

@@ -9,10 +9,8 @@ runs it once more with ``LIVEMON_PURE_PYTHON=1`` for the Python put alone.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import sysconfig
 import threading
 from pathlib import Path
 
@@ -21,10 +19,10 @@ import pytest
 
 import ringbuf
 from ringbuf import _compiled, writer
+from tests.compiler import HAS_COMPILER
 from tests.ringbuf.records import TEST_DTYPE, intact, make_records
 
 ROOT = Path(__file__).resolve().parents[2]
-HAS_COMPILER = shutil.which(sysconfig.get_config_var("CC").split()[0] or "cc")
 needs_build = pytest.mark.skipif(
     _compiled._fastput is None and not HAS_COMPILER,
     reason="no C compiler here: only the Python put exists",
