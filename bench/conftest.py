@@ -5,6 +5,7 @@ each subject's ratio to the baseline measured in the same run.
 
 from __future__ import annotations
 
+import statistics
 import uuid
 from collections.abc import Iterator
 
@@ -40,6 +41,27 @@ def record(request):
         _RESULTS[name] = {
             "median_us": stats.median / items * 1e6,
             "p99_us": data[int(0.99 * (len(data) - 1))] / items * 1e6,
+            "rounds": len(data),
+        }
+        if baseline:
+            _BASELINES[name] = baseline
+        return _RESULTS[name]
+
+    return keep
+
+
+@pytest.fixture
+def record_samples():
+    """Keep a median and p99 of timings taken by hand (nanoseconds), for
+    measurements that interleave subjects (pytest-benchmark times one
+    function at a time).  Call as ``record_samples(name, samples_ns,
+    baseline="name")``."""
+
+    def keep(name: str, samples_ns, baseline: str | None = None):
+        data = sorted(samples_ns)
+        _RESULTS[name] = {
+            "median_us": statistics.median(data) / 1e3,
+            "p99_us": data[int(0.99 * (len(data) - 1))] / 1e3,
             "rounds": len(data),
         }
         if baseline:

@@ -1,26 +1,40 @@
 """
 The cold hot path: requests paced 2 ms apart, as a real coordinator sends
 them, so caches are cold at each call; livemon against a single
-``struct.pack_into`` of the same fields and ``multiprocessing.Queue.put``,
-paced the same way in the same run.
+``struct.pack_into`` of the same fields and ``multiprocessing.Queue.put``.
+
+The subjects are interleaved, each round running every one once (in a
+rotating order) after the same pacing step, so each runs among the others'
+code, as a request runs among the coordinator's.  Timing each subject in
+its own loop instead leaves the baseline nearly warm: a ``pack_into``
+repeated alone keeps its code and branch history across an 8 MiB sweep
+(0.7-3 us here, against 6-15 us interleaved, the cold figure the issue
+measured), and its ratio swung 4.5-13x from run to run.
+
+``monitor_request`` runs through whatever the install built (the compiled
+packer and put where a compiler was found); ``monitor_request_python``
+is the same request with the pure-Python path, in the same run.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import statistics
+import struct
 import time
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
 
 from bench.test_monitor import one_request
-from livemon import Monitor
+from livemon import Monitor, context
 from livemon.config import load_config
 from livemon.record import RECORD_DTYPE, struct_for
-
-pytestmark = pytest.mark.benchmark(group="paced")
+from ringbuf.writer import RingWriter
 
 ROUNDS = 1500
+WARMUP_ROUNDS = 20
 PACE_S = 0.002
 # The fields of one request record, scalars then the three id lists.
 FIELDS = (
@@ -52,7 +66,6 @@ FIELDS = (
 )
 RECORD_STRUCT = struct_for(RECORD_DTYPE)
 
-
 EVICT_BYTES = 8 << 20  # 4x this machine's L2 (2 MiB per core)
 _EVICT = np.zeros(EVICT_BYTES, np.uint8)
 
@@ -73,52 +86,104 @@ def pace_and_evict() -> None:
     np.add(_EVICT, 1, out=_EVICT)
 
 
-@pytest.fixture(params=[pace, pace_and_evict], ids=["sleep", "evict"])
-def paced(request, benchmark):
-    """Run one call per round, each after the pacing step."""
+class Subject:
+    """One thing timed: ``call`` after ``prepare`` (untimed) each round."""
 
-    def run(fn, *args):
-        benchmark.pedantic(
-            fn, args=args, setup=request.param, rounds=ROUNDS, warmup_rounds=20
-        )
-
-    run.baseline = f"test_paced_pack_into[{request.node.callspec.id}]"
-    return run
-
-
-def test_paced_pack_into(benchmark, record, paced):
-    """One ``struct.pack_into`` of the record's fields (the floor)."""
-    buffer = bytearray(RECORD_DTYPE.itemsize)
-    paced(RECORD_STRUCT.pack_into, buffer, 0, *FIELDS)
-    record(benchmark)
-    assert RECORD_STRUCT.unpack_from(buffer) == FIELDS
+    def __init__(
+        self,
+        name: str,
+        call: Callable[[], object],
+        prepare: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.name, self.call, self.prepare = name, call, prepare
+        self.samples_ns: list[int] = []
 
 
-def test_paced_queue_put(benchmark, record, paced):
-    """``multiprocessing.Queue.put`` of the fields (a reader drains)."""
+def interleave(subjects: list[Subject], pacing: Callable[[], None]) -> None:
+    """Time every subject once a round, rotating who goes first."""
+    clock = time.perf_counter_ns
+    for round_ in range(WARMUP_ROUNDS + ROUNDS):
+        shift = round_ % len(subjects)
+        for subject in subjects[shift:] + subjects[:shift]:
+            subject.prepare()
+            pacing()
+            start = clock()
+            subject.call()
+            elapsed = clock() - start
+            if round_ >= WARMUP_ROUNDS:
+                subject.samples_ns.append(elapsed)
+
+
+@pytest.fixture
+def monitor(ring_name) -> Iterator[Monitor]:
+    config = load_config(
+        {"ring": ring_name, "lanes": 1, "capacity_records": 4 * ROUNDS}
+    )
+    with Monitor(config=config) as monitor:
+        yield monitor
+    assert monitor.counters.invalid == monitor.counters.dropped == 0
+
+
+@pytest.fixture
+def python_path(monkeypatch) -> tuple[Callable[[], None], Callable[[], None]]:
+    """Switches to the pure-Python path and back (restored at the end)."""
+    # The class's own entries: the compiled put read through the class
+    # would come back unbound.
+    compiled_pack = context._fast_pack
+    compiled_put = vars(RingWriter)["put"]
+    python_put = vars(RingWriter)["_put_python"]
+    monkeypatch.setattr(RingWriter, "put", compiled_put)
+
+    def python() -> None:
+        context._fast_pack = None
+        RingWriter.put = python_put  # type: ignore[method-assign]
+
+    def compiled() -> None:
+        context._fast_pack = compiled_pack
+        RingWriter.put = compiled_put  # type: ignore[method-assign]
+
+    yield python, compiled
+    compiled()
+
+
+@pytest.mark.parametrize(
+    "pacing", [pace, pace_and_evict], ids=["sleep", "evict"]
+)
+def test_paced(pacing, monitor, python_path, record_samples):
+    """pack_into, Queue.put and a whole monitored request (five log calls
+    and the write), compiled and pure Python, interleaved."""
+    buffer = bytearray(RECORD_STRUCT.size)
+    pack_into: Callable[..., None] = RECORD_STRUCT.pack_into
+    to_python, to_compiled = python_path
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     reader = ctx.Process(target=_drain, args=(queue,))
     reader.start()
+    subjects = [
+        Subject("pack_into", lambda: pack_into(buffer, 0, *FIELDS)),
+        Subject("queue_put", lambda: queue.put(FIELDS)),
+        Subject("monitor_request", lambda: one_request(monitor), to_compiled),
+        Subject(
+            "monitor_request_python", lambda: one_request(monitor), to_python
+        ),
+    ]
     try:
-        paced(queue.put, FIELDS)
+        interleave(subjects, pacing)
     finally:
+        to_compiled()
         queue.put(None)
         reader.join(timeout=30)
-    record(benchmark, baseline=paced.baseline)
     assert reader.exitcode == 0
-
-
-def test_paced_monitor_request(benchmark, record, paced, ring_name):
-    """One whole monitored request (five log calls and the write)."""
-    config = load_config(
-        {"ring": ring_name, "lanes": 1, "capacity_records": 2 * ROUNDS}
-    )
-    with Monitor(config=config) as monitor:
-        paced(one_request, monitor)
-        assert monitor.counters.recorded >= ROUNDS
-        assert monitor.counters.invalid == monitor.counters.dropped == 0
-    record(benchmark, baseline=paced.baseline)
+    assert struct.unpack(RECORD_STRUCT.format, buffer) == FIELDS
+    assert monitor.counters.recorded == 2 * (WARMUP_ROUNDS + ROUNDS)
+    floor = f"paced[{pacing.__name__}] pack_into"
+    for subject in subjects:
+        name = f"paced[{pacing.__name__}] {subject.name}"
+        baseline = None if subject.name == "pack_into" else floor
+        result = record_samples(name, subject.samples_ns, baseline=baseline)
+        assert (
+            result["median_us"] == statistics.median(subject.samples_ns) / 1e3
+        )
 
 
 def _drain(queue) -> None:
