@@ -110,6 +110,35 @@ def agent_figures(
     }
 
 
+def retention_figures(
+    config: Config,
+    *,
+    running: bool,
+    last_pass_at: float | None,
+    next_pass_in_s: float,
+) -> dict[str, Any]:
+    """Retention's figures, for status: whether a pass runs, when the
+    last one finished and when the next is due.
+
+    An operator reads here whether the daemon has moved old rows since it
+    started (its first pass runs at start, then hourly), before running
+    or judging ``livemon-daemon retain``.
+
+    Args:
+        last_pass_at: when the last pass finished (Unix seconds), None
+            before the first.
+        next_pass_in_s: until the next pass is due (negative: due now).
+    """
+    return {
+        "older_than_days": config.retention_days,
+        "running": running,
+        "last_pass_at": last_pass_at,
+        "next_pass_in_s": None
+        if running
+        else round(max(next_pass_in_s, 0.0), 1),
+    }
+
+
 def health_row(
     f: dict[str, Any], store: Store, timestamp_ns: int
 ) -> dict[str, Any]:

@@ -57,6 +57,7 @@ class Service:
         self._reload = False
         self._retention: Retention | None = None
         self._retaining = False
+        self._retained_at: float | None = None  # last pass done (Unix s)
         self._started = time.time()
         self._rate = 0.0  # records drained per second, between publications
         self._rate_since = (time.monotonic(), 0)
@@ -316,8 +317,15 @@ class Service:
         self._retaining = self._retention.step_within(DAEMON_SHARE)
         if not self._retaining:
             store.db.execute("PRAGMA incremental_vacuum")
+            self._retained_at = time.time()
 
     def _figures(self, drainer: Drainer) -> dict[str, Any]:
+        retention = figures.retention_figures(
+            self.config,
+            running=self._retaining,
+            last_pass_at=self._retained_at,
+            next_pass_in_s=self._next.get("retention", 0.0) - time.monotonic(),
+        )
         return figures.daemon_figures(
             self.config,
             drainer,
@@ -327,7 +335,7 @@ class Service:
             replayer=self._replayer,
             agent_replayer=self._agent_replayer,
             sinks=self._forwarding.figures(),
-        )
+        ) | {"retention": retention}
 
     def _publish(self, drainer: Drainer) -> str:
         """Write the status file read by ``status``; return a STATUS= line."""

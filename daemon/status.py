@@ -6,6 +6,7 @@ summary systemd shows, and the text of ``livemon-daemon status``.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from livemon.spill.drops import DROP_REASONS, drop_text
@@ -104,6 +105,7 @@ def status_text(report: dict[str, Any]) -> str:
     lines += _spill_lines(report)
     lines += agent_lines(report.get("agent_runs"))
     lines += sink_lines(report.get("sinks") or [])
+    lines += retention_lines(report.get("retention"))
     if report.get("metrics_error"):
         lines.append(f"  METRICS   {report['metrics_error']} (retrying)")
     elif report.get("metrics_url"):
@@ -245,3 +247,27 @@ def sink_lines(sinks: list[dict[str, Any]]) -> list[str]:
             line += f"; last error: {s['last_error']}"
         lines.append(line)
     return lines
+
+
+# Retention: the daemon's pass at start, then hourly (daemon/service.py).
+
+
+def retention_lines(block: dict[str, Any] | None) -> list[str]:
+    """The status line of retention: running, or when the last pass
+    finished (UTC) and when the next is due."""
+    if not block:
+        return []  # a daemon of the release before these figures
+    line = f"  retention older than {block['older_than_days']:g} days: "
+    if block.get("running"):
+        return [line + "a pass is moving old rows now"]
+    finished = block.get("last_pass_at")
+    line += (
+        "no pass finished yet"
+        if finished is None
+        else "last pass finished "
+        + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(finished))
+    )
+    following = block.get("next_pass_in_s")
+    if following is not None:
+        line += f", next in {following:.0f} s"
+    return [line]

@@ -136,9 +136,35 @@ def start_daemon(daemon_env, tmp_path) -> Iterator[Callable[..., DaemonRun]]:
                 stream.close()
 
 
+# Coordinators started by the running test, reaped after it (below).
+_STARTED: list[subprocess.Popen[str]] = []
+
+
 def coordinators(env, count, requests):
-    """Start ``count`` independent coordinator processes (livemon.demo)."""
-    return start_coordinators(count, requests, env=env)
+    """Start ``count`` independent coordinator processes (livemon.demo).
+
+    Every one is reaped after the test, even when an assertion fails
+    before ``recorded`` waited for it: a process left running, or its
+    pipe left open, would fail whichever test runs next on a
+    ResourceWarning.
+    """
+    processes = start_coordinators(count, requests, env=env)
+    _STARTED.extend(processes)
+    return processes
+
+
+@pytest.fixture(autouse=True)
+def reap_coordinators() -> Iterator[None]:
+    """Kill what ``coordinators`` started and the test left running; wait
+    for each and close its pipe."""
+    yield
+    while _STARTED:
+        process = _STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=30)
+        if process.stdout:
+            process.stdout.close()
 
 
 def recorded(processes, timeout_s=300) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import os
 import sqlite3
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 
 import ringbuf
 from daemon.retention import NS_PER_DAY, Retention
+from daemon.status import retention_lines
 from daemon.store import Store
 from livemon.db import rollup
 from livemon.record import LABEL_DTYPE, RECORD_DTYPE, label_record
@@ -129,18 +131,29 @@ class TestRetention:
             Retention(store, 0, str(tmp_path))
 
 
+def last_pass(daemon) -> float | None:
+    """When the daemon's last retention pass finished, as its status says."""
+    return (daemon.status().get("retention") or {}).get("last_pass_at")
+
+
 class TestWhileDraining:
     def test_retain_cli_while_the_daemon_drains(self, start_daemon, tmp_path):
-        """Old rows move while new ones keep arriving; nothing is lost."""
+        """Old rows move while new ones keep arriving; nothing is lost.
+
+        The old rows are written once the daemon's status says its
+        start-up retention pass finished: its next pass is an hour away,
+        so the CLI's pass is the one that moves them, every time.
+        """
         daemon = start_daemon()
-        store = Store(daemon.db)
+        daemon.wait_until(lambda: last_pass(daemon) is not None)
+        first_pass = last_pass(daemon)
         now = time.time_ns()
-        store.write(
-            7,
-            [],
-            [events_at(now - 200 * NS_PER_DAY + np.arange(2000) * 10**9)],
-        )
-        store.close()
+        with contextlib.closing(Store(daemon.db)) as store:
+            store.write(
+                7,
+                [],
+                [events_at(now - 200 * NS_PER_DAY + np.arange(2000) * 10**9)],
+            )
         load = coordinators(daemon.env, 2, 3000)
         result = subprocess.run(
             [sys.executable, "-m", "daemon", "retain"],
@@ -154,6 +167,7 @@ class TestWhileDraining:
         assert "2000 events older than 90 days moved" in result.stdout
         sent = recorded(load)
         daemon.wait_until(lambda: daemon.count() == sent)
+        assert last_pass(daemon) == first_pass  # the daemon moved none
         assert daemon.stop() == 0
         assert (
             daemon.count(
@@ -164,3 +178,71 @@ class TestWhileDraining:
         )
         archive = glob.glob(str(tmp_path / "state" / "archive" / "*.db"))
         assert sum(len(identities(a)) for a in archive) == 2000
+
+    def test_start_up_pass_moves_old_rows_and_says_when(
+        self, start_daemon, daemon_env, tmp_path
+    ):
+        """Rows already old at start move in the daemon's first pass, and
+        status tells when it finished and when the next is due."""
+        os.makedirs(tmp_path / "state")
+        old = time.time_ns() - 200 * NS_PER_DAY + np.arange(500) * 10**9
+        with contextlib.closing(Store(daemon_env["LIVEMON_DB"])) as store:
+            store.write(7, [], [events_at(old)])
+        started = time.time()
+        daemon = start_daemon()
+        daemon.wait_until(lambda: last_pass(daemon) is not None)
+        block = daemon.status()["retention"]
+        assert block["older_than_days"] == 90
+        assert block["running"] is False
+        assert started <= block["last_pass_at"] <= time.time()
+        assert 3000 < block["next_pass_in_s"] <= 3600  # hourly
+        assert daemon.count() == 0
+        archive = glob.glob(str(tmp_path / "state" / "archive" / "*.db"))
+        assert sum(len(identities(a)) for a in archive) == 500
+        shown = subprocess.run(
+            [sys.executable, "-m", "daemon", "status"],
+            env=daemon.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert "retention older than 90 days: last pass finished " in (
+            shown.stdout
+        )
+        assert daemon.stop() == 0
+
+
+# The retention figures as a daemon publishes them.
+PUBLISHED = {
+    "older_than_days": 30,
+    "running": False,
+    "last_pass_at": 1_790_000_000.0,
+    "next_pass_in_s": 1200.4,
+}
+
+
+class TestRetentionStatus:
+    """The retention line of ``livemon-daemon status``."""
+
+    def test_last_pass_and_next(self):
+        """A finished pass shows its time (UTC) and when the next is due."""
+        assert retention_lines(PUBLISHED) == [
+            "  retention older than 30 days: last pass finished "
+            "2026-09-21 14:13:20 UTC, next in 1200 s"
+        ]
+
+    def test_running_and_not_yet(self):
+        """A pass under way says so; before the first, it says none."""
+        running = {**PUBLISHED, "running": True, "next_pass_in_s": None}
+        assert "a pass is moving old rows now" in retention_lines(running)[0]
+        fresh = {**PUBLISHED, "last_pass_at": None, "next_pass_in_s": 0.0}
+        assert retention_lines(fresh) == [
+            "  retention older than 30 days: no pass finished yet, next in 0 s"
+        ]
+
+    def test_older_daemon_shows_nothing(self):
+        """A daemon that publishes no retention figures adds no line."""
+        assert retention_lines(None) == []
+        assert retention_lines({}) == []
