@@ -124,9 +124,11 @@ class Retention:
         self._copy(path, ids, span, table)
         marks = ",".join("?" * len(ids))
         with self.store.atomic():
-            db.execute(f"DELETE FROM {table} WHERE id IN ({marks})", ids)
+            moved = db.execute(
+                f"DELETE FROM {table} WHERE id IN ({marks})", ids
+            ).rowcount
             _rebuild_hours(db, table, span)
-        return path, len(ids)
+        return path, moved
 
     def _shipped_id(self, db: sqlite3.Connection, table: str) -> int:
         """The highest id of ``table`` every destination taking it
@@ -214,17 +216,20 @@ class Retention:
                     f"main.{table} WHERE id IN ({marks})",
                     ids,
                 )
-            held = db.execute(
-                f"SELECT count(*) FROM main.{table} AS m JOIN archive.{table} "
-                "AS a USING (epoch, lane, seq) "
+            # Of the rows still here (another pass, the daemon's or a
+            # `retain`, may have moved some since they were chosen), in one
+            # read: those the archive holds.
+            present, held = db.execute(
+                f"SELECT count(*), count(a.seq) FROM main.{table} AS m "
+                f"LEFT JOIN archive.{table} AS a USING (epoch, lane, seq) "
                 f"WHERE m.id IN ({marks})",
                 ids,
-            ).fetchone()[0]
+            ).fetchone()
         finally:
             db.execute("DETACH DATABASE archive")
-        if held != len(ids):
+        if held != present:
             raise sqlite3.DatabaseError(
-                f"archive {path} holds {held} of {len(ids)} rows just "
+                f"archive {path} holds {held} of {present} rows just "
                 "copied; nothing was deleted"
             )
         # The archive answers reports too; a crash before this line is

@@ -73,6 +73,39 @@ def store(tmp_path):
 
 
 class TestRetention:
+    def test_a_concurrent_pass_moving_the_same_rows(
+        self, store, tmp_path, monkeypatch
+    ):
+        """Another pass (the daemon's, or a second `retain`) moves the
+        rows this one chose before it copies them: no error, each row
+        archived once, each pass reports only what it moved itself."""
+        old = identities(
+            store.path, f"WHERE timestamp_ns < {NOW - 90 * NS_PER_DAY}"
+        )
+        archive = str(tmp_path / "archive")
+        other = Store(store.path)
+        mine = Retention(store, 90, archive)
+        copy = mine._copy
+        theirs = []
+
+        def copy_after_the_other_pass(*args, **kwargs):
+            if not theirs:  # once: between choosing and copying
+                theirs.append(Retention(other, 90, archive).run(NOW).total)
+            return copy(*args, **kwargs)
+
+        monkeypatch.setattr(mine, "_copy", copy_after_the_other_pass)
+        try:
+            report = mine.run(NOW)
+        finally:
+            other.close()
+        assert theirs == [len(old)] and report.total == 0
+        archives = glob.glob(os.path.join(archive, "events-*.db"))
+        assert sum(len(identities(a)) for a in archives) == len(old)
+        assert set().union(*(identities(a) for a in archives)) == old
+        assert not identities(
+            store.path, f"WHERE timestamp_ns < {NOW - 90 * NS_PER_DAY}"
+        )
+
     def test_moves_exactly_the_old_rows(self, store, tmp_path):
         """Old rows leave for their month's archive; new ones stay."""
         before = identities(store.path)
