@@ -35,15 +35,15 @@
 #define CLOCK_EVERY 8
 
 enum {
-    A_LOCK, A_LANE, A_HEAD, A_WORDS, A_BYTES, A_CAPACITY, A_RECORD_BYTES,
+    A_LOCKED, A_LANE, A_HEAD, A_WORDS, A_BYTES, A_CAPACITY, A_RECORD_BYTES,
     A_TAIL_WORD, A_HEAD_WORD, A_SLOTS_OFFSET, N_ATTRS
 };
 static const char *const attr_names[N_ATTRS] = {
-    "_thread_lock", "_lane", "_head", "_words", "_bytes", "_capacity",
+    "_locked", "_lane", "_head", "_words", "_bytes", "_capacity",
     "_record_bytes", "_tail_word", "_head_word", "_slots_offset",
 };
 static PyObject *attr_keys[N_ATTRS];
-static PyObject *key_replaced, *key_closed, *key_locked, *key_put_python;
+static PyObject *key_replaced, *key_closed, *key_put_python;
 
 /* A non-negative int attribute, or -1. */
 static long long
@@ -121,7 +121,9 @@ release_words:
     return stored;
 }
 
-/* The common case; 1 stored, 0 take the Python put, -1 error. */
+/* The common case; 1 stored, 0 take the Python put, -1 error.
+ * `_locked` is the bound `_thread_lock.locked`, kept beside the lock
+ * (a method lookup per put costs more, cold). */
 static int
 put_common(PyObject *attributes, PyObject *record)
 {
@@ -138,7 +140,7 @@ put_common(PyObject *attributes, PyObject *record)
     long long head = index_of(v[A_HEAD]);
     if (v[A_LANE] == Py_None || head < 0 || head % CLOCK_EVERY == 0)
         return 0; /* the clock check is due: Python times it */
-    PyObject *locked = PyObject_CallMethodNoArgs(v[A_LOCK], key_locked);
+    PyObject *locked = PyObject_CallNoArgs(v[A_LOCKED]);
     if (locked != Py_False) { /* a thread is inside the Python put */
         if (locked == NULL)
             PyErr_Clear();
@@ -198,9 +200,8 @@ exec_module(PyObject *module)
     }
     key_replaced = PyUnicode_InternFromString("_replaced");
     key_closed = PyUnicode_InternFromString("_closed");
-    key_locked = PyUnicode_InternFromString("locked");
     key_put_python = PyUnicode_InternFromString("_put_python");
-    if (!key_replaced || !key_closed || !key_locked || !key_put_python)
+    if (!key_replaced || !key_closed || !key_put_python)
         return -1;
     /* An instancemethod binds like a Python function: RingWriter.put. */
     PyObject *function = PyCFunction_NewEx(&put_def, NULL, NULL);

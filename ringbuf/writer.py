@@ -79,6 +79,7 @@ class RingWriter(LaneCounters):
         self._words = lanes.words()
         self._bytes = lanes.buf()
         self._thread_lock = threading.Lock()
+        self._locked = self._thread_lock.locked  # the compiled put's look
         self._check_at = _monotonic() + STALE_CHECK_S
         self._claim()
         _LIVE.add(self)
@@ -122,11 +123,9 @@ class RingWriter(LaneCounters):
         with self._thread_lock:
             try:
                 words = self._words
-                # Staleness: the retired word is one shared load per put.
-                # The name check (os.stat) runs at most once per
-                # STALE_CHECK_S.  The clock read that times it costs ~50 ns
-                # (1/6 of a put), so it is taken every _CLOCK_EVERY puts
-                # (head only grows here) and on every full-lane put.
+                # Staleness: one shared load (retired) per put; the name
+                # check (os.stat) once per STALE_CHECK_S, timed by a clock
+                # read (~50 ns) every _CLOCK_EVERY puts (head only grows).
                 head = self._head
                 if words[_RETIRED] and self._stale_now():
                     return False
@@ -362,6 +361,7 @@ class RingWriter(LaneCounters):
         # The child shares the parent's lock descriptor: closing our copy
         # leaves the parent's lock in place, and the child claims anew.
         self._thread_lock = threading.Lock()
+        self._locked = self._thread_lock.locked
         self._release()
 
     def _check_pid(self) -> None:
