@@ -74,14 +74,19 @@ crc_init(void)
     }
 }
 
-/* zlib.crc32(data, value). */
-static uint32_t
-crc32_from(uint32_t value, const unsigned char *data, Py_ssize_t size)
+/* zlib.crc32(data, seed) and zlib.crc32(data), in one pass: the two
+ * chains of table loads overlap instead of running one after the other. */
+static void
+crc32_pair(const unsigned char *data, Py_ssize_t size, uint32_t seed,
+           uint32_t *seeded, uint32_t *plain)
 {
-    uint32_t c = value ^ 0xFFFFFFFFu;
-    for (Py_ssize_t i = 0; i < size; i++)
-        c = crc_table[(c ^ data[i]) & 0xFF] ^ (c >> 8);
-    return c ^ 0xFFFFFFFFu;
+    uint32_t a = seed ^ 0xFFFFFFFFu, b = 0xFFFFFFFFu;
+    for (Py_ssize_t i = 0; i < size; i++) {
+        a = crc_table[(a ^ data[i]) & 0xFF] ^ (a >> 8);
+        b = crc_table[(b ^ data[i]) & 0xFF] ^ (b >> 8);
+    }
+    *seeded = a ^ 0xFFFFFFFFu;
+    *plain = b ^ 0xFFFFFFFFu;
 }
 
 static inline void
@@ -230,10 +235,10 @@ query_hash(PyObject *query, int64_t *out)
         return UNCOMMON;
     const unsigned char *data = PyUnicode_1BYTE_DATA(query);
     Py_ssize_t size = PyUnicode_GET_LENGTH(query);
-    uint64_t high = crc32_from(QUERY_HASH_SEED, data, size);
-    uint64_t low = crc32_from(0, data, size);
+    uint32_t high, low;
+    crc32_pair(data, size, QUERY_HASH_SEED, &high, &low);
     /* (high << 32 | low) - 2**63, as a signed int64. */
-    *out = (int64_t)(((high << 32) | low) ^ (1ULL << 63));
+    *out = (int64_t)((((uint64_t)high << 32) | low) ^ (1ULL << 63));
     return 0;
 }
 
