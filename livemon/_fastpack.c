@@ -332,43 +332,49 @@ pack(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                         "pack(attributes: dict, start_ns: int)");
         return NULL;
     }
-    PyObject *attributes = args[0];
-    PyObject *values[N_ATTRS];
-    for (int i = 0; i < N_ATTRS; i++) {
-        PyObject *value = PyDict_GetItemWithError(attributes, attr_keys[i]);
-        if (value == NULL) {
-            if (PyErr_Occurred() || i >= FIRST_REQUIRED) {
-                PyErr_Clear();
-                Py_RETURN_NONE;
-            }
-            value = Py_None; /* not logged: the class default */
-        }
-        values[i] = value; /* borrowed: the dict holds them */
-    }
     int64_t start_ns, pid;
     if (int64_of(args[1], &start_ns))
         Py_RETURN_NONE;
+    /* Strong references: hashing a list's items may run their Python
+     * code, which could change the context's dict under us. */
+    PyObject *values[N_ATTRS];
+    int taken = 0;
+    PyObject *result = Py_None, *ids = NULL, *lists = NULL, *pid_obj = NULL;
+    for (; taken < N_ATTRS; taken++) {
+        PyObject *value =
+            PyDict_GetItemWithError(args[0], attr_keys[taken]);
+        if (value == NULL) {
+            if (PyErr_Occurred() || taken >= FIRST_REQUIRED)
+                goto done;
+            value = Py_None; /* not logged: the class default */
+        }
+        Py_INCREF(value);
+        values[taken] = value;
+    }
     /* The Sink's slots; a missing one means the Python path. */
     PyObject *sink = values[A_SINK];
-    PyObject *ids = PyObject_GetAttr(sink, key_label_ids);
-    PyObject *lists = ids ? PyObject_GetAttr(sink, key_label_lists) : NULL;
-    PyObject *pid_obj = lists ? PyObject_GetAttr(sink, key_pid) : NULL;
-    PyObject *result = NULL;
+    ids = PyObject_GetAttr(sink, key_label_ids);
+    lists = ids ? PyObject_GetAttr(sink, key_label_lists) : NULL;
+    pid_obj = lists ? PyObject_GetAttr(sink, key_pid) : NULL;
     if (pid_obj == NULL || !PyDict_CheckExact(ids) ||
         !PyDict_CheckExact(lists) || int64_of(pid_obj, &pid) ||
-        pid < 0 || pid > UINT32_MAX) {
-        PyErr_Clear();
-        result = Py_None;
-        Py_INCREF(result);
+        pid < 0 || pid > UINT32_MAX)
         goto done;
-    }
-    result = PyBytes_FromStringAndSize(NULL, RECORD_BYTES);
-    if (result != NULL &&
-        fill(values, ids, lists, pid, start_ns, PyBytes_AS_STRING(result))) {
-        Py_SETREF(result, Py_None);
+    PyObject *packed = PyBytes_FromStringAndSize(NULL, RECORD_BYTES);
+    if (packed == NULL)
+        result = NULL; /* MemoryError */
+    else if (fill(values, ids, lists, pid, start_ns,
+                  PyBytes_AS_STRING(packed)) == 0)
+        result = packed;
+    else
+        Py_DECREF(packed);
+done:
+    if (result == Py_None) {
+        PyErr_Clear();
         Py_INCREF(result);
     }
-done:
+    while (taken > 0)
+        Py_DECREF(values[--taken]);
     Py_XDECREF(ids);
     Py_XDECREF(lists);
     Py_XDECREF(pid_obj);

@@ -127,6 +127,17 @@ release_words:
 static int
 put_common(PyObject *attributes, PyObject *record)
 {
+    /* The lock first: once it is known free, no Python code runs until
+     * the end, so the borrowed values below stay valid. */
+    PyObject *is_locked = PyDict_GetItemWithError(attributes, attr_keys[A_LOCKED]);
+    PyObject *locked = is_locked ? PyObject_CallNoArgs(is_locked) : NULL;
+    if (locked != Py_False) { /* a thread is inside the Python put */
+        if (locked == NULL)
+            PyErr_Clear();
+        Py_XDECREF(locked);
+        return 0;
+    }
+    Py_DECREF(locked);
     PyObject *v[N_ATTRS];
     for (int i = 0; i < N_ATTRS; i++) {
         v[i] = PyDict_GetItemWithError(attributes, attr_keys[i]);
@@ -140,14 +151,6 @@ put_common(PyObject *attributes, PyObject *record)
     long long head = index_of(v[A_HEAD]);
     if (v[A_LANE] == Py_None || head < 0 || head % CLOCK_EVERY == 0)
         return 0; /* the clock check is due: Python times it */
-    PyObject *locked = PyObject_CallNoArgs(v[A_LOCKED]);
-    if (locked != Py_False) { /* a thread is inside the Python put */
-        if (locked == NULL)
-            PyErr_Clear();
-        Py_XDECREF(locked);
-        return 0;
-    }
-    Py_DECREF(locked);
     if (!store(v, record, head))
         return 0;
     PyObject *next = PyLong_FromLongLong(head + 1);

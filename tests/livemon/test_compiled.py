@@ -187,6 +187,23 @@ class TestDeclines:
         assert vars(monitor.counters) == before
         assert ctx.end() is True
 
+    def test_a_value_whose_hash_changes_the_context(self, monitor):
+        """A list item's ``__hash__`` runs while the list is looked up;
+        if it empties the context's dict (all but its sink), packing stays
+        safe (it holds its own references) and the request is counted."""
+
+        class Meddler(str):
+            def __hash__(self) -> int:
+                sink = ctx._sink
+                vars(ctx).clear()
+                ctx._sink = sink
+                return 0
+
+        ctx = monitor.request("q", category="code")
+        ctx.log_routing(suggested_agents=[Meddler("coder")], confidence=0.5)
+        ctx.end()
+        assert monitor.counters.recorded + monitor.counters.failed == 1
+
     def test_stale_build_is_not_used(self, monkeypatch):
         """A build for another record layout stays unused."""
         monkeypatch.setattr(_compiled._fastpack, "SCALARS_FORMAT", "<q")
