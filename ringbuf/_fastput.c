@@ -35,11 +35,11 @@
 #define CLOCK_EVERY 8
 
 enum {
-    A_LOCKED, A_LANE, A_HEAD, A_WORDS, A_BYTES, A_CAPACITY, A_RECORD_BYTES,
+    A_LOCKED, A_LANE, A_HEAD, A_BYTES, A_CAPACITY, A_RECORD_BYTES,
     A_TAIL_WORD, A_HEAD_WORD, A_SLOTS_OFFSET, N_ATTRS
 };
 static const char *const attr_names[N_ATTRS] = {
-    "_locked", "_lane", "_head", "_words", "_bytes", "_capacity",
+    "_locked", "_lane", "_head", "_bytes", "_capacity",
     "_record_bytes", "_tail_word", "_head_word", "_slots_offset",
 };
 static PyObject *attr_keys[N_ATTRS];
@@ -88,36 +88,31 @@ store(PyObject *const *v, PyObject *record, long long head)
         slots_offset < 0 || !PyBytes_CheckExact(record) ||
         PyBytes_GET_SIZE(record) != size)
         return 0;
-    Py_buffer words, bytes;
-    /* A released view (the ring was closed) refuses: Python raises. */
-    if (PyObject_GetBuffer(v[A_WORDS], &words, PyBUF_WRITABLE) < 0) {
+    /* One view of the whole segment (writer._bytes; _words views the same
+     * page-aligned mapping as u64): a released one (the ring was closed)
+     * refuses, and Python raises. */
+    Py_buffer segment;
+    if (PyObject_GetBuffer(v[A_BYTES], &segment, PyBUF_WRITABLE) < 0) {
         PyErr_Clear();
         return 0;
     }
     int stored = 0;
-    long long n_words = words.len / 8;
-    if (PyObject_GetBuffer(v[A_BYTES], &bytes, PyBUF_WRITABLE) < 0) {
-        PyErr_Clear();
-        goto release_words;
-    }
-    uint64_t *word = words.buf;
+    uint64_t *word = segment.buf;
+    long long n_words = segment.len / 8;
     long long start = slots_offset + (head % capacity) * size;
-    if (words.itemsize != 8 || RETIRED_WORD >= n_words ||
-        tail_word >= n_words || head_word >= n_words ||
-        start + size > bytes.len)
+    if (RETIRED_WORD >= n_words || tail_word >= n_words ||
+        head_word >= n_words || start + size > segment.len)
         goto release;
     if (__atomic_load_n(&word[RETIRED_WORD], __ATOMIC_ACQUIRE))
         goto release; /* retired: Python sees it and says stale */
     uint64_t tail = __atomic_load_n(&word[tail_word], __ATOMIC_ACQUIRE);
     if ((uint64_t)head - tail >= (uint64_t)capacity)
         goto release; /* full: Python counts the drop */
-    memcpy((char *)bytes.buf + start, PyBytes_AS_STRING(record), size);
+    memcpy((char *)segment.buf + start, PyBytes_AS_STRING(record), size);
     __atomic_store_n(&word[head_word], (uint64_t)head + 1, __ATOMIC_RELEASE);
     stored = 1;
 release:
-    PyBuffer_Release(&bytes);
-release_words:
-    PyBuffer_Release(&words);
+    PyBuffer_Release(&segment);
     return stored;
 }
 
