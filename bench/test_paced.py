@@ -18,6 +18,7 @@ is the same request with the pure-Python path, in the same run.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import statistics
 import struct
@@ -27,11 +28,11 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 
+import ringbuf
 from bench.test_monitor import one_request
-from livemon import Monitor, context
+from livemon import Monitor, context, ipc
 from livemon.config import load_config
 from livemon.record import RECORD_DTYPE, struct_for
-from ringbuf.writer import RingWriter
 
 ROUNDS = 1500
 WARMUP_ROUNDS = 20
@@ -115,46 +116,43 @@ def interleave(subjects: list[Subject], pacing: Callable[[], None]) -> None:
 
 
 @pytest.fixture
-def monitor(ring_name) -> Iterator[Monitor]:
-    config = load_config(
-        {"ring": ring_name, "lanes": 1, "capacity_records": 4 * ROUNDS}
-    )
-    with Monitor(config=config) as monitor:
-        yield monitor
-    assert monitor.counters.invalid == monitor.counters.dropped == 0
-
-
-@pytest.fixture
-def python_path(monkeypatch) -> tuple[Callable[[], None], Callable[[], None]]:
-    """Switches to the pure-Python path and back (restored at the end)."""
-    # The class's own entries: the compiled put read through the class
-    # would come back unbound.
-    compiled_pack = context._fast_pack
-    compiled_put = vars(RingWriter)["put"]
-    python_put = vars(RingWriter)["_put_python"]
-    monkeypatch.setattr(RingWriter, "put", compiled_put)
-
-    def python() -> None:
-        context._fast_pack = None
-        RingWriter.put = python_put  # type: ignore[method-assign]
-
-    def compiled() -> None:
-        context._fast_pack = compiled_pack
-        RingWriter.put = compiled_put  # type: ignore[method-assign]
-
-    yield python, compiled
-    compiled()
+def monitors(ring_name) -> Iterator[tuple[Monitor, Monitor]]:
+    """Two monitors on rings of their own: the second writes through
+    the Python put, set on its writer alone (reassigning
+    ``RingWriter.put`` each round would bump the class's version and
+    throw away the interpreter's specializations for both)."""
+    with contextlib.ExitStack() as stack:
+        pair = []
+        for name in (ring_name, f"{ring_name}-py"):
+            config = load_config(
+                {"ring": name, "lanes": 1, "capacity_records": 4 * ROUNDS}
+            )
+            stack.callback(_unlink, config)
+            pair.append(stack.enter_context(Monitor(config=config)))
+        writer = pair[1]._events
+        writer.put = writer._put_python  # type: ignore[method-assign]
+        yield pair[0], pair[1]
+        for monitor in pair:
+            counters = monitor.counters
+            assert counters.invalid == counters.dropped == 0
+            assert counters.recorded == WARMUP_ROUNDS + ROUNDS
 
 
 @pytest.mark.parametrize(
     "pacing", [pace, pace_and_evict], ids=["sleep", "evict"]
 )
-def test_paced(pacing, monitor, python_path, record_samples):
+def test_paced(pacing, monitors, record_samples):
     """pack_into, Queue.put and a whole monitored request (five log calls
     and the write), compiled and pure Python, interleaved."""
     buffer = bytearray(RECORD_STRUCT.size)
     pack_into: Callable[..., None] = RECORD_STRUCT.pack_into
-    to_python, to_compiled = python_path
+    compiled, python = monitors
+    fast_pack = context._fast_pack
+
+    def packer(pack: Callable[..., object] | None) -> Callable[[], None]:
+        """Sets the packer contexts use (a module global: no version)."""
+        return lambda: setattr(context, "_fast_pack", pack)
+
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     reader = ctx.Process(target=_drain, args=(queue,))
@@ -162,20 +160,25 @@ def test_paced(pacing, monitor, python_path, record_samples):
     subjects = [
         Subject("pack_into", lambda: pack_into(buffer, 0, *FIELDS)),
         Subject("queue_put", lambda: queue.put(FIELDS)),
-        Subject("monitor_request", lambda: one_request(monitor), to_compiled),
         Subject(
-            "monitor_request_python", lambda: one_request(monitor), to_python
+            "monitor_request",
+            lambda: one_request(compiled),
+            packer(fast_pack),
+        ),
+        Subject(
+            "monitor_request_python",
+            lambda: one_request(python),
+            packer(None),
         ),
     ]
     try:
         interleave(subjects, pacing)
     finally:
-        to_compiled()
+        context._fast_pack = fast_pack
         queue.put(None)
         reader.join(timeout=30)
     assert reader.exitcode == 0
     assert struct.unpack(RECORD_STRUCT.format, buffer) == FIELDS
-    assert monitor.counters.recorded == 2 * (WARMUP_ROUNDS + ROUNDS)
     floor = f"paced[{pacing.__name__}] pack_into"
     for subject in subjects:
         name = f"paced[{pacing.__name__}] {subject.name}"
@@ -184,6 +187,11 @@ def test_paced(pacing, monitor, python_path, record_samples):
         assert (
             result["median_us"] == statistics.median(subject.samples_ns) / 1e3
         )
+
+
+def _unlink(config) -> None:
+    for segment in ipc.segments(config):
+        ringbuf.unlink(segment)
 
 
 def _drain(queue) -> None:
