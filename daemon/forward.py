@@ -124,7 +124,11 @@ class Forwarder:
             )
         if batch_bytes is None:
             batch_bytes = getattr(destination, "batch_bytes", BATCH_BYTES)
-        if not isinstance(batch_bytes, int) or batch_bytes < 1:
+        if (
+            not isinstance(batch_bytes, int)
+            or isinstance(batch_bytes, bool)
+            or batch_bytes < 1
+        ):
             raise ValueError(
                 f"destination {destination.name!r}: batch_bytes must be "
                 f"a whole number of bytes >= 1, not {batch_bytes!r}"

@@ -197,7 +197,7 @@ class TestForwarder:
         for rows in dest.shipped["events"]:
             assert sum(estimated(rows)[:-1]) < 64 * 2**10
 
-    @pytest.mark.parametrize("bad", [0, -1, "8MiB", 1.5])
+    @pytest.mark.parametrize("bad", [0, -1, "8MiB", 1.5, True])
     def test_a_bad_budget_is_refused(self, store, bad):
         """Not a whole number of bytes >= 1: refused, naming the sink."""
         with pytest.raises(ValueError, match="'recording': batch_bytes"):
