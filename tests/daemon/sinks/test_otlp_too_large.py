@@ -15,6 +15,7 @@ import pytest
 from daemon.forward import DestinationError, Forwarder, Rows
 from daemon.sinks._otlp_http import PayloadTooLarge
 from daemon.sinks.otlp import MAX_POST_BYTES, OtlpDestination
+from livemon import Monitor
 from tests.daemon.sinks.outbox_rows import columns, request_row
 from tests.daemon.sinks.receivers import Receiver, otlp_spans
 from tests.daemon.sinks.test_batch_bytes import REASON, add_long_rows, stop
@@ -159,3 +160,44 @@ class TestTooLarge:
         again = pickle.loads(pickle.dumps(error))
         assert type(again) is PayloadTooLarge
         assert (str(again), again.permanent) == ("HTTP 413", True)
+
+
+def test_a_real_daemon_splits_for_a_small_receiver(start_daemon, daemon_env):
+    """End to end: coordinators record failed requests with 4 KiB error
+    texts; the daemon, with ``otlp_batch_bytes`` at 64 KiB, posts to a
+    receiver that takes 48 KiB bodies: it answers 413 at first, the
+    daemon sends halves, and every request's and run's span arrives
+    exactly once, in bodies the receiver takes."""
+    receiver = Receiver(check=otlp_spans)
+    receiver.max_body_bytes = 48 * 2**10
+    texts = [f"{n} " + "x" * 4000 for n in range(4)]
+    try:
+        env = daemon_env | {
+            "LIVEMON_OTLP_ENDPOINT": receiver.url,
+            "LIVEMON_OTLP_BATCH_BYTES": str(64 * 2**10),
+            "LIVEMON_HOST": HOST,
+        }
+        daemon = start_daemon(env)
+        receiver.stop()  # until all are stored: then batches are full
+        with Monitor(env["LIVEMON_RING"]) as monitor:
+            for i in range(100):
+                with monitor.request(f"q{i}", category="code") as ctx:
+                    ctx.log_agent("coder", success=False, error=texts[i % 4])
+                    ctx.log_execution(
+                        actual_agents=["coder"],
+                        success=False,
+                        error=texts[(i + 1) % 4],
+                    )
+        daemon.wait_until(lambda: daemon.count() == 100)
+        runs = "SELECT count(*) FROM agent_runs"
+        daemon.wait_until(lambda: daemon.count(runs) == 100)
+        receiver.start()
+        receiver.wait_for(lambda: len(_span_ids(receiver)) >= 200, 60)
+        assert daemon.stop() == 0
+    finally:
+        receiver.stop()
+    ids = _span_ids(receiver)
+    assert len(ids) == len(set(ids)) == 200
+    assert receiver.refused == []
+    assert 413 in receiver.answers
+    assert max(len(b) for b in receiver.accepted) <= 48 * 2**10
