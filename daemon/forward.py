@@ -33,11 +33,15 @@ from daemon.retry import Backoff, DestinationError
 logger = logging.getLogger("livemon.daemon.forward")
 
 BATCH_ROWS = 20_000
+BATCH_BYTES = 8 * 2**20
+"""A batch's estimated size (``outbox.row_bytes``) when its destination
+names none: rows with 4 KiB texts stop a batch long before 20,000."""
 IDLE_S = 0.25  # between looks at the outbox when a destination is caught up
 LAG_INTERVAL_S = 1.0
 BUSY_SHARE = 0.15  # of the time a forwarder may work while the drain is busy
 
 __all__ = [
+    "BATCH_BYTES",
     "BATCH_ROWS",
     "SOURCES",
     "Backoff",
@@ -57,6 +61,8 @@ class Destination(Protocol):
 
     name: str  # the sink_progress key: "clickhouse", "otlp", "webhook"
     sources: tuple[str, ...]  # outbox sources it takes, from SOURCES
+    # A destination may also name its ``batch_bytes`` (int): the
+    # estimated size a batch stops at (else BATCH_BYTES).
 
     def ship(self, source: str, rows: Rows) -> None:
         """Store ``rows`` durably, or raise ``DestinationError``.
@@ -87,6 +93,11 @@ class Forwarder:
     ``ship`` returned; ``Forwarding.save`` stores the marks through the
     daemon's write connection.  Failures are retried with ``backoff``.
 
+    A batch holds at most ``batch_rows`` rows and stops at the row that
+    brings its estimated size to ``batch_bytes`` (one row at least).  One
+    batch is read ahead while another ships, for one source at a time,
+    so the forwarder holds about two batches at most.
+
     The drain comes first: while ``drain_busy()`` says it has a backlog,
     the forwarder works at most ``busy_share`` of the time (it shares the
     interpreter's lock with the drain, and a local server the CPUs),
@@ -99,6 +110,7 @@ class Forwarder:
         destination: Destination,
         *,
         batch_rows: int = BATCH_ROWS,
+        batch_bytes: int | None = None,
         backoff: Backoff | None = None,
         idle_s: float = IDLE_S,
         drain_busy: Callable[[], bool] | None = None,
@@ -110,11 +122,23 @@ class Forwarder:
                 f"destination {destination.name!r}: sources must be some "
                 f"of {sorted(SOURCES)}, not {list(destination.sources)}"
             )
+        if batch_bytes is None:
+            batch_bytes = getattr(destination, "batch_bytes", BATCH_BYTES)
+        if (
+            not isinstance(batch_bytes, int)
+            or isinstance(batch_bytes, bool)
+            or batch_bytes < 1
+        ):
+            raise ValueError(
+                f"destination {destination.name!r}: batch_bytes must be "
+                f"a whole number of bytes >= 1, not {batch_bytes!r}"
+            )
         if batch_rows < 1 or idle_s <= 0 or not 0 < busy_share <= 1:
             raise ValueError(
                 "batch_rows must be >= 1, idle_s positive, busy_share in "
                 "(0, 1]"
             )
+        self.batch_bytes = batch_bytes
         self.drain_busy = drain_busy
         self.busy_share = busy_share
         self.destination = destination
@@ -270,8 +294,12 @@ class Forwarder:
         rows = pending.result()
         if rows is None:
             return 0
-        # The next batch is read while this one ships (a failure drops it).
-        self._next[source] = (rows.last_id, self._read(source, rows.last_id))
+        # The next batch is read while this one ships (a failure drops
+        # it), unless another source's read-ahead is held: one at a time
+        # keeps the memory held to about two batches.
+        if not self._next:
+            ahead = self._read(source, rows.last_id)
+            self._next[source] = (rows.last_id, ahead)
         # The lag measured may predate these rows, and a ship can last
         # until its timeout: status shows them behind meanwhile.
         with self._lock:
@@ -297,6 +325,7 @@ class Forwarder:
                 source=source,
                 after_id=after_id,
                 limit=self.batch_rows,
+                max_bytes=self.batch_bytes,
             )
         )
 

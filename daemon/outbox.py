@@ -15,6 +15,9 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 1000
+VALUE_BYTES = 8
+"""What a number (or an unknown) adds to a row's estimated size."""
+_FETCH_ROWS = 512  # rows fetched at a time while a budget is counted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,21 +83,59 @@ SOURCES: dict[str, Source] = {
 """The outbox sources a destination may take, by name."""
 
 
+def row_bytes(row: Sequence[Any]) -> int:
+    """Estimate one outbox row's size: its texts' lengths, plus
+    ``VALUE_BYTES`` for every other value.
+
+    Cheap on purpose (nothing is encoded): it bounds what a batch holds,
+    not the exact size of any request.  A text counts its characters,
+    which is its UTF-8 size for ASCII and up to 4 times less otherwise.
+    """
+    texts = [v for v in row if v.__class__ is str]
+    return sum(map(len, texts)) + VALUE_BYTES * (len(row) - len(texts))
+
+
+def _fetch(cursor: sqlite3.Cursor, max_bytes: int | None) -> list[Any]:
+    """The cursor's rows, stopping after the one whose estimated size
+    (``row_bytes``) brings the total to ``max_bytes``: always one row
+    at least, so a single row larger than the budget still moves."""
+    if max_bytes is None:
+        return cursor.fetchall()
+    rows: list[Any] = []
+    total = 0
+    while chunk := cursor.fetchmany(_FETCH_ROWS):
+        for row in chunk:
+            rows.append(row)
+            total += row_bytes(row)
+            if total >= max_bytes:
+                cursor.close()  # the rest is read by the next batch
+                return rows
+    return rows
+
+
 def read_rows(
-    db: sqlite3.Connection, source: str, after_id: int, limit: int
+    db: sqlite3.Connection,
+    source: str,
+    after_id: int,
+    limit: int,
+    max_bytes: int | None = None,
 ) -> Rows | None:
-    """Read up to ``limit`` rows of ``source`` with ``id > after_id``.
+    """Read up to ``limit`` rows of ``source`` with ``id > after_id``,
+    and (if ``max_bytes`` is given) no more rows than reach ``max_bytes``
+    of estimated size (``row_bytes``), one row at least.
 
     Returns None when there are none, or the source's table does not
     exist yet (a database from before its migration).
 
     Raises:
         KeyError: ``source`` is not one of ``SOURCES``.
-        ValueError: ``limit`` is below 1.
+        ValueError: ``limit`` or ``max_bytes`` is below 1.
         sqlite3.Error: the database cannot be read (retry later).
     """
     if limit < 1:
         raise ValueError("limit must be at least 1")
+    if max_bytes is not None and max_bytes < 1:
+        raise ValueError("max_bytes must be at least 1 (None: no bound)")
     spec = SOURCES[source]
     try:
         cursor = db.execute(spec.query, (after_id, limit))
@@ -102,10 +143,10 @@ def read_rows(
         if "no such table" in str(exc):
             return None
         raise
-    rows = cursor.fetchall()
+    names = [d[0] for d in cursor.description]
+    rows = _fetch(cursor, max_bytes)
     if not rows:
         return None
-    names = [d[0] for d in cursor.description]
     columns: dict[str, list[Any]] = {}
     for name, values in zip(names, zip(*rows, strict=True), strict=True):
         # A view column also selected from the table keeps its first copy.

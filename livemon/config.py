@@ -33,6 +33,8 @@ AGENTS_RING_SUFFIX = ".agents"
 SYSTEM_STATE_DIR = pathlib.Path("/var/lib/livemon")
 """The system service's ``StateDirectory=`` (systemd/livemon-daemon.service).
 """
+MIN_BATCH_BYTES = 64 * 2**10  # *_batch_bytes: smaller is a typo, not a plan
+MAX_BATCH_BYTES = 2**30
 
 
 def default_state_dir(env: Mapping[str, str] = os.environ) -> pathlib.Path:
@@ -97,6 +99,10 @@ class Config:
             (empty: off).
         alert_webhook_format: ``auto`` (by URL), ``slack``,
             ``alertmanager`` or ``json``.
+        clickhouse_batch_bytes: the estimated size (texts' lengths) at
+            which a batch forwarded to ClickHouse stops.
+        otlp_batch_bytes: the same for OTLP (below a collector's usual
+            4 MiB body limit).
     """
 
     ring: str = "livemon"
@@ -132,6 +138,9 @@ class Config:
     otlp_endpoint: str = ""
     alert_webhook_url: str = ""
     alert_webhook_format: str = "auto"
+    # Forwarded batches bounded in bytes too (daemon/forward.py, sinks).
+    clickhouse_batch_bytes: int = 8 * 2**20
+    otlp_batch_bytes: int = 3 * 2**20
 
     def __post_init__(self) -> None:
         try:
@@ -222,6 +231,13 @@ class Config:
                 "(clickhouses:// for TLS; the database name of letters, "
                 "digits and _)"
             )
+        for name in ("clickhouse_batch_bytes", "otlp_batch_bytes"):
+            if not MIN_BATCH_BYTES <= getattr(self, name) <= MAX_BATCH_BYTES:
+                raise ConfigError(
+                    f"{name} must be 64 KiB to 1 GiB ({MIN_BATCH_BYTES} to "
+                    f"{MAX_BATCH_BYTES}): the size at which one forwarded "
+                    "batch stops; leave it unset for the default"
+                )
 
     def _check_sink_urls(self) -> None:
         for name in ("otlp_endpoint", "alert_webhook_url"):

@@ -25,7 +25,13 @@ def configured(config: Config, host: str) -> list[Destination]:
     """
     destinations: list[Destination] = []
     if config.clickhouse_url:
-        destinations.append(ClickHouseDestination(config.clickhouse_url, host))
+        destinations.append(
+            ClickHouseDestination(
+                config.clickhouse_url,
+                host,
+                batch_bytes=config.clickhouse_batch_bytes,
+            )
+        )
     if config.otlp_endpoint:
         destinations.append(otlp.from_config(config, host))
     if config.alert_webhook_url:

@@ -15,13 +15,35 @@ from collections.abc import Mapping
 from daemon.forward import DestinationError
 from livemon.endpoints import Endpoint
 
-__all__ = ["Answer", "Endpoint", "parse_retry_after", "post"]
+__all__ = [
+    "Answer",
+    "Endpoint",
+    "PayloadTooLarge",
+    "parse_retry_after",
+    "post",
+]
 
 RETRYABLE_STATUSES = frozenset({408, 429, 502, 503, 504})
 """Statuses a later try may cure (OTLP/HTTP spec); any other 5xx is too."""
 MAX_RETRY_AFTER_S = 3600.0
 """A ``Retry-After`` beyond an hour is taken as an hour."""
 MAX_BODY_BYTES = 64 * 2**10  # of an answer: enough for any error message
+
+
+class PayloadTooLarge(DestinationError):
+    """The server answered 413: this body is above its limit.
+
+    Permanent for this body; a sink that can split what it sends (OTLP)
+    sends it in smaller parts instead.
+    """
+
+    def __reduce__(
+        self,
+    ) -> tuple[type[PayloadTooLarge], tuple[str, float | None, bool]]:
+        return (
+            PayloadTooLarge,
+            (str(self), self.retry_after, self.permanent),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +69,7 @@ def post(
             (retryable); 408, 429 or 5xx (retryable, with the server's
             ``Retry-After``); a redirect or any other status (permanent:
             the configured URL or the payload needs a person).
+        PayloadTooLarge: 413 (permanent for this body; send less).
     """
     kind = (
         http.client.HTTPSConnection
@@ -88,6 +111,10 @@ def post(
         )
     if 300 <= status < 400:
         message += f" (redirected to {location}: configure that URL)"
+    if status == 413:
+        raise PayloadTooLarge(
+            f"{message} (a body of {len(body)} bytes)", permanent=True
+        )
     raise DestinationError(message, permanent=True)
 
 

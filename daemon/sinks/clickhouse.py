@@ -11,7 +11,7 @@ import json
 import logging
 from typing import Any
 
-from daemon.forward import DestinationError, Rows
+from daemon.forward import BATCH_BYTES, DestinationError, Rows
 from daemon.sinks.clickhouse_ddl import LIST_COLUMNS, TABLES, is_modern
 from livemon.views.clickhouse import parse_url, server_message
 
@@ -37,8 +37,11 @@ class ClickHouseDestination:
     Connects on the first ``ship`` (so a daemon starts while ClickHouse
     is down), creates the database and tables once per connection, with
     the DDL the server's version takes, and inserts each batch as one
-    columnar block.  A failed insert is repeated whole; the table's
-    ReplacingMergeTree key makes the repeat harmless.
+    columnar block; a batch stops at ``batch_bytes`` of estimated size
+    (``outbox.row_bytes``), so long texts cannot make one insert (and
+    the block the driver builds) hundreds of MB.  A failed insert is
+    repeated whole; the table's ReplacingMergeTree key makes the repeat
+    harmless.
     """
 
     name: str = "clickhouse"
@@ -51,11 +54,15 @@ class ClickHouseDestination:
         *,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
         send_receive_timeout_s: float = SEND_RECEIVE_TIMEOUT_S,
+        batch_bytes: int = BATCH_BYTES,
     ) -> None:
         if not host:
             raise ValueError("host must not be empty")
         if connect_timeout_s <= 0 or send_receive_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
+        if batch_bytes < 1:
+            raise ValueError("batch_bytes must be at least 1")
+        self.batch_bytes = batch_bytes
         self._args = parse_url(url)
         self.database = self._args.pop("database")
         self.host = host

@@ -10,12 +10,12 @@ import logging
 import os
 import threading
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from daemon.forward import DestinationError, Rows
 from daemon.sinks import _otlp_encode as encode
-from daemon.sinks._otlp_http import Endpoint, post
+from daemon.sinks._otlp_http import Endpoint, PayloadTooLarge, post
 from livemon import __version__
 from livemon.config import Config
 from livemon.exceptions import ConfigError
@@ -30,8 +30,18 @@ MAX_SPANS_PER_POST = 512
 below a collector's default 20 MiB body limit."""
 MAX_POST_BYTES = 4 * 2**20
 """A body above this goes in halves: a collector's default limit is
-20 MiB, others take less; 512 spans of long texts can reach 40 MiB."""
-_ENCODERS = {"events": encode.request_spans, "agent_runs": encode.agent_spans}
+20 MiB, others take less; 512 spans of long texts can reach 40 MiB.  A
+413 for a smaller body lowers the limit (``post_limit_bytes``)."""
+BATCH_BYTES = 3 * 2**20
+"""A forwarded batch's estimated size (``outbox.row_bytes``): below the
+4 MiB body limit common among OTLP receivers, with a margin."""
+_Encoder = Callable[
+    [str, Mapping[str, list[Any]]], tuple[list[dict[str, Any]], int]
+]
+_ENCODERS: dict[str, _Encoder] = {
+    "events": encode.request_spans,
+    "agent_runs": encode.agent_spans,
+}
 HEADERS_ENV = (
     "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
     "OTEL_EXPORTER_OTLP_HEADERS",
@@ -94,6 +104,7 @@ def from_config(
             host,
             version=__version__,
             headers=otlp_headers(env),
+            batch_bytes=config.otlp_batch_bytes,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
@@ -105,16 +116,23 @@ class OtlpDestination:
     A batch goes in requests of ``MAX_SPANS_PER_POST`` spans (as the OTel
     SDK batches); when one fails, the retried batch skips the rows whose
     request was taken (``_taken``), so no span is posted twice while the
-    daemon runs.  A collector sees a duplicate only when it took a request
-    whose answer never came back, or when the daemon was killed before it
-    stored the mark; both re-send the same ids (``_otlp_encode``), so
-    backends that upsert by span id stay exact.
+    daemon runs.  A body the collector refuses as too large (413) is sent
+    again in halves, down to one row's spans, which are counted and
+    skipped if still refused; no span is lost to a limit it could take
+    nor retried for ever.  A collector sees a duplicate only when it took
+    a request whose answer never came back, or when the daemon was killed
+    before it stored the mark; both re-send the same ids
+    (``_otlp_encode``), so backends that upsert by span id stay exact.
 
     Attributes:
         spans_sent: spans the collector accepted.
         spans_rejected: spans a collector's partial success refused (the
             OTLP spec forbids retrying them; each refusal is logged).
         rows_left_out: rows that are no span (legacy stage records).
+        spans_too_large: spans of rows the collector refused (413) even
+            alone, skipped (each is logged with what to do).
+        post_limit_bytes: the largest body sent whole: ``MAX_POST_BYTES``
+            until a 413 for a smaller one.
     """
 
     name = "otlp"
@@ -128,6 +146,7 @@ class OtlpDestination:
         version: str,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         headers: Mapping[str, str] | None = None,
+        batch_bytes: int = BATCH_BYTES,
     ) -> None:
         """Check the settings; nothing is sent before the first ``ship``.
 
@@ -137,20 +156,27 @@ class OtlpDestination:
             version: livemon's version, the instrumentation scope's.
             timeout_s: longest one POST may take.
             headers: sent with every POST (``otlp_headers``).
+            batch_bytes: where the forwarder stops a batch (estimated).
 
         Raises:
-            ValueError: a bad endpoint, an empty host or a timeout <= 0.
+            ValueError: a bad endpoint, an empty host, a timeout <= 0 or
+                a batch_bytes below 1.
         """
         if not host:
             raise ValueError("host is empty: set LIVEMON_HOST")
         if not timeout_s > 0:
             raise ValueError("timeout_s must be positive")
+        if batch_bytes < 1:
+            raise ValueError("batch_bytes must be at least 1")
+        self.batch_bytes = batch_bytes
+        self.post_limit_bytes = MAX_POST_BYTES
         self.endpoint = traces_endpoint(endpoint)
         self.host = host
         self.version = version
         self.timeout_s = timeout_s
         self.headers = dict(headers or {})
         self.spans_sent = self.spans_rejected = self.rows_left_out = 0
+        self.spans_too_large = 0
         self._taken: dict[str, set[int]] = {}
         self._lock = threading.Lock()
 
@@ -175,26 +201,44 @@ class OtlpDestination:
         todo = [n for n, row_id in enumerate(ids) if row_id not in taken]
         for first in range(0, len(todo), MAX_SPANS_PER_POST):
             part = todo[first : first + MAX_SPANS_PER_POST]
-            columns = {
-                name: [values[n] for n in part]
-                for name, values in rows.columns.items()
-            }
-            spans, left_out = encoder(self.host, columns)
-            if spans:
-                self._post(spans)
-            taken.update(ids[n] for n in part)
-            with self._lock:
-                self.rows_left_out += left_out
+            self._send(encoder, rows, part, taken)
 
-    def _post(self, spans: list[dict[str, Any]]) -> None:
-        body = encode.export_request(self.host, self.version, spans)
-        if len(body) > MAX_POST_BYTES and len(spans) > 1:
-            # Long texts (4 KiB each, escaped): in halves, or a collector
-            # refuses the body (413) on every retry, for ever.
-            half = len(spans) // 2
-            self._post(spans[:half])
-            self._post(spans[half:])
-            return
+    def _send(
+        self, encoder: _Encoder, rows: Rows, part: list[int], taken: set[int]
+    ) -> None:
+        """POST the spans of the rows at indices ``part``, then add their
+        ids to ``taken``; in halves while the body is above
+        ``post_limit_bytes`` or the collector answers 413."""
+        columns = {
+            name: [values[n] for n in part]
+            for name, values in rows.columns.items()
+        }
+        spans, left_out = encoder(self.host, columns)
+        if spans:
+            body = encode.export_request(self.host, self.version, spans)
+            if len(body) > self.post_limit_bytes and len(part) > 1:
+                self._send_halves(encoder, rows, part, taken)
+                return
+            try:
+                self._post(body, len(spans))
+            except PayloadTooLarge as exc:
+                if len(part) > 1:
+                    self._lower_limit(len(body))
+                    self._send_halves(encoder, rows, part, taken)
+                    return
+                self._give_up(len(spans), exc)
+        taken.update(rows.columns["id"][n] for n in part)
+        with self._lock:
+            self.rows_left_out += left_out
+
+    def _send_halves(
+        self, encoder: _Encoder, rows: Rows, part: list[int], taken: set[int]
+    ) -> None:
+        half = len(part) // 2
+        self._send(encoder, rows, part[:half], taken)
+        self._send(encoder, rows, part[half:], taken)
+
+    def _post(self, body: bytes, spans: int) -> None:
         answer = post(
             self.endpoint,
             body,
@@ -202,10 +246,46 @@ class OtlpDestination:
             timeout_s=self.timeout_s,
             headers=self.headers,
         )
-        rejected = self._rejected(answer.body, len(spans))
+        rejected = self._rejected(answer.body, spans)
         with self._lock:
-            self.spans_sent += len(spans) - rejected
+            self.spans_sent += spans - rejected
             self.spans_rejected += rejected
+
+    def _lower_limit(self, refused_bytes: int) -> None:
+        """After a 413 for ``refused_bytes``: smaller bodies from now on,
+        so later batches are split before they are sent, not refused."""
+        if refused_bytes > self.post_limit_bytes:
+            return
+        # Once at warning: the halving that follows may lower it again.
+        level = (
+            logging.WARNING
+            if self.post_limit_bytes == MAX_POST_BYTES
+            else logging.INFO
+        )
+        self.post_limit_bytes = refused_bytes - 1
+        logger.log(
+            level,
+            "%s refused a body of %d bytes as too large (HTTP 413): "
+            "sending smaller bodies from now on; raise its body limit (the "
+            "OpenTelemetry Collector's otlp receiver: "
+            "protocols.http.max_request_body_size) for fewer requests",
+            self.endpoint,
+            refused_bytes,
+        )
+
+    def _give_up(self, spans: int, exc: PayloadTooLarge) -> None:
+        """A lone row's spans refused as too large: counted, logged, and
+        skipped (the same body would be refused on every retry)."""
+        with self._lock:
+            self.spans_too_large += spans
+        logger.warning(
+            "%s; its %d span(s) of one row are skipped (counted in "
+            "spans_too_large): raise the collector's body limit (the "
+            "OpenTelemetry Collector: protocols.http.max_request_body_size) "
+            "to receive such rows",
+            exc,
+            spans,
+        )
 
     def _rejected(self, body: bytes, sent: int) -> int:
         """Spans an ``ExportTraceServiceResponse`` says it refused.

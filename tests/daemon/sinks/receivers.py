@@ -180,14 +180,17 @@ class Receiver:
     """A loopback HTTP server that records POSTs and answers as scripted.
 
     ``script`` holds the next answers (status, headers, body); when it is
-    empty the answer is ``default``.  ``check`` (``otlp_spans`` for OTLP)
-    runs on every body first: a body it refuses gets 400 and is recorded
-    in ``refused``, so a test fails on any invalid payload.
+    empty the answer is ``default``.  A body above ``max_body_bytes`` (if
+    set) gets 413, as a collector with that body limit answers.
+    ``check`` (``otlp_spans`` for OTLP) runs on every body first: a body
+    it refuses gets 400 and is recorded in ``refused``, so a test fails
+    on any invalid payload.
 
     Attributes:
         accepted: bodies answered 2xx, in order.
         refused: (body, reason) of bodies the check refused.
         answers: the status of every POST, in order.
+        sizes: the length of every body, in order.
     """
 
     def __init__(
@@ -204,6 +207,8 @@ class Receiver:
         self.headers: list[dict[str, str]] = []
         self.refused: list[tuple[bytes, str]] = []
         self.answers: list[int] = []
+        self.sizes: list[int] = []
+        self.max_body_bytes: int | None = None
         self.paths: list[str] = []
         self._lock = threading.Lock()
         self._server: http.server.ThreadingHTTPServer | None = None
@@ -250,6 +255,11 @@ class Receiver:
     def reply(self, body: bytes, headers: dict[str, str]) -> Reply:
         """Record one POST; return the answer it gets."""
         with self._lock:
+            self.sizes.append(len(body))
+            limit = self.max_body_bytes
+            if limit is not None and len(body) > limit:
+                self.answers.append(413)
+                return 413, {}, b"request body too large"
             if self.check is not None:
                 try:
                     self.check(body)
