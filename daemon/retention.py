@@ -131,18 +131,18 @@ class Retention:
         return path, moved
 
     def _shipped_id(self, db: sqlite3.Connection, table: str) -> int:
-        """The highest id of ``table`` every destination taking it
-        shipped (its outbox source has the table's name).
+        """The highest id of ``table`` that may move: every destination
+        taking it shipped it (its outbox source has the table's name).
 
-        Below the newest row too: deleting it would let SQLite hand its
-        id (and lower ones) out again, to rows a destination's mark has
-        passed already.
+        Below the newest row too, sinks or not: deleting it would let
+        SQLite hand its id (and lower ones) out again, to rows a
+        destination's mark has passed already, and to rows that would
+        then collide with their namesakes in the month's archive.
         """
         lowest = lowest_marks(db, self.sinks[table], table)
-        if lowest is None:
-            return 2**63 - 1
         newest = db.execute(f"SELECT max(id) FROM {table}").fetchone()[0]
-        return min(lowest, (newest or 0) - 1)
+        below_newest = (newest or 0) - 1
+        return below_newest if lowest is None else min(lowest, below_newest)
 
     def step_within(self, share: float, now_ns: int | None = None) -> bool:
         """Move a batch unless that would take more than ``share`` of the
