@@ -24,7 +24,7 @@ from daemon.exceptions import DatabaseCorrupt
 from daemon.forwarding import Forwarding
 from daemon.notify import Notifier
 from daemon.replay import STEP_BATCHES, SpillReplayer
-from daemon.retention import DAEMON_SHARE, TABLES, Retention
+from daemon.retention_passes import RetentionPasses
 from daemon.status import status_line
 from daemon.store import IntegrityCheck, Store, check_database_path
 from livemon import ipc
@@ -36,7 +36,6 @@ logger = logging.getLogger("livemon.daemon")
 STATUS_INTERVAL_S = 1.0
 CHECKPOINT_INTERVAL_S = 2.0
 OPTIMIZE_INTERVAL_S = 3600.0
-RETENTION_CHECK_S = 3600.0
 STOP_DEADLINE_S = 20.0
 FORWARD_STOP_S = 5.0  # after the final drain: within systemd's 30 s
 PIDFILE_RETRY_S = 2.0
@@ -55,9 +54,9 @@ class Service:
         self.stop_event = threading.Event()
         self.notifier = notifier or Notifier()
         self._reload = False
-        self._retention: Retention | None = None
-        self._retaining = False
-        self._retained_at: float | None = None  # last pass done (Unix s)
+        self._retention = RetentionPasses(
+            self.config, lambda table: self._forwarding.names_for(table)
+        )
         self._started = time.time()
         self._rate = 0.0  # records drained per second, between publications
         self._rate_since = (time.monotonic(), 0)
@@ -281,7 +280,7 @@ class Service:
                 self._forwarding.save(store)
             if self._due("optimize", OPTIMIZE_INTERVAL_S):
                 store.optimize()
-            self._retain(store)
+            self._retention.turn(store)
             self._check_integrity(store)
         except Exception as exc:  # the loop's boundary, as Drainer.step
             drainer.handle_failure(exc)
@@ -300,32 +299,7 @@ class Service:
         if job.store is store and job.problems:
             raise DatabaseCorrupt(f"quick_check: {'; '.join(job.problems)}")
 
-    def _retain(self, store: Store) -> None:
-        # A batch now and then, so draining goes on while old rows move.
-        if not (self._retaining or self._due("retention", RETENTION_CHECK_S)):
-            return
-        if self._retention is None or self._retention.store is not store:
-            self._retention = Retention(
-                store,
-                self.config.retention_days,
-                self.config.archive_dir,
-                sinks={
-                    table: self._forwarding.names_for(table)
-                    for table in TABLES
-                },
-            )
-        self._retaining = self._retention.step_within(DAEMON_SHARE)
-        if not self._retaining:
-            store.db.execute("PRAGMA incremental_vacuum")
-            self._retained_at = time.time()
-
     def _figures(self, drainer: Drainer) -> dict[str, Any]:
-        retention = figures.retention_figures(
-            self.config,
-            running=self._retaining,
-            last_pass_at=self._retained_at,
-            next_pass_in_s=self._next.get("retention", 0.0) - time.monotonic(),
-        )
         return figures.daemon_figures(
             self.config,
             drainer,
@@ -335,7 +309,7 @@ class Service:
             replayer=self._replayer,
             agent_replayer=self._agent_replayer,
             sinks=self._forwarding.figures(),
-        ) | {"retention": retention}
+        ) | {"retention": self._retention.figures()}
 
     def _publish(self, drainer: Drainer) -> str:
         """Write the status file read by ``status``; return a STATUS= line."""
@@ -403,4 +377,5 @@ class Service:
                 "SIGHUP: %s change only on restart", ", ".join(changed)
             )
         self.config = drainer.config = fresh
+        self._retention.reconfigure(fresh)
         logger.info("SIGHUP: configuration reread, log reopened")
