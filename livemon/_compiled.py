@@ -26,7 +26,7 @@ def compiled_pack() -> Any:
     """The compiled packer, or None: pure Python, not built, or built for
     another record layout (``pip install -e .`` rebuilds it).
 
-    ``pack(context.__dict__, start_ns)`` returns the record's bytes for
+    ``pack(context, start_ns)`` returns the record's bytes for
     the common case and None for anything else, so it stands in front of
     ``RequestContext._scalars``/``_lists``: whatever it declines takes the
     Python path, which validates, counts or raises.

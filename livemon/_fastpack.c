@@ -317,24 +317,33 @@ fill(PyObject *const *v, PyObject *ids, PyObject *lists, int64_t pid,
 }
 
 PyDoc_STRVAR(pack_doc,
-"pack(attributes, start_ns) -> bytes | None\n\n"
-"The packed record of a RequestContext whose instance dict is\n"
-"`attributes`, `start_ns` the perf_counter_ns() at which end() began;\n"
+"pack(context, start_ns) -> bytes | None\n\n"
+"The packed record of a RequestContext, `start_ns` the\n"
+"perf_counter_ns() at which its end() began;\n"
 "None when any value is not the common case (take the Python path).");
 
 static PyObject *
 pack(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 2 || !PyDict_CheckExact(args[0]) ||
-        !PyLong_CheckExact(args[1])) {
+    /* The instance dict, taken here: `ctx.__dict__` in Python is a
+     * generic attribute lookup, costly cold. */
+    PyObject *attributes =
+        nargs == 2 && PyLong_CheckExact(args[1])
+            ? PyObject_GenericGetDict(args[0], NULL)
+            : NULL;
+    if (attributes == NULL || !PyDict_CheckExact(attributes)) {
+        Py_XDECREF(attributes);
+        PyErr_Clear();
         PyErr_SetString(PyExc_TypeError,
-                        "pack(attributes: dict, start_ns: int)");
+                        "pack(context: RequestContext, start_ns: int)");
         return NULL;
     }
     int64_t start_ns, pid;
-    if (int64_of(args[1], &start_ns))
+    if (int64_of(args[1], &start_ns)) {
+        Py_DECREF(attributes);
         Py_RETURN_NONE;
+    }
     /* Strong references: hashing a list's items may run their Python
      * code, which could change the context's dict under us. */
     PyObject *values[N_ATTRS];
@@ -342,7 +351,7 @@ pack(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *result = Py_None, *ids = NULL, *lists = NULL, *pid_obj = NULL;
     for (; taken < N_ATTRS; taken++) {
         PyObject *value =
-            PyDict_GetItemWithError(args[0], attr_keys[taken]);
+            PyDict_GetItemWithError(attributes, attr_keys[taken]);
         if (value == NULL) {
             if (PyErr_Occurred() || taken >= FIRST_REQUIRED)
                 goto done;
@@ -375,6 +384,7 @@ done:
     }
     while (taken > 0)
         Py_DECREF(values[--taken]);
+    Py_DECREF(attributes);
     Py_XDECREF(ids);
     Py_XDECREF(lists);
     Py_XDECREF(pid_obj);

@@ -278,7 +278,7 @@ class RequestContext(FieldChecks):
                 self._success = False
         try:
             packed = (
-                _fast_pack is not None and _fast_pack(self.__dict__, start)
+                _fast_pack is not None and _fast_pack(self, start)
             ) or self._scalars(start) + self._lists()
         except LivemonError:
             raise

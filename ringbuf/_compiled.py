@@ -37,5 +37,5 @@ def install_put(writer: type, retired_word: int, clock_every: int) -> bool:
         or clock_every != _fastput.CLOCK_EVERY
     ):
         return False
-    writer.put = _fastput.put  # type: ignore[attr-defined]
+    writer.put = _fastput.method_for(writer)  # type: ignore[attr-defined]
     return True

@@ -10,8 +10,9 @@
  * takes the Python put, which checks, counts and raises; so both paths
  * keep one protocol (ringbuf/writer.py describes it).
  *
- * It is installed as RingWriter.put (the pattern of the stdlib's C
- * accelerators) and hands every other case to RingWriter._put_python.
+ * It is installed as RingWriter.put, a method descriptor of the class
+ * (the pattern of the stdlib's C accelerators), and hands every other
+ * case to RingWriter._put_python.
  *
  * Why no lock is needed: this function runs from start to end holding
  * the GIL and runs no Python code, so no other thread of this process can
@@ -157,35 +158,56 @@ put_common(PyObject *attributes, PyObject *record)
 }
 
 PyDoc_STRVAR(put_doc,
-"put(self, record) -> bool\n\n"
+"put(record) -> bool\n\n"
 "RingWriter.put, compiled: stores the common case here and hands\n"
 "anything else to the Python put (RingWriter._put_python), which\n"
 "documents the arguments, the result and the errors.");
 
 static PyObject *
-put(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+put(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    (void)module;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "put(self, record)");
+    if (nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "put(record): one argument");
         return NULL;
     }
-    PyObject *attributes = PyObject_GenericGetDict(args[0], NULL);
+    PyObject *attributes = PyObject_GenericGetDict(self, NULL);
     if (attributes == NULL)
         return NULL;
     int stored = PyDict_CheckExact(attributes)
-                     ? put_common(attributes, args[1])
+                     ? put_common(attributes, args[0])
                      : 0;
     Py_DECREF(attributes);
     if (stored < 0)
         return NULL;
     if (stored)
         Py_RETURN_TRUE;
-    return PyObject_CallMethodOneArg(args[0], key_put_python, args[1]);
+    return PyObject_CallMethodOneArg(self, key_put_python, args[0]);
 }
 
 static PyMethodDef put_def = {
     "put", (PyCFunction)(void (*)(void))put, METH_FASTCALL, put_doc,
+};
+
+PyDoc_STRVAR(method_for_doc,
+"method_for(cls) -> the compiled put, a method of cls\n\n"
+"A method descriptor, as a C type's own methods are: the interpreter\n"
+"binds and calls it without creating a bound method (an instancemethod\n"
+"wrapper costs a generic attribute lookup per call, cold).");
+
+static PyObject *
+method_for(PyObject *module, PyObject *cls)
+{
+    (void)module;
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "method_for(cls): a class");
+        return NULL;
+    }
+    return PyDescr_NewMethod((PyTypeObject *)cls, &put_def);
+}
+
+static PyMethodDef methods[] = {
+    {"method_for", method_for, METH_O, method_for_doc},
+    {NULL, NULL, 0, NULL},
 };
 
 static int
@@ -201,14 +223,6 @@ exec_module(PyObject *module)
     key_put_python = PyUnicode_InternFromString("_put_python");
     if (!key_replaced || !key_closed || !key_put_python)
         return -1;
-    /* An instancemethod binds like a Python function: RingWriter.put. */
-    PyObject *function = PyCFunction_NewEx(&put_def, NULL, NULL);
-    PyObject *method = function ? PyInstanceMethod_New(function) : NULL;
-    Py_XDECREF(function);
-    if (method == NULL || PyModule_AddObject(module, "put", method) < 0) {
-        Py_XDECREF(method);
-        return -1;
-    }
     if (PyModule_AddIntConstant(module, "RETIRED_WORD", RETIRED_WORD) ||
         PyModule_AddIntConstant(module, "CLOCK_EVERY", CLOCK_EVERY))
         return -1;
@@ -225,6 +239,7 @@ static struct PyModuleDef moduledef = {
     .m_name = "ringbuf._fastput",
     .m_doc = "The common case of RingWriter.put, in C.",
     .m_size = 0,
+    .m_methods = methods,
     .m_slots = slots,
 };
 

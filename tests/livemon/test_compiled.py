@@ -98,8 +98,8 @@ def packed(monkeypatch):
     assert compiled is not None, "pip install -e . builds livemon._fastpack"
     calls: list[tuple[bytes | None, int]] = []
 
-    def spy(attributes, start):
-        result = compiled(attributes, start)
+    def spy(ctx, start):
+        result = compiled(ctx, start)
         calls.append((result, start))
         return result
 
@@ -181,9 +181,9 @@ class TestDeclines:
         pack = _compiled.compiled_pack()
         ctx = monitor.request("q", category="never seen")
         before = dict(vars(monitor.counters))
-        assert pack(ctx.__dict__, time.perf_counter_ns()) is None
+        assert pack(ctx, time.perf_counter_ns()) is None
         ctx.log_intent(category=None, complexity=True)  # a bool count
-        assert pack(ctx.__dict__, time.perf_counter_ns()) is None
+        assert pack(ctx, time.perf_counter_ns()) is None
         assert vars(monitor.counters) == before
         assert ctx.end() is True
 
@@ -212,3 +212,5 @@ class TestDeclines:
     def test_bad_call_is_a_type_error(self):
         with pytest.raises(TypeError):
             _compiled._fastpack.pack([], 0)
+        with pytest.raises(TypeError):
+            _compiled._fastpack.pack(object(), 0)

@@ -175,6 +175,12 @@ class TestSameAsPython:
         assert not _compiled.install_put(Writer, 9, 8)
         assert Writer.put is python_put
 
-    def test_bad_call_is_a_type_error(self):
+    def test_bad_calls_are_type_errors(self, make_ring):
+        ring = make_ring(TEST_DTYPE, lanes=1, capacity=64)
+        put = ring.writer()
         with pytest.raises(TypeError):
-            _compiled._fastput.put(object())
+            put.put()
+        with pytest.raises(TypeError):
+            ringbuf.RingWriter.put(object(), b"")  # not a RingWriter
+        with pytest.raises(TypeError):
+            _compiled._fastput.method_for(42)
