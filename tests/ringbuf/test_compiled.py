@@ -163,6 +163,18 @@ class TestSameAsPython:
             mine = records[records["producer"] == producer]["index"]
             assert np.array_equal(mine, np.arange(per_thread))
 
+    def test_record_by_keyword_as_the_python_put(self, make_ring):
+        """``put(record=...)`` is the Python put's signature: the compiled
+        put takes it too (handing it to the Python put), not TypeError."""
+        ring = make_ring(TEST_DTYPE, lanes=1, capacity=64)
+        put = ring.writer()
+        for record in make_records(0, 0, 3):  # past the clock check
+            assert put.put(record.tobytes())
+        assert put.put(record=make_records(0, 3, 1).tobytes())
+        assert ring.lane_state(0).head == 4
+        with pytest.raises(TypeError):
+            put.put(make_records(0, 4, 1).tobytes(), extra=1)
+
     def test_stale_build_is_not_installed(self, monkeypatch):
         """A build for another layout leaves the Python put in place."""
 
@@ -178,3 +190,25 @@ class TestSameAsPython:
     def test_bad_call_is_a_type_error(self):
         with pytest.raises(TypeError):
             _compiled._fastput.put(object())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Python put bug (both paths): a writer found stale by `stale` or "
+    "put_many at a head that is not a multiple of _CLOCK_EVERY writes on, "
+    "as put tests _replaced only on its clock turn; for the lead to fix in "
+    "RingWriter.put (e.g. `if (words[_RETIRED] or self._replaced) and "
+    "self._stale_now()`)",
+)
+def test_a_writer_found_stale_stores_nothing(make_ring, monkeypatch):
+    """Once ``stale`` said True (name unlinked), no put stores, whichever
+    path it takes and whatever the head ("once stale, always stale")."""
+    monkeypatch.setattr(writer, "STALE_CHECK_S", 0.0)
+    ring = make_ring(TEST_DTYPE, lanes=1, capacity=64)
+    put = ring.writer()
+    for record in make_records(0, 0, 3):
+        assert put.put(record.tobytes())
+    ring.unlink()
+    assert put.stale
+    assert not any(put.put(r.tobytes()) for r in make_records(0, 3, 9))
+    assert ring.lane_state(0).head == 3
