@@ -168,9 +168,14 @@ PyDoc_STRVAR(put_doc,
 "documents the arguments, the result and the errors.");
 
 static PyObject *
-put(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+put(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+    PyObject *kwnames)
 {
     (void)module;
+    /* put(record=...): the Python put's signature, and its errors. */
+    if (nargs >= 1 && kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0)
+        return PyObject_VectorcallMethod(key_put_python, args, nargs,
+                                         kwnames);
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "put(self, record)");
         return NULL;
@@ -190,7 +195,8 @@ put(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyMethodDef put_def = {
-    "put", (PyCFunction)(void (*)(void))put, METH_FASTCALL, put_doc,
+    "put", (PyCFunction)(void (*)(void))put, METH_FASTCALL | METH_KEYWORDS,
+    put_doc,
 };
 
 static int
