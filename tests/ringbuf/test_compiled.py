@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import ringbuf
-from ringbuf import _compiled, writer
+from ringbuf import _compiled, _layout, writer
 from tests.compiler import HAS_COMPILER
 from tests.ringbuf.records import TEST_DTYPE, intact, make_records
 
@@ -174,6 +174,21 @@ class TestSameAsPython:
         assert ring.lane_state(0).head == 4
         with pytest.raises(TypeError):
             put.put(make_records(0, 4, 1).tobytes(), extra=1)
+
+    def test_a_head_past_int64(self, make_ring):
+        """Seqs are u64: a lane whose cursors a damaged write left just
+        below 2**63 (``_claim`` accepts any tail <= head <= tail + cap)
+        goes on past it through both puts, as the Python put does, where
+        an int64 head + 1 would overflow in C."""
+        ring = make_ring(TEST_DTYPE, lanes=1, capacity=64)
+        words = ring._lanes.words()
+        base = ring._lanes.lane_word(0)
+        for word in (_layout.L_HEAD, _layout.L_TAIL):
+            words[base + word] = 2**63 - 8
+        put = ring.writer()
+        results = [put.put(r.tobytes()) for r in make_records(0, 0, 16)]
+        assert results == [True] * 16
+        assert ring.lane_state(0).head == 2**63 + 8
 
     def test_stale_build_is_not_installed(self, monkeypatch):
         """A build for another layout leaves the Python put in place."""
