@@ -153,7 +153,7 @@ put_common(PyObject *attributes, PyObject *record)
         return 0; /* the clock check is due: Python times it */
     if (!store(v, record, head))
         return 0;
-    PyObject *next = PyLong_FromLongLong(head + 1);
+    PyObject *next = PyLong_FromUnsignedLongLong((uint64_t)head + 1);
     if (next == NULL)
         return -1; /* published, but our head unknown: cannot go on */
     int failed = PyDict_SetItem(attributes, attr_keys[A_HEAD], next);
