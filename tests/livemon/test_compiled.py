@@ -9,6 +9,7 @@ runs it once more with ``LIVEMON_PURE_PYTHON=1`` for the Python path.
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -23,6 +24,11 @@ from tests.livemon.test_context import CALLS, run_request
 pytestmark = pytest.mark.skipif(
     _compiled._fastpack is None and not HAS_COMPILER,
     reason="no C compiler here: only the Python path exists",
+)
+#: .ci/run runs tests/livemon once more with the packer switched off.
+needs_packer = pytest.mark.skipif(
+    bool(os.environ.get(_compiled.PURE_PYTHON_ENV)),
+    reason="LIVEMON_PURE_PYTHON is set: the compiled packer is off",
 )
 OVERHEAD = slice(rec.SCALARS_STRUCT.size - 8, rec.SCALARS_STRUCT.size)
 SETTINGS = settings(
@@ -135,6 +141,7 @@ def same_but_overhead(a: bytes, b: bytes) -> bool:
     )
 
 
+@needs_packer
 class TestSameBytes:
     @SETTINGS
     @given(call=CALLS)
@@ -176,6 +183,7 @@ class TestSameBytes:
 
 
 class TestDeclines:
+    @needs_packer
     def test_declines_without_side_effects(self, monitor):
         """An unknown label, a bad type: None, and nothing counted."""
         pack = _compiled.compiled_pack()
@@ -214,6 +222,7 @@ class TestDeclines:
             _compiled._fastpack.pack([], 0)
 
 
+@needs_packer
 class TestHostileValues:
     """Values whose own code runs while the packer works (review of the
     compiled path): it must never read memory that code freed, nor pack
