@@ -10,6 +10,7 @@ runs it once more with ``LIVEMON_PURE_PYTHON=1`` for the Python path.
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import pytest
@@ -215,6 +216,12 @@ class TestDeclines:
     def test_stale_build_is_not_used(self, monkeypatch):
         """A build for another record layout stays unused."""
         monkeypatch.setattr(_compiled._fastpack, "SCALARS_FORMAT", "<q")
+        assert _compiled.compiled_pack() is None
+
+    def test_not_used_with_the_gil_off(self, monkeypatch):
+        """Free-threaded with PYTHON_GIL=0: the packer reads dicts and
+        borrows their values, safe only under the GIL, so it stays off."""
+        monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, False)
         assert _compiled.compiled_pack() is None
 
     def test_bad_call_is_a_type_error(self):

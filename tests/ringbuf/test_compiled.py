@@ -202,6 +202,20 @@ class TestSameAsPython:
         assert not _compiled.install_put(Writer, 9, 8)
         assert Writer.put is python_put
 
+    def test_not_installed_with_the_gil_off(self, monkeypatch):
+        """A free-threaded build run with PYTHON_GIL=0 keeps the GIL off
+        even for a module that does not declare itself safe without it:
+        the compiled put, lock-free because of the GIL, stays out."""
+
+        class Writer:
+            def put(self, record: bytes) -> bool:
+                return False
+
+        python_put = Writer.put
+        monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, False)
+        assert not _compiled.install_put(Writer, 9, 8)
+        assert Writer.put is python_put
+
     def test_bad_call_is_a_type_error(self):
         with pytest.raises(TypeError):
             _compiled._fastput.put(object())
