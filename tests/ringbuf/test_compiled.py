@@ -8,14 +8,18 @@ runs it once more with ``LIVEMON_PURE_PYTHON=1`` for the Python put alone.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
 import threading
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import ringbuf
 from ringbuf import _compiled, _layout, writer
@@ -241,3 +245,97 @@ def test_a_writer_found_stale_stores_nothing(make_ring, monkeypatch):
     assert put.stale
     assert not any(put.put(r.tobytes()) for r in make_records(0, 3, 9))
     assert ring.lane_state(0).head == 3
+
+
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), st.integers(1, 20)),
+        st.sampled_from(
+            [
+                ("void",),
+                ("short",),
+                ("keyword",),
+                ("drain",),
+                ("retire",),
+                ("unlink",),
+                ("stale",),
+                ("close",),
+            ]
+        ),
+        st.tuples(st.just("many"), st.integers(0, 20)),
+    ),
+    max_size=25,
+)
+
+
+def _apply(ring, writer_, put, op, records) -> object:
+    """Run one operation; return its result or the type of its error."""
+    try:
+        if op[0] == "put":
+            return [put(r.tobytes()) for r in records(op[1])]
+        if op[0] == "void":
+            return put(records(1)[0])
+        if op[0] == "short":
+            return put(b"short")
+        if op[0] == "keyword":
+            return put(record=records(1)[0].tobytes())
+        if op[0] == "many":
+            return writer_.put_many(records(op[1]))
+        if op[0] == "drain":
+            return ring.advance(0, ring.lane_state(0).head)
+        if op[0] == "retire":
+            return ring.retire()
+        if op[0] == "unlink":
+            return ring.unlink()
+        if op[0] == "stale":
+            return writer_.stale
+        assert op[0] == "close"
+        return writer_.close()
+    except ringbuf.RingError as exc:
+        return type(exc)
+
+
+@needs_build
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(ops=OPS)
+def test_any_sequence_as_the_python_put(monkeypatch, ops):
+    """Any sequence of puts (valid, np.void, wrong size, by keyword),
+    batches, drains, retire, unlink, stale checks and close: the compiled
+    put returns, raises and stores exactly what the Python put does, a
+    ring for each (every clock turn checks the name: STALE_CHECK_S 0)."""
+    monkeypatch.setattr(writer, "STALE_CHECK_S", 0.0)
+    names = [f"lmtest-{uuid.uuid4().hex[:12]}" for _ in range(2)]
+    rings = [ringbuf.Ring.create(n, TEST_DTYPE, 1, 16) for n in names]
+    try:
+        writers = [ring.writer() for ring in rings]
+        python_put = functools.partial(
+            writer.RingWriter._put_python, writers[1]
+        )
+        puts = [writers[0].put, python_put]
+        counts = [0, 0]
+
+        def records_for(side: int):
+            def records(n: int):
+                counts[side] += n
+                return make_records(0, counts[side] - n, n)
+
+            return records
+
+        for op in ops:
+            outcomes = [
+                _apply(rings[s], writers[s], puts[s], op, records_for(s))
+                for s in (0, 1)
+            ]
+            assert outcomes[0] == outcomes[1], op
+            states = [ring.lane_state(0) for ring in rings]
+            assert states[0][:3] == states[1][:3], op
+        pending = [ring.pending(0).records.tobytes() for ring in rings]
+        assert pending[0] == pending[1]
+    finally:
+        for ring, name in zip(rings, names, strict=True):
+            ring.close()
+            ringbuf.unlink(name)
