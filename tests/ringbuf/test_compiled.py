@@ -9,6 +9,7 @@ runs it once more with ``LIVEMON_PURE_PYTHON=1`` for the Python put alone.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import subprocess
 import sys
@@ -193,6 +194,37 @@ class TestSameAsPython:
         results = [put.put(r.tobytes()) for r in make_records(0, 0, 16)]
         assert results == [True] * 16
         assert ring.lane_state(0).head == 2**63 + 8
+
+    def test_out_of_memory_publishes_nothing(self, make_ring):
+        """A put that raises MemoryError stored nothing, and the next put
+        is delivered: the C put must not publish the slot and then fail
+        to record its own head (its next put would rewrite a published
+        slot and leave the head where it was).  Every allocation of the
+        put is made to fail in turn (``_testcapi.set_nomemory``)."""
+        testcapi = pytest.importorskip("_testcapi")
+        ring = make_ring(TEST_DTYPE, lanes=1, capacity=1024)
+        put = ring.writer()
+        records = iter(make_records(0, 0, 1000))
+        for record in itertools.islice(records, 300):  # heads past 256
+            assert put.put(record.tobytes())
+        for start in range(6):
+            while ring.lane_state(0).head % writer._CLOCK_EVERY == 0:
+                assert put.put(next(records).tobytes())  # C put's turn
+            head, data = ring.lane_state(0).head, next(records).tobytes()
+            testcapi.set_nomemory(start, start + 1)
+            try:
+                put.put(data)
+                raised = False
+            except MemoryError:
+                raised = True
+            finally:
+                testcapi.remove_mem_hooks()
+            if raised:
+                assert ring.lane_state(0).head == head, "stored, and raised"
+            ring.advance(0, ring.pending(0).end_seq)
+            record = next(records)
+            assert put.put(record.tobytes())
+            assert ring.pending(0).records.tobytes() == record.tobytes()
 
     def test_stale_build_is_not_installed(self, monkeypatch):
         """A build for another layout leaves the Python put in place."""
