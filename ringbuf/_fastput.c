@@ -151,14 +151,17 @@ put_common(PyObject *attributes, PyObject *record)
     long long head = index_of(v[A_HEAD]);
     if (v[A_LANE] == Py_None || head < 0 || head % CLOCK_EVERY == 0)
         return 0; /* the clock check is due: Python times it */
-    if (!store(v, record, head))
-        return 0;
+    /* Made before the slot is published, so that nothing after it can
+     * fail (a MemoryError then would leave _head behind the lane's). */
     PyObject *next = PyLong_FromUnsignedLongLong((uint64_t)head + 1);
     if (next == NULL)
-        return -1; /* published, but our head unknown: cannot go on */
-    int failed = PyDict_SetItem(attributes, attr_keys[A_HEAD], next);
+        return -1; /* MemoryError, nothing stored */
+    int stored = store(v, record, head);
+    /* Replacing an existing key's value allocates nothing. */
+    if (stored && PyDict_SetItem(attributes, attr_keys[A_HEAD], next) < 0)
+        stored = -1;
     Py_DECREF(next);
-    return failed ? -1 : 1;
+    return stored;
 }
 
 PyDoc_STRVAR(put_doc,
