@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from livemon import record as rec
+from ringbuf._compiled import gil_enabled
 
 try:
     from livemon import _fastpack  # type: ignore[attr-defined]
@@ -23,7 +24,8 @@ PURE_PYTHON_ENV = "LIVEMON_PURE_PYTHON"
 
 
 def compiled_pack() -> Any:
-    """The compiled packer, or None: pure Python, not built, or built for
+    """The compiled packer, or None: pure Python, the GIL off (see
+    ``ringbuf._compiled.gil_enabled``), not built, or built for
     another record layout (``pip install -e .`` rebuilds it).
 
     ``pack(context, start_ns)`` returns the record's bytes for
@@ -31,7 +33,11 @@ def compiled_pack() -> Any:
     ``RequestContext._scalars``/``_lists``: whatever it declines takes the
     Python path, which validates, counts or raises.
     """
-    if _fastpack is None or os.environ.get(PURE_PYTHON_ENV):
+    if (
+        _fastpack is None
+        or os.environ.get(PURE_PYTHON_ENV)
+        or not gil_enabled()
+    ):
         return None
     if (
         rec.SCALARS_STRUCT.format != _fastpack.SCALARS_FORMAT

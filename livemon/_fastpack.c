@@ -217,14 +217,17 @@ packed_list(PyObject *lists, PyObject *value, char *at)
     /* Hashing the tuple hashes its items: an unhashable or hostile item
      * raises here, and the Python path deals with it. */
     PyObject *cached = PyDict_GetItemWithError(lists, key);
-    Py_DECREF(key);
-    if (cached == NULL || !PyBytes_CheckExact(cached) ||
-        PyBytes_GET_SIZE(cached) != LIST_BYTES) {
+    int found = cached != NULL && PyBytes_CheckExact(cached) &&
+                PyBytes_GET_SIZE(cached) == LIST_BYTES;
+    if (found)
+        memcpy(at, PyBytes_AS_STRING(cached), LIST_BYTES);
+    else
         PyErr_Clear();
-        return UNCOMMON;
-    }
-    memcpy(at, PyBytes_AS_STRING(cached), LIST_BYTES);
-    return 0;
+    /* Only after the copy: `cached` is borrowed, and freeing the key may
+     * free an item (its hash may have emptied the list) whose __del__
+     * clears the cache. */
+    Py_DECREF(key);
+    return found ? 0 : UNCOMMON;
 }
 
 /* The signed 64-bit query hash of an ASCII str (livemon._checks). */
@@ -312,7 +315,12 @@ fill(PyObject *const *v, PyObject *ids, PyObject *lists, int64_t pid,
     *at++ = (char)tests_passed;
     put_i64(at, tokens), at += 8;
     put_f64(at, context_kb), at += 8;
-    put_i64(at, overhead + (monotonic_ns() - start_ns)), at += 8;
+    /* Past int64 the Python path's struct refuses it (counted failed). */
+    int64_t elapsed, total;
+    if (__builtin_sub_overflow(monotonic_ns(), start_ns, &elapsed) ||
+        __builtin_add_overflow(overhead, elapsed, &total))
+        return UNCOMMON;
+    put_i64(at, total), at += 8;
     return at == out + SCALARS_BYTES ? 0 : UNCOMMON;
 }
 

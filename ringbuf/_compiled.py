@@ -10,6 +10,7 @@ the switch of the whole distribution, livemon's packer included.
 from __future__ import annotations
 
 import os
+import sys
 
 try:
     from ringbuf import _fastput  # type: ignore[attr-defined]
@@ -19,6 +20,17 @@ except ImportError:  # not built: no compiler at install
 PURE_PYTHON_ENV = "LIVEMON_PURE_PYTHON"
 
 
+def gil_enabled() -> bool:
+    """Whether the GIL is on, which both compiled parts rely on.
+
+    A free-threaded build turns it on to load them (they declare no
+    ``Py_mod_gil`` slot) unless run with ``PYTHON_GIL=0``: then this says
+    False and the Python path runs.
+    """
+    is_enabled = getattr(sys, "_is_gil_enabled", None)  # 3.13+
+    return is_enabled is None or bool(is_enabled())
+
+
 def install_put(writer: type, retired_word: int, clock_every: int) -> bool:
     """Make the compiled put ``writer.put``; return whether it is.
 
@@ -26,11 +38,15 @@ def install_put(writer: type, retired_word: int, clock_every: int) -> bool:
     stores the common case itself and hands anything else to the Python
     put (``writer._put_python``), so every check, count and error stays
     in Python and both paths keep one protocol.  Not installed: pure
-    Python asked for, not built, or built for another layout than
-    ``retired_word`` and ``clock_every`` say (``pip install -e .``
-    rebuilds it).
+    Python asked for, the GIL off, not built, or built for another
+    layout than ``retired_word`` and ``clock_every`` say (``pip install
+    -e .`` rebuilds it).
     """
-    if _fastput is None or os.environ.get(PURE_PYTHON_ENV):
+    if (
+        _fastput is None
+        or os.environ.get(PURE_PYTHON_ENV)
+        or not gil_enabled()
+    ):
         return False
     if (
         retired_word != _fastput.RETIRED_WORD

@@ -147,14 +147,17 @@ put_common(PyObject *attributes, PyObject *record)
     long long head = index_of(v[A_HEAD]);
     if (v[A_LANE] == Py_None || head < 0 || head % CLOCK_EVERY == 0)
         return 0; /* the clock check is due: Python times it */
-    if (!store(v, record, head))
-        return 0;
-    PyObject *next = PyLong_FromLongLong(head + 1);
+    /* Made before the slot is published, so that nothing after it can
+     * fail (a MemoryError then would leave _head behind the lane's). */
+    PyObject *next = PyLong_FromUnsignedLongLong((uint64_t)head + 1);
     if (next == NULL)
-        return -1; /* published, but our head unknown: cannot go on */
-    int failed = PyDict_SetItem(attributes, attr_keys[A_HEAD], next);
+        return -1; /* MemoryError, nothing stored */
+    int stored = store(v, record, head);
+    /* Replacing an existing key's value allocates nothing. */
+    if (stored && PyDict_SetItem(attributes, attr_keys[A_HEAD], next) < 0)
+        stored = -1;
     Py_DECREF(next);
-    return failed ? -1 : 1;
+    return stored;
 }
 
 PyDoc_STRVAR(put_doc,
@@ -164,8 +167,18 @@ PyDoc_STRVAR(put_doc,
 "documents the arguments, the result and the errors.");
 
 static PyObject *
-put(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+put(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+    PyObject *kwnames)
 {
+    /* put(record=...): the Python put's signature, and its errors. */
+    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) {
+        PyObject *python = PyObject_GetAttr(self, key_put_python);
+        if (python == NULL)
+            return NULL;
+        PyObject *result = PyObject_Vectorcall(python, args, nargs, kwnames);
+        Py_DECREF(python);
+        return result;
+    }
     if (nargs != 1) {
         PyErr_SetString(PyExc_TypeError, "put(record): one argument");
         return NULL;
@@ -185,7 +198,8 @@ put(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyMethodDef put_def = {
-    "put", (PyCFunction)(void (*)(void))put, METH_FASTCALL, put_doc,
+    "put", (PyCFunction)(void (*)(void))put, METH_FASTCALL | METH_KEYWORDS,
+    put_doc,
 };
 
 PyDoc_STRVAR(method_for_doc,

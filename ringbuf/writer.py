@@ -127,8 +127,8 @@ class RingWriter(LaneCounters):
                 # check (os.stat) once per STALE_CHECK_S, timed by a clock
                 # read (~50 ns) every _CLOCK_EVERY puts (head only grows).
                 head = self._head
-                if words[_RETIRED] and self._stale_now():
-                    return False
+                if (words[_RETIRED] or self._replaced) and self._stale_now():
+                    return False  # once stale (by any check), always
                 if (
                     not head & _CLOCK_MASK
                     and _monotonic() >= self._check_at

@@ -9,6 +9,8 @@ runs it once more with ``LIVEMON_PURE_PYTHON=1`` for the Python path.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 
 import pytest
@@ -23,6 +25,11 @@ from tests.livemon.test_context import CALLS, run_request
 pytestmark = pytest.mark.skipif(
     _compiled._fastpack is None and not HAS_COMPILER,
     reason="no C compiler here: only the Python path exists",
+)
+#: .ci/run runs tests/livemon once more with the packer switched off.
+needs_packer = pytest.mark.skipif(
+    bool(os.environ.get(_compiled.PURE_PYTHON_ENV)),
+    reason="LIVEMON_PURE_PYTHON is set: the compiled packer is off",
 )
 OVERHEAD = slice(rec.SCALARS_STRUCT.size - 8, rec.SCALARS_STRUCT.size)
 SETTINGS = settings(
@@ -135,6 +142,7 @@ def same_but_overhead(a: bytes, b: bytes) -> bool:
     )
 
 
+@needs_packer
 class TestSameBytes:
     @SETTINGS
     @given(call=CALLS)
@@ -176,6 +184,7 @@ class TestSameBytes:
 
 
 class TestDeclines:
+    @needs_packer
     def test_declines_without_side_effects(self, monitor):
         """An unknown label, a bad type: None, and nothing counted."""
         pack = _compiled.compiled_pack()
@@ -209,8 +218,70 @@ class TestDeclines:
         monkeypatch.setattr(_compiled._fastpack, "SCALARS_FORMAT", "<q")
         assert _compiled.compiled_pack() is None
 
+    def test_not_used_with_the_gil_off(self, monkeypatch):
+        """Free-threaded with PYTHON_GIL=0: the packer reads dicts and
+        borrows their values, safe only under the GIL, so it stays off."""
+        monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, False)
+        assert _compiled.compiled_pack() is None
+
     def test_bad_call_is_a_type_error(self):
         with pytest.raises(TypeError):
             _compiled._fastpack.pack([], 0)
         with pytest.raises(TypeError):
             _compiled._fastpack.pack(object(), 0)
+
+
+@needs_packer
+class TestHostileValues:
+    """Values whose own code runs while the packer works (review of the
+    compiled path): it must never read memory that code freed, nor pack
+    what the Python path refuses."""
+
+    def test_a_cached_list_freed_by_an_items_finalizer(self, monitor):
+        """An item equal to a cached name empties its list while hashed,
+        so the key tuple holds its last reference; freeing that tuple runs
+        the item's ``__del__``, which clears the list cache (freeing the
+        cached bytes) and reuses their memory.  The packed ids must still
+        be the cached list's, as the Python path packs them (or None)."""
+        warm = monitor.request("q", category="code")
+        warm.log_intent(domains=["code"])
+        warm.end()
+        ctx = monitor.request("q", category="code")
+        lists = ctx._sink.label_lists
+        wanted = bytes(bytearray(lists[("code",)]))  # a copy, not a ref
+        reused: list[bytes] = []
+        ran = []
+
+        class Twin:
+            def __hash__(self) -> int:
+                ctx._domains.clear()  # the key tuple is now its owner
+                return hash("code")
+
+            def __eq__(self, other: object) -> bool:
+                return other == "code"
+
+            def __del__(self) -> None:
+                ran.append(True)
+                lists.clear()
+                # Drain the free blocks of the bytes' size class, so the
+                # freed cached bytes is reused (pymalloc hands it out).
+                reused.extend(bytes([0xEE]) * 64 for _ in range(20_000))
+
+        ctx.log_intent(domains=[Twin()])
+        got = _compiled.compiled_pack()(ctx, time.perf_counter_ns())
+        assert ran, "the finalizer ran inside pack"
+        domains = slice(rec.SCALARS_STRUCT.size, rec.SCALARS_STRUCT.size + 64)
+        assert got is None or got[domains] == wanted
+
+    def test_an_overhead_past_int64_is_the_python_paths(self, monitor):
+        """An overhead the int64 cannot hold once end() adds its own time:
+        the Python path's struct refuses it (the request is counted
+        failed); the packer must not wrap it around and store it."""
+        monitor.request("q", category="code").end()  # "code" now known
+        ctx = monitor.request("q", category="code")
+        pack = _compiled.compiled_pack()
+        assert pack(ctx, time.perf_counter_ns()) is not None
+        ctx._overhead_ns = 2**63 - 1
+        assert pack(ctx, time.perf_counter_ns() - 10**6) is None
+        assert ctx.end() is False
+        assert monitor.counters.failed == 1

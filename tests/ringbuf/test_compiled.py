@@ -8,17 +8,22 @@ runs it once more with ``LIVEMON_PURE_PYTHON=1`` for the Python put alone.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import os
 import subprocess
 import sys
 import threading
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import ringbuf
-from ringbuf import _compiled, writer
+from ringbuf import _compiled, _layout, writer
 from tests.compiler import HAS_COMPILER
 from tests.ringbuf.records import TEST_DTYPE, intact, make_records
 
@@ -163,6 +168,64 @@ class TestSameAsPython:
             mine = records[records["producer"] == producer]["index"]
             assert np.array_equal(mine, np.arange(per_thread))
 
+    def test_record_by_keyword_as_the_python_put(self, make_ring):
+        """``put(record=...)`` is the Python put's signature: the compiled
+        put takes it too (handing it to the Python put), not TypeError."""
+        ring = make_ring(TEST_DTYPE, lanes=1, capacity=64)
+        put = ring.writer()
+        for record in make_records(0, 0, 3):  # past the clock check
+            assert put.put(record.tobytes())
+        assert put.put(record=make_records(0, 3, 1).tobytes())
+        assert ring.lane_state(0).head == 4
+        with pytest.raises(TypeError):
+            put.put(make_records(0, 4, 1).tobytes(), extra=1)
+
+    def test_a_head_past_int64(self, make_ring):
+        """Seqs are u64: a lane whose cursors a damaged write left just
+        below 2**63 (``_claim`` accepts any tail <= head <= tail + cap)
+        goes on past it through both puts, as the Python put does, where
+        an int64 head + 1 would overflow in C."""
+        ring = make_ring(TEST_DTYPE, lanes=1, capacity=64)
+        words = ring._lanes.words()
+        base = ring._lanes.lane_word(0)
+        for word in (_layout.L_HEAD, _layout.L_TAIL):
+            words[base + word] = 2**63 - 8
+        put = ring.writer()
+        results = [put.put(r.tobytes()) for r in make_records(0, 0, 16)]
+        assert results == [True] * 16
+        assert ring.lane_state(0).head == 2**63 + 8
+
+    def test_out_of_memory_publishes_nothing(self, make_ring):
+        """A put that raises MemoryError stored nothing, and the next put
+        is delivered: the C put must not publish the slot and then fail
+        to record its own head (its next put would rewrite a published
+        slot and leave the head where it was).  Every allocation of the
+        put is made to fail in turn (``_testcapi.set_nomemory``)."""
+        testcapi = pytest.importorskip("_testcapi")
+        ring = make_ring(TEST_DTYPE, lanes=1, capacity=1024)
+        put = ring.writer()
+        records = iter(make_records(0, 0, 1000))
+        for record in itertools.islice(records, 300):  # heads past 256
+            assert put.put(record.tobytes())
+        for start in range(6):
+            while ring.lane_state(0).head % writer._CLOCK_EVERY == 0:
+                assert put.put(next(records).tobytes())  # C put's turn
+            head, data = ring.lane_state(0).head, next(records).tobytes()
+            testcapi.set_nomemory(start, start + 1)
+            try:
+                put.put(data)
+                raised = False
+            except MemoryError:
+                raised = True
+            finally:
+                testcapi.remove_mem_hooks()
+            if raised:
+                assert ring.lane_state(0).head == head, "stored, and raised"
+            ring.advance(0, ring.pending(0).end_seq)
+            record = next(records)
+            assert put.put(record.tobytes())
+            assert ring.pending(0).records.tobytes() == record.tobytes()
+
     def test_stale_build_is_not_installed(self, monkeypatch):
         """A build for another layout leaves the Python put in place."""
 
@@ -184,3 +247,125 @@ class TestSameAsPython:
             ringbuf.RingWriter.put(object(), b"")  # not a RingWriter
         with pytest.raises(TypeError):
             _compiled._fastput.method_for(42)
+
+    def test_not_installed_with_the_gil_off(self, monkeypatch):
+        """A free-threaded build run with PYTHON_GIL=0 keeps the GIL off
+        even for a module that does not declare itself safe without it:
+        the compiled put, lock-free because of the GIL, stays out."""
+
+        class Writer:
+            def put(self, record: bytes) -> bool:
+                return False
+
+        python_put = Writer.put
+        monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, False)
+        assert not _compiled.install_put(Writer, 9, 8)
+        assert Writer.put is python_put
+
+
+def test_a_writer_found_stale_stores_nothing(make_ring, monkeypatch):
+    """Once ``stale`` said True (name unlinked), no put stores, whichever
+    path it takes and whatever the head ("once stale, always stale")."""
+    monkeypatch.setattr(writer, "STALE_CHECK_S", 0.0)
+    ring = make_ring(TEST_DTYPE, lanes=1, capacity=64)
+    put = ring.writer()
+    for record in make_records(0, 0, 3):
+        assert put.put(record.tobytes())
+    ring.unlink()
+    assert put.stale
+    assert not any(put.put(r.tobytes()) for r in make_records(0, 3, 9))
+    assert ring.lane_state(0).head == 3
+
+
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), st.integers(1, 20)),
+        st.sampled_from(
+            [
+                ("void",),
+                ("short",),
+                ("keyword",),
+                ("drain",),
+                ("retire",),
+                ("unlink",),
+                ("stale",),
+                ("close",),
+            ]
+        ),
+        st.tuples(st.just("many"), st.integers(0, 20)),
+    ),
+    max_size=25,
+)
+
+
+def _apply(ring, writer_, put, op, records) -> object:
+    """Run one operation; return its result or the type of its error."""
+    try:
+        if op[0] == "put":
+            return [put(r.tobytes()) for r in records(op[1])]
+        if op[0] == "void":
+            return put(records(1)[0])
+        if op[0] == "short":
+            return put(b"short")
+        if op[0] == "keyword":
+            return put(record=records(1)[0].tobytes())
+        if op[0] == "many":
+            return writer_.put_many(records(op[1]))
+        if op[0] == "drain":
+            return ring.advance(0, ring.lane_state(0).head)
+        if op[0] == "retire":
+            return ring.retire()
+        if op[0] == "unlink":
+            return ring.unlink()
+        if op[0] == "stale":
+            return writer_.stale
+        assert op[0] == "close"
+        return writer_.close()
+    except ringbuf.RingError as exc:
+        return type(exc)
+
+
+@needs_build
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(ops=OPS)
+def test_any_sequence_as_the_python_put(monkeypatch, ops):
+    """Any sequence of puts (valid, np.void, wrong size, by keyword),
+    batches, drains, retire, unlink, stale checks and close: the compiled
+    put returns, raises and stores exactly what the Python put does, a
+    ring for each (every clock turn checks the name: STALE_CHECK_S 0)."""
+    monkeypatch.setattr(writer, "STALE_CHECK_S", 0.0)
+    names = [f"lmtest-{uuid.uuid4().hex[:12]}" for _ in range(2)]
+    rings = [ringbuf.Ring.create(n, TEST_DTYPE, 1, 16) for n in names]
+    try:
+        writers = [ring.writer() for ring in rings]
+        python_put = functools.partial(
+            writer.RingWriter._put_python, writers[1]
+        )
+        puts = [writers[0].put, python_put]
+        counts = [0, 0]
+
+        def records_for(side: int):
+            def records(n: int):
+                counts[side] += n
+                return make_records(0, counts[side] - n, n)
+
+            return records
+
+        for op in ops:
+            outcomes = [
+                _apply(rings[s], writers[s], puts[s], op, records_for(s))
+                for s in (0, 1)
+            ]
+            assert outcomes[0] == outcomes[1], op
+            states = [ring.lane_state(0) for ring in rings]
+            assert states[0][:3] == states[1][:3], op
+        pending = [ring.pending(0).records.tobytes() for ring in rings]
+        assert pending[0] == pending[1]
+    finally:
+        for ring, name in zip(rings, names, strict=True):
+            ring.close()
+            ringbuf.unlink(name)
