@@ -172,10 +172,12 @@ class Retention:
         report = RetentionReport()
         due = 0
         if progress is not None:
+            db = self.store.db
             due = sum(
-                self.store.db.execute(
-                    f"SELECT count(*) FROM {table} WHERE timestamp_ns < ?",
-                    (self.cutoff_ns(now_ns),),
+                db.execute(
+                    f"SELECT count(*) FROM {table} WHERE timestamp_ns < ? "
+                    "AND id <= ?",
+                    (self.cutoff_ns(now_ns), self._shipped_id(db, table)),
                 ).fetchone()[0]
                 for table in TABLES
             )

@@ -323,6 +323,9 @@ class Service:
         figures["published_at"] = time.time()
         figures["metrics_url"] = self._metrics and self._metrics.url
         figures["metrics_error"] = self._metrics and self._metrics.last_error
+        # Complete: a scrape reads it from now on, before the status file
+        # shows it, so the metrics never lag a status an operator read.
+        self.figures = figures
         path = ipc.status_file(self.config)
         try:
             proc.write_atomic(path, json.dumps(figures), self.config.mode)
@@ -331,7 +334,6 @@ class Service:
             figures["file_errors"] = sorted(self.file_errors.values())
         else:
             self._file_fine("status file", path)
-        self.figures = figures  # complete: a scrape reads it from now on
         return status_line(figures)
 
     def _add_health(self, drainer: Drainer, store: Store) -> None:

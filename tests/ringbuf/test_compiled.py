@@ -239,12 +239,14 @@ class TestSameAsPython:
         assert Writer.put is python_put
 
     def test_bad_calls_are_type_errors(self, make_ring):
+        """The compiled put (made here, installed or not) checks its call."""
         ring = make_ring(TEST_DTYPE, lanes=1, capacity=64)
-        put = ring.writer()
+        writer = ring.writer()
+        put = _compiled._fastput.method_for(ringbuf.RingWriter)
         with pytest.raises(TypeError):
-            put.put()
+            put(writer)  # no record
         with pytest.raises(TypeError):
-            ringbuf.RingWriter.put(object(), b"")  # not a RingWriter
+            put(object(), b"")  # not a RingWriter
         with pytest.raises(TypeError):
             _compiled._fastput.method_for(42)
 
