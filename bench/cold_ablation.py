@@ -20,10 +20,9 @@ import sys
 import time
 import uuid
 
-import ringbuf
 from bench.test_monitor import one_request
-from bench.test_paced import FIELDS, RECORD_STRUCT, pace_and_evict
-from livemon import Monitor, context, ipc
+from bench.test_paced import FIELDS, RECORD_STRUCT, pace_and_evict, unlink
+from livemon import Monitor, context
 from livemon.config import load_config
 
 VARIANTS = (
@@ -76,7 +75,7 @@ def _monitor(stack: contextlib.ExitStack, variant: str) -> Monitor:
             "capacity_records": 1 << 16,
         }
     )
-    stack.callback(_unlink, config)
+    stack.callback(unlink, config)
     monitor = stack.enter_context(Monitor(config=config))
     if variant == "whole, pure Python":
         writer = monitor._events
@@ -109,11 +108,6 @@ def _prepacked(packed: bytes) -> type[context.RequestContext]:
 
 def _stored(packed: bytes) -> bool:
     return True
-
-
-def _unlink(config: object) -> None:
-    for segment in ipc.segments(config):  # type: ignore[arg-type]
-        ringbuf.unlink(segment)
 
 
 if __name__ == "__main__":

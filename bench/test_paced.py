@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import statistics
 import struct
 import time
 from collections.abc import Callable, Iterator
@@ -127,7 +126,7 @@ def monitors(ring_name) -> Iterator[tuple[Monitor, Monitor]]:
             config = load_config(
                 {"ring": name, "lanes": 1, "capacity_records": 4 * ROUNDS}
             )
-            stack.callback(_unlink, config)
+            stack.callback(unlink, config)
             pair.append(stack.enter_context(Monitor(config=config)))
         writer = pair[1]._events
         writer.put = writer._put_python  # type: ignore[method-assign]
@@ -183,13 +182,14 @@ def test_paced(pacing, monitors, record_samples):
     for subject in subjects:
         name = f"paced[{pacing.__name__}] {subject.name}"
         baseline = None if subject.name == "pack_into" else floor
-        result = record_samples(name, subject.samples_ns, baseline=baseline)
-        assert (
-            result["median_us"] == statistics.median(subject.samples_ns) / 1e3
-        )
+        assert len(subject.samples_ns) == ROUNDS
+        record_samples(name, subject.samples_ns, baseline=baseline)
+    # The compiled subject took the compiled path (when built).
+    assert (fast_pack is not None) is context.COMPILED
 
 
-def _unlink(config) -> None:
+def unlink(config) -> None:
+    """Unlink every segment of ``config``'s rings."""
     for segment in ipc.segments(config):
         ringbuf.unlink(segment)
 

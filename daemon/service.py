@@ -331,7 +331,9 @@ class Service:
             proc.write_atomic(path, json.dumps(figures), self.config.mode)
         except OSError as exc:
             self._file_trouble("status file", path, exc)
-            figures["file_errors"] = sorted(self.file_errors.values())
+            errors = sorted(self.file_errors.values())
+            # A new dict: a scrape may be reading the published one.
+            figures = self.figures = figures | {"file_errors": errors}
         else:
             self._file_fine("status file", path)
         return status_line(figures)
@@ -365,6 +367,10 @@ class Service:
             "db",
             "host",
             "clickhouse_url",
+            "clickhouse_batch_bytes",
+            "otlp_endpoint",
+            "otlp_batch_bytes",
+            "alert_webhook_url",
             "lanes",
             "capacity_records",
             "pidfile",

@@ -249,7 +249,8 @@ def sink_lines(sinks: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-# Retention: the daemon's pass at start, then hourly (daemon/service.py).
+# Retention: the daemon's pass at start, then hourly
+# (daemon/retention_passes.py).
 
 
 def retention_lines(block: dict[str, Any] | None) -> list[str]:

@@ -9,39 +9,40 @@ elsewhere the build skips it and the Python path runs alone.  Setting
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
+import ringbuf
 from livemon import record as rec
-from ringbuf._compiled import gil_enabled
 
-try:
-    from livemon import _fastpack  # type: ignore[attr-defined]
-except ImportError:  # not built: no compiler at install
+# Loaded only when allowed (see ringbuf.compiled_allowed).
+if ringbuf.compiled_allowed():
+    try:
+        from livemon import _fastpack  # type: ignore[attr-defined]
+    except ImportError:  # not built: no compiler at install
+        _fastpack = None
+else:
     _fastpack = None
 
-PURE_PYTHON_ENV = "LIVEMON_PURE_PYTHON"
+PURE_PYTHON_ENV = ringbuf.PURE_PYTHON_ENV
 
 
 def compiled_pack() -> Any:
-    """The compiled packer, or None: pure Python, the GIL off (see
-    ``ringbuf._compiled.gil_enabled``), not built, or built for
-    another record layout (``pip install -e .`` rebuilds it).
+    """Return the compiled packer, or None: switched off or the GIL off
+    (``ringbuf.compiled_allowed``), not built, or built for another
+    record layout (``pip install -e .`` rebuilds it).
 
-    ``pack(context, start_ns)`` returns the record's bytes for
-    the common case and None for anything else, so it stands in front of
+    ``pack(context, start_ns)`` returns the record's bytes for the common
+    case and None for anything else, so it stands in front of
     ``RequestContext._scalars``/``_lists``: whatever it declines takes the
     Python path, which validates, counts or raises.
     """
-    if (
-        _fastpack is None
-        or os.environ.get(PURE_PYTHON_ENV)
-        or not gil_enabled()
-    ):
+    if _fastpack is None or not ringbuf.compiled_allowed():
         return None
     if (
         rec.SCALARS_STRUCT.format != _fastpack.SCALARS_FORMAT
         or rec.RECORD_DTYPE.itemsize != _fastpack.RECORD_BYTES
+        or rec.MAX_DOMAINS != _fastpack.MAX_LIST
+        or rec.MAX_AGENTS != _fastpack.MAX_LIST
     ):
         return None
     return _fastpack.pack

@@ -419,7 +419,8 @@ exec_module(PyObject *module)
     if (!key_label_ids || !key_label_lists || !key_pid)
         return -1;
     if (PyModule_AddStringConstant(module, "SCALARS_FORMAT", SCALARS_FORMAT) ||
-        PyModule_AddIntConstant(module, "RECORD_BYTES", RECORD_BYTES))
+        PyModule_AddIntConstant(module, "RECORD_BYTES", RECORD_BYTES) ||
+        PyModule_AddIntConstant(module, "MAX_LIST", MAX_LIST))
         return -1;
     return 0;
 }

@@ -277,9 +277,9 @@ class RequestContext(FieldChecks):
             if self._success is None:
                 self._success = False
         try:
-            packed = (
-                _fast_pack is not None and _fast_pack(self, start)
-            ) or self._scalars(start) + self._lists()
+            packed = _fast_pack(self, start) if _fast_pack else None
+            if packed is None:  # not the common case: checked in Python
+                packed = self._scalars(start) + self._lists()
         except LivemonError:
             raise
         except Exception as exc:  # a value's own method raised

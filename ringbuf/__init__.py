@@ -4,6 +4,7 @@ A multi-producer shared-memory ring of fixed-width numpy records.
 
 from __future__ import annotations
 
+from ringbuf._compiled import PURE_PYTHON_ENV, compiled_allowed
 from ringbuf._layout import (
     MAX_CAPACITY_RECORDS,
     MAX_LANES,
@@ -31,6 +32,7 @@ from ringbuf.writer import RingWriter
 __all__ = [
     "MAX_CAPACITY_RECORDS",
     "MAX_LANES",
+    "PURE_PYTHON_ENV",
     "Batch",
     "LaneIndexError",
     "LaneState",
@@ -49,6 +51,7 @@ __all__ = [
     "RingWriter",
     "UnsupportedPlatform",
     "Window",
+    "compiled_allowed",
     "dtype_fingerprint",
     "unlink",
     "validate_name",

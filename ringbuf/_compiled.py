@@ -12,23 +12,35 @@ from __future__ import annotations
 import os
 import sys
 
-try:
-    from ringbuf import _fastput  # type: ignore[attr-defined]
-except ImportError:  # not built: no compiler at install
-    _fastput = None
-
 PURE_PYTHON_ENV = "LIVEMON_PURE_PYTHON"
 
 
 def gil_enabled() -> bool:
     """Whether the GIL is on, which both compiled parts rely on.
 
-    A free-threaded build turns it on to load them (they declare no
-    ``Py_mod_gil`` slot) unless run with ``PYTHON_GIL=0``: then this says
-    False and the Python path runs.
+    A free-threaded build runs without it (3.13t; ``PYTHON_GIL=0``):
+    then this says False and the Python path runs.
     """
     is_enabled = getattr(sys, "_is_gil_enabled", None)  # 3.13+
     return is_enabled is None or bool(is_enabled())
+
+
+def compiled_allowed() -> bool:
+    """Whether the compiled parts may run here: not switched off by
+    ``LIVEMON_PURE_PYTHON``, and the GIL on."""
+    return not os.environ.get(PURE_PYTHON_ENV) and gil_enabled()
+
+
+# Loaded only when allowed: loading a module that declares no Py_mod_gil
+# slot turns a free-threaded interpreter's GIL on, with a warning.  Read
+# at import, as the stdlib decides on its C accelerators.
+if compiled_allowed():
+    try:
+        from ringbuf import _fastput  # type: ignore[attr-defined]
+    except ImportError:  # not built: no compiler at install
+        _fastput = None
+else:
+    _fastput = None
 
 
 def install_put(writer: type, retired_word: int, clock_every: int) -> bool:
@@ -42,11 +54,7 @@ def install_put(writer: type, retired_word: int, clock_every: int) -> bool:
     layout than ``retired_word`` and ``clock_every`` say (``pip install
     -e .`` rebuilds it).
     """
-    if (
-        _fastput is None
-        or os.environ.get(PURE_PYTHON_ENV)
-        or not gil_enabled()
-    ):
+    if _fastput is None or not compiled_allowed():
         return False
     if (
         retired_word != _fastput.RETIRED_WORD

@@ -61,7 +61,8 @@ index_of(PyObject *value)
     return v;
 }
 
-/* Whether the flag attribute is present and true (True: take Python). */
+/* Whether the flag attribute is present and anything but False (then
+ * the Python put decides). */
 static int
 flagged(PyObject *attributes, PyObject *key)
 {
@@ -125,8 +126,11 @@ put_common(PyObject *attributes, PyObject *record)
 {
     /* The lock first: once it is known free, no Python code runs until
      * the end, so the borrowed values below stay valid. */
-    PyObject *is_locked = PyDict_GetItemWithError(attributes, attr_keys[A_LOCKED]);
+    PyObject *is_locked =
+        PyDict_GetItemWithError(attributes, attr_keys[A_LOCKED]);
+    Py_XINCREF(is_locked); /* ours while it runs, whatever it is */
     PyObject *locked = is_locked ? PyObject_CallNoArgs(is_locked) : NULL;
+    Py_XDECREF(is_locked);
     if (locked != Py_False) { /* a thread is inside the Python put */
         if (locked == NULL)
             PyErr_Clear();
@@ -184,12 +188,12 @@ put(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
         return NULL;
     }
     PyObject *attributes = PyObject_GenericGetDict(self, NULL);
-    if (attributes == NULL)
-        return NULL;
-    int stored = PyDict_CheckExact(attributes)
+    if (attributes == NULL) /* a subclass without a dict: Python's turn */
+        PyErr_Clear();
+    int stored = attributes != NULL && PyDict_CheckExact(attributes)
                      ? put_common(attributes, args[0])
                      : 0;
-    Py_DECREF(attributes);
+    Py_XDECREF(attributes);
     if (stored < 0)
         return NULL;
     if (stored)

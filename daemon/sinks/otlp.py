@@ -17,7 +17,7 @@ from daemon.forward import DestinationError, Rows
 from daemon.sinks import _otlp_encode as encode
 from daemon.sinks._otlp_http import Endpoint, PayloadTooLarge, post
 from livemon import __version__
-from livemon.config import Config
+from livemon.config import MIN_BATCH_BYTES, Config
 from livemon.exceptions import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ MAX_POST_BYTES = 4 * 2**20
 """A body above this goes in halves: a collector's default limit is
 20 MiB, others take less; 512 spans of long texts can reach 40 MiB.  A
 413 for a smaller body lowers the limit (``post_limit_bytes``)."""
-BATCH_BYTES = 3 * 2**20
+BATCH_BYTES = Config.otlp_batch_bytes  # the setting's default
 """A forwarded batch's estimated size (``outbox.row_bytes``): below the
 4 MiB body limit common among OTLP receivers, with a margin."""
 _Encoder = Callable[
@@ -262,7 +262,9 @@ class OtlpDestination:
             if self.post_limit_bytes == MAX_POST_BYTES
             else logging.INFO
         )
-        self.post_limit_bytes = refused_bytes - 1
+        # Never below the smallest batch budget: one 413 for a small body
+        # (a proxy's error page) must not cut every later POST to a span.
+        self.post_limit_bytes = max(refused_bytes - 1, MIN_BATCH_BYTES)
         logger.log(
             level,
             "%s refused a body of %d bytes as too large (HTTP 413): "

@@ -162,7 +162,8 @@ def reap_coordinators() -> Iterator[None]:
         process = _STARTED.pop()
         if process.poll() is None:
             process.kill()
-        process.wait(timeout=30)
+        with contextlib.suppress(subprocess.TimeoutExpired):  # the rest too
+            process.wait(timeout=30)
         if process.stdout:
             process.stdout.close()
 

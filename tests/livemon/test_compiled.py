@@ -22,14 +22,13 @@ from livemon import record as rec
 from tests.compiler import HAS_COMPILER
 from tests.livemon.test_context import CALLS, run_request
 
+PURE = bool(os.environ.get(_compiled.PURE_PYTHON_ENV))
+#: .ci/run runs tests/livemon once more with the packer switched off
+#: (LIVEMON_PURE_PYTHON): then it is not even loaded.  With a compiler
+#: and not switched off, a missing build fails (the packer fixtures).
 pytestmark = pytest.mark.skipif(
-    _compiled._fastpack is None and not HAS_COMPILER,
-    reason="no C compiler here: only the Python path exists",
-)
-#: .ci/run runs tests/livemon once more with the packer switched off.
-needs_packer = pytest.mark.skipif(
-    bool(os.environ.get(_compiled.PURE_PYTHON_ENV)),
-    reason="LIVEMON_PURE_PYTHON is set: the compiled packer is off",
+    _compiled._fastpack is None and (PURE or not HAS_COMPILER),
+    reason="the compiled packer is switched off, or no compiler built it",
 )
 OVERHEAD = slice(rec.SCALARS_STRUCT.size - 8, rec.SCALARS_STRUCT.size)
 SETTINGS = settings(
@@ -142,7 +141,6 @@ def same_but_overhead(a: bytes, b: bytes) -> bool:
     )
 
 
-@needs_packer
 class TestSameBytes:
     @SETTINGS
     @given(call=CALLS)
@@ -184,7 +182,6 @@ class TestSameBytes:
 
 
 class TestDeclines:
-    @needs_packer
     def test_declines_without_side_effects(self, monitor):
         """An unknown label, a bad type: None, and nothing counted."""
         pack = _compiled.compiled_pack()
@@ -231,7 +228,6 @@ class TestDeclines:
             _compiled._fastpack.pack(object(), 0)
 
 
-@needs_packer
 class TestHostileValues:
     """Values whose own code runs while the packer works (review of the
     compiled path): it must never read memory that code freed, nor pack
