@@ -62,7 +62,9 @@ class Destination(Protocol):
     name: str  # the sink_progress key: "clickhouse", "otlp", "webhook"
     sources: tuple[str, ...]  # outbox sources it takes, from SOURCES
     # A destination may also name its ``batch_bytes`` (int): the
-    # estimated size a batch stops at (else BATCH_BYTES).
+    # estimated size a batch stops at (else BATCH_BYTES); and have a
+    # ``refused()`` -> dict[str, int]: what the far end would not take and
+    # was skipped, shown in status.
 
     def ship(self, source: str, rows: Rows) -> None:
         """Store ``rows`` durably, or raise ``DestinationError``.
@@ -228,6 +230,7 @@ class Forwarder:
             if retry is None
             else round(max(retry - time.monotonic(), 0.0), 1),
             "sources": sources,
+            "refused": getattr(self.destination, "refused", dict)(),
         }
 
     def _run(self) -> None:

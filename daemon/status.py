@@ -245,6 +245,11 @@ def sink_lines(sinks: list[dict[str, Any]]) -> list[str]:
             )
         elif s.get("last_error"):
             line += f"; last error: {s['last_error']}"
+        refused = {k: n for k, n in (s.get("refused") or {}).items() if n}
+        if refused:
+            line += "; refused and skipped: " + ", ".join(
+                f"{n} {k}" for k, n in sorted(refused.items())
+            )
         lines.append(line)
     return lines
 

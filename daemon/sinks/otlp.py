@@ -138,6 +138,13 @@ class OtlpDestination:
     name = "otlp"
     sources: tuple[str, ...] = ("events", "agent_runs")
 
+    def refused(self) -> dict[str, int]:
+        """What status shows of the spans the collector would not take."""
+        return {
+            "spans_rejected": self.spans_rejected,
+            "spans_too_large": self.spans_too_large,
+        }
+
     def __init__(
         self,
         endpoint: str,

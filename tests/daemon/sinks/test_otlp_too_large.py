@@ -113,6 +113,7 @@ class TestTooLarge:
         with caplog.at_level(logging.WARNING, "daemon.sinks.otlp"):
             otlp.ship("events", rows)
         assert (otlp.spans_sent, otlp.spans_too_large) == (19, 1)
+        assert otlp.refused() == {"spans_rejected": 0, "spans_too_large": 1}
         assert len(set(_span_ids(receiver))) == 19
         assert "max_request_body_size" in caplog.text
         assert "HTTP 413" in caplog.text

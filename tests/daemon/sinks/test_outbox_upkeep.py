@@ -139,6 +139,33 @@ class TestStatus:
         assert "FAILING x2: refused (retry in 4 s)" in text
         assert "otlp: lag 0 rows" in text and "last error: old trouble" in text
 
+    def test_the_text_shows_what_a_sink_refused(self):
+        """Spans the collector would not take (and were skipped) show on
+        the sink's line; none refused, nothing is said."""
+        report = {
+            **FIGURES,
+            "running": True,
+            "state": "running",
+            "pid": 1,
+            "uptime_s": 5,
+            "rss_bytes": 2**20,
+            "cpu_percent": 0,
+            "figures_age_s": 0.5,
+            "ring": "r",
+            "db": "d",
+            "sinks": [
+                sink(refused={"spans_rejected": 0, "spans_too_large": 3}),
+                sink(sink="otlp", refused={"spans_too_large": 0}),
+            ],
+        }
+        first, second = [
+            line
+            for line in status_text(report).splitlines()
+            if "sink  " in line
+        ]
+        assert first.endswith("; refused and skipped: 3 spans_too_large")
+        assert "refused" not in second
+
 
 class TestTop:
     def test_a_line_per_destination(self):
