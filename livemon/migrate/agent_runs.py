@@ -22,7 +22,12 @@ import numpy as np
 import numpy.typing as npt
 
 from livemon.db import agent_rollup
-from livemon.db.rollup import BUCKETS_PER_DOUBLING, MAX_BUCKET, NS_PER_HOUR
+from livemon.db.rollup import (
+    BUCKETS_PER_DOUBLING,
+    MAX_BUCKET,
+    NS_PER_HOUR,
+    group_rows,
+)
 from livemon.migrate.reconcile import Check, Totals
 from livemon.record import AgentOutcome
 
@@ -109,7 +114,7 @@ def _add_rollups(
     )
     agent = records["actual_agents"][:, 0]  # a one-name list: its agent
     category = records["query_category"]
-    first, group = _groups(hour, agent, category)
+    first, group = group_rows(hour, agent, category)
     success, time_ms = records["success"], records["execution_time_ms"]
     quality = records["quality_score"]
     timed = ~np.isnan(time_ms)
@@ -134,26 +139,10 @@ def _add_rollups(
     bucket = np.minimum(
         BUCKETS_PER_DOUBLING * np.log2(shifted), MAX_BUCKET
     ).astype(np.int64)
-    first, group = _groups(hour[timed], agent[timed], bucket)
+    first, group = group_rows(hour[timed], agent[timed], bucket)
     counts = np.bincount(group, minlength=len(first))
     keys = [hour[timed][first], agent[timed][first], bucket[first]]
     db.executemany(_UPSERT[1], _rows([*keys, counts]))
-
-
-def _groups(
-    *keys: npt.NDArray[np.int64],
-) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
-    """Group rows by equal keys: each group's first row, each row's group."""
-    codes = [
-        np.unique(key, return_inverse=True)[1].reshape(-1) for key in keys
-    ]
-    combined = np.zeros(len(keys[0]), np.int64)
-    for code in codes:
-        combined = combined * (int(code.max(initial=0)) + 1) + code
-    _, first, group = np.unique(
-        combined, return_index=True, return_inverse=True
-    )
-    return first, group.reshape(-1)
 
 
 def _rows(columns: list[npt.NDArray[Any]]) -> Iterator[tuple[Any, ...]]:

@@ -78,17 +78,44 @@ def restore_indexes(db: sqlite3.Connection) -> list[str]:
     ``agent_runs`` that is missing; return their names.
 
     One transaction per index, so a running daemon waits for one index
-    at a time, never for all of them.
+    at a time, never for all of them.  Built with a small page cache
+    (``SORT_CACHE_KIB``): SQLite's sorter then sorts runs that fit the
+    CPU's caches and merges them, instead of one run of the whole
+    column.
     """
     present = _indexes(db)
-    built = []
-    for name, sql in secondary_indexes().items():
-        if name in present:
-            continue
-        with atomic(db):
-            db.execute(sql)
-        built.append(name)
-    return built
+    missing = {
+        name: sql
+        for name, sql in secondary_indexes().items()
+        if name not in present
+    }
+    with _cache_size(db, SORT_CACHE_KIB if missing else None):
+        for sql in missing.values():
+            with atomic(db):
+                db.execute(sql)
+    return list(missing)
+
+
+SORT_CACHE_KIB = 4096
+"""Page cache while indexes are built.  Measured on 1,000,000 rows (six
+indexes): 1.6-1.8 s CPU with the writer's 64 MiB cache, 1.3-1.4 s with
+0.5-8 MiB; the sorter's runs spill to temporary files (in memory,
+``temp_store = MEMORY``, it was slower: 1.9-2.2 s)."""
+
+
+@contextlib.contextmanager
+def _cache_size(db: sqlite3.Connection, kib: int | None) -> Iterator[None]:
+    """``PRAGMA cache_size`` at ``kib`` KiB in the block (unchanged when
+    None), the connection's own size again however it ends."""
+    if kib is None:
+        yield
+        return
+    (previous,) = db.execute("PRAGMA cache_size").fetchone()
+    db.execute(f"PRAGMA cache_size = -{int(kib)}")
+    try:
+        yield
+    finally:
+        db.execute(f"PRAGMA cache_size = {int(previous)}")
 
 
 @contextlib.contextmanager

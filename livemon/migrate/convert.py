@@ -69,38 +69,58 @@ class ChunkConverter:
 
     def convert(
         self, rowids: Sequence[int], columns: dict[str, Sequence[Any]]
-    ) -> tuple[npt.NDArray[np.void], npt.NDArray[np.int64], list[str | None]]:
-        """Return the good rows' records and rowids, and each row's reason
-        for rejection (None when it was kept).
+    ) -> tuple[npt.NDArray[np.void], npt.NDArray[np.int64], dict[int, str]]:
+        """Return the good rows' records and rowids, and the reason each
+        rejected row was rejected (row index -> reason; the rows kept are
+        not in it).
 
         Args:
             rowids: the rows' rowids, in order.
             columns: unified field -> the rows' values (absent: unknown).
         """
         n = len(rowids)
-        reasons: list[str | None] = [None] * n
+        reasons: dict[int, str] = {}
+        rejected = np.zeros(n, bool)
+        ids = np.fromiter(rowids, np.int64, n)
         records = np.zeros(n, RECORD_DTYPE)
-        records["request_id"] = rowids
+        records["request_id"] = ids
         records["event_type"] = int(self.layout.event_type)
 
         def reject(bad: int | npt.NDArray[np.bool_], reason: str) -> None:
             """Reject row ``bad``, or the rows the mask ``bad`` marks."""
             rows = [bad] if isinstance(bad, int) else np.flatnonzero(bad)
             for i in rows:
-                if reasons[i] is None:
-                    reasons[i] = reason
+                reasons.setdefault(int(i), reason)
+            rejected[rows] = True
 
         for field in self.layout.required:
             values = columns.get(field)
             if values is None:
                 reject(np.ones(n, bool), f"missing {field}")
-            elif None in values or "" in values:  # C-speed scans
+            elif _has_missing(values):
                 reject(
                     np.array([v is None or v == "" for v in values]),
                     f"missing {field}",
                 )
-        # An absent column leaves its fields unknown, set without looking
-        # at n values (the zeros of np.zeros are no label / no list).
+        self._fill(records, columns, reject)
+        if not reasons:  # the usual chunk: nothing to take out
+            return records, ids, reasons
+        good = ~rejected
+        raw = np.dtype(f"V{RECORD_DTYPE.itemsize}")
+        kept = records.view(raw)[good].view(RECORD_DTYPE)  # memcpy
+        return kept, ids[good], reasons
+
+    def _fill(
+        self,
+        records: npt.NDArray[np.void],
+        columns: dict[str, Sequence[Any]],
+        reject: Reject,
+    ) -> None:
+        """Convert each column present into its field of ``records``.
+
+        An absent column leaves its fields unknown, set without looking
+        at n values (the zeros of np.zeros are no label / no list).
+        """
         records["timestamp_ns"] = _timestamps(columns["timestamp"], reject)
         if "query_hash" in columns:
             records["query_hash"] = _query_hashes(columns["query_hash"])
@@ -130,12 +150,6 @@ class ChunkConverter:
             if field in columns:
                 values = columns[field]
                 records[field] = self._list(field, values, size, reject)
-        good = np.array([r is None for r in reasons], bool)
-        raw = np.dtype(f"V{RECORD_DTYPE.itemsize}")
-        kept = records.view(raw)[good].view(
-            RECORD_DTYPE
-        )  # memcpy, not per field
-        return kept, np.asarray(rowids, np.int64)[good], reasons
 
     def _labels(
         self, field: str, values: Sequence[Any], reject: Reject, name: bool
@@ -145,7 +159,7 @@ class ChunkConverter:
             value: self._cached_label(field, value, name)
             for value in set(values)
         }
-        return np.array(_rejecting(values, distinct, 0, reject), np.int64)
+        return _rejecting(values, distinct, 0, reject)
 
     def _cached_label(self, field: str, value: Any, name: bool) -> int | str:
         cached = self._ids.get((name, value))
@@ -176,8 +190,7 @@ class ChunkConverter:
             if row is None:
                 row = self._lists[key] = self._parse_list(field, value, size)
             distinct[value] = row
-        rows = _rejecting(values, distinct, np.zeros(size, np.int64), reject)
-        return np.array(rows, np.int64).reshape(len(values), size)
+        return _rejecting(values, distinct, np.zeros(size, np.int64), reject)
 
     def _parse_list(
         self, field: str, value: Any, size: int
@@ -204,16 +217,34 @@ def _rejecting(
     distinct: dict[Any, Any],
     instead: Any,
     reject: Reject,
-) -> list[Any]:
-    """Each value's conversion from ``distinct``; where that is a reason
-    (a str), reject the row and put ``instead``."""
-    reasons = {v: d for v, d in distinct.items() if isinstance(d, str)}
-    if not reasons:
-        return list(map(distinct.__getitem__, values))
-    for i, value in enumerate(values):
-        if value in reasons:
-            reject(i, reasons[value])
-    return [instead if v in reasons else distinct[v] for v in values]
+) -> npt.NDArray[np.int64]:
+    """Each value's conversion from ``distinct`` (an id, or a row of ids),
+    as one array; where that is a reason (a str), reject the row and put
+    ``instead``.
+
+    Each value is numbered by its distinct value and the conversions
+    taken by those numbers at once: no array per row.
+    """
+    keys = list(distinct)
+    conversions = [distinct[key] for key in keys]
+    table = np.array(
+        [instead if isinstance(c, str) else c for c in conversions], np.int64
+    ).reshape(len(keys), *np.shape(instead))
+    number = {key: i for i, key in enumerate(keys)}
+    codes = np.fromiter(map(number.__getitem__, values), np.intp, len(values))
+    bad = {i: c for i, c in enumerate(conversions) if isinstance(c, str)}
+    if bad:
+        for row in np.flatnonzero(np.isin(codes, list(bad))).tolist():
+            reject(row, bad[int(codes[row])])
+    return table[codes]
+
+
+def _has_missing(values: Sequence[Any]) -> bool:
+    """Whether any value is None or empty text: C-speed scans (the types
+    first, so a column of numbers is not compared with "" value by
+    value)."""
+    kinds = set(map(type, values))
+    return type(None) in kinds or (str in kinds and "" in values)
 
 
 def _timestamps(
@@ -308,13 +339,27 @@ def _counts(
 
 def _query_hashes(values: Sequence[Any]) -> npt.NDArray[np.int64] | list[int]:
     """Each value's query hash: 64-bit hex as its bits, anything else
-    hashed.  Plain hex (the legacy loggers' form) is parsed in one pass;
-    any other value sends the chunk through ``_query_hash`` one by one."""
+    hashed.  Plain hex (the legacy loggers' form, 16 digits) is parsed in
+    one pass over the chunk's text; any other value sends the chunk
+    through ``_query_hash`` one by one."""
+    parsed = _hex64(values)
+    return [_query_hash(v) for v in values] if parsed is None else parsed
+
+
+def _hex64(values: Sequence[Any]) -> npt.NDArray[np.int64] | None:
+    """Texts of exactly 16 hex digits each, as the int64 of their bits
+    (None if any value is not): one ``bytes.fromhex`` of them joined.
+    Whitespace, which ``fromhex`` skips, would leave fewer than 8 bytes a
+    value, so the length check refuses it."""
+    if set(map(type, values)) != {str} or set(map(len, values)) != {16}:
+        return None
     try:
-        parsed = np.array([int(v, 16) for v in values], np.uint64)
-    except (TypeError, ValueError, OverflowError):
-        return [_query_hash(v) for v in values]
-    return parsed.view(np.int64)
+        raw = bytes.fromhex("".join(values))
+    except ValueError:
+        return None
+    if len(raw) != 8 * len(values):
+        return None
+    return np.frombuffer(raw, ">i8").astype(np.int64)
 
 
 def _query_hash(value: Any) -> int:

@@ -290,7 +290,7 @@ def _migrate_table(
     lists = ListLabels(db) if db is not None else None
     for chunk in _converted(source, converter, totals):
         report.read += chunk.read
-        report.rejected.update(r for r in chunk.reasons if r is not None)
+        report.rejected.update(chunk.reasons.values())
         report.migrated += len(chunk.records)
         if db is not None and lists is not None:
             with atomic(db):
@@ -327,7 +327,7 @@ class _Chunk:
     read: int
     records: np.ndarray
     seqs: np.ndarray
-    reasons: list[str | None]
+    reasons: dict[int, str]  # row index -> why it was rejected
     labels: list[tuple[int, str]]  # met for the first time
 
 

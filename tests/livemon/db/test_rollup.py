@@ -11,6 +11,8 @@ import sqlite3
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from livemon.db import rollup, schema
 from livemon.db.rows import (
@@ -189,3 +191,26 @@ class TestPercentiles:
         """No timed requests: NaN, not zero."""
         empty = np.empty(0, np.int64)
         assert all(math.isnan(p) for p in rollup.percentiles(empty, empty))
+
+
+class TestGroupRows:
+    @given(
+        st.lists(
+            st.tuples(
+                st.integers(0, 3),
+                st.sampled_from([0, -(2**62), 5, 2**62]),
+                st.integers(-(2**40), 2**40),
+            ),
+            min_size=1,
+            max_size=60,
+        )
+    )
+    def test_groups_in_key_order_each_with_its_keys(self, rows):
+        """Rows of equal keys share a group, groups come in the keys'
+        order, and the row given for a group has that group's keys
+        (small-range and label-id keys alike)."""
+        keys = [np.array(c, np.int64) for c in zip(*rows, strict=True)]
+        one, group = rollup.group_rows(*keys)
+        distinct = sorted(set(rows))
+        assert [distinct[g] for g in group.tolist()] == rows
+        assert [tuple(int(k[i]) for k in keys) for i in one] == distinct

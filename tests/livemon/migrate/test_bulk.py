@@ -131,6 +131,53 @@ class TestDeferredIndexes:
         assert report.added == GOOD - before
 
 
+class TestIndexBuildCache:
+    def test_small_cache_while_building_then_the_writers_again(
+        self, legacy, tmp_path
+    ):
+        """The indexes are built under the small sort cache, and the
+        connection has the writer's cache again afterwards."""
+        path = str(tmp_path / "unified.db")
+        migrate(path, [legacy])
+        db = migrator.open_unified(path)
+        try:
+            (before,) = db.execute("PRAGMA cache_size").fetchone()
+            bulk.drop_indexes(db)
+            statements = []
+            db.set_trace_callback(statements.append)
+            built = bulk.restore_indexes(db)
+            db.set_trace_callback(None)
+            assert set(built) == set(bulk.secondary_indexes()) == indexes(path)
+            small = f"PRAGMA cache_size = -{bulk.SORT_CACHE_KIB}"
+            creates = [i for i, s in enumerate(statements) if "INDEX" in s]
+            assert statements.index(small) < min(creates)
+            assert db.execute("PRAGMA cache_size").fetchone() == (before,)
+            assert before != -bulk.SORT_CACHE_KIB
+        finally:
+            db.close()
+
+    def test_cache_restored_when_a_build_fails(self, legacy, tmp_path):
+        """A build stopped by a lock another process holds leaves the
+        index missing, the error raised, and the cache as it was."""
+        path = str(tmp_path / "unified.db")
+        migrate(path, [legacy])
+        db = migrator.open_unified(path)
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            bulk.drop_indexes(db)
+            db.execute("PRAGMA busy_timeout = 0")
+            (before,) = db.execute("PRAGMA cache_size").fetchone()
+            other.execute("BEGIN IMMEDIATE")
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                bulk.restore_indexes(db)
+            other.execute("ROLLBACK")
+            assert db.execute("PRAGMA cache_size").fetchone() == (before,)
+            assert not indexes(path)
+        finally:
+            other.close()
+            db.close()
+
+
 class TestCollectorPaused:
     def test_paused_inside_and_restored_after_an_error(self):
         """The collector is off inside, and on again after the block,
