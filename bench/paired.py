@@ -23,7 +23,7 @@ def main(tree: str, rounds: int, evict: bool) -> None:
     import ringbuf
     from bench.test_monitor import one_request
     from bench.test_paced import FIELDS, RECORD_STRUCT, pace, pace_and_evict
-    from livemon import Monitor
+    from livemon import Monitor, context
     from livemon.config import load_config
 
     step = pace_and_evict if evict else pace
@@ -47,11 +47,13 @@ def main(tree: str, rounds: int, evict: bool) -> None:
                 one_request(monitor)
                 request.append(time.perf_counter_ns() - start)
     finally:
-        for suffix in ("", ".labels", ".feedback", ".agents"):
+        for suffix in ("", ".labels", ".feedback", ".agents", ".verdicts"):
             ringbuf.unlink(name + suffix)
     low, high = statistics.median(floor), statistics.median(request)
     print(
-        f"{os.path.basename(tree):16} {'evict' if evict else 'sleep'} "
+        f"{os.path.basename(tree):16} "
+        f"{'compiled' if context.COMPILED else 'pure Python'} "
+        f"{'evict' if evict else 'sleep'} "
         f"pack_into {low / 1e3:6.2f} us  request {high / 1e3:6.2f} us  "
         f"{high / low:4.1f}x"
     )
