@@ -23,6 +23,8 @@ import numpy as np
 
 import ringbuf
 from daemon.store import Store
+from livemon import ipc
+from livemon.config import load_config
 from livemon.record import LABEL_DTYPE, RECORD_DTYPE, label_id, label_record
 
 ROWS = 20_000
@@ -121,56 +123,64 @@ def main() -> None:
     parser.add_argument("--sink", choices=("otlp", "clickhouse"))
     parser.add_argument("--rows", type=int, default=ROWS)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        db = os.path.join(tmp, "u.db")
-        fill(db, args.rows)
-        env = dict(os.environ)
-        env.update(
-            LIVEMON_RING=f"rss{os.getpid()}",
-            LIVEMON_DB=db,
-            LIVEMON_PIDFILE=os.path.join(tmp, "d.pid"),
-            LIVEMON_RETENTION_DAYS="100000",
+    ring = f"rss{os.getpid()}"
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            _measure(args, tmp, ring)
+    finally:  # a stopped daemon leaves its rings, by design: not ours
+        for segment in ipc.segments(load_config({"ring": ring}, env={})):
+            ringbuf.unlink(segment)
+
+
+def _measure(args: argparse.Namespace, tmp: str, ring: str) -> None:
+    """Peak RSS of the daemon without, then with, the sink."""
+    db = os.path.join(tmp, "u.db")
+    fill(db, args.rows)
+    env = dict(os.environ)
+    env.update(
+        LIVEMON_RING=ring,
+        LIVEMON_DB=db,
+        LIVEMON_PIDFILE=os.path.join(tmp, "d.pid"),
+        LIVEMON_RETENTION_DAYS="100000",
+    )
+    settle = time.monotonic() + 3.0
+    floor = run_daemon(env, lambda: time.monotonic() > settle)
+    print(f"no sink: peak RSS {floor / 1024:.0f} MiB")
+    if args.sink == "otlp":
+        spans = Spans()
+        env["LIVEMON_OTLP_ENDPOINT"] = spans.url
+        started = time.monotonic()
+        peak = run_daemon(env, lambda: spans.count >= args.rows)
+        took = time.monotonic() - started
+        print(
+            f"otlp: peak RSS {peak / 1024:.0f} MiB, {spans.posts} posts, "
+            f"largest {spans.largest_bytes / 2**20:.1f} MiB, {took:.1f} s"
         )
-        settle = time.monotonic() + 3.0
-        floor = run_daemon(env, lambda: time.monotonic() > settle)
-        print(f"no sink: peak RSS {floor / 1024:.0f} MiB")
-        if args.sink == "otlp":
-            spans = Spans()
-            env["LIVEMON_OTLP_ENDPOINT"] = spans.url
+    elif args.sink == "clickhouse":
+        import pathlib
+
+        from tests.daemon.sinks.clickhouse_server import ClickHouseServer
+
+        # Its connection logger writes a traceback per refused poll.
+        logging.getLogger("clickhouse_driver").setLevel(logging.CRITICAL)
+        server = ClickHouseServer(pathlib.Path(tmp) / "ch")
+        server.start()
+        try:
+            env["LIVEMON_CLICKHOUSE_URL"] = server.url("rss")
             started = time.monotonic()
-            peak = run_daemon(env, lambda: spans.count >= args.rows)
+
+            def shipped() -> bool:
+                try:
+                    got = server.query("SELECT count() FROM rss.events")
+                except Exception:  # the table is created on first ship
+                    return False
+                return bool(got[0][0] >= args.rows)
+
+            peak = run_daemon(env, shipped)
             took = time.monotonic() - started
-            print(
-                f"otlp: peak RSS {peak / 1024:.0f} MiB, {spans.posts} posts, "
-                f"largest {spans.largest_bytes / 2**20:.1f} MiB, {took:.1f} s"
-            )
-        elif args.sink == "clickhouse":
-            import pathlib
-
-            from tests.daemon.sinks.clickhouse_server import ClickHouseServer
-
-            # Its connection logger writes a traceback per refused poll.
-            logging.getLogger("clickhouse_driver").setLevel(logging.CRITICAL)
-            server = ClickHouseServer(pathlib.Path(tmp) / "ch")
-            server.start()
-            try:
-                env["LIVEMON_CLICKHOUSE_URL"] = server.url("rss")
-                started = time.monotonic()
-
-                def shipped() -> bool:
-                    try:
-                        got = server.query("SELECT count() FROM rss.events")
-                    except Exception:  # the table is created on first ship
-                        return False
-                    return bool(got[0][0] >= args.rows)
-
-                peak = run_daemon(env, shipped)
-                took = time.monotonic() - started
-                print(
-                    f"clickhouse: peak RSS {peak / 1024:.0f} MiB, {took:.1f} s"
-                )
-            finally:
-                server.stop()
+            print(f"clickhouse: peak RSS {peak / 1024:.0f} MiB, {took:.1f} s")
+        finally:
+            server.stop()
 
 
 if __name__ == "__main__":
