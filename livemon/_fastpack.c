@@ -325,8 +325,8 @@ fill(PyObject *const *v, PyObject *ids, PyObject *lists, int64_t pid,
 }
 
 PyDoc_STRVAR(pack_doc,
-"pack(context, start_ns) -> bytes | None\n\n"
-"The packed record of a RequestContext, `start_ns` the\n"
+"pack($module, context, start_ns, /)\n--\n\n"
+"The packed record (bytes) of a RequestContext, `start_ns` the\n"
 "perf_counter_ns() at which its end() began;\n"
 "None when any value is not the common case (take the Python path).");
 

@@ -165,7 +165,7 @@ put_common(PyObject *attributes, PyObject *record)
 }
 
 PyDoc_STRVAR(put_doc,
-"put(record) -> bool\n\n"
+"put($self, /, record)\n--\n\n"
 "RingWriter.put, compiled: stores the common case here and hands\n"
 "anything else to the Python put (RingWriter._put_python), which\n"
 "documents the arguments, the result and the errors.");
@@ -207,7 +207,8 @@ static PyMethodDef put_def = {
 };
 
 PyDoc_STRVAR(method_for_doc,
-"method_for(cls) -> the compiled put, a method of cls\n\n"
+"method_for($module, cls, /)\n--\n\n"
+"The compiled put, a method of cls.\n\n"
 "A method descriptor, as a C type's own methods are: the interpreter\n"
 "binds and calls it without creating a bound method (an instancemethod\n"
 "wrapper costs a generic attribute lookup per call, cold).");
