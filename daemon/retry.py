@@ -39,10 +39,8 @@ class DestinationError(DaemonError, ConnectionError):
     def __reduce__(
         self,
     ) -> tuple[type[DestinationError], tuple[str, float | None, bool]]:
-        return (
-            DestinationError,
-            (str(self), self.retry_after, self.permanent),
-        )
+        # type(self): a subclass with the same arguments pickles as itself.
+        return (type(self), (str(self), self.retry_after, self.permanent))
 
 
 @dataclasses.dataclass(frozen=True)

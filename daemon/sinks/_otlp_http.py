@@ -37,14 +37,6 @@ class PayloadTooLarge(DestinationError):
     sends it in smaller parts instead.
     """
 
-    def __reduce__(
-        self,
-    ) -> tuple[type[PayloadTooLarge], tuple[str, float | None, bool]]:
-        return (
-            PayloadTooLarge,
-            (str(self), self.retry_after, self.permanent),
-        )
-
 
 @dataclasses.dataclass(frozen=True)
 class Answer:
