@@ -107,6 +107,23 @@ def sink(**more):
     return figures
 
 
+def report(*sinks):
+    """A running daemon's status report with these destinations."""
+    return {
+        **FIGURES,
+        "running": True,
+        "state": "running",
+        "pid": 1,
+        "uptime_s": 5,
+        "rss_bytes": 2**20,
+        "cpu_percent": 0,
+        "figures_age_s": 0.5,
+        "ring": "r",
+        "db": "d",
+        "sinks": list(sinks),
+    }
+
+
 class TestStatus:
     def test_the_summary_names_a_failing_destination(self):
         """STATUS= tells a failing sink and its lag, not a healthy one."""
@@ -118,23 +135,12 @@ class TestStatus:
 
     def test_the_text_shows_lag_and_the_last_error(self):
         """status prints each destination's lag, and why it fails."""
-        report = {
-            **FIGURES,
-            "running": True,
-            "state": "running",
-            "pid": 1,
-            "uptime_s": 5,
-            "rss_bytes": 2**20,
-            "cpu_percent": 0,
-            "figures_age_s": 0.5,
-            "ring": "r",
-            "db": "d",
-            "sinks": [
+        text = status_text(
+            report(
                 sink(failures=2, last_error="refused", retry_in_s=4.0),
                 sink(sink="otlp", lag_rows=0, last_error="old trouble"),
-            ],
-        }
-        text = status_text(report)
+            )
+        )
         assert "sink      clickhouse: lag 1234 rows, 61 s" in text
         assert "FAILING x2: refused (retry in 4 s)" in text
         assert "otlp: lag 0 rows" in text and "last error: old trouble" in text
@@ -142,26 +148,14 @@ class TestStatus:
     def test_the_text_shows_what_a_sink_refused(self):
         """Spans the collector would not take (and were skipped) show on
         the sink's line; none refused, nothing is said."""
-        report = {
-            **FIGURES,
-            "running": True,
-            "state": "running",
-            "pid": 1,
-            "uptime_s": 5,
-            "rss_bytes": 2**20,
-            "cpu_percent": 0,
-            "figures_age_s": 0.5,
-            "ring": "r",
-            "db": "d",
-            "sinks": [
+        text = status_text(
+            report(
                 sink(refused={"spans_rejected": 0, "spans_too_large": 3}),
                 sink(sink="otlp", refused={"spans_too_large": 0}),
-            ],
-        }
+            )
+        )
         first, second = [
-            line
-            for line in status_text(report).splitlines()
-            if "sink  " in line
+            line for line in text.splitlines() if "sink  " in line
         ]
         assert first.endswith("; refused and skipped: 3 spans_too_large")
         assert "refused" not in second
