@@ -14,6 +14,7 @@ import ringbuf
 from daemon.forward import DestinationError, Rows
 from daemon.store import Store
 from livemon.record import LABEL_DTYPE, RECORD_DTYPE, label_id, label_record
+from tests.daemon.sinks.receivers import Receiver, otlp_spans
 
 
 class Recording:
@@ -150,3 +151,12 @@ def add_agent_runs(db, count: int) -> None:
             for seq in range(start, start + count)
         ],
     )
+
+
+@pytest.fixture
+def receiver():
+    """A strict OTLP/JSON receiver on loopback, stopped after the test
+    (the webhook tests have their own, taking any JSON)."""
+    server = Receiver(check=otlp_spans)
+    yield server
+    server.stop()

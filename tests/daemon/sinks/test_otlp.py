@@ -34,14 +34,6 @@ from tests.daemon.sinks.receivers import Receiver, otlp_spans
 HOST = "node-1"
 
 
-@pytest.fixture
-def receiver():
-    """A strict OTLP/JSON receiver on loopback, stopped after the test."""
-    server = Receiver(check=otlp_spans)
-    yield server
-    server.stop()
-
-
 def _destination(url: str, **options) -> OtlpDestination:
     return OtlpDestination(url, HOST, version="0.1.0", **options)
 

@@ -25,14 +25,6 @@ HOST = "node-1"
 TEXT = "\U0001f642" * 1024  # 4 KiB of UTF-8, 12 KiB escaped in JSON
 
 
-@pytest.fixture
-def receiver():
-    """A strict OTLP/JSON receiver on loopback, stopped after the test."""
-    server = Receiver(check=otlp_spans)
-    yield server
-    server.stop()
-
-
 def _destination(url: str, **options) -> OtlpDestination:
     return OtlpDestination(url, HOST, version="0.1.0", **options)
 
