@@ -20,9 +20,14 @@ def main(tree: str, rounds: int, evict: bool) -> None:
     """Time ``rounds`` paced requests and ``pack_into`` calls, interleaved."""
     sys.path.insert(0, tree)
     os.chdir(tree)
-    import ringbuf
     from bench.test_monitor import one_request
-    from bench.test_paced import FIELDS, RECORD_STRUCT, pace, pace_and_evict
+    from bench.test_paced import (
+        FIELDS,
+        RECORD_STRUCT,
+        pace,
+        pace_and_evict,
+        unlink,
+    )
     from livemon import Monitor, context
     from livemon.config import load_config
 
@@ -47,8 +52,7 @@ def main(tree: str, rounds: int, evict: bool) -> None:
                 one_request(monitor)
                 request.append(time.perf_counter_ns() - start)
     finally:
-        for suffix in ("", ".labels", ".feedback", ".agents", ".verdicts"):
-            ringbuf.unlink(name + suffix)
+        unlink(config)
     low, high = statistics.median(floor), statistics.median(request)
     print(
         f"{os.path.basename(tree):16} "
