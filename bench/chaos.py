@@ -116,6 +116,8 @@ class Soak:
             LIVEMON_SPILL_DIR=str(workdir / "spill"),
             LIVEMON_CAPACITY_RECORDS=str(plan.capacity_records),
             LIVEMON_BATCH_INTERVAL_S="0.05",
+            # Room kept free scaled to the database's small tmpfs.
+            LIVEMON_DB_MIN_FREE_BYTES=str(32 * 2**20),
             LIVEMON_HEALTH_INTERVAL_S="5",
             LIVEMON_LOG_FILE=str(workdir / "daemon.log"),
             PYTHONPATH=str(ROOT),

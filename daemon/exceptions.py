@@ -9,6 +9,7 @@ __all__ = [
     "AlreadyRunning",
     "DaemonError",
     "DatabaseCorrupt",
+    "DatabaseFull",
     "DatabaseGone",
     "DatabaseMoved",
     "DatabaseReplaced",
@@ -45,6 +46,14 @@ class DatabaseCorrupt(DaemonError, ValueError):
 
     Restore the database from a backup (``livemon backup``), or move it
     aside so a fresh one is created.
+    """
+
+
+class DatabaseFull(DaemonError, OSError):
+    """The database's filesystem lacks the room the daemon keeps free.
+
+    Nothing is added until there is room again (the records stay in the
+    ring): free space on that filesystem, or lower ``db_min_free_bytes``.
     """
 
 

@@ -123,7 +123,7 @@ class Retention:
         span = (rows[0][1], rows[-1][1])
         self._copy(path, ids, span, table)
         marks = ",".join("?" * len(ids))
-        with self.store.atomic():
+        with self.store.atomic(grows=False):  # it makes room
             moved = db.execute(
                 f"DELETE FROM {table} WHERE id IN ({marks})", ids
             ).rowcount

@@ -106,7 +106,10 @@ class Service:
         def open_store() -> Store:
             lock.lock_database()  # the file now at the path, before writing
             return Store(
-                config.db, synchronous=config.synchronous, mode=config.mode
+                config.db,
+                synchronous=config.synchronous,
+                mode=config.mode,
+                min_free_bytes=config.db_min_free_bytes,
             )
 
         drainer = Drainer(
@@ -365,6 +368,7 @@ class Service:
         fixed = (
             "ring",
             "db",
+            "db_min_free_bytes",
             "host",
             "clickhouse_url",
             "clickhouse_batch_bytes",

@@ -15,6 +15,7 @@ from typing import Any
 
 from daemon.exceptions import (
     DatabaseCorrupt,
+    DatabaseFull,
     DatabaseGone,
     DatabaseReplaced,
     ForeignDatabase,
@@ -153,6 +154,8 @@ class Store:
         path: the database file (created with ``mode`` if missing).
         synchronous: ``NORMAL`` (default) or ``FULL``.
         mode: permission bits for a new database file.
+        min_free_bytes: free space kept beyond the WAL before adding
+            (see ``keep_checkpointable``).
 
     Raises:
         DatabaseCorrupt: ``PRAGMA quick_check`` found damage.
@@ -165,10 +168,16 @@ class Store:
     _fd = -1
 
     def __init__(
-        self, path: str, *, synchronous: str = "NORMAL", mode: int = 0o600
+        self,
+        path: str,
+        *,
+        synchronous: str = "NORMAL",
+        mode: int = 0o600,
+        min_free_bytes: int = 0,
     ) -> None:
         self.path = path
         self.mode = mode
+        self.min_free_bytes = min_free_bytes
         try:
             check_is_livemon(path)
             db = open_writer(path, mode=mode, synchronous=synchronous)
@@ -195,9 +204,66 @@ class Store:
             raise ValueError(f"store {self.path} is closed")
         return self._db
 
-    def atomic(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        """One transaction; nested calls become savepoints."""
+    def atomic(
+        self, *, grows: bool = True
+    ) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """One transaction; nested calls become savepoints.
+
+        One that may add pages (``grows``, the default) first makes sure
+        the WAL stays checkpointable (``keep_checkpointable``).  One that
+        only deletes passes False: it may run where adding may not, and
+        it makes room.
+        """
+        if grows and not self.db.in_transaction:
+            self.keep_checkpointable()
         return atomic(self.db)
+
+    def keep_checkpointable(self) -> None:
+        """Refuse to add where the WAL could no longer be checkpointed.
+
+        A checkpoint copies the WAL's pages into the database file, which
+        may take up to the WAL's size in new blocks, and only then can the
+        WAL start over.  A WAL grown into the filesystem's last bytes (a
+        reader pinned it while the daemon wrote on; a transaction failed
+        on the full disk and left its frames behind) can never be
+        checkpointed, and every later commit fails though space came
+        back.  So before adding, the WAL's size plus ``min_free_bytes``
+        must be free; short of that a checkpoint runs first, and still
+        short, nothing is added.
+
+        Raises:
+            DatabaseFull: too little room, even after a checkpoint.
+            DatabaseGone, DatabaseReplaced, DatabaseCorrupt: see ``verify``.
+            sqlite3.OperationalError: the checkpoint failed.
+        """
+        if self._spare_bytes() >= 0:
+            return
+        self.verify()  # before a checkpoint writes into the file
+        busy = self.checkpoint()[0]
+        spare = self._spare_bytes()
+        if spare >= 0:
+            return
+        held = "; a reader's open transaction holds the WAL" if busy else ""
+        raise DatabaseFull(
+            f"the filesystem of {self.path} lacks {-spare / 2**20:.1f} MiB "
+            f"of the WAL's size plus db_min_free_bytes "
+            f"({self.min_free_bytes / 2**20:.1f} MiB) that the daemon keeps "
+            f"free to commit and checkpoint{held}; the records stay in the "
+            "ring until there is room: free space there, or lower "
+            "db_min_free_bytes"
+        )
+
+    def _spare_bytes(self) -> int:
+        """Free bytes beyond the WAL and ``min_free_bytes`` (0: unknown)."""
+        try:
+            fs = os.fstatvfs(self._fd)
+        except OSError:
+            return 0  # cannot tell: SQLite's own errors say the rest
+        try:
+            wal = os.stat(self.path + "-wal").st_size
+        except FileNotFoundError:
+            wal = 0
+        return fs.f_bavail * fs.f_frsize - wal - self.min_free_bytes
 
     def write(
         self,

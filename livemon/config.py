@@ -66,6 +66,10 @@ class Config:
         synchronous: SQLite ``synchronous`` mode, NORMAL or FULL.
         batch_records: most records the daemon commits in one transaction.
         batch_interval_s: longest the daemon waits before committing.
+        db_min_free_bytes: free space the database's filesystem must keep
+            beyond the WAL before the daemon adds to the database: room for
+            a transaction and for the checkpoint after it (at least twice
+            the WAL one transaction of ``batch_records`` writes).
         health_interval_s: how often the daemon writes a health row.
         pidfile: the daemon's pidfile (default ``<db>.pid``: one per
             database, so two databases in a directory never mix up).
@@ -115,6 +119,7 @@ class Config:
     synchronous: str = "NORMAL"
     batch_records: int = 20000
     batch_interval_s: float = 0.25
+    db_min_free_bytes: int = 128 * 2**20
     health_interval_s: float = 5.0
     pidfile: str = ""
     log_file: str = ""
@@ -156,6 +161,7 @@ class Config:
             ("capacity_records", 2),
             ("label_capacity_records", 2),
             ("batch_records", 1),
+            ("db_min_free_bytes", 0),
         ):
             if getattr(self, name) < low:
                 raise ConfigError(f"{name} must be at least {low}")

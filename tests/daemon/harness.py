@@ -101,6 +101,24 @@ def fill(directory: pathlib.Path) -> pathlib.Path:
     return filler
 
 
+def on_small_disk(env: dict[str, str], mount: pathlib.Path) -> dict[str, str]:
+    """``env`` with the database on ``mount`` (a tmpfs of 16 to 64 MiB),
+    and the room the daemon keeps free scaled down to it: 4 MiB, twice
+    the WAL of a transaction of 1,000 records at most."""
+    return dict(
+        env,
+        LIVEMON_DB=str(mount / "u.db"),
+        LIVEMON_DB_MIN_FREE_BYTES=str(4 * 2**20),
+        LIVEMON_BATCH_RECORDS="1000",
+    )
+
+
+def free_bytes(mount: pathlib.Path) -> int:
+    """Free space on ``mount``'s filesystem."""
+    fs = os.statvfs(mount)
+    return fs.f_bavail * fs.f_frsize
+
+
 def output(run) -> str:
     """Everything the daemon wrote to stdout and stderr, once it ended."""
     stream = run.process.stderr

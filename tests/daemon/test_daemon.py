@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from livemon.config import Config
+from tests.daemon import harness
 from tests.daemon.conftest import ROOT, coordinators, recorded
 
 NO_DUPLICATES = "SELECT count(*) - count(DISTINCT request_id) FROM events"
@@ -151,7 +152,7 @@ class TestDatabaseTrouble:
             check=True,
         )
         try:
-            env = dict(daemon_env, LIVEMON_DB=str(mount / "unified.db"))
+            env = harness.on_small_disk(daemon_env, mount)
             daemon = start_daemon(env=env)
             daemon.stop()
             subprocess.run(

@@ -281,8 +281,8 @@ class TestFilesystem:
     ):
         """ENOSPC for the database, pidfile and status file: the daemon
         starts and keeps running, and catches up when space returns."""
-        with mounts.tmpfs(tmp_path / "small", "8m") as mount:
-            env = dict(daemon_env, LIVEMON_DB=str(mount / "u.db"))
+        with mounts.tmpfs(tmp_path / "small", "16m") as mount:
+            env = harness.on_small_disk(daemon_env, mount)
             env["LIVEMON_PIDFILE"] = str(mount / "u.db.pid")  # on the tmpfs
             filler = harness.fill(mount)
             daemon = start_daemon(env=env, wait_ready=False)
@@ -317,13 +317,46 @@ class TestFilesystem:
             seen.append(harness.output(daemon))
             assert "database unavailable" in "".join(seen)
 
+    def test_a_reader_pinning_the_wal_cannot_make_it_fill_the_disk(
+        self, start_daemon, daemon_env, tmp_path
+    ):
+        """A reader's open transaction keeps the WAL from starting over:
+        the daemon stops adding while the disk still holds what the
+        checkpoint needs, and catches up once the reader lets go.  (It
+        used to write on until the WAL took the last byte; after that no
+        checkpoint and no commit could ever succeed.)"""
+        with mounts.tmpfs(tmp_path / "small", "16m") as mount:
+            env = harness.on_small_disk(daemon_env, mount)
+            daemon = start_daemon(env=env)
+            harness.put(env, "events", harness.events(10))
+            daemon.wait_until(lambda: daemon.count() == 10)
+            reader = sqlite3.connect(f"file:{daemon.db}?mode=ro", uri=True)
+            reader.execute("BEGIN")
+            reader.execute(EVENTS).fetchone()  # a snapshot: the WAL pinned
+            sent = 10
+            for _ in range(40):
+                harness.put(env, "events", harness.events(300))
+                sent += 300
+                time.sleep(0.05)  # a commit each
+            daemon.wait_until(
+                lambda: "DatabaseFull" in (daemon.status()["last_error"] or "")
+            )
+            assert harness.free_bytes(mount) > 2**21
+            assert daemon.count() < sent
+            reader.rollback()
+            reader.close()
+            daemon.wait_until(lambda: daemon.count() == sent)
+            daemon.wait_until(lambda: daemon.status()["last_error"] is None)
+            assert daemon.stop() == 0
+            assert "lacks" in harness.output(daemon)
+
     def test_read_only_filesystem_at_start(
         self, start_daemon, daemon_env, tmp_path
     ):
         """EROFS for every file beside the database: running, then caught
         up once the filesystem is writable again."""
         with mounts.tmpfs(tmp_path / "ro", "64m") as mount:
-            env = dict(daemon_env, LIVEMON_DB=str(mount / "u.db"))
+            env = harness.on_small_disk(daemon_env, mount)
             env["LIVEMON_PIDFILE"] = str(mount / "u.db.pid")
             first = start_daemon(env=env)
             assert first.stop() == 0

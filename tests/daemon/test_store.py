@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ringbuf
-from daemon.exceptions import DatabaseCorrupt, DatabaseReplaced
+from daemon.exceptions import DatabaseCorrupt, DatabaseFull, DatabaseReplaced
 from daemon.store import Store
 from livemon.db import schema
 from livemon.record import (
@@ -27,6 +27,7 @@ from livemon.record import (
     label_record,
     list_label_id,
 )
+from tests import mounts
 
 SEED_COLUMNS = [
     "id",
@@ -214,6 +215,57 @@ class TestWrites:
         assert store.db.execute("SELECT text FROM labels").fetchall() == [
             ("kept",)
         ]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 4 MiB tmpfs (root only)."""
+    with mounts.tmpfs(tmp_path / "small", "4m") as mount:
+        yield mount
+
+
+class TestHeadroom:
+    """``min_free_bytes``, on a real small filesystem."""
+
+    def test_adding_is_refused_short_of_the_headroom(self, small_disk):
+        store = Store(str(small_disk / "u.db"), min_free_bytes=2**22)
+        try:
+            with pytest.raises(DatabaseFull, match="db_min_free_bytes"):
+                store.write(1, [labels_batch("a")], [])
+            with pytest.raises(DatabaseFull):
+                store.add_health(pid=1)
+            assert store.db.execute(
+                "SELECT count(*) FROM labels"
+            ).fetchone() == (0,)
+            with store.atomic(grows=False) as db:  # deleting makes room
+                db.execute("DELETE FROM labels")
+        finally:
+            store.close()
+
+    def test_within_the_headroom_a_checkpoint_makes_the_room(self, small_disk):
+        """A WAL that eats into the headroom is checkpointed, then the
+        transaction goes ahead."""
+        store = Store(str(small_disk / "u.db"))
+        wal = store.path + "-wal"
+        try:
+            store.db.execute("PRAGMA wal_autocheckpoint = 0")
+            store.checkpoint()
+            seq = 0
+            while os.path.getsize(wal) < 2**19:
+                batch = events_batch(np.repeat(one_event(), 50), 0, seq)
+                seq += store.write(1, [], [batch])
+            fs = os.statvfs(small_disk)
+            # One byte short of the WAL's size plus the headroom.
+            store.min_free_bytes = (
+                fs.f_bavail * fs.f_frsize - os.path.getsize(wal) + 1
+            )
+            store.write(1, [], [events_batch(one_event(), 0, seq)])
+            assert os.path.getsize(wal) < 2**19  # checkpointed first
+            assert store.db.execute(
+                "SELECT count(*) FROM events"
+            ).fetchone() == (seq + 1,)
+        finally:
+            store.close()
 
 
 finite = st.floats(min_value=0, max_value=1e9, allow_nan=False)

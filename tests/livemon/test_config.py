@@ -58,6 +58,7 @@ class TestErrors:
             ({"lanes": 0}, {}, "lanes"),
             ({"ring": "a/b"}, {}, "ring"),
             ({"synchronous": "OFF"}, {}, "synchronous"),
+            ({"db_min_free_bytes": -1}, {}, "db_min_free_bytes"),
             ({"lanes": "4"}, {}, "lanes must be a int"),
             ({"nonsense": 1}, {}, "unknown setting"),
             ({}, {"LIVEMON_LANES": "many"}, "LIVEMON_LANES"),
