@@ -192,7 +192,8 @@ def _daemon_gauges(
 
 
 def _sink_metrics(sinks: list[Mapping[str, Any]]) -> Iterator[Metric]:
-    """Per destination: rows shipped and failed attempts, lag."""
+    """Per destination: rows shipped, failed attempts, lag, and spans
+    refused for good."""
     if not sinks:
         return
     families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
@@ -213,11 +214,21 @@ def _sink_metrics(sinks: list[Mapping[str, Any]]) -> Iterator[Metric]:
             labels=["sink"],
         ),
     }
+    refused = CounterMetricFamily(
+        "livemon_sink_refused_spans",
+        "Spans a destination refused for good, skipped and logged: "
+        "rejected (partial success), too_large (413 even alone).",
+        labels=["sink", "reason"],
+    )
     for sink in sinks:
+        name = str(sink.get("sink"))
         for key, family in families.items():
             if isinstance(sink.get(key), (int, float)):
-                family.add_metric([str(sink.get("sink"))], sink[key])
+                family.add_metric([name], sink[key])
+        for key, count in (sink.get("refused") or {}).items():
+            refused.add_metric([name, key.removeprefix("spans_")], count)
     yield from families.values()
+    yield refused
 
 
 def server_for(config: Config, figures: Figures) -> MetricsServer | None:

@@ -98,7 +98,9 @@ class TestCollector:
             "drops": {"ring_full": 1, "spill_cap": 2, "disk_full": 3,
                       "io_error": 4, "spilled": 50},
             "sinks": [{"sink": "clickhouse", "shipped_rows": 70,
-                       "lag_rows": 5, "lag_s": 1.5, "failures": 2}],
+                       "lag_rows": 5, "lag_s": 1.5, "failures": 2},
+                      {"sink": "otlp", "refused": {"spans_rejected": 3,
+                                                   "spans_too_large": 1}}],
         }  # fmt: skip
         got = collected(figures, str(tmp_path / "none.db"))
         for n, reason in enumerate(metrics.DROP_REASONS, 1):
@@ -110,6 +112,11 @@ class TestCollector:
         assert got[("livemon_sink_failures_total", sink)] == 2
         assert got[("livemon_sink_lag_rows", sink)] == 5
         assert got[("livemon_sink_lag_seconds", sink)] == 1.5
+        refused = "livemon_sink_refused_spans_total"
+        for reason, count in (("rejected", 3), ("too_large", 1)):
+            key = (refused, (("reason", reason), ("sink", "otlp")))
+            assert got[key] == count
+        assert (refused, (("reason", "rejected"), *sink)) not in got
         assert got[("livemon_up", ())] == 1
         assert got[("livemon_rollups_readable", ())] == 0  # no database
 
