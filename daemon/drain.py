@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import ringbuf
 from daemon.agent_runs import pending_runs, write_runs
-from daemon.exceptions import DatabaseGone, DatabaseMoved
+from daemon.exceptions import DatabaseFull, DatabaseGone, DatabaseMoved
 from daemon.isolation import Isolation, is_trouble, lane_batch
 from daemon.quarantine import Quarantine, sane_events, sane_labels
 from daemon.store import Store, is_damage
@@ -278,7 +278,9 @@ class Drainer:
         self._retry_at = time.monotonic() + self._backoff_s
 
     def report_trouble(self, exc: BaseException) -> None:
-        """Note database trouble: close the store, retry it with backoff."""
+        """Note database trouble: retry with backoff, the store reopened
+        afresh (a read-only or broken handle stays so); kept open when
+        the trouble is only too little room, which reopening cannot mend."""
         self._back_off(exc)
         logger.warning(
             "database unavailable (%s); records stay in the ring, retrying "
@@ -286,7 +288,8 @@ class Drainer:
             self.last_error,
             self._backoff_s,
         )
-        self.close()  # reopen afresh: a read-only or broken handle stays so
+        if not isinstance(exc, DatabaseFull):
+            self.close()
 
     def _note_incident(self, text: str) -> None:
         logger.error("%s", text)

@@ -190,6 +190,10 @@ class Store:
             ) from exc
         self._db = db
         self._lists = ListLabels(db)
+        # SQLite's own name for the file (a symlink resolved): the WAL is
+        # beside the file, not beside the link.
+        main = db.execute("PRAGMA database_list").fetchone()[2]
+        self._wal = (main or path) + "-wal"
         # The file this store writes: a path that names another file (or
         # none) later must never get a commit into the old one.
         self.identity = file_identity(path)
@@ -236,34 +240,42 @@ class Store:
             DatabaseGone, DatabaseReplaced, DatabaseCorrupt: see ``verify``.
             sqlite3.OperationalError: the checkpoint failed.
         """
-        if self._spare_bytes() >= 0:
+        if self._room() is None:
             return
         self.verify()  # before a checkpoint writes into the file
         busy = self.checkpoint()[0]
-        spare = self._spare_bytes()
-        if spare >= 0:
+        room = self._room()
+        if room is None:
             return
-        held = "; a reader's open transaction holds the WAL" if busy else ""
+        free, wal = (n / 2**20 for n in room)
+        held = (
+            "end the long read transaction holding the WAL (a report, an "
+            "sqlite3 shell) or free space"
+            if busy
+            else "free space"
+        )
         raise DatabaseFull(
-            f"the filesystem of {self.path} lacks {-spare / 2**20:.1f} MiB "
-            f"of the WAL's size plus db_min_free_bytes "
-            f"({self.min_free_bytes / 2**20:.1f} MiB) that the daemon keeps "
-            f"free to commit and checkpoint{held}; the records stay in the "
-            "ring until there is room: free space there, or lower "
-            "db_min_free_bytes"
+            f"{free:.1f} MiB free beside {self.path}, WAL {wal:.1f} MiB: "
+            f"the daemon adds only with the WAL's size plus "
+            f"db_min_free_bytes ({self.min_free_bytes / 2**20:.1f} MiB) "
+            f"free, so that a checkpoint can always run; {held}, the "
+            "records wait in the ring (a db_min_free_bytes under twice a "
+            "transaction's WAL risks a WAL no checkpoint can move)"
         )
 
-    def _spare_bytes(self) -> int:
-        """Free bytes beyond the WAL and ``min_free_bytes`` (0: unknown)."""
+    def _room(self) -> tuple[int, int] | None:
+        """(free bytes, WAL bytes) when short of the WAL plus
+        ``min_free_bytes``; None when there is room (or no telling)."""
         try:
             fs = os.fstatvfs(self._fd)
         except OSError:
-            return 0  # cannot tell: SQLite's own errors say the rest
+            return None  # cannot tell: SQLite's own errors say the rest
         try:
-            wal = os.stat(self.path + "-wal").st_size
+            wal = os.stat(self._wal).st_size
         except FileNotFoundError:
             wal = 0
-        return fs.f_bavail * fs.f_frsize - wal - self.min_free_bytes
+        free = fs.f_bavail * fs.f_frsize
+        return (free, wal) if free < wal + self.min_free_bytes else None
 
     def write(
         self,

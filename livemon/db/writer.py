@@ -63,12 +63,15 @@ def open_writer(
     db = sqlite3.connect(path, isolation_level=None, timeout=0)
     try:
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        # Measured here: 16 KiB pages and a 64 MiB cache take inserts
-        # into the five b-trees of events from ~65k to ~95k rows/s.
-        # (page_size and auto_vacuum only apply to a new, empty file.)
-        db.execute(f"PRAGMA page_size = {PAGE_BYTES}")
-        # Space freed by retention is given back by incremental_vacuum.
-        db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        # Only for a new, empty file, the one they apply to: on any other,
+        # setting auto_vacuum commits a page each open (a WAL frame each
+        # retry of a daemon whose disk is full).
+        if db.execute("PRAGMA page_count").fetchone()[0] == 0:
+            # Measured here: 16 KiB pages and a 64 MiB cache take inserts
+            # into the five b-trees of events from ~65k to ~95k rows/s.
+            db.execute(f"PRAGMA page_size = {PAGE_BYTES}")
+            # Space freed by retention is given back by incremental_vacuum.
+            db.execute("PRAGMA auto_vacuum = INCREMENTAL")
         db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         if db.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
             raise sqlite3.OperationalError(f"{path}: cannot enable WAL")

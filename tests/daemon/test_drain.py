@@ -5,10 +5,13 @@ a real one rarely does: the loop's boundary never lets anything out.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from daemon.drain import Drainer
 from daemon.isolation import MAX_ISOLATED_PER_STEP
+from daemon.store import Store
 from livemon import ipc
 from livemon.config import load_config
 from tests.daemon import harness
@@ -84,3 +87,34 @@ class TestBoundary:
         assert len(store.stored) == 99 and target not in store.stored
         assert events.lane_state(lane).tail == 100
         assert drainer.failures == 0 and drainer.last_error is None
+
+
+class TestTooLittleRoom:
+    def test_the_store_stays_open_and_the_drain_resumes(self, rings):
+        """DatabaseFull backs off with the store kept open (reopening it
+        cannot make room), the records wait, and they go in once there is
+        room."""
+        config, events, labels = rings
+        lane = fill(events, 25)
+        opened: list[Store] = []
+
+        def open_store() -> Store:
+            opened.append(Store(config.db, min_free_bytes=2**62))
+            return opened[-1]
+
+        drainer = Drainer(config, events, labels, open_store)
+        try:
+            assert drainer.step() == 0
+            assert "DatabaseFull" in (drainer.last_error or "")
+            assert drainer.store is opened[0]
+            assert events.lane_state(lane).tail == 0
+            opened[0].min_free_bytes = 0  # space came back
+            deadline = time.monotonic() + 10
+            while drainer.step() == 0:
+                assert time.monotonic() < deadline, drainer.last_error
+                time.sleep(0.05)
+            assert len(opened) == 1
+            assert drainer.last_error is None
+            assert events.lane_state(lane).tail == 25
+        finally:
+            drainer.close()

@@ -242,11 +242,19 @@ class TestHeadroom:
         finally:
             store.close()
 
-    def test_within_the_headroom_a_checkpoint_makes_the_room(self, small_disk):
+    @pytest.mark.parametrize("via", ["path", "symlink"])
+    def test_within_the_headroom_a_checkpoint_makes_the_room(
+        self, small_disk, tmp_path, via
+    ):
         """A WAL that eats into the headroom is checkpointed, then the
-        transaction goes ahead."""
-        store = Store(str(small_disk / "u.db"))
-        wal = store.path + "-wal"
+        transaction goes ahead; also when the database is reached through
+        a symlink (its WAL is beside the file, not the link)."""
+        path = small_disk / "u.db"
+        if via == "symlink":
+            (tmp_path / "link.db").symlink_to(path)
+            path = tmp_path / "link.db"
+        store = Store(str(path))
+        wal = str(small_disk / "u.db-wal")
         try:
             store.db.execute("PRAGMA wal_autocheckpoint = 0")
             store.checkpoint()

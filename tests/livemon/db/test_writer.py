@@ -44,6 +44,19 @@ class TestOpenWriter:
         assert settings(path) == (PAGE_BYTES, INCREMENTAL, "wal", 0o640)
         assert stat.S_IMODE(os.stat(tmp_path / "new").st_mode) == 0o740
 
+    def test_reopening_writes_nothing(self, tmp_path):
+        """Opening a database that exists commits no page: a daemon that
+        reopens it on every retry must not grow a WAL a reader pins."""
+        path = str(tmp_path / "unified.db")
+        open_writer(path).close()
+        with contextlib.closing(sqlite3.connect(path)) as reader:
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM events").fetchone()
+            for _ in range(3):
+                open_writer(path).close()
+            assert os.path.getsize(path + "-wal") == 0
+        assert settings(path)[:2] == (PAGE_BYTES, INCREMENTAL)
+
     def test_migrate_creates_the_same_database(self, tmp_path):
         """``livemon migrate`` into a new file: the daemon's settings."""
         legacy = tmp_path / "routing_decisions.db"
