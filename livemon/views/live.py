@@ -114,57 +114,9 @@ def _ring_labels(config: Config) -> dict[int, str]:
 
 def stats_tables(snap: Snapshot, name: Callable[[int], str]) -> list[Table]:
     """The live statistics as report tables, names given by ``name``."""
-    fb = snap.feedback
-    figures: dict[int, tuple[Any, ...]] = {
-        a.agent: (
-            a.requests,
-            a.success_rate,
-            a.success_low,
-            a.success_high,
-            a.p50_ms,
-            a.p95_ms,
-            "requests",
-        )
-        for a in snap.stats.agents.values()
-    }
-    # An agent's own runs where it has any in the window (issue 15).
-    figures |= {
-        r.agent: (
-            r.runs,
-            r.success_rate,
-            r.success_low,
-            r.success_high,
-            r.p50_ms,
-            r.p95_ms,
-            "runs",
-        )
-        for r in snap.agent_runs.values()
-    }
-    agents = [
-        (
-            name(agent),
-            *f[:6],
-            fb.multipliers.get(agent, 1.0),
-            "capped" if agent in fb.capped else "",
-            f[6],
-        )
-        for agent, f in sorted(figures.items(), key=lambda item: -item[1][0])
+    alerts = [
+        (name(k), text) for k, text in sorted(snap.feedback.alerts.items())
     ]
-    categories = [
-        (
-            name(c.category),
-            c.requests,
-            c.override_rate,
-            fb.thresholds.get(c.category, math.nan),
-            c.quality_recent,
-            c.quality_baseline,
-            c.quality_drop,
-        )
-        for c in sorted(
-            snap.stats.categories.values(), key=lambda c: -c.requests
-        )
-    ]
-    alerts = [(name(k), text) for k, text in sorted(fb.alerts.items())]
     return [
         Table(
             "agents",
@@ -181,7 +133,7 @@ def stats_tables(snap: Snapshot, name: Callable[[int], str]) -> list[Table]:
                 "parallel",
                 "source",
             ),
-            agents,
+            _agent_rows(snap, name),
         ),
         Table(
             "categories",
@@ -195,7 +147,70 @@ def stats_tables(snap: Snapshot, name: Callable[[int], str]) -> list[Table]:
                 "quality_before",
                 "drop_rate",
             ),
-            categories,
+            _category_rows(snap, name),
         ),
         Table("alerts", "Active alerts", ("category", "alert"), alerts),
+    ]
+
+
+def _agent_rows(
+    snap: Snapshot, name: Callable[[int], str]
+) -> list[tuple[Any, ...]]:
+    """One row per agent, busiest first: its own runs where it has any in
+    the window (issue 15), else the requests that used it."""
+    figures: dict[int, tuple[Any, ...]] = {
+        a.agent: (
+            a.requests,
+            a.success_rate,
+            a.success_low,
+            a.success_high,
+            a.p50_ms,
+            a.p95_ms,
+            "requests",
+        )
+        for a in snap.stats.agents.values()
+    }
+    figures |= {
+        r.agent: (
+            r.runs,
+            r.success_rate,
+            r.success_low,
+            r.success_high,
+            r.p50_ms,
+            r.p95_ms,
+            "runs",
+        )
+        for r in snap.agent_runs.values()
+    }
+    fb = snap.feedback
+    return [
+        (
+            name(agent),
+            *f[:6],
+            fb.multipliers.get(agent, 1.0),
+            "capped" if agent in fb.capped else "",
+            f[6],
+        )
+        for agent, f in sorted(figures.items(), key=lambda item: -item[1][0])
+    ]
+
+
+def _category_rows(
+    snap: Snapshot, name: Callable[[int], str]
+) -> list[tuple[Any, ...]]:
+    """One row per category, busiest first."""
+    fb = snap.feedback
+    return [
+        (
+            name(c.category),
+            c.requests,
+            c.override_rate,
+            fb.thresholds.get(c.category, math.nan),
+            c.quality_recent,
+            c.quality_baseline,
+            c.quality_drop,
+        )
+        for c in sorted(
+            snap.stats.categories.values(), key=lambda c: -c.requests
+        )
     ]
