@@ -16,7 +16,14 @@ from typing import Any
 from livemon.db.reading import TimeRange, format_ns
 from livemon.endpoints import hide_password
 from livemon.exceptions import DatabaseUnavailable, UnknownName
-from livemon.views.report import HOURS_PER, NS_PER_HOUR, Report, Table
+from livemon.views.report import (
+    CATEGORY_COLUMNS,
+    HOURS_PER,
+    NS_PER_HOUR,
+    TREND_COLUMNS,
+    Report,
+    Table,
+)
 
 DEFAULT_DATABASE = "livemon"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -266,14 +273,7 @@ def _categories(q: _Query) -> Table:
     return Table(
         "categories",
         "Per category",
-        (
-            "category",
-            "requests",
-            "override_rate",
-            "success_rate",
-            "mean_ms",
-            "quality",
-        ),
+        CATEGORY_COLUMNS,
         [(r[0], r[1], r[3], r[2], r[4], r[6]) for r in rows],
     )
 
@@ -288,15 +288,7 @@ def _trend(q: _Query, hours: int) -> Table:
     return Table(
         "trend",
         f"Trend per {'hour' if hours == 1 else 'day'} (UTC, all hosts)",
-        (
-            "start",
-            "requests",
-            "success_rate",
-            "override_rate",
-            "mean_ms",
-            "p95_ms",
-            "quality",
-        ),
+        TREND_COLUMNS,
         [(format_ns(int(r[0]) * slot_ns)[:width], *r[1:7]) for r in rows],
     )
 

@@ -21,6 +21,25 @@ from livemon.views import agent_report
 
 NS_PER_HOUR = rollup.NS_PER_HOUR
 HOURS_PER = {"hour": 1, "day": 24}
+# The columns of tables both backends give (SQLite here, ClickHouse in
+# views/clickhouse.py): one shape, whichever answers.
+CATEGORY_COLUMNS = (
+    "category",
+    "requests",
+    "override_rate",
+    "success_rate",
+    "mean_ms",
+    "quality",
+)
+TREND_COLUMNS = (
+    "start",
+    "requests",
+    "success_rate",
+    "override_rate",
+    "mean_ms",
+    "p95_ms",
+    "quality",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,14 +264,7 @@ def _categories(
     return Table(
         "categories",
         "Per category",
-        (
-            "category",
-            "requests",
-            "override_rate",
-            "success_rate",
-            "mean_ms",
-            "quality",
-        ),
+        CATEGORY_COLUMNS,
         rows,
     )
 
@@ -276,15 +288,7 @@ def _trend(db: sqlite3.Connection, src: _Sources, hours: int) -> Table:
     return Table(
         "trend",
         f"Trend per {'hour' if hours == 1 else 'day'} (UTC)",
-        (
-            "start",
-            "requests",
-            "success_rate",
-            "override_rate",
-            "mean_ms",
-            "p95_ms",
-            "quality",
-        ),
+        TREND_COLUMNS,
         rows,
     )
 
