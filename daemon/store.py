@@ -240,14 +240,14 @@ class Store:
             DatabaseGone, DatabaseReplaced, DatabaseCorrupt: see ``verify``.
             sqlite3.OperationalError: the checkpoint failed.
         """
-        if self._room() is None:
+        if self._shortage() is None:
             return
         self.verify()  # before a checkpoint writes into the file
         busy = self.checkpoint()[0]
-        room = self._room()
-        if room is None:
+        shortage = self._shortage()
+        if shortage is None:
             return
-        free, wal = (n / 2**20 for n in room)
+        free, wal = (n / 2**20 for n in shortage)
         held = (
             "end the long read transaction holding the WAL (a report, an "
             "sqlite3 shell) or free space"
@@ -263,7 +263,7 @@ class Store:
             "transaction's WAL risks a WAL no checkpoint can move)"
         )
 
-    def _room(self) -> tuple[int, int] | None:
+    def _shortage(self) -> tuple[int, int] | None:
         """(free bytes, WAL bytes) when short of the WAL plus
         ``min_free_bytes``; None when there is room (or no telling)."""
         try:
