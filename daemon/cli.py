@@ -6,6 +6,7 @@ Only argument parsing and error translation live here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from daemon import proc, service, sinks
 from daemon.exceptions import DaemonError
 from daemon.retention import Retention
 from daemon.status import status_text
-from daemon.store import Store
+from daemon.store import Store, check_database_path
 from livemon.config import Config, load_config
 from livemon.exceptions import ConfigError
 from livemon.ipc import read_status
@@ -201,6 +202,8 @@ def start(
                 format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             )
             raise SystemExit(service.Service(overrides).run())
+        with contextlib.suppress(sqlite3.Error):  # locked: the child says
+            check_database_path(config.db)  # before a log beside it
         process = proc.start_detached(
             config, flags_for_child(overrides), timeout_s
         )

@@ -239,6 +239,7 @@ def start_detached(
     with contextlib.suppress(OSError):  # a log from before may be 0644
         os.fchmod(fd, config.mode)
     with os.fdopen(fd, "ab") as log:
+        offset = log.seek(0, os.SEEK_END)
         child = subprocess.Popen(
             [sys.executable, "-m", "daemon", "start", "--foreground", *argv],
             stdin=subprocess.DEVNULL,
@@ -249,9 +250,14 @@ def start_detached(
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if child.poll() is not None:
+            said = _child_error(config.log_file, offset)
             raise StartFailed(
-                f"the daemon exited with status {child.returncode}: see "
-                f"{config.log_file}"
+                f"the daemon exited with status {child.returncode}: "
+                + (
+                    f"{said} (log: {config.log_file})"
+                    if said
+                    else f"see {config.log_file}"
+                )
             )
         status = read_status(config)
         if status and status.get("pid") == child.pid and status.get("ready"):
@@ -262,6 +268,24 @@ def start_detached(
         f"the daemon did not become ready in {timeout_s:.0f} s: see "
         f"{config.log_file}"
     )
+
+
+def _child_error(log_file: str, offset: int) -> str:
+    """What a daemon that exited at start said was wrong: its last
+    ``Error: ...`` line in the log after ``offset``, or "" if none.
+
+    Shown by ``start`` so that a refusal reads in one line, as with
+    ``--foreground``, instead of sending people to the log.
+    """
+    try:
+        with open(log_file, "rb") as log:
+            size = log.seek(0, os.SEEK_END)
+            log.seek(max(offset, size - 64 * 1024))
+            text = log.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    said = [line for line in text.splitlines() if line.startswith("Error: ")]
+    return said[-1].removeprefix("Error: ") if said else ""
 
 
 def stop(config: Config, timeout_s: float = 30.0) -> int:

@@ -80,19 +80,23 @@ def migrate_command(
         click.echo(_report_text(report, dry_run))
     if not all(r.reconciled for r in reports):
         raise click.ClickException("migration did not reconcile (see above)")
-    verb = "would migrate" if dry_run else "migrated into"
-    click.echo(
-        f"{verb} {path}: "
-        f"{sum(r.migrated for r in reports)} rows, "
-        f"{sum(r.added for r in reports)} new"
-    )
+    rows = sum(r.migrated for r in reports)
+    if dry_run:  # what is new is known only once written
+        click.echo(f"would migrate into {path}: {rows} rows")
+    else:
+        added = sum(r.added for r in reports)
+        click.echo(f"migrated into {path}: {rows} rows, {added} new")
 
 
 def _report_text(report: TableReport, dry_run: bool) -> str:
+    migrated = (
+        f"would migrate {report.migrated}"
+        if dry_run
+        else f"migrated {report.migrated} ({report.added} new)"
+    )
     lines = [
         f"{report.path} [{report.table}, {report.kind}]: read {report.read}, "
-        f"migrated {report.migrated} ({report.added} new), rejected "
-        f"{sum(report.rejected.values())}"
+        f"{migrated}, rejected {sum(report.rejected.values())}"
     ]
     for reason, count in sorted(report.rejected.items()):
         lines.append(f"    rejected {count:>7}  {reason}")

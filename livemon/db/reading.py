@@ -119,13 +119,22 @@ class Labels:
         return list(dict.fromkeys(str(n) for n in names))
 
     def agents(self) -> dict[str, int]:
-        """Every agent some stored request used, or that has stored runs:
-        name -> label id."""
+        """Every name in a stored list (agents, and intent domains too), or
+        with stored runs: name -> label id.  Quick to look a name up in."""
         rows = self._db.execute(
             "SELECT member FROM list_members UNION "
             "SELECT agent FROM rollup_agent_runs WHERE agent != 0"
         )
         return {self.text(member): member for (member,) in rows}
+
+    def agents_used(self) -> list[str]:
+        """The agents stored requests used, or that have stored runs, by
+        name: what an unknown agent's message lists (domains left out)."""
+        rows = self._db.execute(
+            "SELECT agent FROM rollup WHERE agent != 0 UNION "
+            "SELECT agent FROM rollup_agent_runs WHERE agent != 0"
+        )
+        return sorted(self.text(agent) for (agent,) in rows)
 
     def agent(self, name: str) -> int:
         """The label id of agent ``name``.
@@ -135,9 +144,10 @@ class Labels:
         """
         known = self.agents()
         if name not in known:
+            used = ", ".join(self.agents_used()) or "(none yet)"
             raise UnknownName(
                 f"unknown agent {name!r}: no stored request used it; "
-                f"known agents: {', '.join(sorted(known)) or '(none yet)'}"
+                f"known agents: {used}"
             )
         return known[name]
 

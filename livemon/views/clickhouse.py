@@ -308,14 +308,21 @@ def _reasons(q: _Query, top: int) -> list[Table]:
     return tables
 
 
+# A cancelled run (a sibling won) is censored, as in the local report
+# (``db.agent_rollup``): counted as cancelled, not as a failure or latency.
+_RUN = "ifNull(outcome, '') != 'cancelled'"
+
+
 def _agent_runs(q: _Query) -> Table:
     rows = q.rows(
         "SELECT ifNull(agent, '(none)') AS name, count() AS runs, "
         "uniqExact(host), countIf(outcome = 'selected'), "
         "countIf(outcome = 'merged'), countIf(outcome = 'discarded'), "
         "countIf(outcome = 'cancelled'), "
-        "countIf(success = 1) / countIf(isNotNull(success)), "
-        "avg(execution_time_ms), quantile(0.95)(execution_time_ms), "
+        f"countIf(success = 1 AND {_RUN}) "
+        f"/ countIf(isNotNull(success) AND {_RUN}), "
+        f"avgIf(execution_time_ms, {_RUN}), "
+        f"quantileIf(0.95)(execution_time_ms, {_RUN}), "
         "sum(ifNull(input_tokens, 0) + ifNull(output_tokens, 0)) "
         "FROM {agent_runs} WHERE {run_where} GROUP BY name "
         "ORDER BY runs DESC, name"

@@ -190,6 +190,50 @@ class TestFiles:
         if before is not None:
             assert path.read_bytes() == before
 
+    @pytest.mark.parametrize(
+        ("kind", "message"),
+        [
+            ("foreign", "another program's SQLite database"),
+            ("directory", "is a directory"),
+        ],
+    )
+    def test_detached_start_refuses_in_one_line_too(
+        self, daemon_env, tmp_path, kind, message
+    ):
+        """``start`` without --foreground, as the README shows it, says what
+        is wrong in one line, before it makes a log beside the path."""
+        path = tmp_path / ("app.db" if kind == "foreign" else "a-directory")
+        if kind == "foreign":
+            with contextlib.closing(sqlite3.connect(path)) as db:
+                db.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+        else:
+            path.mkdir()
+        env = dict(daemon_env, LIVEMON_DB=str(path))
+        result = run_cli(env, "start", timeout=30)
+        assert result.returncode == 1
+        assert message in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert not os.path.exists(f"{path}.log")
+
+    def test_detached_start_shows_why_the_daemon_exited(
+        self, daemon_env, tmp_path
+    ):
+        """A refusal only the daemon itself finds (here the metrics extra
+        missing: a stand-in package that fails to import, since the real
+        one is installed for the tests) is shown, not just "see the log"."""
+        fake = tmp_path / "site" / "prometheus_client"
+        fake.mkdir(parents=True)
+        (fake / "__init__.py").write_text("raise ImportError('not here')\n")
+        env = dict(
+            daemon_env,
+            PYTHONPATH=f"{tmp_path / 'site'}:{daemon_env['PYTHONPATH']}",
+            LIVEMON_METRICS_ADDRESS="127.0.0.1:0",
+        )
+        result = run_cli(env, "start", timeout=60)
+        assert result.returncode == 1
+        assert "pip install 'livemon[metrics]'" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
     @pytest.mark.parametrize("owned_by_root", ["ring", "database"])
     def test_unprivileged_daemon_is_told_what_to_do(
         self, daemon_env, ring_name, owned_by_root

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -17,6 +18,7 @@ from daemon.sinks.clickhouse import ClickHouseDestination
 from livemon.cli import cli
 from livemon.db.reading import Labels, TimeRange
 from livemon.exceptions import DatabaseUnavailable
+from livemon.record import label_id
 from livemon.views import clickhouse as view
 from livemon.views.report import build_report
 from tests.daemon.sinks.conftest import add_agent_runs, event_batch
@@ -95,6 +97,31 @@ class TestAcrossHosts:
         assert row["agent"] == "coder" and row["runs"] == 40
         assert (row["hosts"], row["merged"], row["selected"]) == (2, 40, 0)
         assert row["success_rate"] == 1.0 and row["tokens"] == 40 * 300
+        client.disconnect()
+
+    def test_cancelled_runs_are_censored_as_in_the_local_report(
+        self, store, clickhouse
+    ):
+        """A cancelled run counts as cancelled, not as a failure or a
+        latency sample (the README's rule, kept by the local report)."""
+        add_agent_runs(store.db, 4)  # merged, successful, 12.5 ms
+        store.db.execute(
+            "INSERT INTO agent_runs (epoch, lane, seq, timestamp_ns, "
+            "request_id, pid, agent, outcome, execution_time_ms, success) "
+            "VALUES (2, 0, 0, ?, 99, 42, ?, 3, 9000.0, 0)",
+            (time.time_ns(), label_id("coder")),
+        )
+        dest = ClickHouseDestination(clickhouse.url(), "web-1")
+        dest.ship("agent_runs", read_rows(store.db, "agent_runs", 0, 100))
+        dest.close()
+        client, database = view.connect(clickhouse.url())
+        report = view.build_clickhouse_report(
+            client, database, TimeRange.parse("1d", "now")
+        )
+        [row] = report.table("agent_runs").records()
+        assert (row["runs"], row["cancelled"]) == (5, 1)
+        assert row["success_rate"] == 1.0
+        assert row["mean_ms"] == 12.5 and row["p95_ms"] == 12.5
         client.disconnect()
 
     def test_cli_json_and_agent_filter(self, store, clickhouse):

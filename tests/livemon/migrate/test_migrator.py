@@ -113,6 +113,18 @@ class TestMigrate:
         assert sum(r.migrated for r in reports) == 650
         assert not os.path.exists(unified)
 
+    def test_dry_run_claims_no_count_of_new_rows(self, legacy, unified):
+        """A dry run cannot know which rows are new (nothing is written):
+        it says what it would migrate, not "0 new"."""
+        result = CliRunner().invoke(
+            cli,
+            ["migrate", *paths(legacy), "--db", unified, "--dry-run"],
+            catch_exceptions=False,
+        )
+        assert result.exit_code == 0
+        assert " new" not in result.output
+        assert f"would migrate into {unified}: 650 rows" in result.output
+
     def test_archives_are_copies_checksummed_and_read_only(
         self, legacy, unified, tmp_path
     ):

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from livemon.cli import cli
 from livemon.db import reading, rollup, schema
 from livemon.db.rows import ListLabels, insert_events, insert_labels
-from livemon.record import label_id
+from livemon.record import RECORD_DTYPE, label_id
 from livemon.views import tail
 from livemon.views.report import build_report
 from ringbuf import Batch
@@ -255,6 +255,29 @@ class TestClearErrors:
         assert result.exit_code == code
         assert message in result.output
         assert "Traceback" not in result.output
+
+    def test_unknown_agent_lists_agents_not_domains(self, tmp_path):
+        """The known agents named are agents: a request's intent domains
+        (also stored as a list) are not offered as agents."""
+        path = str(tmp_path / "unified.db")
+        records = np.zeros(1, RECORD_DTYPE)
+        records["timestamp_ns"] = END_NS
+        records["request_id"] = 1
+        records["actual_agents"][0, 0] = label_id("coder")
+        records["intent_domains"][0, 0] = label_id("python")
+        texts = {label_id(t): t for t in ("coder", "python")}
+        with contextlib.closing(
+            sqlite3.connect(path, isolation_level=None)
+        ) as db:
+            schema.apply_migrations(db)
+            lists = ListLabels(db)
+            db.execute("BEGIN")
+            insert_labels(db, lists, list(texts.items()))
+            insert_events(db, lists, 1, Batch(0, 0, records))
+            db.execute("COMMIT")
+        result = runner_invoke("tail", "--db", path, "--agent", "nobody")
+        assert result.exit_code == 2
+        assert "known agents: coder\n" in result.output
 
     def test_tail_unknown_category(self, stored):
         """An unknown category lists the known ones."""
