@@ -12,6 +12,7 @@ import dataclasses
 import grp
 import os
 import pathlib
+import stat
 import tomllib
 import urllib.parse
 from collections.abc import Mapping
@@ -33,6 +34,14 @@ AGENTS_RING_SUFFIX = ".agents"
 SYSTEM_STATE_DIR = pathlib.Path("/var/lib/livemon")
 """The system service's ``StateDirectory=`` (systemd/livemon-daemon.service).
 """
+_LONGEST = {
+    "batch_interval_s": 60.0,
+    "health_interval_s": 86400.0,
+    "integrity_check_interval_s": 366 * 86400.0,
+    "retention_days": 36500.0,
+}
+"""The durations' upper bounds: beyond, a typo (inf overflows the
+daemon's waits and date arithmetic)."""
 MIN_BATCH_BYTES = 64 * 2**10  # *_batch_bytes: smaller is a typo, not a plan
 MAX_BATCH_BYTES = 2**30
 
@@ -148,6 +157,10 @@ class Config:
     otlp_batch_bytes: int = 3 * 2**20
 
     def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            text = getattr(self, field.name)
+            if isinstance(text, str) and "\0" in text:  # no path holds one
+                raise ConfigError(f"{field.name} holds a NUL character")
         try:
             # The longest name made from it must be valid too.
             validate_name(self.ring + FEEDBACK_RING_SUFFIX)
@@ -175,14 +188,11 @@ class Config:
         self.gid  # noqa: B018  an unknown group is misconfiguration: now
         self._check_spill()
         self._check_forwarding()
-        for name in (
-            "batch_interval_s",
-            "health_interval_s",
-            "integrity_check_interval_s",
-            "retention_days",
-        ):
+        for name, most in _LONGEST.items():
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive")
+            if not getattr(self, name) <= most:  # inf overflows timeouts
+                raise ConfigError(f"{name} must be at most {most:g}")
         if self.synchronous not in ("NORMAL", "FULL"):
             raise ConfigError("synchronous must be NORMAL or FULL")
         if not self.db:
@@ -219,8 +229,6 @@ class Config:
             raise ConfigError("spill_min_free_bytes must be at least 0")
         if not 0 <= self.spill_sync_interval_ms <= 60_000:
             raise ConfigError("spill_sync_interval_ms must be 0 to 60000")
-        if "\0" in self.spill_dir:
-            raise ConfigError("spill_dir holds a NUL character")
 
     def _check_forwarding(self) -> None:
         if not self.host:
@@ -356,13 +364,29 @@ def load_config(
 
 def _read_file(path: str) -> dict[str, Any]:
     try:
-        with open(path, "rb") as file:
+        # Non-blocking: a FIFO would wait for a writer for ever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ConfigError(f"config file {path} is not a regular file")
             data = tomllib.load(file)
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8: {exc}") from exc
     table = data.get("livemon", data)
+    if not isinstance(table, dict):
+        raise ConfigError(
+            f"config file {path}: livemon must be a table ([livemon])"
+        )
+    beside = sorted(set(data) - {"livemon"}) if table is not data else []
+    if beside:
+        raise ConfigError(
+            f"config file {path}: keys outside [livemon]: "
+            f"{beside}; move them under [livemon] (or all to the top level)"
+        )
     unknown = sorted(set(table) - set(_FIELDS))
     if unknown:
         raise ConfigError(

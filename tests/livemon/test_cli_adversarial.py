@@ -1,0 +1,124 @@
+"""
+Settings people get wrong, through the ``livemon`` command and
+``load_config``: each is refused with one line naming it (no traceback, no
+hang), and nothing a command would trip over later gets through.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from livemon.config import load_config
+from livemon.exceptions import ConfigError
+
+
+def livemon(env, *args, timeout=30):
+    """Run the ``livemon`` command in a fresh interpreter; capture it."""
+    return subprocess.run(
+        [sys.executable, "-c", "from livemon.cli import cli; cli()", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd="/",
+    )
+
+
+@pytest.fixture
+def env(tmp_path, ring_name):
+    """An environment with its own ring and (missing) database."""
+    return dict(
+        os.environ,
+        LIVEMON_RING=ring_name,
+        LIVEMON_DB=str(tmp_path / "unified_monitoring.db"),
+    )
+
+
+def refused_in_one_line(result, *words):
+    """Exit 2 (usage), a message with ``words``, no traceback."""
+    text = result.stdout + result.stderr
+    assert result.returncode == 2, text
+    assert "Traceback" not in text, text
+    for word in words:
+        assert word in text, text
+
+
+class TestConfigFile:
+    @pytest.mark.parametrize(
+        ("content", "words"),
+        [
+            (b"livemon = 3\n", ("[livemon]", "table")),
+            (b"\xff\xfe ring = 1\n", ("UTF-8",)),
+            (
+                b'ring = "beside"\n[livemon]\nlanes = 4\n',
+                ("outside [livemon]", "ring"),
+            ),
+        ],
+        ids=["livemon-not-a-table", "not-utf8", "keys-beside-the-table"],
+    )
+    def test_a_bad_file_is_one_line(self, tmp_path, env, content, words):
+        """A ``livemon`` key that is no table, bytes that are not UTF-8,
+        and keys beside ``[livemon]`` (silently ignored before) are
+        refused, naming the file."""
+        path = tmp_path / "livemon.toml"
+        path.write_bytes(content)
+        result = livemon(env, "report", "--config", str(path))
+        refused_in_one_line(result, str(path), *words)
+
+    def test_a_fifo_is_refused_not_waited_on(self, tmp_path, env):
+        """Opening a FIFO blocks until a writer comes: the command (and a
+        daemon rereading on SIGHUP) would hang for ever."""
+        fifo = tmp_path / "livemon.toml"
+        os.mkfifo(fifo)
+        result = livemon(dict(env, LIVEMON_CONFIG=str(fifo)), "report")
+        refused_in_one_line(result, str(fifo), "not a regular file")
+
+
+class TestValues:
+    @pytest.mark.parametrize(
+        "name",
+        ["db", "pidfile", "log_file", "status_file", "archive_dir", "ring"],
+    )
+    def test_a_nul_in_a_text_setting_is_refused(self, tmp_path, name):
+        """TOML can hold a NUL; no path can (os calls raise ValueError
+        later, in the daemon, as a traceback)."""
+        path = tmp_path / "livemon.toml"
+        path.write_text(f'{name} = "{tmp_path}/a\\u0000b"\n')
+        with pytest.raises(ConfigError, match=f"{name}.*NUL"):
+            load_config({"config": str(path)}, env={})
+
+    @pytest.mark.parametrize(
+        ("name", "value"),
+        [
+            ("batch_interval_s", "inf"),
+            ("health_interval_s", "inf"),
+            ("integrity_check_interval_s", "1e300"),
+            ("retention_days", "1e300"),
+            ("retention_days", "inf"),
+        ],
+    )
+    def test_an_endless_duration_is_refused(self, env, name, value):
+        """inf and 1e300 passed 'positive', then overflowed in the daemon
+        (threading's wait, timedelta): it crashed after saying ready."""
+        result = livemon(
+            dict(env, **{f"LIVEMON_{name.upper()}": value}), "report"
+        )
+        refused_in_one_line(result, name, "at most")
+
+    def test_the_largest_durations_allowed_load(self):
+        """The bounds themselves are valid settings."""
+        config = load_config(
+            {
+                "db": "/tmp/x.db",
+                "retention_days": 36500.0,
+                "integrity_check_interval_s": 366 * 86400.0,
+                "batch_interval_s": 60.0,
+                "health_interval_s": 86400.0,
+            },
+            env={},
+        )
+        assert config.retention_days == 36500.0
