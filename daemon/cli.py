@@ -21,7 +21,7 @@ import ringbuf
 from daemon import proc, service, sinks
 from daemon.exceptions import DaemonError
 from daemon.retention import Retention
-from daemon.status import status_text
+from daemon.status import figures_of, status_text
 from daemon.store import Store
 from livemon.config import Config, load_config
 from livemon.exceptions import ConfigError
@@ -69,6 +69,9 @@ def errors_for_people() -> Iterator[None]:
         raise click.ClickException(str(exc)) from exc
     except PermissionError as exc:
         raise click.ClickException(permission_hint(exc)) from exc
+    except OSError as exc:  # a symlink loop, a full disk: said, not traced
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise click.ClickException(f"{where}{exc.strerror or exc}") from exc
 
 
 def permission_hint(exc: PermissionError) -> str:
@@ -289,7 +292,9 @@ def status(
                 cpu_percent=process.cpu_percent(interval=0.1),
                 process_state=process.status(),
             )
-        report.update(read_status(config) or {})
+        report.update(
+            figures_of(read_status(config), process.pid, time.time())
+        )
         published = report.get("published_at")
         age = None if published is None else time.time() - published
         report["figures_age_s"] = None if age is None else round(age, 1)
@@ -325,7 +330,15 @@ def retain(
     """
     config, _ = resolve(ring, db, config_file, retention_days=older_than_days)
     with errors_for_people():
-        store = Store(config.db, mode=config.mode)
+        if not os.path.isfile(config.db):  # a typo made a fresh one
+            raise DaemonError(
+                f"no database at {config.db}: name the daemon's database "
+                "with --db (or LIVEMON_DB)"
+            )
+        try:
+            store = Store(config.db, mode=config.mode)
+        except sqlite3.Error as exc:
+            raise DaemonError(f"cannot open {config.db}: {exc}") from exc
         try:
             # Rows a destination has not shipped yet stay.
             keep_for = sinks.configured(config, config.host)

@@ -9,6 +9,7 @@ import contextlib
 import fcntl
 import os
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from daemon.exceptions import (
     StartFailed,
     StopTimedOut,
 )
+from daemon.store import check_database_path
 from livemon import ipc
 from livemon.config import Config
 from livemon.db.writer import create_file
@@ -111,9 +113,10 @@ class Pidfile:
             start: int | float = (
                 float(time_text) if "." in time_text else int(time_text)
             )
-            return int(pid_text), start
+            pid = int(pid_text)
         except (OSError, ValueError):
             return None
+        return (pid, start) if pid > 0 else None  # psutil refuses -1
 
     def process(self) -> psutil.Process | None:
         """The live process the pidfile names, or None if it is stale."""
@@ -230,6 +233,9 @@ def start_detached(
             f"livemon daemon already running (pid {running.pid}): "
             "'livemon-daemon status' shows it"
         )
+    # What can never work is said here, not in a log made beside it.
+    with contextlib.suppress(sqlite3.Error):  # locked: the daemon retries
+        check_database_path(config.db)
     make_private_dir(os.path.dirname(config.log_file) or ".", config.mode)
     fd = os.open(
         config.log_file,
@@ -239,6 +245,7 @@ def start_detached(
     with contextlib.suppress(OSError):  # a log from before may be 0644
         os.fchmod(fd, config.mode)
     with os.fdopen(fd, "ab") as log:
+        logged = log.tell()
         child = subprocess.Popen(
             [sys.executable, "-m", "daemon", "start", "--foreground", *argv],
             stdin=subprocess.DEVNULL,
@@ -250,7 +257,8 @@ def start_detached(
     while time.monotonic() < deadline:
         if child.poll() is not None:
             raise StartFailed(
-                f"the daemon exited with status {child.returncode}: see "
+                f"the daemon exited with status {child.returncode}"
+                f"{_logged_error(config.log_file, logged)}: see "
                 f"{config.log_file}"
             )
         status = read_status(config)
@@ -262,6 +270,19 @@ def start_detached(
         f"the daemon did not become ready in {timeout_s:.0f} s: see "
         f"{config.log_file}"
     )
+
+
+def _logged_error(path: str, offset: int) -> str:
+    """The last one-line ``Error:`` a failed start wrote to its log after
+    ``offset`` (another daemon holds the ring, ...), as ``" (...)"``."""
+    try:
+        with open(path, "rb") as file:
+            file.seek(offset)
+            lines = file.read(2**16).decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    errors = [line for line in lines if line.startswith("Error: ")]
+    return f" ({errors[-1].removeprefix('Error: ')})" if errors else ""
 
 
 def stop(config: Config, timeout_s: float = 30.0) -> int:

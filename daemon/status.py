@@ -42,6 +42,25 @@ def agent_health_columns(f: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+FUTURE_TOLERANCE_S = 60.0
+"""How far ahead of this clock a publishing time may be (a clock step)."""
+
+
+def figures_of(status: Any, pid: int, now: float) -> dict[str, Any]:
+    """The figures in ``status`` (the status file's JSON) of daemon ``pid``.
+
+    Empty (so the daemon counts as hung) when they are no object, were
+    published by another process, or carry no believable publishing time:
+    a damaged file is no sign of life.
+    """
+    if not isinstance(status, dict) or status.get("pid") != pid:
+        return {}
+    published = status.get("published_at")
+    if isinstance(published, bool) or not isinstance(published, int | float):
+        return {}
+    return status if published <= now + FUTURE_TOLERANCE_S else {}
+
+
 def status_line(f: dict[str, Any]) -> str:
     """The one-line summary of the figures (``STATUS=`` for systemd)."""
     trouble = f"; DB TROUBLE: {f['last_error']}" if f["last_error"] else ""

@@ -1,0 +1,170 @@
+"""
+``livemon-daemon`` against what it reads going wrong: damaged pidfiles and
+status files, database paths that can never work, a config file broken
+under a running daemon.  One line and the right exit status each, never a
+traceback, and a running daemon never dies of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import time
+
+import pytest
+
+from daemon.proc import start_ticks
+from tests.daemon.test_cli import run_cli
+
+
+def one_line(result, code, *words):
+    """Exit ``code``, ``words`` in the output, no traceback."""
+    text = result.stdout + result.stderr
+    assert result.returncode == code, text
+    assert "Traceback" not in text, text
+    for word in words:
+        assert word in text, text
+
+
+@pytest.fixture
+def sleeper():
+    """A real live process (not a daemon) to name in a pidfile."""
+    process = subprocess.Popen(["sleep", "300"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+def pretend_running(env, process, figures: str) -> None:
+    """A pidfile naming ``process`` exactly, and status file ``figures``."""
+    pidfile = env["LIVEMON_PIDFILE"]
+    os.makedirs(os.path.dirname(pidfile), exist_ok=True)
+    with open(pidfile, "w") as file:
+        file.write(f"{process.pid}\n{start_ticks(process.pid)}\n")
+    with open(pidfile + ".status.json", "w") as file:
+        file.write(figures)
+
+
+class TestStatusFile:
+    @pytest.mark.parametrize(
+        "figures",
+        [
+            '"a string"',
+            '{"published_at": "soon"}',
+            '{"published_at": 1e300}',
+            "[1, 2]",
+        ],
+        ids=["not-an-object", "time-not-a-number", "far-future", "list"],
+    )
+    def test_damaged_figures_mean_hung(self, daemon_env, sleeper, figures):
+        """Figures that are no object, or no usable time, are no sign of
+        life: 'hung' (exit 4), never a traceback or 'running'."""
+        pretend_running(daemon_env, sleeper, figures)
+        for args in (["status"], ["status", "--json"]):
+            one_line(run_cli(daemon_env, *args), 4, "hung")
+
+    def test_another_process_figures_are_not_this_ones(
+        self, daemon_env, sleeper
+    ):
+        """Fresh figures published by another pid (a daemon before this
+        one) do not make the process the pidfile names 'running'."""
+        figures = {"pid": sleeper.pid + 1, "published_at": time.time()}
+        pretend_running(daemon_env, sleeper, json.dumps(figures))
+        one_line(run_cli(daemon_env, "status"), 4, "hung")
+
+
+class TestPidfile:
+    @pytest.mark.parametrize("content", ["-1 1.5", "-7 12"])
+    def test_a_negative_pid_is_a_stale_pidfile(self, daemon_env, content):
+        """psutil refuses pid -1 with ValueError: status and stop said it
+        with a traceback."""
+        pidfile = daemon_env["LIVEMON_PIDFILE"]
+        os.makedirs(os.path.dirname(pidfile), exist_ok=True)
+        with open(pidfile, "w") as file:
+            file.write(content + "\n")
+        one_line(run_cli(daemon_env, "status"), 3, "not running")
+        one_line(run_cli(daemon_env, "stop"), 1, "no livemon daemon")
+
+
+def unusable_paths(tmp_path):
+    """(a directory, a FIFO, a symlink loop) in ``tmp_path``."""
+    directory = tmp_path / "a-dir"
+    directory.mkdir()
+    fifo = tmp_path / "a-fifo"
+    os.mkfifo(fifo)
+    loop = tmp_path / "loop-a"
+    os.symlink(tmp_path / "loop-b", loop)
+    os.symlink(loop, tmp_path / "loop-b")
+    return {"dir": directory, "fifo": fifo, "loop": loop}
+
+
+class TestDatabasePath:
+    @pytest.mark.parametrize("kind", ["dir", "fifo", "loop", "missing"])
+    def test_retain_on_no_database(self, daemon_env, tmp_path, kind):
+        """retain tells a path that holds no database in one line, and
+        creates none (a typo made a fresh empty database before)."""
+        path = unusable_paths(tmp_path).get(kind, tmp_path / "typo" / "x.db")
+        env = dict(daemon_env, LIVEMON_DB=str(path))
+        one_line(run_cli(env, "retain"), 1, str(path))
+        assert not (tmp_path / "typo").exists()
+
+    @pytest.mark.parametrize("kind", ["dir", "fifo", "loop"])
+    def test_start_says_why_at_once(self, daemon_env, tmp_path, kind):
+        """A detached start on a path that can never work says why in the
+        terminal, not 'see <db>.log', and leaves no log beside it (for
+        --db /dev/null that was /dev/null.log)."""
+        path = unusable_paths(tmp_path)[kind]
+        env = dict(daemon_env, LIVEMON_DB=str(path))
+        env.pop("LIVEMON_PIDFILE")
+        one_line(run_cli(env, "start", "--timeout", "10"), 1, str(path))
+        assert not os.path.exists(f"{path}.log")
+
+
+class TestReload:
+    @pytest.mark.parametrize(
+        "content",
+        [b"livemon = 3\n", b"\xff\xfe\n", None],
+        ids=["livemon-not-a-table", "not-utf8", "fifo"],
+    )
+    def test_sighup_with_a_broken_file_keeps_draining(
+        self, daemon_env, start_daemon, tmp_path, content
+    ):
+        """The file turned into something load_config choked on (a
+        TypeError, a UnicodeDecodeError: the daemon died) or a FIFO (the
+        drain loop blocked in open for ever): the old settings stay."""
+        path = tmp_path / "livemon.toml"
+        path.write_text("batch_records = 100\n")
+        daemon = start_daemon(dict(daemon_env, LIVEMON_CONFIG=str(path)))
+        path.unlink()
+        if content is None:
+            os.mkfifo(path)
+        else:
+            path.write_bytes(content)
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.wait_until(
+            lambda: (
+                "configuration not reloaded"
+                in pathlib.Path(daemon.env["LIVEMON_LOG_FILE"]).read_text()
+            )
+        )
+        before = daemon.status()["published_at"]
+        daemon.wait_until(lambda: daemon.status()["published_at"] > before)
+        assert daemon.stop() == 0
+
+
+class TestStart:
+    def test_a_refused_start_says_why(
+        self, daemon_env, start_daemon, tmp_path
+    ):
+        """A second daemon on the ring (its own database and pidfile, so
+        the parent's pidfile check cannot see the first) is refused by
+        the ring's lock in the child: the terminal gets that reason, not
+        only 'exited with status 1: see the log'."""
+        start_daemon()
+        other = dict(daemon_env, LIVEMON_DB=str(tmp_path / "other.db"))
+        other.pop("LIVEMON_PIDFILE")
+        result = run_cli(other, "start", "--timeout", "20")
+        one_line(result, 1, "already drains ring", "see ")
