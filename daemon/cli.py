@@ -6,6 +6,7 @@ Only argument parsing and error translation live here.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -198,6 +199,7 @@ def start(
         alert_webhook_url=alert_webhook_url,
     )
     with errors_for_people():
+        check_headroom(config)
         if foreground:
             logging.basicConfig(
                 level=logging.INFO,
@@ -211,6 +213,27 @@ def start(
         f"livemon daemon started (pid {process.pid}), ring {config.ring!r}, "
         f"database {config.db}, log {config.log_file}"
     )
+
+
+def check_headroom(config: Config) -> None:
+    """Refuse a ``db_min_free_bytes`` the database's filesystem can never
+    have free: the daemon would start, then never add a record.
+
+    Raises:
+        ConfigError: it is at least the filesystem's whole size.
+    """
+    where = os.path.dirname(os.path.abspath(config.db))
+    while not os.path.isdir(where):  # created on start
+        where = os.path.dirname(where)
+    info = os.statvfs(where)
+    size = info.f_blocks * info.f_frsize
+    if config.db_min_free_bytes >= size:
+        raise ConfigError(
+            f"db_min_free_bytes ({config.db_min_free_bytes}) is not below "
+            f"the size of the filesystem holding {where} ({size}): the "
+            "daemon could never add a record; lower it, or leave it unset "
+            f"for the default ({Config.db_min_free_bytes})"
+        )
 
 
 @cli.command()
@@ -335,6 +358,8 @@ def retain(
                 f"no database at {config.db}: name the daemon's database "
                 "with --db (or LIVEMON_DB)"
             )
+        if not os.access(config.db, os.R_OK | os.W_OK):
+            raise PermissionError(errno.EACCES, "not writable", config.db)
         try:
             store = Store(config.db, mode=config.mode)
         except sqlite3.Error as exc:

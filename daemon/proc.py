@@ -132,9 +132,11 @@ class Pidfile:
                     _CREATE_TIME_TOLERANCE_S
                 )
             process = psutil.Process(pid)
+            # A zombie has exited; only its parent's wait is missing.
+            dead = process.status() == psutil.STATUS_ZOMBIE
         except (psutil.Error, ProcessLookupError):
             return None
-        return process if same and process.is_running() else None
+        return process if same and not dead and process.is_running() else None
 
     def remove_if_mine(self) -> None:
         """Remove the pidfile if it still names this process."""
@@ -297,7 +299,14 @@ def stop(config: Config, timeout_s: float = 30.0) -> int:
     process = Pidfile(config.pidfile).process()
     if process is None:
         raise NotRunning(f"no livemon daemon is running ({config.pidfile})")
-    process.send_signal(signal.SIGTERM)
+    try:
+        process.send_signal(signal.SIGTERM)
+    except psutil.AccessDenied:
+        raise DaemonError(
+            f"permission denied: the daemon (pid {process.pid}) is not "
+            "this user's: stop it as its user (the service's: sudo -u "
+            "livemon livemon-daemon stop) or as root"
+        ) from None
     try:
         process.wait(timeout=timeout_s)
     except psutil.TimeoutExpired:

@@ -11,9 +11,12 @@ import json
 import os
 import pathlib
 import signal
+import sqlite3
 import subprocess
+import tempfile
 import time
 
+import psutil
 import pytest
 
 from daemon.proc import start_ticks
@@ -168,3 +171,69 @@ class TestStart:
         other.pop("LIVEMON_PIDFILE")
         result = run_cli(other, "start", "--timeout", "20")
         one_line(result, 1, "already drains ring", "see ")
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory anyone may enter, for files of root read by nobody."""
+    if os.geteuid() != 0:
+        pytest.fail("this test switches users: run it as root (CI is)")
+    with tempfile.TemporaryDirectory(prefix="livemon-advcli-") as where:
+        os.chmod(where, 0o777)
+        yield where
+
+
+class TestAnotherUser:
+    def test_stop_of_root_daemon_by_nobody(
+        self, daemon_env, start_daemon, shared_dir
+    ):
+        """psutil's AccessDenied (no PermissionError) was a traceback;
+        the daemon keeps running."""
+        env = dict(
+            daemon_env,
+            LIVEMON_DB=os.path.join(shared_dir, "x.db"),
+            LIVEMON_PIDFILE=os.path.join(shared_dir, "x.db.pid"),
+        )
+        daemon = start_daemon(env)
+        os.chmod(env["LIVEMON_PIDFILE"], 0o644)
+        result = run_cli(env, "stop", "--timeout", "5", user=65534)
+        one_line(result, 1, "permission denied", str(daemon.process.pid))
+        assert daemon.process.poll() is None
+        assert daemon.stop() == 0
+
+    def test_retain_of_root_database_by_nobody(self, daemon_env, shared_dir):
+        """The database this user may not open is told as such, with
+        what to do, not as 'unable to open database file'."""
+        path = os.path.join(shared_dir, "x.db")
+        sqlite3.connect(path).close()
+        os.chmod(path, 0o600)
+        env = dict(daemon_env, LIVEMON_DB=path)
+        result = run_cli(env, "retain", user=65534)
+        one_line(result, 1, "permission denied", path)
+
+
+class TestZombie:
+    def test_a_zombie_is_not_running(self, daemon_env):
+        """A daemon that exited but was not reaped yet (its parent did not
+        wait) was 'hung' and 'did not stop within': it is not running."""
+        zombie = subprocess.Popen(["true"])
+        try:
+            while psutil.Process(zombie.pid).status() != psutil.STATUS_ZOMBIE:
+                time.sleep(0.01)
+            pretend_running(daemon_env, zombie, "{}")
+            one_line(run_cli(daemon_env, "status"), 3, "not running")
+            one_line(run_cli(daemon_env, "stop"), 1, "no livemon daemon")
+        finally:
+            zombie.wait()
+
+
+class TestMinFree:
+    def test_more_headroom_than_the_disk_holds(self, daemon_env):
+        """A db_min_free_bytes above the filesystem's size can never be
+        met: the daemon started, said ready and stored nothing, for
+        ever ('free space').  start refuses it, naming the setting."""
+        env = dict(daemon_env, LIVEMON_DB_MIN_FREE_BYTES=str(2**80))
+        for args in (["start", "--timeout", "10"], ["start", "--foreground"]):
+            result = run_cli(env, *args)
+            one_line(result, 2, "db_min_free_bytes", "filesystem")
+        assert not os.path.exists(env["LIVEMON_DB"])
