@@ -7,13 +7,20 @@ hang), and nothing a command would trip over later gets through.
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 
 import pytest
 
+from livemon import ipc
 from livemon.config import load_config
+from livemon.db import schema
+from livemon.db.rows import ListLabels, insert_events, insert_labels
 from livemon.exceptions import ConfigError
+from ringbuf import Batch
+from tests import other_users
+from tests.livemon.helpers import synthetic_records
 
 
 def livemon(env, *args, timeout=30):
@@ -122,3 +129,79 @@ class TestValues:
             env={},
         )
         assert config.retention_days == 36500.0
+
+
+@pytest.fixture
+def stored(tmp_path):
+    """A livemon database with 100 events (schema applied, WAL)."""
+    path = str(tmp_path / "unified.db")
+    records, labels = synthetic_records(100, 3, 1_790_000_000 * 10**9, 10**9)
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    schema.apply_migrations(db)
+    lists = ListLabels(db)
+    db.execute("BEGIN")
+    insert_labels(db, lists, list(labels.items()))
+    insert_events(db, lists, 1, Batch(0, 0, records))
+    db.execute("COMMIT")
+    db.close()
+    return path
+
+
+class TestOptions:
+    @pytest.mark.parametrize(
+        "args",
+        [
+            ["report", "--since", "1970-01-01", "--top", str(10**20)],
+            ["tail", "-n", str(10**20)],
+            ["tail", "-f", "-n", "0", "--interval", "1e308"],
+            ["tail", "-f", "-n", "0", "--interval", "nan"],
+            ["top", "--iterations", "2", "--interval", "inf"],
+            ["top", "--iterations", "2", "--interval", "nan"],
+        ],
+        ids=["top-n", "lines", "tail-long", "tail-nan", "top-inf", "top-nan"],
+    )
+    def test_an_absurd_number_is_a_usage_error(self, env, stored, args):
+        """Numbers past SQLite's integers or time_t were an OverflowError
+        traceback, or 'cannot read the database: datatype mismatch' (it
+        was fine); nan passed every range (all comparisons false) and
+        crashed the sleep."""
+        env = dict(env, LIVEMON_DB=stored)
+        config = load_config(env=env)
+        for spec in ipc.all_rings(config):  # for top (unlinked after)
+            ipc.open_ring(config, spec).close()
+        result = livemon(env, *args, timeout=20)
+        refused_in_one_line(result, "Invalid value")
+
+
+def test_top_facing_a_ring_of_root_is_one_line(env, ring_name):
+    """Run as nobody against root's owner-only rings, top was a
+    PermissionError traceback (stats said it in one line)."""
+    if os.geteuid() != 0:
+        pytest.fail("this test switches users: run it as root (CI is)")
+    config = load_config(env=env)
+    for spec in ipc.all_rings(config):
+        ipc.open_ring(config, spec).close()
+    python, path = other_users.interpreter()
+    result = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            python,
+            "-c",
+            "from livemon.cli import cli; cli()",
+            "top",
+            "--iterations",
+            "1",
+        ],
+        env=dict(env, PYTHONPATH=path, HOME="/nonexistent"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd="/",
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "permission denied" in result.stderr
