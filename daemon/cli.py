@@ -24,6 +24,7 @@ from daemon.exceptions import DaemonError
 from daemon.retention import Retention
 from daemon.status import figures_of, status_text
 from daemon.store import Store
+from livemon.cli._common import MOST_SECONDS, Finite
 from livemon.config import Config, load_config
 from livemon.exceptions import ConfigError
 from livemon.ipc import read_status
@@ -166,6 +167,7 @@ def cli() -> None:
 @click.option(
     "--timeout",
     "timeout_s",
+    type=Finite(min=0, min_open=True, max=MOST_SECONDS),
     default=30.0,
     show_default=True,
     help="Seconds to wait for a detached daemon to be ready.",
@@ -241,6 +243,7 @@ def check_headroom(config: Config) -> None:
 @click.option(
     "--timeout",
     "timeout_s",
+    type=Finite(min=0, min_open=True, max=MOST_SECONDS),
     default=30.0,
     show_default=True,
     help="Seconds to wait for the final drain.",
@@ -275,7 +278,7 @@ def stop(
 @click.option(
     "--hung-after",
     "hung_after_s",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Finite(min=0, min_open=True),
     default=HUNG_AFTER_S,
     show_default=True,
     help="Call a live daemon hung when its figures are older (seconds).",

@@ -237,3 +237,30 @@ class TestMinFree:
             result = run_cli(env, *args)
             one_line(result, 2, "db_min_free_bytes", "filesystem")
         assert not os.path.exists(env["LIVEMON_DB"])
+
+
+class TestTimeouts:
+    @pytest.mark.parametrize("value", ["-1", "nan", "inf", "1e308"])
+    def test_stop_refuses_before_signalling(
+        self, daemon_env, start_daemon, value
+    ):
+        """psutil's wait refused these after SIGTERM was sent: a traceback,
+        and the daemon stopping anyway.  Now: a usage error, no signal."""
+        daemon = start_daemon()
+        result = run_cli(daemon_env, "stop", "--timeout", value)
+        one_line(result, 2, "--timeout")
+        time.sleep(0.5)
+        assert daemon.process.poll() is None
+        assert daemon.stop() == 0
+
+    @pytest.mark.parametrize("value", ["nan", "-5"])
+    def test_start_refuses_a_timeout_it_cannot_wait(self, daemon_env, value):
+        """nan and negative timeouts started a daemon, then terminated it
+        at once and said it was not ready 'in nan s'."""
+        result = run_cli(daemon_env, "start", "--timeout", value)
+        one_line(result, 2, "--timeout")
+        assert not os.path.exists(daemon_env["LIVEMON_DB"] + ".log")
+
+    def test_hung_after_nan_is_refused(self, daemon_env):
+        """nan made every daemon 'running' (age > nan is false)."""
+        one_line(run_cli(daemon_env, "status", "--hung-after", "nan"), 2)
