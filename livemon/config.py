@@ -42,6 +42,7 @@ _LONGEST = {
 }
 """The durations' upper bounds: beyond, a typo (inf overflows the
 daemon's waits and date arithmetic)."""
+MAX_GID = 2**32 - 2  # (gid_t)-1 means "unchanged" to chown
 MIN_BATCH_BYTES = 64 * 2**10  # *_batch_bytes: smaller is a typo, not a plan
 MAX_BATCH_BYTES = 2**30
 
@@ -285,7 +286,11 @@ class Config:
         """
         if not self.group:
             return None
-        if self.group.isdigit():
+        if self.group.isascii() and self.group.isdigit():  # not '٣'
+            if int(self.group) > MAX_GID:
+                raise ConfigError(
+                    f"group {self.group}: a group number is at most {MAX_GID}"
+                )
             return int(self.group)
         try:
             return grp.getgrnam(self.group).gr_gid

@@ -205,3 +205,18 @@ def test_top_facing_a_ring_of_root_is_one_line(env, ring_name):
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     assert "permission denied" in result.stderr
+
+
+class TestGroup:
+    @pytest.mark.parametrize("group", [str(2**32 - 1), str(10**20)])
+    def test_a_gid_no_system_has_is_refused_here(self, group):
+        """Accepted by the configuration, it failed later in the ring's
+        chown, in the detached daemon's log (and in each coordinator)."""
+        with pytest.raises(ConfigError, match="group"):
+            load_config({"db": "/tmp/x.db", "group": group}, env={})
+
+    def test_a_non_ascii_digit_is_a_name_not_a_number(self):
+        """'٣' passed str.isdigit and became gid 3: a group nobody
+        named.  It is looked up as a name (and there is none)."""
+        with pytest.raises(ConfigError, match="does not exist"):
+            load_config({"db": "/tmp/x.db", "group": "\u0663"}, env={})
