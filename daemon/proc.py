@@ -108,8 +108,10 @@ class Pidfile:
         """Return (pid, start ticks or legacy create_time), or None if
         absent or unreadable."""
         try:
-            with open(self.path) as file:
-                pid_text, time_text = file.read().split()[:2]
+            # Non-blocking: a FIFO at the path would wait for a writer.
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            with open(fd) as file:
+                pid_text, time_text = file.read(4096).split()[:2]
             start: int | float = (
                 float(time_text) if "." in time_text else int(time_text)
             )

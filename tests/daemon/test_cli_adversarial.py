@@ -264,3 +264,14 @@ class TestTimeouts:
     def test_hung_after_nan_is_refused(self, daemon_env):
         """nan made every daemon 'running' (age > nan is false)."""
         one_line(run_cli(daemon_env, "status", "--hung-after", "nan"), 2)
+
+
+class TestFifo:
+    def test_a_fifo_pidfile_is_stale_not_waited_on(self, daemon_env):
+        """open() of a FIFO waits for a writer: status, stop and start
+        hung for ever on a pidfile path that is one."""
+        pidfile = daemon_env["LIVEMON_PIDFILE"]
+        os.makedirs(os.path.dirname(pidfile), exist_ok=True)
+        os.mkfifo(pidfile)
+        one_line(run_cli(daemon_env, "status", timeout=20), 3, "not running")
+        one_line(run_cli(daemon_env, "stop", timeout=20), 1, "no livemon")
