@@ -233,9 +233,15 @@ class TestMinFree:
         met: the daemon started, said ready and stored nothing, for
         ever ('free space').  start refuses it, naming the setting."""
         env = dict(daemon_env, LIVEMON_DB_MIN_FREE_BYTES=str(2**80))
-        for args in (["start", "--timeout", "10"], ["start", "--foreground"]):
-            result = run_cli(env, *args)
-            one_line(result, 2, "db_min_free_bytes", "filesystem")
+        try:
+            for args in (
+                ["start", "--timeout", "10"],
+                ["start", "--foreground"],
+            ):
+                result = run_cli(env, *args, timeout=20)
+                one_line(result, 2, "db_min_free_bytes", "filesystem")
+        finally:
+            run_cli(env, "stop")  # a daemon started when it was not refused
         assert not os.path.exists(env["LIVEMON_DB"])
 
 
