@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import click
 
 import ringbuf
-from daemon import proc, service, sinks
+from daemon import preflight, proc, service, sinks
 from daemon.exceptions import DaemonError
 from daemon.retention import Retention
 from daemon.status import figures_of, status_text
@@ -201,7 +201,7 @@ def start(
         alert_webhook_url=alert_webhook_url,
     )
     with errors_for_people():
-        check_headroom(config)
+        preflight.check_headroom(config)
         if foreground:
             logging.basicConfig(
                 level=logging.INFO,
@@ -215,27 +215,6 @@ def start(
         f"livemon daemon started (pid {process.pid}), ring {config.ring!r}, "
         f"database {config.db}, log {config.log_file}"
     )
-
-
-def check_headroom(config: Config) -> None:
-    """Refuse a ``db_min_free_bytes`` the database's filesystem can never
-    have free: the daemon would start, then never add a record.
-
-    Raises:
-        ConfigError: it is at least the filesystem's whole size.
-    """
-    where = os.path.dirname(os.path.abspath(config.db))
-    while not os.path.isdir(where):  # created on start
-        where = os.path.dirname(where)
-    info = os.statvfs(where)
-    size = info.f_blocks * info.f_frsize
-    if config.db_min_free_bytes >= size:
-        raise ConfigError(
-            f"db_min_free_bytes ({config.db_min_free_bytes}) is not below "
-            f"the size of the filesystem holding {where} ({size}): the "
-            "daemon could never add a record; lower it, or leave it unset "
-            f"for the default ({Config.db_min_free_bytes})"
-        )
 
 
 @cli.command()

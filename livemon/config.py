@@ -12,12 +12,11 @@ import dataclasses
 import grp
 import os
 import pathlib
-import stat
-import tomllib
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
+from livemon.config_file import read_file
 from livemon.endpoints import Endpoint, hide_password, parse_address
 from livemon.exceptions import ConfigError
 from ringbuf import (
@@ -344,7 +343,7 @@ def load_config(
     """
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     path = given.pop("config", None) or env.get("LIVEMON_CONFIG")
-    values: dict[str, Any] = _read_file(path) if path else {}
+    values: dict[str, Any] = read_file(path, _FIELDS) if path else {}
     for name in _FIELDS:
         raw = env.get("LIVEMON_" + name.upper())
         if raw is not None and raw != "":
@@ -365,40 +364,6 @@ def load_config(
         ):
             values["db"] = str(system)
     return Config(**values)
-
-
-def _read_file(path: str) -> dict[str, Any]:
-    try:
-        # Non-blocking: a FIFO would wait for a writer for ever.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        with open(fd, "rb") as file:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise ConfigError(f"config file {path} is not a regular file")
-            data = tomllib.load(file)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not TOML: {exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {path} is not UTF-8: {exc}") from exc
-    table = data.get("livemon", data)
-    if not isinstance(table, dict):
-        raise ConfigError(
-            f"config file {path}: livemon must be a table ([livemon])"
-        )
-    beside = sorted(set(data) - {"livemon"}) if table is not data else []
-    if beside:
-        raise ConfigError(
-            f"config file {path}: keys outside [livemon]: "
-            f"{beside}; move them under [livemon] (or all to the top level)"
-        )
-    unknown = sorted(set(table) - set(_FIELDS))
-    if unknown:
-        raise ConfigError(
-            f"config file {path}: unknown keys {unknown}; "
-            f"known keys are {sorted(_FIELDS)}"
-        )
-    return dict(table)
 
 
 def _from_text(name: str, raw: str) -> Any:
