@@ -202,6 +202,7 @@ def start(
     )
     with errors_for_people():
         preflight.check_headroom(config)
+        preflight.check_directories(config)
         if foreground:
             logging.basicConfig(
                 level=logging.INFO,

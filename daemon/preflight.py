@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+from livemon import ipc
 from livemon.config import Config
 from livemon.exceptions import ConfigError
 
@@ -30,3 +31,21 @@ def check_headroom(config: Config) -> None:
             "daemon could never add a record; lower it, or leave it unset "
             f"for the default ({Config.db_min_free_bytes})"
         )
+
+
+def check_directories(config: Config) -> None:
+    """Refuse an ``archive_dir`` or ``spill_dir`` that names something
+    other than a directory: each pass would fail on it, far from here.
+
+    Raises:
+        ConfigError: it exists and is no directory.
+    """
+    for name, path in (
+        ("archive_dir", config.archive_dir),
+        ("spill_dir", ipc.spill_root(config)),
+    ):
+        if os.path.lexists(path) and not os.path.isdir(path):
+            raise ConfigError(
+                f"{name} {path} is not a directory: name a directory (it "
+                "is created if missing), or leave it unset for the default"
+            )

@@ -281,3 +281,19 @@ class TestFifo:
         os.mkfifo(pidfile)
         one_line(run_cli(daemon_env, "status", timeout=20), 3, "not running")
         one_line(run_cli(daemon_env, "stop", timeout=20), 1, "no livemon")
+
+
+class TestDirectories:
+    @pytest.mark.parametrize("name", ["archive_dir", "spill_dir"])
+    def test_a_file_where_a_directory_goes(self, daemon_env, tmp_path, name):
+        """archive_dir naming a file started a daemon whose retention pass
+        failed as 'database unavailable (FileExistsError)', the store
+        reopened, status silent, the next try an hour later."""
+        path = tmp_path / "a-file"
+        path.write_text("")
+        env = dict(daemon_env, **{f"LIVEMON_{name.upper()}": str(path)})
+        try:
+            result = run_cli(env, "start", "--timeout", "10", timeout=20)
+        finally:
+            run_cli(env, "stop")  # a daemon started when it was not refused
+        one_line(result, 2, name, str(path), "not a directory")
