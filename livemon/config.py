@@ -342,6 +342,12 @@ def load_config(
             unreadable or invalid TOML file; the message names it.
     """
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for name in ("db", "config"):  # else the default, silently
+        if given.get(name) == "":
+            raise ConfigError(
+                f"{name} is empty (--{name} ''): name a file, or leave it "
+                "out for the default"
+            )
     path = given.pop("config", None) or env.get("LIVEMON_CONFIG")
     values: dict[str, Any] = read_file(path, _FIELDS) if path else {}
     for name in _FIELDS:

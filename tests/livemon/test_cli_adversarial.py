@@ -220,3 +220,14 @@ class TestGroup:
         named.  It is looked up as a name (and there is none)."""
         with pytest.raises(ConfigError, match="does not exist"):
             load_config({"db": "/tmp/x.db", "group": "\u0663"}, env={})
+
+
+class TestEmptyFlags:
+    @pytest.mark.parametrize("flag", ["--db", "--config"])
+    def test_an_empty_flag_names_nothing(self, env, flag):
+        """``--db "$UNSET"`` fell back to the default database (or
+        LIVEMON_CONFIG's file) without a word: a command meant for one
+        database read or changed another."""
+        env = {k: v for k, v in env.items() if k != "LIVEMON_DB"}
+        result = livemon(env, "report", flag, "")
+        refused_in_one_line(result, flag.lstrip("-"), "empty")
