@@ -231,3 +231,13 @@ class TestEmptyFlags:
         env = {k: v for k, v in env.items() if k != "LIVEMON_DB"}
         result = livemon(env, "report", flag, "")
         refused_in_one_line(result, flag.lstrip("-"), "empty")
+
+
+def test_backup_timeout_nan_is_refused(env, stored, tmp_path):
+    """nan passed the range (comparisons with it are false) and meant
+    'never time out', silently."""
+    copy = tmp_path / "copy.db"
+    env = dict(env, LIVEMON_DB=stored)
+    result = livemon(env, "backup", str(copy), "--timeout", "nan")
+    refused_in_one_line(result, "Invalid value", "--timeout")
+    assert not copy.exists()
