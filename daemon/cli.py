@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -22,12 +21,11 @@ import ringbuf
 from daemon import preflight, proc, service, sinks
 from daemon.exceptions import DaemonError
 from daemon.retention import Retention
-from daemon.status import figures_of, status_text
+from daemon.status import permission_hint, status_report, status_text
 from daemon.store import Store
 from livemon.cli._common import MOST_SECONDS, Finite
 from livemon.config import Config, load_config
 from livemon.exceptions import ConfigError
-from livemon.ipc import read_status
 from livemon.progress import shown
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -74,26 +72,6 @@ def errors_for_people() -> Iterator[None]:
     except OSError as exc:  # a symlink loop, a full disk: said, not traced
         where = f"{exc.filename}: " if exc.filename else ""
         raise click.ClickException(f"{where}{exc.strerror or exc}") from exc
-
-
-def permission_hint(exc: PermissionError) -> str:
-    """One line for a file or ring this user may not open, and what to do."""
-    what = str(exc.filename or f"an operation on a file ({exc})")
-    if not os.path.exists(what) and os.path.exists("/dev/shm" + what):
-        what = "/dev/shm" + what  # shm_open names a segment "/<ring>"
-    owner = ""
-    try:
-        info = os.stat(what)
-        owner = f", owned by uid {info.st_uid} gid {info.st_gid}, mode "
-        owner += f"{info.st_mode & 0o777:04o}"
-    except OSError:
-        pass
-    return (
-        f"permission denied: {what}{owner}. Run as the user that owns it "
-        "(the service runs as 'livemon': sudo -u livemon ...), or let "
-        "your user in through the group (LIVEMON_GROUP, and add yourself "
-        "to that group), or use your own --ring and --db"
-    )
 
 
 def resolve(
@@ -278,41 +256,19 @@ def status(
       3  not running
       4  hung: the process lives but published nothing for --hung-after
          seconds (stopped by a signal, stuck, or unable to write its
-         status file: see its log)
+         status file: see its log); or unknown: this user may not read
+         the pidfile or the figures (run it as the daemon's user)
     """
     config, _ = resolve(ring, db, config_file, find_system=True)
-    process = proc.Pidfile(config.pidfile).process()
-    report: dict[str, Any] = {
-        "running": process is not None,
-        "state": "not running",
-        "ring": config.ring,
-        "db": config.db,
-        "pidfile": config.pidfile,
-    }
-    if process is not None:
-        with errors_for_people(), process.oneshot():
-            report.update(
-                pid=process.pid,
-                uptime_s=round(time.time() - process.create_time(), 1),
-                rss_bytes=process.memory_info().rss,
-                cpu_percent=process.cpu_percent(interval=0.1),
-                process_state=process.status(),
-            )
-        report.update(
-            figures_of(read_status(config), process.pid, time.time())
-        )
-        published = report.get("published_at")
-        age = None if published is None else time.time() - published
-        report["figures_age_s"] = None if age is None else round(age, 1)
-        hung = age is None or age > hung_after_s
-        report["state"] = "hung" if hung else "running"
+    with errors_for_people():
+        report = status_report(config, hung_after_s)
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
     else:
         click.echo(status_text(report))
-    if process is None:
+    if report["state"] == "not running":
         raise SystemExit(EXIT_NOT_RUNNING)
-    if report["state"] == "hung":
+    if report["state"] in ("hung", "unknown"):
         raise SystemExit(EXIT_HUNG)
 
 

@@ -201,6 +201,28 @@ class TestAnotherUser:
         assert daemon.process.poll() is None
         assert daemon.stop() == 0
 
+    @pytest.mark.parametrize("unreadable", ["pidfile", "status file"])
+    def test_status_this_user_cannot_read_is_unknown(
+        self, daemon_env, start_daemon, shared_dir, unreadable
+    ):
+        """An owner-only pidfile made a running daemon 'not running' (exit
+        3), an owner-only status file made it 'hung, stuck': the truth is
+        unknown to this user (exit 4), and the message says why."""
+        env = dict(
+            daemon_env,
+            LIVEMON_DB=os.path.join(shared_dir, "x.db"),
+            LIVEMON_PIDFILE=os.path.join(shared_dir, "x.db.pid"),
+        )
+        start_daemon(env)
+        if unreadable == "status file":
+            os.chmod(env["LIVEMON_PIDFILE"], 0o644)
+        path = env["LIVEMON_PIDFILE"] + (
+            ".status.json" if unreadable == "status file" else ""
+        )
+        result = run_cli(env, "status", user=65534)
+        one_line(result, 4, "permission denied", path)
+        assert "HUNG" not in result.stdout
+
     def test_retain_of_root_database_by_nobody(self, daemon_env, shared_dir):
         """The database this user may not open is told as such, with
         what to do, not as 'unable to open database file'."""
