@@ -357,6 +357,8 @@ def demo(ring: str, db: str, coordinators: int, requests: int) -> None:
     """
     from daemon import demo as demo_run
 
+    for name in [name for name in os.environ if name.startswith("LIVEMON_")]:
+        del os.environ[name]  # for the daemon and coordinators it starts too
     config, overrides = resolve(ring, db, None)
     with errors_for_people():
         demo_run.run(

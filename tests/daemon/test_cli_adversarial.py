@@ -319,3 +319,34 @@ class TestDirectories:
         finally:
             run_cli(env, "stop")  # a daemon started when it was not refused
         one_line(result, 2, name, str(path), "not a directory")
+
+
+class TestDemo:
+    def test_the_demo_keeps_off_your_settings(self, tmp_path, ring_name):
+        """'Uses its own ring and database (not your LIVEMON_* settings)':
+        the others came through, to it and to the daemon it started (your
+        pidfile and status file; your ClickHouse, collector and webhook
+        got demo data)."""
+        real = tmp_path / "real"
+        env = dict(
+            os.environ,
+            LIVEMON_PIDFILE=str(real / "daemon.pid"),
+            LIVEMON_LOG_FILE=str(real / "daemon.log"),
+        )
+        db = tmp_path / "demo" / "u.db"
+        result = run_cli(
+            env,
+            "demo",
+            "--ring",
+            ring_name,
+            "--db",
+            str(db),
+            "--coordinators",
+            "1",
+            "--requests",
+            "100",
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "1 coordinator processes recorded 100" in result.stdout
+        assert db.exists() and not real.exists()
