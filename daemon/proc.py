@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import signal
 import sqlite3
@@ -390,10 +391,21 @@ def reopen_log(path: str) -> None:
 
     Only when stderr is a regular file (a detached daemon's log); under
     systemd it is the journal, in a terminal a tty: both are left alone.
+    A path that cannot be opened (a directory, a missing one) keeps the
+    log where it was, and says so there: the daemon runs on.
     """
     if not stat.S_ISREG(os.fstat(2).st_mode):
         return
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    except OSError as exc:
+        logging.getLogger("livemon.daemon").error(
+            "cannot reopen the log at %s (%s): it stays where it was; fix "
+            "log_file and send SIGHUP again",
+            path,
+            exc.strerror or exc,
+        )
+        return
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)

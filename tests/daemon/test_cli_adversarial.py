@@ -350,3 +350,30 @@ class TestDemo:
         assert result.returncode == 0, result.stdout + result.stderr
         assert "1 coordinator processes recorded 100" in result.stdout
         assert db.exists() and not real.exists()
+
+
+class TestReopenLog:
+    @pytest.mark.parametrize("where", ["a-dir", "missing/x.log"])
+    def test_a_log_file_it_cannot_open_is_no_crash(
+        self, daemon_env, tmp_path, where
+    ):
+        """SIGHUP reopens the log at the configured path (after rotation):
+        a log_file changed to a directory or into a missing one killed
+        the detached daemon ('Is a directory')."""
+        (tmp_path / "a-dir").mkdir()
+        path = tmp_path / "livemon.toml"
+        path.write_text(f'log_file = "{tmp_path / "first.log"}"\n')
+        env = dict(daemon_env, LIVEMON_CONFIG=str(path))
+        try:
+            one_line(run_cli(env, "start", "--timeout", "20"), 0, "started")
+            pidfile = pathlib.Path(env["LIVEMON_PIDFILE"])
+            pid = int(pidfile.read_text().split()[0])
+            path.write_text(f'log_file = "{tmp_path / where}"\n')
+            for _ in range(2):  # the first takes the path, the next opens it
+                os.kill(pid, signal.SIGHUP)
+                time.sleep(1)
+            log = (tmp_path / "first.log").read_text()
+            assert "cannot reopen the log" in log, log
+            one_line(run_cli(env, "status"), 0, "running")
+        finally:
+            run_cli(env, "stop")
