@@ -6,12 +6,11 @@ Only argument parsing and error translation live here.
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import json
 import logging
 import os
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -19,14 +18,14 @@ from typing import Any, TypeVar
 import click
 
 import ringbuf
-from daemon import proc, service, sinks
+from daemon import preflight, proc, service, sinks
 from daemon.exceptions import DaemonError
 from daemon.retention import Retention
-from daemon.status import status_text
-from daemon.store import Store, check_database_path
+from daemon.status import permission_hint, status_report, status_text
+from daemon.store import Store
+from livemon.cli._common import MOST_SECONDS, Finite
 from livemon.config import Config, load_config
 from livemon.exceptions import ConfigError
-from livemon.ipc import read_status
 from livemon.progress import shown
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -70,26 +69,9 @@ def errors_for_people() -> Iterator[None]:
         raise click.ClickException(str(exc)) from exc
     except PermissionError as exc:
         raise click.ClickException(permission_hint(exc)) from exc
-
-
-def permission_hint(exc: PermissionError) -> str:
-    """One line for a file or ring this user may not open, and what to do."""
-    what = str(exc.filename or f"an operation on a file ({exc})")
-    if not os.path.exists(what) and os.path.exists("/dev/shm" + what):
-        what = "/dev/shm" + what  # shm_open names a segment "/<ring>"
-    owner = ""
-    try:
-        info = os.stat(what)
-        owner = f", owned by uid {info.st_uid} gid {info.st_gid}, mode "
-        owner += f"{info.st_mode & 0o777:04o}"
-    except OSError:
-        pass
-    return (
-        f"permission denied: {what}{owner}. Run as the user that owns it "
-        "(the service runs as 'livemon': sudo -u livemon ...), or let "
-        "your user in through the group (LIVEMON_GROUP, and add yourself "
-        "to that group), or use your own --ring and --db"
-    )
+    except OSError as exc:  # a symlink loop, a full disk: said, not traced
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise click.ClickException(f"{where}{exc.strerror or exc}") from exc
 
 
 def resolve(
@@ -163,6 +145,7 @@ def cli() -> None:
 @click.option(
     "--timeout",
     "timeout_s",
+    type=Finite(min=0, min_open=True, max=MOST_SECONDS),
     default=30.0,
     show_default=True,
     help="Seconds to wait for a detached daemon to be ready.",
@@ -196,14 +179,14 @@ def start(
         alert_webhook_url=alert_webhook_url,
     )
     with errors_for_people():
+        preflight.check_headroom(config)
+        preflight.check_directories(config)
         if foreground:
             logging.basicConfig(
                 level=logging.INFO,
                 format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             )
             raise SystemExit(service.Service(overrides).run())
-        with contextlib.suppress(sqlite3.Error):  # locked: the child says
-            check_database_path(config.db)  # before a log beside it
         process = proc.start_detached(
             config, flags_for_child(overrides), timeout_s
         )
@@ -218,6 +201,7 @@ def start(
 @click.option(
     "--timeout",
     "timeout_s",
+    type=Finite(min=0, min_open=True, max=MOST_SECONDS),
     default=30.0,
     show_default=True,
     help="Seconds to wait for the final drain.",
@@ -252,7 +236,7 @@ def stop(
 @click.option(
     "--hung-after",
     "hung_after_s",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Finite(min=0, min_open=True),
     default=HUNG_AFTER_S,
     show_default=True,
     help="Call a live daemon hung when its figures are older (seconds).",
@@ -272,39 +256,19 @@ def status(
       3  not running
       4  hung: the process lives but published nothing for --hung-after
          seconds (stopped by a signal, stuck, or unable to write its
-         status file: see its log)
+         status file: see its log); or unknown: this user may not read
+         the pidfile or the figures (run it as the daemon's user)
     """
     config, _ = resolve(ring, db, config_file, find_system=True)
-    process = proc.Pidfile(config.pidfile).process()
-    report: dict[str, Any] = {
-        "running": process is not None,
-        "state": "not running",
-        "ring": config.ring,
-        "db": config.db,
-        "pidfile": config.pidfile,
-    }
-    if process is not None:
-        with errors_for_people(), process.oneshot():
-            report.update(
-                pid=process.pid,
-                uptime_s=round(time.time() - process.create_time(), 1),
-                rss_bytes=process.memory_info().rss,
-                cpu_percent=process.cpu_percent(interval=0.1),
-                process_state=process.status(),
-            )
-        report.update(read_status(config) or {})
-        published = report.get("published_at")
-        age = None if published is None else time.time() - published
-        report["figures_age_s"] = None if age is None else round(age, 1)
-        hung = age is None or age > hung_after_s
-        report["state"] = "hung" if hung else "running"
+    with errors_for_people():
+        report = status_report(config, hung_after_s)
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
     else:
         click.echo(status_text(report))
-    if process is None:
+    if report["state"] == "not running":
         raise SystemExit(EXIT_NOT_RUNNING)
-    if report["state"] == "hung":
+    if report["state"] in ("hung", "unknown"):
         raise SystemExit(EXIT_HUNG)
 
 
@@ -328,7 +292,17 @@ def retain(
     """
     config, _ = resolve(ring, db, config_file, retention_days=older_than_days)
     with errors_for_people():
-        store = Store(config.db, mode=config.mode)
+        if not os.path.isfile(config.db):  # a typo made a fresh one
+            raise DaemonError(
+                f"no database at {config.db}: name the daemon's database "
+                "with --db (or LIVEMON_DB)"
+            )
+        if not os.access(config.db, os.R_OK | os.W_OK):
+            raise PermissionError(errno.EACCES, "not writable", config.db)
+        try:
+            store = Store(config.db, mode=config.mode)
+        except sqlite3.Error as exc:
+            raise DaemonError(f"cannot open {config.db}: {exc}") from exc
         try:
             # Rows a destination has not shipped yet stay.
             keep_for = sinks.configured(config, config.host)
@@ -383,6 +357,8 @@ def demo(ring: str, db: str, coordinators: int, requests: int) -> None:
     """
     from daemon import demo as demo_run
 
+    for name in [name for name in os.environ if name.startswith("LIVEMON_")]:
+        del os.environ[name]  # for the daemon and coordinators it starts too
     config, overrides = resolve(ring, db, None)
     with errors_for_people():
         demo_run.run(

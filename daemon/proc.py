@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -25,6 +27,7 @@ from daemon.exceptions import (
     StartFailed,
     StopTimedOut,
 )
+from daemon.store import check_database_path
 from livemon import ipc
 from livemon.config import Config
 from livemon.db.writer import create_file
@@ -106,14 +109,17 @@ class Pidfile:
         """Return (pid, start ticks or legacy create_time), or None if
         absent or unreadable."""
         try:
-            with open(self.path) as file:
-                pid_text, time_text = file.read().split()[:2]
+            # Non-blocking: a FIFO at the path would wait for a writer.
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            with open(fd) as file:
+                pid_text, time_text = file.read(4096).split()[:2]
             start: int | float = (
                 float(time_text) if "." in time_text else int(time_text)
             )
-            return int(pid_text), start
+            pid = int(pid_text)
         except (OSError, ValueError):
             return None
+        return (pid, start) if pid > 0 else None  # psutil refuses -1
 
     def process(self) -> psutil.Process | None:
         """The live process the pidfile names, or None if it is stale."""
@@ -129,9 +135,11 @@ class Pidfile:
                     _CREATE_TIME_TOLERANCE_S
                 )
             process = psutil.Process(pid)
+            # A zombie has exited; only its parent's wait is missing.
+            dead = process.status() == psutil.STATUS_ZOMBIE
         except (psutil.Error, ProcessLookupError):
             return None
-        return process if same and process.is_running() else None
+        return process if same and not dead and process.is_running() else None
 
     def remove_if_mine(self) -> None:
         """Remove the pidfile if it still names this process."""
@@ -230,6 +238,9 @@ def start_detached(
             f"livemon daemon already running (pid {running.pid}): "
             "'livemon-daemon status' shows it"
         )
+    # What can never work is said here, not in a log made beside it.
+    with contextlib.suppress(sqlite3.Error):  # locked: the daemon retries
+        check_database_path(config.db)
     make_private_dir(os.path.dirname(config.log_file) or ".", config.mode)
     fd = os.open(
         config.log_file,
@@ -300,7 +311,14 @@ def stop(config: Config, timeout_s: float = 30.0) -> int:
     process = Pidfile(config.pidfile).process()
     if process is None:
         raise NotRunning(f"no livemon daemon is running ({config.pidfile})")
-    process.send_signal(signal.SIGTERM)
+    try:
+        process.send_signal(signal.SIGTERM)
+    except psutil.AccessDenied:
+        raise DaemonError(
+            f"permission denied: the daemon (pid {process.pid}) is not "
+            "this user's: stop it as its user (the service's: sudo -u "
+            "livemon livemon-daemon stop) or as root"
+        ) from None
     try:
         process.wait(timeout=timeout_s)
     except psutil.TimeoutExpired:
@@ -382,10 +400,21 @@ def reopen_log(path: str) -> None:
 
     Only when stderr is a regular file (a detached daemon's log); under
     systemd it is the journal, in a terminal a tty: both are left alone.
+    A path that cannot be opened (a directory, a missing one) keeps the
+    log where it was, and says so there: the daemon runs on.
     """
     if not stat.S_ISREG(os.fstat(2).st_mode):
         return
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    except OSError as exc:
+        logging.getLogger("livemon.daemon").error(
+            "cannot reopen the log at %s (%s): it stays where it was; fix "
+            "log_file and send SIGHUP again",
+            path,
+            exc.strerror or exc,
+        )
+        return
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)

@@ -6,9 +6,16 @@ summary systemd shows, and the text of ``livemon-daemon status``.
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any
 
+import psutil
+
+from daemon import proc
+from livemon import ipc
+from livemon.config import Config
+from livemon.ipc import read_status
 from livemon.spill.drops import DROP_REASONS, drop_text
 
 
@@ -42,6 +49,98 @@ def agent_health_columns(f: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+FUTURE_TOLERANCE_S = 60.0
+"""How far ahead of this clock a publishing time may be (a clock step)."""
+
+
+def figures_of(status: Any, pid: int, now: float) -> dict[str, Any]:
+    """The figures in ``status`` (the status file's JSON) of daemon ``pid``.
+
+    Empty (so the daemon counts as hung) when they are no object, were
+    published by another process, or carry no believable publishing time:
+    a damaged file is no sign of life.
+    """
+    if not isinstance(status, dict) or status.get("pid") != pid:
+        return {}
+    published = status.get("published_at")
+    if isinstance(published, bool) or not isinstance(published, int | float):
+        return {}
+    return status if published <= now + FUTURE_TOLERANCE_S else {}
+
+
+def status_report(config: Config, hung_after_s: float) -> dict[str, Any]:
+    """What ``livemon-daemon status`` tells: the daemon's process, its
+    figures and their age, and its state: running, hung (no fresh
+    figures), not running, or unknown (this user may not read the
+    pidfile or the figures: nothing can be told)."""
+    report: dict[str, Any] = {
+        "running": False,
+        "state": "not running",
+        "ring": config.ring,
+        "db": config.db,
+        "pidfile": config.pidfile,
+    }
+    denied = _unreadable(config.pidfile)
+    if denied is not None:
+        return report | {"running": None, "state": "unknown", "error": denied}
+    process = proc.Pidfile(config.pidfile).process()
+    if process is None:
+        return report
+    try:
+        with process.oneshot():
+            report.update(
+                running=True,
+                pid=process.pid,
+                uptime_s=round(time.time() - process.create_time(), 1),
+                rss_bytes=process.memory_info().rss,
+                cpu_percent=process.cpu_percent(interval=0.1),
+                process_state=process.status(),
+            )
+    except psutil.NoSuchProcess:  # it exited just now
+        return report | {"running": False}
+    report.update(figures_of(read_status(config), process.pid, time.time()))
+    published = report.get("published_at")
+    age = None if published is None else time.time() - published
+    report["figures_age_s"] = None if age is None else round(age, 1)
+    hung = age is None or age > hung_after_s
+    report["state"] = "hung" if hung else "running"
+    denied = _unreadable(ipc.status_file(config))
+    if denied is not None:
+        report.update(state="unknown", error=denied)
+    return report
+
+
+def _unreadable(path: str) -> str | None:
+    """Why this user may not read ``path`` (another's file), if so."""
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+    except PermissionError as exc:
+        return permission_hint(exc)
+    except OSError:
+        pass
+    return None
+
+
+def permission_hint(exc: PermissionError) -> str:
+    """One line for a file or ring this user may not open, and what to do."""
+    what = str(exc.filename or f"an operation on a file ({exc})")
+    if not os.path.exists(what) and os.path.exists("/dev/shm" + what):
+        what = "/dev/shm" + what  # shm_open names a segment "/<ring>"
+    owner = ""
+    try:
+        info = os.stat(what)
+        owner = f", owned by uid {info.st_uid} gid {info.st_gid}, mode "
+        owner += f"{info.st_mode & 0o777:04o}"
+    except OSError:
+        pass
+    return (
+        f"permission denied: {what}{owner}. Run as the user that owns it "
+        "(the service runs as 'livemon': sudo -u livemon ...), or let "
+        "your user in through the group (LIVEMON_GROUP, and add yourself "
+        "to that group), or use your own --ring and --db"
+    )
+
+
 def status_line(f: dict[str, Any]) -> str:
     """The one-line summary of the figures (``STATUS=`` for systemd)."""
     trouble = f"; DB TROUBLE: {f['last_error']}" if f["last_error"] else ""
@@ -70,6 +169,11 @@ def status_line(f: dict[str, Any]) -> str:
 
 def status_text(report: dict[str, Any]) -> str:
     """What ``livemon-daemon status`` prints for ``report``."""
+    if report["running"] is None:
+        return (
+            f"livemon daemon: unknown (ring {report['ring']!r}, database "
+            f"{report['db']}): {report['error']}"
+        )
     if not report["running"]:
         return (
             f"livemon daemon: not running (ring {report['ring']!r}, "
@@ -84,7 +188,9 @@ def status_text(report: dict[str, Any]) -> str:
         f"{report['uptime_s']:.0f} s, {report['rss_bytes'] / 2**20:.1f} MiB, "
         f"{report['cpu_percent']:.0f}% CPU, figures {shown_age}",
     ]
-    if report["state"] == "hung":
+    if report["state"] == "unknown":
+        lines.append(f"  UNKNOWN   cannot read its figures: {report['error']}")
+    elif report["state"] == "hung":
         why = (
             "it is stopped (SIGSTOP): kill -CONT it"
             if report.get("process_state") == "stopped"

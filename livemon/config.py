@@ -12,11 +12,11 @@ import dataclasses
 import grp
 import os
 import pathlib
-import tomllib
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
+from livemon.config_file import read_file
 from livemon.endpoints import Endpoint, hide_password, parse_address
 from livemon.exceptions import ConfigError
 from ringbuf import (
@@ -33,6 +33,15 @@ AGENTS_RING_SUFFIX = ".agents"
 SYSTEM_STATE_DIR = pathlib.Path("/var/lib/livemon")
 """The system service's ``StateDirectory=`` (systemd/livemon-daemon.service).
 """
+_LONGEST = {
+    "batch_interval_s": 60.0,
+    "health_interval_s": 86400.0,
+    "integrity_check_interval_s": 366 * 86400.0,
+    "retention_days": 36500.0,
+}
+"""The durations' upper bounds: beyond, a typo (inf overflows the
+daemon's waits and date arithmetic)."""
+MAX_GID = 2**32 - 2  # (gid_t)-1 means "unchanged" to chown
 MIN_BATCH_BYTES = 64 * 2**10  # *_batch_bytes: smaller is a typo, not a plan
 MAX_BATCH_BYTES = 2**30
 
@@ -148,6 +157,10 @@ class Config:
     otlp_batch_bytes: int = 3 * 2**20
 
     def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            text = getattr(self, field.name)
+            if isinstance(text, str) and "\0" in text:  # no path holds one
+                raise ConfigError(f"{field.name} holds a NUL character")
         try:
             # The longest name made from it must be valid too.
             validate_name(self.ring + FEEDBACK_RING_SUFFIX)
@@ -175,14 +188,11 @@ class Config:
         self.gid  # noqa: B018  an unknown group is misconfiguration: now
         self._check_spill()
         self._check_forwarding()
-        for name in (
-            "batch_interval_s",
-            "health_interval_s",
-            "integrity_check_interval_s",
-            "retention_days",
-        ):
+        for name, most in _LONGEST.items():
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive")
+            if not getattr(self, name) <= most:  # inf overflows timeouts
+                raise ConfigError(f"{name} must be at most {most:g}")
         if self.synchronous not in ("NORMAL", "FULL"):
             raise ConfigError("synchronous must be NORMAL or FULL")
         if not self.db:
@@ -219,8 +229,6 @@ class Config:
             raise ConfigError("spill_min_free_bytes must be at least 0")
         if not 0 <= self.spill_sync_interval_ms <= 60_000:
             raise ConfigError("spill_sync_interval_ms must be 0 to 60000")
-        if "\0" in self.spill_dir:
-            raise ConfigError("spill_dir holds a NUL character")
 
     def _check_forwarding(self) -> None:
         if not self.host:
@@ -277,7 +285,11 @@ class Config:
         """
         if not self.group:
             return None
-        if self.group.isdigit():
+        if self.group.isascii() and self.group.isdigit():  # not '٣'
+            if int(self.group) > MAX_GID:
+                raise ConfigError(
+                    f"group {self.group}: a group number is at most {MAX_GID}"
+                )
             return int(self.group)
         try:
             return grp.getgrnam(self.group).gr_gid
@@ -330,8 +342,14 @@ def load_config(
             unreadable or invalid TOML file; the message names it.
     """
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for name in ("db", "config"):  # else the default, silently
+        if given.get(name) == "":
+            raise ConfigError(
+                f"{name} is empty (--{name} ''): name a file, or leave it "
+                "out for the default"
+            )
     path = given.pop("config", None) or env.get("LIVEMON_CONFIG")
-    values: dict[str, Any] = _read_file(path) if path else {}
+    values: dict[str, Any] = read_file(path, _FIELDS) if path else {}
     for name in _FIELDS:
         raw = env.get("LIVEMON_" + name.upper())
         if raw is not None and raw != "":
@@ -352,24 +370,6 @@ def load_config(
         ):
             values["db"] = str(system)
     return Config(**values)
-
-
-def _read_file(path: str) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as file:
-            data = tomllib.load(file)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not TOML: {exc}") from exc
-    table = data.get("livemon", data)
-    unknown = sorted(set(table) - set(_FIELDS))
-    if unknown:
-        raise ConfigError(
-            f"config file {path}: unknown keys {unknown}; "
-            f"known keys are {sorted(_FIELDS)}"
-        )
-    return dict(table)
 
 
 def _from_text(name: str, raw: str) -> Any:

@@ -5,9 +5,11 @@ name the ring, database and config file, and opening them.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import click
 
@@ -19,6 +21,28 @@ from livemon.exceptions import (
     LivemonError,
     UnknownName,
 )
+
+MOST_ROWS = 10**7
+"""The most rows a count option (--top, --lines) asks for: past SQLite's
+integers is an overflow, and no terminal shows more."""
+MOST_SECONDS = 86400.0
+"""The longest pause an --interval may ask for (time_t bounds a sleep)."""
+
+
+class Finite(click.FloatRange):
+    """A FloatRange that also refuses nan, which every range lets through
+    (all comparisons with it are false)."""
+
+    def convert(
+        self,
+        value: Any,
+        param: click.Parameter | None,
+        ctx: click.Context | None,
+    ) -> Any:
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        return number
 
 
 @contextmanager

@@ -14,6 +14,7 @@ import click
 
 from livemon.cli import views
 from livemon.cli._common import (
+    Finite,
     config_for,
     config_option,
     database,
@@ -120,7 +121,7 @@ def _report_text(report: TableReport, dry_run: bool) -> str:
 @click.option(
     "--timeout",
     "timeout_s",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Finite(min=0, min_open=True),
     default=30.0,
     show_default=True,
     help="Give up (exit 1) when the copy takes longer, e.g. while another "

@@ -12,6 +12,9 @@ from collections.abc import Callable
 import click
 
 from livemon.cli._common import (
+    MOST_ROWS,
+    MOST_SECONDS,
+    Finite,
     config_for,
     config_option,
     database,
@@ -84,7 +87,12 @@ until_option = click.option(
     help="Report every host's events from ClickHouse (as the daemon's "
     "sink ships them), e.g. clickhouse://127.0.0.1:9000/livemon.",
 )
-@click.option("--top", default=10, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--top",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1, MOST_ROWS),
+)
 @click.option(
     "--plot",
     type=click.Path(dir_okay=False, writable=True),
@@ -160,7 +168,7 @@ def report(
     "--lines",
     default=10,
     show_default=True,
-    type=click.IntRange(0),
+    type=click.IntRange(0, MOST_ROWS),
     help="Show this many recent events first.",
 )
 @click.option("--agent", help="Only events where this agent worked.")
@@ -177,7 +185,7 @@ def report(
     "--interval",
     default=0.5,
     show_default=True,
-    type=click.FloatRange(min=0.01),
+    type=Finite(min=0.01, max=MOST_SECONDS),
     help="Seconds between polls with -f.",
 )
 @click.pass_context
@@ -290,7 +298,7 @@ def stats(
     "--interval",
     default=1.0,
     show_default=True,
-    type=click.FloatRange(min=0.1),
+    type=Finite(min=0.1, max=MOST_SECONDS),
     help="Seconds between refreshes.",
 )
 @click.option(
@@ -308,5 +316,5 @@ def top_command(
     """A live view like top: daemon health, ring fill, monitoring overhead,
     per agent and per category; q or Ctrl-C quits."""
     config = config_for(ring, db, config_file, find_system=True)
-    with _Names(config.db) as names:
+    with errors_for_people(), _Names(config.db) as names:
         top.run(config, names, interval, iterations)
