@@ -6,6 +6,7 @@ or another exception (the daemon rereads it on SIGHUP).
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tomllib
@@ -13,6 +14,22 @@ from collections.abc import Collection
 from typing import Any
 
 from livemon.exceptions import ConfigError
+
+
+def read_regular(path: str) -> bytes:
+    """The bytes of ``path``, which must be a regular file.
+
+    Opened without blocking, so that a FIFO at the path is refused, not a
+    reader (a command, the daemon, ``top``) waiting for a writer for ever.
+
+    Raises:
+        OSError: it cannot be read, or is no regular file (EINVAL).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        return file.read()
 
 
 def read_file(path: str, known: Collection[str]) -> dict[str, Any]:
@@ -26,12 +43,7 @@ def read_file(path: str, known: Collection[str]) -> dict[str, Any]:
             (they would be ignored), or a key is not in ``known``.
     """
     try:
-        # Non-blocking: a FIFO would wait for a writer for ever.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        with open(fd, "rb") as file:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise ConfigError(f"config file {path} is not a regular file")
-            data = tomllib.load(file)
+        data = tomllib.loads(read_regular(path).decode())
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:

@@ -23,6 +23,7 @@ from livemon.config import (
     LABELS_RING_SUFFIX,
     Config,
 )
+from livemon.config_file import read_regular
 from livemon.feedback.decisions import verdicts_name
 from livemon.spill.lane import default_spill_dir
 
@@ -208,10 +209,11 @@ def status_file(config: Config) -> str:
 
 
 def read_status(config: Config) -> dict[str, Any] | None:
-    """The running daemon's last published figures, if any."""
+    """The running daemon's last published figures: None when there are
+    none, or the status file holds no JSON object (damaged, foreign, a
+    FIFO: never a hang)."""
     try:
-        with open(status_file(config)) as file:
-            data: dict[str, Any] = json.load(file)
-            return data
+        data = json.loads(read_regular(status_file(config)))
     except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None

@@ -13,6 +13,7 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any
 
+from livemon.config_file import read_regular
 from livemon.exceptions import LegacyError
 from livemon.record import (
     EventType,
@@ -125,9 +126,8 @@ def load_mapping(path: str) -> dict[str, Layout]:
         LegacyError: unreadable file, unknown kind or unified field.
     """
     try:
-        with open(path, "rb") as file:
-            data = tomllib.load(file)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        data = tomllib.loads(read_regular(path).decode())
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise LegacyError(f"mapping file {path}: {exc}") from exc
     layouts = dict(LAYOUTS)
     for kind, spec in data.items():

@@ -44,10 +44,8 @@ def frame(
         snap = snapshot(config)
     except MonitoringUnavailable as exc:
         return [head, "", f"waiting: {exc}"]
-    lines = [head, _daemon_line(config, snap.daemon), _ring_line(snap)]
+    lines = [head, *_daemon_lines(config, snap.daemon), _ring_line(snap)]
     lines += _spill_lines(snap)
-    lines += _agents_line(snap.daemon)
-    lines += sink_lines(snap.daemon)
     p50, p99 = snap.overhead_ns
     lines.append(
         f"overhead  p50 {p50 / 1000:.1f} us  p99 {p99 / 1000:.1f} us per "
@@ -56,6 +54,26 @@ def frame(
     for table in stats_tables(snap, name(snap)):
         lines += ["", *render.titled(table).split("\n")]
     return lines
+
+
+def _daemon_lines(config: Config, status: dict[str, Any] | None) -> list[str]:
+    """The daemon's own lines: itself, its agent runs, its destinations.
+
+    The status file is the daemon's, but any process of the user may
+    write there: figures of another shape say so in a line, never a
+    traceback in ``top``.
+    """
+    try:
+        return [
+            _daemon_line(config, status),
+            *_agents_line(status),
+            *sink_lines(status),
+        ]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        return [
+            f"daemon    status file {ipc.status_file(config)} holds no "
+            f"figures of this livemon ({type(exc).__name__}: {exc})"
+        ]
 
 
 def _daemon_line(config: Config, status: dict[str, Any] | None) -> str:
@@ -76,7 +94,7 @@ def _daemon_line(config: Config, status: dict[str, Any] | None) -> str:
     problems = [
         status.get("last_error"),
         status.get("incident"),
-        *(status.get("file_errors") or []),
+        *(status.get("file_errors") or {}).values(),
         *(f"quarantined lane {q}" for q in lanes),
     ]
     trouble = "; ".join(dict.fromkeys(p for p in problems if p))
