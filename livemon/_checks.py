@@ -70,9 +70,9 @@ class FieldChecks:
         return self._strict  # default mode checks once, at end
 
     def _checked_query(self) -> int:
-        query = self._query
-        if type(query) is not str:
-            reason = f"must be a str, not {_short(query)}"
+        query = _exact_str(self._query)
+        if query is None:
+            reason = f"must be a str, not {_short(self._query)}"
             return int(self._bad("query", reason, 0))
         try:
             data = query.encode()
@@ -106,9 +106,11 @@ class FieldChecks:
     def _label(self, field: str, value: Any) -> int:
         if value is None:
             return rec.NO_LABEL
-        if type(value) is not str:
+        text = _exact_str(value)
+        if text is None:
             reason = f"must be a str, not {_short(value)}"
             return int(self._bad(field, reason, rec.NO_LABEL))
+        value = text
         label = self._sink.labels.ids.get(value)
         if label is not None:
             return label
@@ -161,8 +163,11 @@ class FieldChecks:
         if isinstance(value, BaseException):
             value = self._exception_text(field, value)
         elif type(value) is not str:
-            reason = f"must be a str or an exception, not {_short(value)}"
-            return int(self._bad(field, reason, rec.NO_LABEL))
+            text = _exact_str(value)
+            if text is None:
+                reason = f"must be a str or an exception, not {_short(value)}"
+                return int(self._bad(field, reason, rec.NO_LABEL))
+            value = text
         labels = self._sink.labels
         label = labels.ids.get(value)
         if label is None:
@@ -187,6 +192,14 @@ class FieldChecks:
                 field, "holds a lone surrogate: not encodable as UTF-8"
             )
         self._sink.counters.texts_escaped += 1
+
+
+def _exact_str(value: object) -> str | None:
+    """``value`` as a plain str, None if it is none: a subclass (say a
+    ``StrEnum`` member) by its value, none of its own methods called."""
+    if issubclass(type(value), str):
+        return str.__str__(value)
+    return None
 
 
 def _short(value: object) -> str:
