@@ -73,8 +73,11 @@ class RequestContext(FieldChecks):
     Accepted: numbers as ``int``/``float`` or any ``numbers.Real`` (numpy
     scalars included; counts need ``numbers.Integral``), finite and in
     range; a bool where a number is meant is refused.  Flags as ``True``,
-    ``False``, ``np.bool_`` or the ints 0 and 1.  Text as ``str`` (lone
-    surrogates are stored escaped and counted in ``texts_escaped``).
+    ``False``, ``np.bool_`` or the ints 0 and 1.  Text as ``str``, a
+    subclass (say a ``StrEnum`` member) by its value (lone surrogates are
+    stored escaped and counted in ``texts_escaped``).  A request started
+    before a fork is written by the parent only (``ended_in_forked_child``
+    counts a child's ``end`` of it).
 
     ``overhead_ns`` in the record is the time spent creating the context
     and in ``end``; the ``log_*`` calls only store their arguments.
@@ -113,6 +116,7 @@ class RequestContext(FieldChecks):
         self._query_category = category
         self.request_id: int = next(sink.request_ids)
         self.timestamp_ns = _time_ns()
+        self._pid = sink.pid  # a forked child's copy is not its request
         if sink.strict:
             self._strict = self._checked = True
             self._checked_query()
@@ -272,6 +276,8 @@ class RequestContext(FieldChecks):
         if self._ended:
             return False
         self._ended = self._checked = True  # later log_* calls are counted
+        if self._pid != self._sink.pid:
+            return self._inherited()
         if error is not None:
             self._error = error
             if self._success is None:
@@ -286,17 +292,28 @@ class RequestContext(FieldChecks):
             # Every value is checked field by field; this is the last net
             # for a hostile object (say a __hash__ that raises) in default
             # mode: monitoring never breaks the request.
+            if self._agent_runs:  # lost with it: no request to link to
+                self._sink.counters.agent_runs_failed += len(self._agent_runs)
             return self._unwritable(exc)
-        stored = self._sink.write(packed)
-        if self._agent_runs:  # right after the request's record
-            _agents.write_runs(
-                self,
-                self._agent_runs,
-                packed,
-                self.timestamp_ns,
-                self.request_id,
-            )
+        try:
+            stored = self._sink.write(packed)
+        finally:  # a strict write error too: the runs are stored or counted
+            if self._agent_runs:  # right after the request's record
+                _agents.write_runs(
+                    self,
+                    self._agent_runs,
+                    packed,
+                    self.timestamp_ns,
+                    self.request_id,
+                )
         return stored
+
+    def _inherited(self) -> bool:
+        """End, in a forked child, a request its parent started: the
+        parent's copy is the request's record (and its runs'), so the
+        child writes nothing and counts it in ``ended_in_forked_child``."""
+        self._sink.counters.ended_in_forked_child += 1
+        return False
 
     def __enter__(self) -> RequestContext:
         return self
