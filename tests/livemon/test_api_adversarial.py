@@ -24,11 +24,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from livemon import Monitor, MonitoringUnavailable
+from livemon import InvalidField, Monitor, MonitoringUnavailable
 from livemon import record as rec
 from livemon._compiled import PURE_PYTHON_ENV
 from livemon.config import load_config
 from livemon.context import query_hash
+from livemon.coordinator import AgentResult, Coordinator, Result
 from tests.conftest import unlink_rings
 from tests.livemon.helpers import events_in, labels_in
 from tests.livemon.test_agents import runs_in
@@ -551,3 +552,85 @@ def test_a_request_started_before_fork_is_written_once(ring_name):
     assert childs["pid"].tolist() == [pid]
     assert len(events) == 2 and len(runs) == 2
     assert child_counts == [1, 1, 1]  # its own request; the parent's counted
+
+
+class RaisingClassifier:
+    def classify(self, query: str) -> Any:
+        raise Boom("classifier down")
+
+
+class NoIntentClassifier:
+    def classify(self, query: str) -> Any:
+        return None
+
+
+class TestCoordinator:
+    """``Coordinator`` misused: the request is recorded or counted."""
+
+    @pytest.mark.parametrize(
+        ("classifier", "error"),
+        [
+            (RaisingClassifier(), "Boom: classifier down"),
+            (
+                NoIntentClassifier(),
+                "AttributeError: 'NoneType' object has no attribute "
+                "'category'",
+            ),
+        ],
+    )
+    def test_a_failing_route_is_recorded_and_raises(
+        self, monitor, ring_name, classifier, error
+    ):
+        """The classifier's exception propagates; the request it broke
+        used to vanish, neither recorded nor counted."""
+        coordinator = Coordinator(monitor=monitor, classifier=classifier)
+        with pytest.raises((Boom, AttributeError)):
+            coordinator.route("fix the bug")
+        (record,) = events_in(ring_name)
+        assert record["success"] == 0
+        assert labels_in(ring_name)[int(record["error"])] == error
+
+    def test_complete_with_a_wrong_result_records_the_request(
+        self, monitor, ring_name
+    ):
+        coordinator = Coordinator(monitor=monitor)
+        decision = coordinator.route("fix the python bug")
+        assert coordinator.complete(decision, {"success": True}) is True
+        assert monitor.counters.invalid == 1
+        (record,) = events_in(ring_name)
+        assert record["request_id"] == decision.context.request_id
+        assert labels_in(ring_name)[int(record["intent_category"])] == "code"
+
+    def test_complete_with_a_wrong_decision_is_counted(self, monitor):
+        coordinator = Coordinator(monitor=monitor)
+        assert coordinator.complete(None, Result(("coder",), True)) is False
+        assert monitor.counters.invalid == 1
+
+    def test_complete_with_a_wrong_decision_raises_when_strict(self, strict):
+        coordinator = Coordinator(monitor=strict)
+        with pytest.raises(InvalidField, match="decision"):
+            coordinator.complete(None, Result(("coder",), True))
+
+    def test_hostile_agent_names_in_a_result_never_raise(
+        self, monitor, ring_name
+    ):
+        """Detecting acceptance hashes the names used: a name whose hash
+        raises is stored by its value, never raised into the caller."""
+        coordinator = Coordinator(monitor=monitor)
+        decision = coordinator.route("fix the python bug")
+        used = (HashRaises("coder"), HashRaises("reviewer"))
+        assert coordinator.complete(decision, Result(used, True)) is True
+        (record,) = events_in(ring_name)
+        texts = labels_in(ring_name)
+        stored = [texts[int(i)] for i in record["actual_agents"] if i]
+        assert stored == ["coder", "reviewer"]
+        assert record["accepted"] == rec.UNKNOWN_FLAG
+
+    def test_complete_twice_writes_once(self, monitor, ring_name):
+        coordinator = Coordinator(monitor=monitor)
+        decision = coordinator.route("fix the python bug")
+        result = Result(("coder",), True, agents=[AgentResult("coder")])
+        assert coordinator.complete(decision, result) is True
+        assert coordinator.complete(decision, result) is False
+        assert len(events_in(ring_name)) == len(runs_in(ring_name)) == 1
+        assert monitor.counters.logged_after_end == 4  # 3 log_*, 1 run
