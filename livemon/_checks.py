@@ -22,6 +22,10 @@ PACKED_PADS = {n: rec.LIST_STRUCTS[n].pack(*PADS[n]) for n in PADS}
 # A name this short cannot exceed the byte limit, whatever its characters.
 _SHORT_NAME_CHARS = rec.MAX_NAME_BYTES // rec.MAX_BYTES_PER_CHAR
 _crc32 = zlib.crc32
+MAX_CACHED_LISTS = 10_000
+"""Lists of names whose packed ids are kept at most; beyond, all are
+forgotten (and packed anew when seen again).  Orders and subsets of a
+few known names are endless, and adding to the cache took no new text."""
 
 
 def hash_bytes(data: bytes) -> int:
@@ -154,6 +158,8 @@ class FieldChecks:
         packed = rec.LIST_STRUCTS[limit].pack(*ids, *PADS[limit][len(ids) :])
         known = self._sink.labels.ids
         if all(type(v) is str and v in known for v in key):
+            if len(lists) >= MAX_CACHED_LISTS:  # known names, endless orders
+                lists.clear()
             lists[key] = packed  # every name announced
         return packed
 

@@ -15,6 +15,7 @@ import fractions
 import json
 import math
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from livemon import InvalidField, Monitor, MonitoringUnavailable
+from livemon import InvalidField, Monitor, MonitoringUnavailable, _checks
 from livemon import record as rec
 from livemon._compiled import PURE_PYTHON_ENV
 from livemon.config import load_config
@@ -634,3 +635,42 @@ class TestCoordinator:
         assert coordinator.complete(decision, result) is False
         assert len(events_in(ring_name)) == len(runs_in(ring_name)) == 1
         assert monitor.counters.logged_after_end == 4  # 3 log_*, 1 run
+
+
+def test_the_list_cache_stays_bounded(monkeypatch, ring_name):
+    """Thirty names in random orders of four: hundreds of thousands of
+    distinct lists, no new text.  The list cache used to keep them all
+    (a leak, ~40 MB per 200k requests); it stays within its bound, and
+    every list is still stored as given."""
+    monkeypatch.setattr(_checks, "MAX_CACHED_LISTS", 50)
+    names = [f"agent-{i}" for i in range(30)]
+    rnd = random.Random(7)
+    chosen = [rnd.sample(names, 4) for _ in range(300)]
+    config = load_config({"ring": ring_name, "capacity_records": 1024})
+    with Monitor(config=config) as monitor:
+        largest = 0
+        for agents in chosen:
+            with monitor.request("q") as ctx:
+                ctx.log_routing(suggested_agents=list(agents))
+            largest = max(largest, len(monitor._label_cache.lists))
+        events, texts = events_in(ring_name), labels_in(ring_name)
+    assert largest <= 50
+    stored = [
+        [texts[int(i)] for i in r["suggested_agents"] if i] for r in events
+    ]
+    assert stored == chosen
+
+
+def test_an_agent_run_takes_str_subclasses_by_value(monitor, ring_name):
+    """Names, errors and outcomes as StrEnum members or str subclasses:
+    stored by their values, as the request's own fields are."""
+    with monitor.request("q") as ctx:
+        ctx.log_agent(
+            Agent.CODER, error=SubStr("slow"), outcome=SubStr("cancelled")
+        )
+    (run,) = runs_in(ring_name)
+    texts = labels_in(ring_name)
+    assert texts[int(run["agent"])] == "coder"
+    assert texts[int(run["error"])] == "slow"
+    assert run["outcome"] == rec.AgentOutcome.CANCELLED
+    assert monitor.counters.invalid == 0
