@@ -7,11 +7,13 @@ refuses.
 
 from __future__ import annotations
 
+import contextlib
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 from livemon import record as rec
-from livemon.exceptions import InvalidField
+from livemon.exceptions import InvalidField, LivemonError
 from livemon.sink import Sink
 
 QUERY_HASH_SEED = 0x9E3779B9  # the second CRC's seed: 2**32 / phi
@@ -33,6 +35,20 @@ def hash_bytes(data: bytes) -> int:
     return ((_crc32(data, QUERY_HASH_SEED) << 32) | _crc32(data)) - (
         INT64_OFFSET
     )
+
+
+@contextlib.contextmanager
+def read_strictly(method: str) -> Iterator[None]:
+    """Strict mode's checks at a ``log_*`` call: a value whose own code
+    raises (say a ``__class__`` or ``__float__``) is an ``InvalidField``
+    naming the call, as it is at ``end()``, not that value's exception."""
+    try:
+        yield
+    except LivemonError:
+        raise
+    except Exception as exc:
+        reason = f"a value raised {type(exc).__name__} when read"
+        raise InvalidField(method, reason) from exc
 
 
 class FieldChecks:

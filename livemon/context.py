@@ -22,6 +22,7 @@ from livemon._checks import (
     QUERY_HASH_SEED,
     FieldChecks,
     hash_bytes,
+    read_strictly,
 )
 from livemon._compiled import compiled_pack
 from livemon.exceptions import LivemonError
@@ -136,9 +137,10 @@ class RequestContext(FieldChecks):
         self._domains = domains
         self._complexity = complexity
         if (unknown or self._checked) and self._screen("log_intent", unknown):
-            self._label("category", category)
-            self._labels("domains", domains, rec.MAX_DOMAINS)
-            self._int("complexity", complexity, _MAX_COMPLEXITY)
+            with read_strictly("log_intent"):
+                self._label("category", category)
+                self._labels("domains", domains, rec.MAX_DOMAINS)
+                self._int("complexity", complexity, _MAX_COMPLEXITY)
 
     def log_routing(
         self,
@@ -153,9 +155,12 @@ class RequestContext(FieldChecks):
         self._strategy = strategy
         self._confidence = confidence
         if (unknown or self._checked) and self._screen("log_routing", unknown):
-            self._labels("suggested_agents", suggested_agents, rec.MAX_AGENTS)
-            self._label("strategy", strategy)
-            self._number("confidence", confidence, 1.0)
+            with read_strictly("log_routing"):
+                self._labels(
+                    "suggested_agents", suggested_agents, rec.MAX_AGENTS
+                )
+                self._label("strategy", strategy)
+                self._number("confidence", confidence, 1.0)
 
     def log_execution(
         self,
@@ -178,12 +183,13 @@ class RequestContext(FieldChecks):
         if (unknown or self._checked) and self._screen(
             "log_execution", unknown
         ):
-            self._labels("actual_agents", actual_agents, rec.MAX_AGENTS)
-            self._number("execution_time_ms", execution_time_ms, _INF)
-            self._flag("success", success)
-            self._text("error", error)
-            self._int("token_count", token_count, _MAX_TOKENS)
-            self._number("context_size_kb", context_size_kb, _INF)
+            with read_strictly("log_execution"):
+                self._labels("actual_agents", actual_agents, rec.MAX_AGENTS)
+                self._number("execution_time_ms", execution_time_ms, _INF)
+                self._flag("success", success)
+                self._text("error", error)
+                self._int("token_count", token_count, _MAX_TOKENS)
+                self._number("context_size_kb", context_size_kb, _INF)
 
     def log_quality(
         self,
@@ -200,10 +206,11 @@ class RequestContext(FieldChecks):
         self._code_valid = code_valid
         self._tests_passed = tests_passed
         if (unknown or self._checked) and self._screen("log_quality", unknown):
-            self._number("score", score, 1.0)
-            self._flag("task_completed", task_completed)
-            self._flag("code_valid", code_valid)
-            self._flag("tests_passed", tests_passed)
+            with read_strictly("log_quality"):
+                self._number("score", score, 1.0)
+                self._flag("task_completed", task_completed)
+                self._flag("code_valid", code_valid)
+                self._flag("tests_passed", tests_passed)
 
     def log_acceptance(
         self,
@@ -218,8 +225,9 @@ class RequestContext(FieldChecks):
         if (unknown or self._checked) and self._screen(
             "log_acceptance", unknown
         ):
-            self._flag("accepted", accepted)
-            self._text("override_reason", override_reason)
+            with read_strictly("log_acceptance"):
+                self._flag("accepted", accepted)
+                self._text("override_reason", override_reason)
 
     def log_agent(
         self,

@@ -674,3 +674,25 @@ def test_an_agent_run_takes_str_subclasses_by_value(monitor, ring_name):
     assert texts[int(run["error"])] == "slow"
     assert run["outcome"] == rec.AgentOutcome.CANCELLED
     assert monitor.counters.invalid == 0
+
+
+@pytest.mark.parametrize(
+    ("call", "keywords"),
+    [
+        ("log_routing", {"confidence": ClassRaises()}),
+        ("log_execution", {"error": ClassRaises()}),
+        ("log_quality", {"score": ClassRaises()}),
+        ("log_acceptance", {"accepted": ClassRaises()}),
+        ("log_agent", {"execution_time_ms": ClassRaises()}),
+        ("log_agent", {"outcome": ClassRaises()}),
+    ],
+)
+def test_strict_hostile_values_raise_invalid_field(strict, call, keywords):
+    """Strict mode checks at the call: a value whose own code raises is
+    an InvalidField naming the call (it was that value's own exception,
+    while end() gave InvalidField for the same value)."""
+    ctx = strict.request("q")
+    args = ("coder",) if call == "log_agent" else ()
+    with pytest.raises(InvalidField, match=call) as raised:
+        getattr(ctx, call)(*args, **keywords)
+    assert isinstance(raised.value.__cause__, Boom)
