@@ -420,8 +420,11 @@ class Monitor:
         # so that nothing depends on records of the parent's lane.
         if os.getpid() == self._sink.pid:
             return  # already renewed
+        # A thread of the parent may have held a lock at the fork: it does
+        # not exist here, so the child's locks are new.
+        self._reconnecting = threading.RLock()
         self._sink.renew_identity()
-        self._label_cache.clear()
+        self._label_cache.after_fork_in_child()
         self._said = set()  # the child tells its own troubles
         # The parent's spills were abandoned in this process by their own
         # at-fork hooks; the child spills from its own lane, when needed,

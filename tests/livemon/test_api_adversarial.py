@@ -16,9 +16,11 @@ import json
 import math
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -696,3 +698,59 @@ def test_strict_hostile_values_raise_invalid_field(strict, call, keywords):
     with pytest.raises(InvalidField, match=call) as raised:
         getattr(ctx, call)(*args, **keywords)
     assert isinstance(raised.value.__cause__, Boom)
+
+
+def test_a_fork_while_another_thread_holds_the_locks(ring_name):
+    """Another thread is mid-way through the slow paths (announcing a
+    label, claiming the agents lane, reconnecting) when the process forks:
+    the child, where that thread does not exist, must not wait for it.
+    It hung, in the at-fork hook itself (the label cache's lock)."""
+    with Monitor(ring_name) as monitor:
+        locks = [
+            monitor._label_cache._lock,
+            monitor._agents._lock,
+            monitor._reconnecting,
+        ]
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            for lock in locks:
+                lock.acquire()
+            held.set()
+            release.wait()
+            for lock in reversed(locks):
+                lock.release()
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        held.wait()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                with monitor.request("q", category="new in the child") as ctx:
+                    ctx.log_agent("coder")
+                c = monitor.counters
+                monitor.close()
+                code = (
+                    0 if (c.recorded, c.agent_runs_recorded) == (1, 1) else 2
+                )
+            finally:
+                os._exit(code)
+        release.set()
+        holder.join()
+        status = wait_or_kill(pid, timeout_s=20)
+    assert status == 0, "the forked child hung or failed"
+
+
+def wait_or_kill(pid: int, timeout_s: float) -> int | None:
+    """The child's exit code; None if it had to be killed (it hung)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
