@@ -20,6 +20,7 @@ import numpy as np
 import ringbuf
 from livemon import ipc
 from livemon import record as rec
+from livemon._checks import _exact_str
 from livemon.agent_ring import AgentLane
 from livemon.config import Config, load_config
 from livemon.context import RequestContext
@@ -157,11 +158,12 @@ class Monitor:
             InvalidField: ``text`` is not a ``str`` (any mode: this is a
                 direct call, not a field of a request).
         """
-        if not isinstance(text, str):
+        plain = _exact_str(text)  # a subclass by its value, as fields are
+        if plain is None:
             raise InvalidField(
                 "text", f"a label is a str, got {type(text).__name__}"
             )
-        return self._label_cache.intern(text)
+        return self._label_cache.intern(plain)
 
     def close(self) -> None:
         """Give back this process's lanes and detach, for good. Idempotent.

@@ -754,3 +754,15 @@ def wait_or_kill(pid: int, timeout_s: float) -> int | None:
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     return None
+
+
+def test_intern_takes_a_str_subclass_by_value(monitor, ring_name):
+    """``Monitor.intern`` kept the subclass object itself as the cache's
+    key, so its own ``__hash__`` and ``__eq__`` ran at every later lookup
+    (one that raises broke intern into the caller)."""
+    assert monitor.intern(HashRaises("coder")) == rec.label_id("coder")
+    assert type(next(iter(monitor._label_cache.ids))) is str
+    with monitor.request("q", category="coder"):
+        pass
+    assert monitor.counters.failed == 0
+    assert "coder" in labels_in(ring_name).values()
