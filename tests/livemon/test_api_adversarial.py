@@ -12,6 +12,7 @@ from __future__ import annotations
 import decimal
 import enum
 import fractions
+import gc
 import json
 import math
 import os
@@ -766,3 +767,21 @@ def test_intern_takes_a_str_subclass_by_value(monitor, ring_name):
         pass
     assert monitor.counters.failed == 0
     assert "coder" in labels_in(ring_name).values()
+
+
+def test_a_monitor_dropped_unclosed_gives_its_lanes_back(ring_name):
+    """A careless coordinator makes Monitors and never closes them: once
+    one is collected, its lanes and lock descriptors are free again.  They
+    stayed held (an open descriptor each) until the process exited, so a
+    few unclosed Monitors exhausted the lanes."""
+    config = load_config({"ring": ring_name, "lanes": 2})
+    fds_before = len(os.listdir("/proc/self/fd"))
+    for i in range(6):
+        monitor = Monitor(config=config)
+        with monitor.request(f"q{i}") as ctx:
+            ctx.log_agent("coder")
+        c = monitor.counters
+        assert (c.recorded, c.agent_runs_recorded) == (1, 1), i
+        del monitor, ctx, c
+        gc.collect()
+    assert len(os.listdir("/proc/self/fd")) < fds_before + 3
