@@ -7,11 +7,13 @@ refuses.
 
 from __future__ import annotations
 
+import contextlib
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 from livemon import record as rec
-from livemon.exceptions import InvalidField
+from livemon.exceptions import InvalidField, LivemonError
 from livemon.sink import Sink
 
 QUERY_HASH_SEED = 0x9E3779B9  # the second CRC's seed: 2**32 / phi
@@ -22,6 +24,10 @@ PACKED_PADS = {n: rec.LIST_STRUCTS[n].pack(*PADS[n]) for n in PADS}
 # A name this short cannot exceed the byte limit, whatever its characters.
 _SHORT_NAME_CHARS = rec.MAX_NAME_BYTES // rec.MAX_BYTES_PER_CHAR
 _crc32 = zlib.crc32
+MAX_CACHED_LISTS = 10_000
+"""Lists of names whose packed ids are kept at most; beyond, all are
+forgotten (and packed anew when seen again).  Orders and subsets of a
+few known names are endless, and adding to the cache took no new text."""
 
 
 def hash_bytes(data: bytes) -> int:
@@ -29,6 +35,20 @@ def hash_bytes(data: bytes) -> int:
     return ((_crc32(data, QUERY_HASH_SEED) << 32) | _crc32(data)) - (
         INT64_OFFSET
     )
+
+
+@contextlib.contextmanager
+def read_strictly(method: str) -> Iterator[None]:
+    """Strict mode's checks at a ``log_*`` call: a value whose own code
+    raises (say a ``__class__`` or ``__float__``) is an ``InvalidField``
+    naming the call, as it is at ``end()``, not that value's exception."""
+    try:
+        yield
+    except LivemonError:
+        raise
+    except Exception as exc:
+        reason = f"a value raised {type(exc).__name__} when read"
+        raise InvalidField(method, reason) from exc
 
 
 class FieldChecks:
@@ -70,9 +90,9 @@ class FieldChecks:
         return self._strict  # default mode checks once, at end
 
     def _checked_query(self) -> int:
-        query = self._query
-        if type(query) is not str:
-            reason = f"must be a str, not {_short(query)}"
+        query = _exact_str(self._query)
+        if query is None:
+            reason = f"must be a str, not {_short(self._query)}"
             return int(self._bad("query", reason, 0))
         try:
             data = query.encode()
@@ -106,9 +126,11 @@ class FieldChecks:
     def _label(self, field: str, value: Any) -> int:
         if value is None:
             return rec.NO_LABEL
-        if type(value) is not str:
+        text = _exact_str(value)
+        if text is None:
             reason = f"must be a str, not {_short(value)}"
             return int(self._bad(field, reason, rec.NO_LABEL))
+        value = text
         label = self._sink.labels.ids.get(value)
         if label is not None:
             return label
@@ -152,6 +174,8 @@ class FieldChecks:
         packed = rec.LIST_STRUCTS[limit].pack(*ids, *PADS[limit][len(ids) :])
         known = self._sink.labels.ids
         if all(type(v) is str and v in known for v in key):
+            if len(lists) >= MAX_CACHED_LISTS:  # known names, endless orders
+                lists.clear()
             lists[key] = packed  # every name announced
         return packed
 
@@ -161,8 +185,11 @@ class FieldChecks:
         if isinstance(value, BaseException):
             value = self._exception_text(field, value)
         elif type(value) is not str:
-            reason = f"must be a str or an exception, not {_short(value)}"
-            return int(self._bad(field, reason, rec.NO_LABEL))
+            text = _exact_str(value)
+            if text is None:
+                reason = f"must be a str or an exception, not {_short(value)}"
+                return int(self._bad(field, reason, rec.NO_LABEL))
+            value = text
         labels = self._sink.labels
         label = labels.ids.get(value)
         if label is None:
@@ -187,6 +214,14 @@ class FieldChecks:
                 field, "holds a lone surrogate: not encodable as UTF-8"
             )
         self._sink.counters.texts_escaped += 1
+
+
+def _exact_str(value: object) -> str | None:
+    """``value`` as a plain str, None if it is none: a subclass (say a
+    ``StrEnum`` member) by its value, none of its own methods called."""
+    if issubclass(type(value), str):
+        return str.__str__(value)
+    return None
 
 
 def _short(value: object) -> str:

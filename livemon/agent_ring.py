@@ -154,7 +154,9 @@ class AgentLane:
             self._detach()
 
     def after_fork_in_child(self) -> None:
-        """Spill anew from the child's own lane (the parent's is not ours)."""
+        """Spill anew from the child's own lane (the parent's is not ours),
+        with a new lock (a thread of the parent may have held the old)."""
+        self._lock = threading.RLock()
         if self._spill is not None:
             self._spill = self._spill.renewed()
 

@@ -13,7 +13,7 @@ import struct
 from typing import Any
 
 from livemon import record as rec
-from livemon._checks import FieldChecks, _short
+from livemon._checks import FieldChecks, _exact_str, _short, read_strictly
 from livemon.exceptions import InvalidField, LivemonError
 
 __all__ = ["OUTCOMES", "AgentRun", "keep_run", "pack_runs", "write_runs"]
@@ -61,7 +61,8 @@ def keep_run(ctx: FieldChecks, runs: list[AgentRun], run: AgentRun) -> None:
         ctx._sink.counters.agent_runs_over_limit += 1
         return
     if ctx._strict:
-        _pack_run(ctx, run, (0, 0, 0, 0, 0))
+        with read_strictly("log_agent"):
+            _pack_run(ctx, run, (0, 0, 0, 0, 0))
     runs.append(run)
 
 
@@ -70,7 +71,8 @@ def _outcome(ctx: FieldChecks, value: Any) -> int:
         return int(rec.AgentOutcome.UNKNOWN)
     if isinstance(value, rec.AgentOutcome):
         return int(value)
-    code = OUTCOMES.get(value) if type(value) is str else None
+    text = _exact_str(value)  # a str subclass by its value, as names are
+    code = OUTCOMES.get(text) if text is not None else None
     if code is not None:
         return code
     reason = (

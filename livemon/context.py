@@ -22,6 +22,7 @@ from livemon._checks import (
     QUERY_HASH_SEED,
     FieldChecks,
     hash_bytes,
+    read_strictly,
 )
 from livemon._compiled import compiled_pack
 from livemon.exceptions import LivemonError
@@ -73,8 +74,11 @@ class RequestContext(FieldChecks):
     Accepted: numbers as ``int``/``float`` or any ``numbers.Real`` (numpy
     scalars included; counts need ``numbers.Integral``), finite and in
     range; a bool where a number is meant is refused.  Flags as ``True``,
-    ``False``, ``np.bool_`` or the ints 0 and 1.  Text as ``str`` (lone
-    surrogates are stored escaped and counted in ``texts_escaped``).
+    ``False``, ``np.bool_`` or the ints 0 and 1.  Text as ``str``, a
+    subclass (say a ``StrEnum`` member) by its value (lone surrogates are
+    stored escaped and counted in ``texts_escaped``).  A request started
+    before a fork is written by the parent only (``ended_in_forked_child``
+    counts a child's ``end`` of it).
 
     ``overhead_ns`` in the record is the time spent creating the context
     and in ``end``; the ``log_*`` calls only store their arguments.
@@ -113,6 +117,7 @@ class RequestContext(FieldChecks):
         self._query_category = category
         self.request_id: int = next(sink.request_ids)
         self.timestamp_ns = _time_ns()
+        self._pid = sink.pid  # a forked child's copy is not its request
         if sink.strict:
             self._strict = self._checked = True
             self._checked_query()
@@ -132,9 +137,10 @@ class RequestContext(FieldChecks):
         self._domains = domains
         self._complexity = complexity
         if (unknown or self._checked) and self._screen("log_intent", unknown):
-            self._label("category", category)
-            self._labels("domains", domains, rec.MAX_DOMAINS)
-            self._int("complexity", complexity, _MAX_COMPLEXITY)
+            with read_strictly("log_intent"):
+                self._label("category", category)
+                self._labels("domains", domains, rec.MAX_DOMAINS)
+                self._int("complexity", complexity, _MAX_COMPLEXITY)
 
     def log_routing(
         self,
@@ -149,9 +155,12 @@ class RequestContext(FieldChecks):
         self._strategy = strategy
         self._confidence = confidence
         if (unknown or self._checked) and self._screen("log_routing", unknown):
-            self._labels("suggested_agents", suggested_agents, rec.MAX_AGENTS)
-            self._label("strategy", strategy)
-            self._number("confidence", confidence, 1.0)
+            with read_strictly("log_routing"):
+                self._labels(
+                    "suggested_agents", suggested_agents, rec.MAX_AGENTS
+                )
+                self._label("strategy", strategy)
+                self._number("confidence", confidence, 1.0)
 
     def log_execution(
         self,
@@ -174,12 +183,13 @@ class RequestContext(FieldChecks):
         if (unknown or self._checked) and self._screen(
             "log_execution", unknown
         ):
-            self._labels("actual_agents", actual_agents, rec.MAX_AGENTS)
-            self._number("execution_time_ms", execution_time_ms, _INF)
-            self._flag("success", success)
-            self._text("error", error)
-            self._int("token_count", token_count, _MAX_TOKENS)
-            self._number("context_size_kb", context_size_kb, _INF)
+            with read_strictly("log_execution"):
+                self._labels("actual_agents", actual_agents, rec.MAX_AGENTS)
+                self._number("execution_time_ms", execution_time_ms, _INF)
+                self._flag("success", success)
+                self._text("error", error)
+                self._int("token_count", token_count, _MAX_TOKENS)
+                self._number("context_size_kb", context_size_kb, _INF)
 
     def log_quality(
         self,
@@ -196,10 +206,11 @@ class RequestContext(FieldChecks):
         self._code_valid = code_valid
         self._tests_passed = tests_passed
         if (unknown or self._checked) and self._screen("log_quality", unknown):
-            self._number("score", score, 1.0)
-            self._flag("task_completed", task_completed)
-            self._flag("code_valid", code_valid)
-            self._flag("tests_passed", tests_passed)
+            with read_strictly("log_quality"):
+                self._number("score", score, 1.0)
+                self._flag("task_completed", task_completed)
+                self._flag("code_valid", code_valid)
+                self._flag("tests_passed", tests_passed)
 
     def log_acceptance(
         self,
@@ -214,8 +225,9 @@ class RequestContext(FieldChecks):
         if (unknown or self._checked) and self._screen(
             "log_acceptance", unknown
         ):
-            self._flag("accepted", accepted)
-            self._text("override_reason", override_reason)
+            with read_strictly("log_acceptance"):
+                self._flag("accepted", accepted)
+                self._text("override_reason", override_reason)
 
     def log_agent(
         self,
@@ -272,6 +284,8 @@ class RequestContext(FieldChecks):
         if self._ended:
             return False
         self._ended = self._checked = True  # later log_* calls are counted
+        if self._pid != self._sink.pid:
+            return self._inherited()
         if error is not None:
             self._error = error
             if self._success is None:
@@ -286,17 +300,28 @@ class RequestContext(FieldChecks):
             # Every value is checked field by field; this is the last net
             # for a hostile object (say a __hash__ that raises) in default
             # mode: monitoring never breaks the request.
+            if self._agent_runs:  # lost with it: no request to link to
+                self._sink.counters.agent_runs_failed += len(self._agent_runs)
             return self._unwritable(exc)
-        stored = self._sink.write(packed)
-        if self._agent_runs:  # right after the request's record
-            _agents.write_runs(
-                self,
-                self._agent_runs,
-                packed,
-                self.timestamp_ns,
-                self.request_id,
-            )
+        try:
+            stored = self._sink.write(packed)
+        finally:  # a strict write error too: the runs are stored or counted
+            if self._agent_runs:  # right after the request's record
+                _agents.write_runs(
+                    self,
+                    self._agent_runs,
+                    packed,
+                    self.timestamp_ns,
+                    self.request_id,
+                )
         return stored
+
+    def _inherited(self) -> bool:
+        """End, in a forked child, a request its parent started: the
+        parent's copy is the request's record (and its runs'), so the
+        child writes nothing and counts it in ``ended_in_forked_child``."""
+        self._sink.counters.ended_in_forked_child += 1
+        return False
 
     def __enter__(self) -> RequestContext:
         return self

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from livemon._checks import _short
 from livemon.context import RequestContext
+from livemon.exceptions import InvalidField
 from livemon.feedback import FeedbackLoop
 from livemon.monitor import Monitor
 from livemon.record import AgentOutcome
@@ -210,8 +211,21 @@ class Coordinator:
         self.feedback = feedback
 
     def route(self, query: str) -> RoutingDecision:
-        """Classify, select agents, and start the request's record."""
+        """Classify, select agents, and start the request's record.
+
+        An exception from the classifier, the selector or the feedback
+        loop propagates unchanged, after the request is recorded as
+        failed with it (as an exception in a ``with monitor.request()``
+        block is): a request never vanishes uncounted.
+        """
         context = self.monitor.request(query)
+        try:
+            return self._routed(query, context)
+        except BaseException as exc:
+            context.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+
+    def _routed(self, query: str, context: RequestContext) -> RoutingDecision:
         intent = self.classifier.classify(query)
         context.log_intent(
             category=intent.category,
@@ -290,9 +304,29 @@ class Coordinator:
 
         Writes the request's record, then one agent run per
         ``result.agents`` entry.  Returns whether the request's record
-        reached the ring.
+        reached the ring.  A ``decision`` that ``route`` did not return
+        is counted in ``invalid`` (there is no request to record); a
+        ``result`` that is not a ``Result`` is counted too, and the
+        request recorded with what ``route`` logged.
+
+        Raises:
+            InvalidField: either is wrong, in strict mode only.
         """
+        given: tuple[object, object] = (decision, result)  # as called
+        if not isinstance(given[0], RoutingDecision):
+            reason = (
+                f"must be route()'s RoutingDecision, not {_short(decision)}"
+            )
+            if self.monitor.strict:
+                raise InvalidField("decision", reason)
+            self.monitor.counters.invalid += 1
+            return False
         context = decision.context
+        if not isinstance(given[1], Result):
+            context._bad(
+                "result", f"must be a Result, not {_short(result)}", 0
+            )
+            return context.end()
         used = _names(result.agents_used)
         context.log_execution(
             actual_agents=used,
@@ -312,7 +346,7 @@ class Coordinator:
         if accepted is None and isinstance(used, list | tuple):
             try:
                 accepted = set(used) == set(decision.agents)
-            except TypeError:  # unhashable entries: counted by the check
+            except Exception:  # unhashable or hostile: counted by the check
                 accepted = None
         context.log_acceptance(
             accepted=accepted, override_reason=result.override_reason

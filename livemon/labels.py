@@ -102,6 +102,12 @@ class LabelCache:
             self.lists.clear()
             self.pending.clear()
 
+    def after_fork_in_child(self) -> None:
+        """Forget every text, with a new lock: a thread of the parent may
+        have held the old one at the fork, and it does not exist here."""
+        self._lock = threading.Lock()
+        self.clear()
+
     def _remember(self, text: str, label: int) -> None:
         if len(self.ids) + len(self.texts) >= self._max_texts:
             self.ids.clear()

@@ -20,6 +20,7 @@ import numpy as np
 import ringbuf
 from livemon import ipc
 from livemon import record as rec
+from livemon._checks import _exact_str
 from livemon.agent_ring import AgentLane
 from livemon.config import Config, load_config
 from livemon.context import RequestContext
@@ -157,11 +158,12 @@ class Monitor:
             InvalidField: ``text`` is not a ``str`` (any mode: this is a
                 direct call, not a field of a request).
         """
-        if not isinstance(text, str):
+        plain = _exact_str(text)  # a subclass by its value, as fields are
+        if plain is None:
             raise InvalidField(
                 "text", f"a label is a str, got {type(text).__name__}"
             )
-        return self._label_cache.intern(text)
+        return self._label_cache.intern(plain)
 
     def close(self) -> None:
         """Give back this process's lanes and detach, for good. Idempotent.
@@ -420,8 +422,11 @@ class Monitor:
         # so that nothing depends on records of the parent's lane.
         if os.getpid() == self._sink.pid:
             return  # already renewed
+        # A thread of the parent may have held a lock at the fork: it does
+        # not exist here, so the child's locks are new.
+        self._reconnecting = threading.RLock()
         self._sink.renew_identity()
-        self._label_cache.clear()
+        self._label_cache.after_fork_in_child()
         self._said = set()  # the child tells its own troubles
         # The parent's spills were abandoned in this process by their own
         # at-fork hooks; the child spills from its own lane, when needed,

@@ -66,6 +66,9 @@ class Counters:
             whose own methods raised).
         agent_runs_over_limit: ``log_agent`` calls beyond
             ``MAX_AGENT_RUNS`` in one request, not recorded.
+        ended_in_forked_child: requests started before a fork and ended
+            in the child, not written there: the parent's copy is the
+            request's record (and its agent runs').
     """
 
     recorded: int = 0
@@ -90,6 +93,8 @@ class Counters:
     agent_runs_unavailable: int = 0
     agent_runs_failed: int = 0
     agent_runs_over_limit: int = 0
+    # A request inherited over fork (the API's adversarial pass).
+    ended_in_forked_child: int = 0
 
 
 class Sink:

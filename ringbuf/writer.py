@@ -306,6 +306,7 @@ class RingWriter(LaneCounters):
             )
         base = self._lanes.lane_word(lane)
         self._lock_fd = fd
+        self._fd_closer = weakref.finalize(self, os.close, fd)
         self._lane_word = base
         self._head_word = base + _layout.L_HEAD
         self._tail_word = base + _layout.L_TAIL
@@ -337,7 +338,7 @@ class RingWriter(LaneCounters):
 
     def _release(self) -> None:
         if self._lock_fd >= 0:
-            os.close(self._lock_fd)
+            self._fd_closer()  # os.close once; a writer never closed: at GC
         self._lock_fd = -1
         self._lane = None
 
@@ -358,8 +359,7 @@ class RingWriter(LaneCounters):
         return self._replaced
 
     def _forget_lane(self) -> None:
-        # The child shares the parent's lock descriptor: closing our copy
-        # leaves the parent's lock in place, and the child claims anew.
+        # Closing the child's copy of the lock fd keeps the parent's lock.
         self._thread_lock = threading.Lock()
         self._locked = self._thread_lock.locked
         self._release()
