@@ -116,6 +116,7 @@ def retention_figures(
     running: bool,
     last_pass_at: float | None,
     next_pass_in_s: float,
+    last_error: str | None = None,
 ) -> dict[str, Any]:
     """Retention's figures, for status: whether a pass runs, when the
     last one finished and when the next is due.
@@ -128,6 +129,7 @@ def retention_figures(
         last_pass_at: when the last pass finished (Unix seconds), None
             before the first.
         next_pass_in_s: until the next pass is due (negative: due now).
+        last_error: why the last try failed (the archive side), if it did.
     """
     return {
         "older_than_days": config.retention_days,
@@ -136,6 +138,7 @@ def retention_figures(
         "next_pass_in_s": None
         if running
         else round(max(next_pass_in_s, 0.0), 1),
+        "last_error": last_error,
     }
 
 

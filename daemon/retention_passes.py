@@ -6,6 +6,7 @@ what status says of them.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +16,10 @@ from daemon.retention import DAEMON_SHARE, TABLES, Retention
 from daemon.store import Store
 from livemon.config import Config
 
+logger = logging.getLogger("livemon.daemon")
+
 RETENTION_CHECK_S = 3600.0
+RETRY_AFTER_FAILURE_S = 300.0
 
 
 class RetentionPasses:
@@ -37,6 +41,7 @@ class RetentionPasses:
         self._running = False
         self._due_at = 0.0  # monotonic: due at once
         self._finished_at: float | None = None  # Unix seconds
+        self._last_error: str | None = None
 
     def reconfigure(self, config: Config) -> None:
         """Take reread settings (SIGHUP): the next batch uses them."""
@@ -57,10 +62,30 @@ class RetentionPasses:
                 self.config.archive_dir,
                 sinks={table: self._sinks_for(table) for table in TABLES},
             )
-        self._running = self._retention.step_within(DAEMON_SHARE)
+        try:
+            self._running = self._retention.step_within(DAEMON_SHARE)
+        except OSError as exc:
+            self._failed(exc)
+            return
+        self._last_error = None
         if not self._running:
             store.db.execute("PRAGMA incremental_vacuum")
             self._finished_at = time.time()
+
+    def _failed(self, exc: OSError) -> None:
+        """The archive side failed (``archive_dir`` a file, unwritable,
+        full): retention's own trouble, said as such; the rows stay and
+        the drain goes on (SQLite errors are the database's: the caller
+        treats those)."""
+        self._running = False
+        self._due_at = time.monotonic() + RETRY_AFTER_FAILURE_S
+        self._last_error = f"{type(exc).__name__}: {exc}"
+        logger.warning(
+            "retention pass failed (%s); the old rows stay, retrying in "
+            "%.0f s",
+            self._last_error,
+            RETRY_AFTER_FAILURE_S,
+        )
 
     def figures(self) -> dict[str, Any]:
         """What status shows: running, last finished, next due."""
@@ -69,4 +94,5 @@ class RetentionPasses:
             running=self._running,
             last_pass_at=self._finished_at,
             next_pass_in_s=self._due_at - time.monotonic(),
+            last_error=self._last_error,
         )

@@ -382,4 +382,6 @@ def retention_lines(block: dict[str, Any] | None) -> list[str]:
     following = block.get("next_pass_in_s")
     if following is not None:
         line += f", next in {following:.0f} s"
+    if block.get("last_error"):
+        line += f"; FAILED: {block['last_error']}"
     return [line]

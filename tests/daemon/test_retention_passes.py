@@ -15,6 +15,7 @@ import pytest
 
 from daemon.retention import NS_PER_DAY
 from daemon.retention_passes import RetentionPasses
+from daemon.status import retention_lines
 from daemon.store import Store
 from livemon.config import load_config
 from tests.daemon.test_retention import events_at, identities
@@ -81,3 +82,24 @@ def test_reread_configuration_is_used(store, tmp_path):
     run_pass(passes, store)
     assert len(identities(store.path)) == 1
     assert passes.figures()["older_than_days"] == 30
+
+
+def test_an_archive_dir_that_is_a_file_is_retentions_trouble(store, tmp_path):
+    """``archive_dir`` a file (FileExistsError): the pass fails alone, said
+    in its figures and status line; the rows stay, nothing is raised to
+    the loop (which took it for the database and reopened it), and it is
+    tried again within minutes, then goes through."""
+    (tmp_path / "archive").write_text("not a directory")
+    passes = RetentionPasses(config(tmp_path, 90), lambda table: [])
+    passes.turn(store)
+    failed = passes.figures()
+    assert "FileExistsError" in failed["last_error"]
+    assert not failed["running"]
+    assert 0 < failed["next_pass_in_s"] <= 300
+    assert "FAILED: FileExistsError" in retention_lines(failed)[0]
+    assert len(identities(store.path)) == 50
+    (tmp_path / "archive").unlink()
+    passes._due_at = 0.0
+    run_pass(passes, store)
+    assert passes.figures()["last_error"] is None
+    assert identities(store.path) == {(1, 5, 49)}
