@@ -29,7 +29,7 @@ from daemon.exceptions import (
 )
 from daemon.store import check_database_path
 from livemon import ipc
-from livemon.config import Config
+from livemon.config import Config, dir_mode
 from livemon.db.writer import create_file
 from livemon.ipc import read_status
 
@@ -59,9 +59,9 @@ def start_ticks(pid: int) -> int:
 
 
 def make_private_dir(path: str, mode: int) -> None:
-    """Create directory ``path`` (and parents): owner-only, plus the group
-    bits of ``mode``; an existing one is left as it is."""
-    os.makedirs(path, mode=0o700 | (mode & 0o070), exist_ok=True)
+    """Create directory ``path`` (and parents) for files of ``mode``
+    (``dir_mode``); an existing one is left as it is."""
+    os.makedirs(path, mode=dir_mode(mode), exist_ok=True)
 
 
 def write_atomic(path: str, text: str, mode: int = 0o600) -> None:

@@ -46,6 +46,13 @@ MIN_BATCH_BYTES = 64 * 2**10  # *_batch_bytes: smaller is a typo, not a plan
 MAX_BATCH_BYTES = 2**30
 
 
+def dir_mode(file_mode: int) -> int:
+    """A directory's permission bits for files of ``file_mode``: its bits
+    plus x beside each r (a group that may read the files must be able to
+    enter the directory)."""
+    return file_mode | ((file_mode & 0o444) >> 2)
+
+
 def default_state_dir(env: Mapping[str, str] = os.environ) -> pathlib.Path:
     """Where the database lives by default.
 

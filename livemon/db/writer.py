@@ -11,6 +11,7 @@ import os
 import pathlib
 import sqlite3
 
+from livemon.config import dir_mode
 from livemon.db import schema
 
 BUSY_TIMEOUT_MS = 1000
@@ -21,7 +22,8 @@ CACHE_KIB = 65536
 def create_file(path: str, mode: int) -> None:
     """Create an empty database file with ``mode`` (and its directory).
 
-    The directory is owner-only, plus the group's bits of ``mode``.
+    The directory gets ``dir_mode(mode)``: owner-only, or enterable by
+    the group that may read the file.
 
     Raises:
         OSError: the directory is not writable (read-only, permissions).
@@ -29,7 +31,7 @@ def create_file(path: str, mode: int) -> None:
     if os.path.exists(path):
         return
     parent = pathlib.Path(path).parent
-    parent.mkdir(parents=True, exist_ok=True, mode=0o700 | (mode & 0o070))
+    parent.mkdir(parents=True, exist_ok=True, mode=dir_mode(mode))
     with contextlib.suppress(FileExistsError):
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode))
         os.chmod(path, mode)  # the umask may have narrowed it

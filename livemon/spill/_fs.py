@@ -18,11 +18,6 @@ OPEN_FILE = os.O_NOFOLLOW | os.O_CLOEXEC
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
-def dir_mode(file_mode: int) -> int:
-    """A directory's mode for files of ``file_mode``: x beside each r."""
-    return file_mode | ((file_mode & 0o444) >> 2)
-
-
 def open_dirs(root: str, names: Iterable[str], mode: int | None) -> int:
     """Open ``root/names...``, creating missing ones if ``mode`` is given.
 

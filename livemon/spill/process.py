@@ -13,6 +13,7 @@ import time
 from typing import Any, Protocol
 
 import ringbuf
+from livemon.config import dir_mode
 from livemon.exceptions import SpillConfigError, SpillDtypeError
 from livemon.spill._status import SpillStatus
 from livemon.spill.drops import LANE_COUNTERS
@@ -188,4 +189,4 @@ def _make_parent(path: str, mode: int) -> None:
     """Make the spill root's parent (the database's directory, by default)
     as the daemon would, should coordinators spill before it ever ran."""
     parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, mode=0o700 | (mode & 0o070), exist_ok=True)
+    os.makedirs(parent, mode=dir_mode(mode), exist_ok=True)

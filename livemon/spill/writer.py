@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from livemon.spill import _format, _fs, _rotation, _segment
+from livemon.config import dir_mode
+from livemon.spill import _format, _rotation, _segment
 from livemon.spill._limits import (
     DEFAULT_LANE_CAP_BYTES,
     DEFAULT_MIN_FREE_BYTES,
@@ -157,7 +158,7 @@ class SpillWriter(_rotation.SegmentRotation):
         )
         self._segment_bytes = limits.segment_bytes
         self._sync_interval_ns = limits.sync_interval_ns
-        self._dir_mode = _fs.dir_mode(mode)
+        self._dir_mode = dir_mode(mode)
         self.spill_dir = os.fspath(spill_dir)
         _segment.make_root(self.spill_dir, self._dir_mode)
         epoch_dir = _format.epoch_name(self.epoch)
