@@ -50,6 +50,7 @@ class LabelCache:
         announce: Callable[[str], bool],
         counters: LabelCounts,
         max_texts: int = 100_000,
+        max_chars: int = 2**24,
     ) -> None:
         # Threads of one coordinator share the cache: the hot path only
         # reads ``ids`` and ``lists`` (single dict lookups, atomic under
@@ -63,7 +64,12 @@ class LabelCache:
         self.pending: dict[str, None] = {}
         self._announce = announce
         self._counters = counters
+        # Texts run to MAX_TEXT_BYTES (4 KiB): bounded by count alone,
+        # 100,000 distinct errors would hold ~400 MB; by characters too,
+        # the cache stays near 16 Mi characters (and forgets sooner).
         self._max_texts = max_texts
+        self._max_chars = max_chars
+        self._chars = 0
 
     def intern(self, text: str) -> int:
         """Return the label id of ``text``, announcing it once."""
@@ -97,10 +103,15 @@ class LabelCache:
     def clear(self) -> None:
         """Forget every text: each is announced again when next used."""
         with self._lock:
-            self.ids.clear()
-            self.texts.clear()
-            self.lists.clear()
+            self._forget()
             self.pending.clear()
+
+    def _forget(self) -> None:
+        """Empty the caches (the caller holds the lock or is alone)."""
+        self.ids.clear()
+        self.texts.clear()
+        self.lists.clear()
+        self._chars = 0
 
     def after_fork_in_child(self) -> None:
         """Forget every text, with a new lock: a thread of the parent may
@@ -109,10 +120,10 @@ class LabelCache:
         self.clear()
 
     def _remember(self, text: str, label: int) -> None:
-        if len(self.ids) + len(self.texts) >= self._max_texts:
-            self.ids.clear()
-            self.texts.clear()
-            self.lists.clear()
+        full = len(self.ids) + len(self.texts) >= self._max_texts
+        if full or self._chars + len(text) > self._max_chars:
+            self._forget()
+        self._chars += len(text)
         if text and len(encode_text(text)) <= MAX_NAME_BYTES:
             self.ids[text] = label
         else:

@@ -46,3 +46,25 @@ class TestHeldLabels:
         assert cache.pending == {}
         assert "agent_x" in cache.ids
         assert counters.labels_dropped == 1
+
+
+class TestBounds:
+    def test_long_texts_are_bounded_by_characters_too(self):
+        """4 KiB error texts, each new: the cache forgets once it holds
+        ``max_chars`` characters, not only after ``max_texts`` texts (by
+        count alone, 100,000 of them held ~400 MB), and a forgotten text
+        is announced again when next used."""
+        announced: list[str] = []
+        cache = LabelCache(
+            lambda t: announced.append(t) is None, Counters(), max_chars=40_000
+        )
+        texts = [f"{i:04d}" + "e" * 4092 for i in range(25)]
+        for text in texts:
+            cache.intern(text)
+            assert sum(map(len, cache.texts)) <= 40_000
+        assert len(cache.texts) < 10
+        assert announced == texts
+        cache.intern(texts[0])  # forgotten: announced again
+        assert announced[-1] == texts[0] and len(announced) == 26
+        cache.intern(texts[-1])  # still known: not again
+        assert len(announced) == 26
