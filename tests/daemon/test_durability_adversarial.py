@@ -1,0 +1,123 @@
+"""
+An adversary against spill replay's durability: a database disk that
+fills while a replay step commits, with real spill files, a real SQLite
+file on a real (small) tmpfs, and real shared nothing else.
+
+Each test failed before its fix; what it proves is in its docstring.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+
+from daemon import replay as replay_module
+from daemon.replay import SpillReplayer
+from daemon.store import Store
+from livemon import record as rec
+from livemon.spill import LaneSpill
+from tests.livemon.helpers import synthetic_records
+from tests.mounts import tmpfs
+
+RING = "advd-durable"
+EPOCH = 0x0ADD_0000_0000_0001
+PER_LANE = 3000  # records a lane spills: two lanes' rows overflow the disk
+LEFT_FREE = 800_000  # bytes left on the database's disk: a few parts' WAL
+
+
+def spill_lanes(spill_dir: pathlib.Path, lanes: tuple[int, ...]) -> int:
+    """Spill ``PER_LANE`` varied records (agent lists of one to three
+    agents: list labels to store) and their labels on each of ``lanes``,
+    as producers with full ring lanes would; return the records."""
+    for lane in lanes:
+        records, texts = synthetic_records(PER_LANE, lane, 1_700 * 10**15, 10)
+        for ring, dtype, items in (
+            (RING + ".labels", rec.LABEL_DTYPE, map(rec.label_record, texts.values())),
+            (RING, rec.RECORD_DTYPE, (r.tobytes() for r in records)),
+        ):
+            spill = LaneSpill.open(
+                spill_dir, ring, EPOCH, lane, dtype, min_free_bytes=0
+            )
+            for item in items:
+                spill.put(item)
+            spill.close()
+    return PER_LANE * len(lanes)
+
+
+def fill(mount: pathlib.Path, leave: int) -> pathlib.Path:
+    """Fill ``mount`` with one file until ``leave`` bytes stay free."""
+    info = os.statvfs(mount)
+    filler = mount / "filler"
+    filler.write_bytes(b"\0" * max(0, info.f_bavail * info.f_frsize - leave))
+    return filler
+
+
+def missing_lists(store: Store) -> int:
+    """List label ids that stored events name but ``labels`` lacks."""
+    sql = " UNION ".join(
+        f"SELECT {column} AS id FROM events WHERE {column} != 0"
+        for column in rec.LIST_FIELDS
+    )
+    row = store.db.execute(
+        f"SELECT count(*) FROM ({sql}) WHERE id NOT IN "
+        "(SELECT label_id FROM labels)"
+    ).fetchone()
+    return int(row[0])
+
+
+@pytest.fixture
+def full_disk(tmp_path, monkeypatch):
+    """Two lanes spilled, a store on a tmpfs left with ``LEFT_FREE``
+    bytes, replay writing in parts of half a lane: ``(replayer, store,
+    filler, records)``."""
+    records = spill_lanes(tmp_path / "spill", (1, 2))
+    # Parts of half a lane: the step's first parts are written (and their
+    # list labels learned) before the commit finds the disk full.
+    monkeypatch.setattr(replay_module, "WRITE_RECORDS", PER_LANE // 2)
+    with tmpfs(tmp_path / "db", "8M") as mount:
+        store = Store(str(mount / "livemon.db"))
+        filler = fill(mount, LEFT_FREE)
+        replayer = SpillReplayer(tmp_path / "spill", RING, store)
+        yield replayer, store, filler, records
+        store.close()
+
+
+class TestDiskFullWhileReplaying:
+    def test_a_failed_commit_leaves_no_event_naming_a_missing_list(
+        self, full_disk
+    ):
+        """The step's COMMIT fails on the full disk and rolls everything
+        back, list labels included; once space is back the events go in,
+        and every agent list they name is stored with them (the store's
+        list cache must not keep what the rollback undid)."""
+        replayer, store, filler, records = full_disk
+        assert replayer.step() == 0
+        assert "full" in (replayer.last_error or "")
+        assert store.db.execute("SELECT count(*) FROM events").fetchone() == (
+            0,
+        )
+        filler.unlink()
+        while replayer.step():
+            pass
+        assert replayer.last_error is None
+        assert store.db.execute(
+            "SELECT count(*), count(DISTINCT seq) FROM events"
+        ).fetchone() == (records, records)
+        assert missing_lists(store) == 0
+
+    def test_steps_shrink_to_what_the_disk_holds(self, full_disk):
+        """A disk with room for smaller steps than the default (10 drain
+        batches in one transaction): the backlog still moves, in steps
+        that fit, instead of failing at full size at every step."""
+        replayer, store, _, records = full_disk
+        for _ in range(40):
+            replayer.step()
+            stored = store.db.execute("SELECT count(*) FROM events")
+            if stored.fetchone()[0] == records:
+                break
+        assert store.db.execute(
+            "SELECT count(*), count(DISTINCT seq) FROM events"
+        ).fetchone() == (records, records)
+        assert missing_lists(store) == 0
