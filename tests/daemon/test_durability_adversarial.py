@@ -24,7 +24,6 @@ from tests.mounts import tmpfs
 RING = "advd-durable"
 EPOCH = 0x0ADD_0000_0000_0001
 PER_LANE = 3000  # records a lane spills: two lanes' rows overflow the disk
-LEFT_FREE = 800_000  # bytes left on the database's disk: a few parts' WAL
 
 
 def spill_lanes(spill_dir: pathlib.Path, lanes: tuple[int, ...]) -> int:
@@ -33,8 +32,9 @@ def spill_lanes(spill_dir: pathlib.Path, lanes: tuple[int, ...]) -> int:
     as producers with full ring lanes would; return the records."""
     for lane in lanes:
         records, texts = synthetic_records(PER_LANE, lane, 1_700 * 10**15, 10)
+        labels = map(rec.label_record, texts.values())
         for ring, dtype, items in (
-            (RING + ".labels", rec.LABEL_DTYPE, map(rec.label_record, texts.values())),
+            (RING + ".labels", rec.LABEL_DTYPE, labels),
             (RING, rec.RECORD_DTYPE, (r.tobytes() for r in records)),
         ):
             spill = LaneSpill.open(
@@ -67,57 +67,57 @@ def missing_lists(store: Store) -> int:
     return int(row[0])
 
 
+HEADROOM = 1 << 20  # db_min_free_bytes: twice this test's step's WAL
+
+
 @pytest.fixture
-def full_disk(tmp_path, monkeypatch):
-    """Two lanes spilled, a store on a tmpfs left with ``LEFT_FREE``
-    bytes, replay writing in parts of half a lane: ``(replayer, store,
-    filler, records)``."""
+def disk(tmp_path, monkeypatch):
+    """Two lanes spilled, a store on an 8 MiB tmpfs with a headroom, and
+    replay writing in parts of half a lane: ``(replayer, store, mount,
+    records)``."""
     records = spill_lanes(tmp_path / "spill", (1, 2))
     # Parts of half a lane: the step's first parts are written (and their
-    # list labels learned) before the commit finds the disk full.
+    # list labels learned) before its COMMIT.
     monkeypatch.setattr(replay_module, "WRITE_RECORDS", PER_LANE // 2)
     with tmpfs(tmp_path / "db", "8M") as mount:
-        store = Store(str(mount / "livemon.db"))
-        filler = fill(mount, LEFT_FREE)
+        store = Store(str(mount / "livemon.db"), min_free_bytes=HEADROOM)
         replayer = SpillReplayer(tmp_path / "spill", RING, store)
-        yield replayer, store, filler, records
+        yield replayer, store, mount, records
         store.close()
 
 
+def filling_during_the_step(replayer: SpillReplayer, mount: pathlib.Path):
+    """Have another writer take the disk's last bytes while the step's
+    transaction is open (once its first lane is read), as a log or a
+    backup beside the database would; return the filler's path."""
+    read = replayer.events.read
+    filled: list[pathlib.Path] = []
+
+    def read_then_fill(epoch: int, lane: int, after: int = -1):
+        if lane == 2 and not filled:  # the first step only
+            filled.append(fill(mount, 0))
+        return read(epoch, lane, after)
+
+    replayer.events.read = read_then_fill  # type: ignore[method-assign]
+    return mount / "filler"
+
+
 class TestDiskFullWhileReplaying:
-    def test_a_failed_commit_leaves_no_event_naming_a_missing_list(
-        self, full_disk
-    ):
-        """The step's COMMIT fails on the full disk and rolls everything
-        back, list labels included; once space is back the events go in,
-        and every agent list they name is stored with them (the store's
-        list cache must not keep what the rollback undid)."""
-        replayer, store, filler, records = full_disk
+    def test_a_failed_commit_leaves_no_event_naming_a_missing_list(self, disk):
+        """The disk fills while a step's transaction is open: its COMMIT
+        fails and rolls everything back, list labels included.  Once
+        space is back the events go in, and every agent list they name
+        is stored with them: the store's list cache must not keep what
+        the rollback undid (it did: 172 lists named, never stored)."""
+        replayer, store, mount, records = disk
+        filler = filling_during_the_step(replayer, mount)
         assert replayer.step() == 0
         assert "full" in (replayer.last_error or "")
-        assert store.db.execute("SELECT count(*) FROM events").fetchone() == (
-            0,
-        )
+        count = "SELECT count(*), count(DISTINCT seq) FROM events"
+        assert store.db.execute(count).fetchone() == (0, 0)
         filler.unlink()
         while replayer.step():
             pass
         assert replayer.last_error is None
-        assert store.db.execute(
-            "SELECT count(*), count(DISTINCT seq) FROM events"
-        ).fetchone() == (records, records)
-        assert missing_lists(store) == 0
-
-    def test_steps_shrink_to_what_the_disk_holds(self, full_disk):
-        """A disk with room for smaller steps than the default (10 drain
-        batches in one transaction): the backlog still moves, in steps
-        that fit, instead of failing at full size at every step."""
-        replayer, store, _, records = full_disk
-        for _ in range(40):
-            replayer.step()
-            stored = store.db.execute("SELECT count(*) FROM events")
-            if stored.fetchone()[0] == records:
-                break
-        assert store.db.execute(
-            "SELECT count(*), count(DISTINCT seq) FROM events"
-        ).fetchone() == (records, records)
+        assert store.db.execute(count).fetchone() == (records, records)
         assert missing_lists(store) == 0
