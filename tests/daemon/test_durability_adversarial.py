@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -20,6 +22,8 @@ from livemon import record as rec
 from livemon.spill import LaneSpill
 from tests.livemon.helpers import synthetic_records
 from tests.mounts import tmpfs
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 
 RING = "advd-durable"
 EPOCH = 0x0ADD_0000_0000_0001
@@ -121,3 +125,50 @@ class TestDiskFullWhileReplaying:
         assert replayer.last_error is None
         assert store.db.execute(count).fetchone() == (records, records)
         assert missing_lists(store) == 0
+
+
+QUARANTINE_ONE = """
+import sys
+import numpy as np
+from daemon.quarantine import Quarantine
+from livemon.record import RECORD_DTYPE
+quarantine = Quarantine(sys.argv[1])
+quarantine.add("advd-q", 1, 7, np.zeros(2, RECORD_DTYPE), "adversary")
+print(quarantine.records)
+"""
+
+
+class TestQuarantineFile:
+    """``<db>.quarantine.jsonl`` is a path in the database's directory:
+    whatever was put there, setting records aside counts them and goes
+    on, writing into a regular file of its own only."""
+
+    def quarantine(self, path: pathlib.Path) -> str:
+        """Set two records aside into ``path`` in a process of its own
+        (a hang is a failure, not a stuck test); return what it printed."""
+        run = subprocess.run(
+            [sys.executable, "-c", QUARANTINE_ONE, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=ROOT,
+            check=True,
+        )
+        return run.stdout.strip()
+
+    def test_a_fifo_does_not_hang_the_daemon(self, tmp_path):
+        """A FIFO nobody reads: opening it to write would block forever
+        (the drain loop with it); the records are counted instead."""
+        path = tmp_path / "livemon.db.quarantine.jsonl"
+        os.mkfifo(path)
+        assert self.quarantine(path) == "2"
+
+    def test_a_symlink_is_not_followed(self, tmp_path):
+        """A symlink planted there (to a file the daemon, often root, may
+        write) is not written through; the records are counted."""
+        victim = tmp_path / "victim"
+        victim.write_text("keep\n")
+        path = tmp_path / "livemon.db.quarantine.jsonl"
+        path.symlink_to(victim)
+        assert self.quarantine(path) == "2"
+        assert victim.read_text() == "keep\n"
