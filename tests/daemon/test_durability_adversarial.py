@@ -172,3 +172,40 @@ class TestQuarantineFile:
         path.symlink_to(victim)
         assert self.quarantine(path) == "2"
         assert victim.read_text() == "keep\n"
+
+
+class TestDurableBeforeUnlink:
+    def test_the_wal_beside_a_symlinked_database_is_fsynced(
+        self, tmp_path, monkeypatch
+    ):
+        """The database named through a symlink (a supported layout: its
+        WAL is beside the file, not the link): the WAL holding the step's
+        commits is fsynced before the step's first unlink, else a power
+        loss keeps neither the rows nor the segment.  Calls recorded as
+        they pass to the real os.fsync and os.unlink."""
+        real = tmp_path / "data" / "livemon.db"
+        real.parent.mkdir()
+        link = tmp_path / "link.db"
+        link.symlink_to(real)
+        records = spill_lanes(tmp_path / "spill", (1,))
+        calls: list[tuple[str, str]] = []
+        real_fsync, real_unlink = os.fsync, os.unlink
+
+        def fsync(fd: int) -> None:
+            calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+            real_fsync(fd)
+
+        def unlink(path, *args, **kwargs):
+            calls.append(("unlink", str(path)))
+            real_unlink(path, *args, **kwargs)
+
+        store = Store(str(link))
+        try:
+            monkeypatch.setattr(os, "fsync", fsync)
+            monkeypatch.setattr(os, "unlink", unlink)
+            replayer = SpillReplayer(tmp_path / "spill", RING, store)
+            assert replayer.step() == records
+            first = next(i for i, c in enumerate(calls) if c[0] == "unlink")
+            assert ("fsync", str(real) + "-wal") in calls[:first]
+        finally:
+            store.close()
