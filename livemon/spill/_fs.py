@@ -155,7 +155,9 @@ def remove_stale(dir_fd: int, name: str, age_s: float) -> None:
         info = os.fstat(fd)
         stale = time.time() - info.st_mtime > age_s
         if stat.S_ISREG(info.st_mode) and stale and not is_locked(fd):
-            with contextlib.suppress(FileNotFoundError):
+            # Gone, or a read-only filesystem: left, never the reader's
+            # failure (the next listing tries again).
+            with contextlib.suppress(OSError):
                 os.unlink(name, dir_fd=dir_fd)
     finally:
         os.close(fd)

@@ -19,7 +19,7 @@ from daemon import replay as replay_module
 from daemon.replay import SpillReplayer
 from daemon.store import Store
 from livemon import record as rec
-from livemon.spill import LaneSpill
+from livemon.spill import LaneSpill, _format
 from tests.livemon.helpers import synthetic_records
 from tests.mounts import tmpfs
 
@@ -209,3 +209,61 @@ class TestDurableBeforeUnlink:
             assert ("fsync", str(real) + "-wal") in calls[:first]
         finally:
             store.close()
+
+
+def read_only(mount: pathlib.Path) -> None:
+    """Remount the tmpfs at ``mount`` read-only (as a failing disk's
+    filesystem is): nothing in it can be renamed or unlinked."""
+    subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+
+
+class TestOneLaneUnwritable:
+    """A lane's directory on a filesystem that went read-only: what it
+    holds cannot be set aside or unlinked, and every other lane is still
+    replayed and retired."""
+
+    def lane_dir(self, spill_dir: pathlib.Path, lane: int) -> pathlib.Path:
+        return spill_dir / RING / _format.epoch_name(EPOCH) / f"{lane:05d}"
+
+    def test_a_damaged_segment_there_holds_up_no_other_lane(self, tmp_path):
+        """Its damaged segment cannot be renamed aside (EROFS): skipped,
+        not raised at every step, so the other lane's records go in."""
+        spill_dir = tmp_path / "spill"
+        records = spill_lanes(spill_dir, (2,))
+        stuck = self.lane_dir(spill_dir, 1)
+        with tmpfs(stuck, "1M"):
+            (stuck / _format.segment_name(5)).write_bytes(b"\xa5" * 4096)
+            read_only(stuck)
+            store = Store(str(tmp_path / "livemon.db"))
+            try:
+                replayer = SpillReplayer(spill_dir, RING, store)
+                moved = sum(replayer.step() for _ in range(3))
+                assert replayer.last_error is None
+                assert moved == records
+                assert replayer.events.bad_segments == 0  # still there
+                assert not self.lane_dir(spill_dir, 2).exists()  # retired
+            finally:
+                store.close()
+
+    def test_replayed_segments_there_hold_up_no_other_lane(self, tmp_path):
+        """Its segments are replayed but cannot be unlinked (EROFS): the
+        other lane's are still retired, and nothing is stored twice."""
+        spill_dir = tmp_path / "spill"
+        stuck = self.lane_dir(spill_dir, 1)
+        with tmpfs(stuck, "4M"):
+            records = spill_lanes(spill_dir, (1, 2))
+            read_only(stuck)
+            store = Store(str(tmp_path / "livemon.db"))
+            try:
+                replayer = SpillReplayer(spill_dir, RING, store)
+                moved = sum(replayer.step() for _ in range(3))
+                assert moved == records
+                assert not self.lane_dir(spill_dir, 2).exists()  # retired
+                assert list(stuck.iterdir())  # kept: read-only
+                count = "SELECT count(*), count(DISTINCT seq) FROM events"
+                assert store.db.execute(count).fetchone() == (
+                    records,
+                    records,
+                )
+            finally:
+                store.close()
