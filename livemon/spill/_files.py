@@ -113,11 +113,8 @@ class SegmentFiles:
         with self._lane_dir(segment) as dir_fd:
             if dir_fd < 0:
                 return 0, 0
-            try:
-                fd = os.open(
-                    segment.name, os.O_RDONLY | _fs.OPEN_FILE, dir_fd=dir_fd
-                )
-            except FileNotFoundError:
+            fd = _fs.open_regular(segment.name, dir_fd)
+            if fd < 0:
                 return 0, 0
             try:
                 head = os.pread(fd, _PEEK_BYTES, 0)
@@ -265,9 +262,8 @@ class SegmentFiles:
             _format.lane_name(lane),
             name,
         )
-        try:
-            fd = os.open(name, os.O_RDONLY | _fs.OPEN_FILE, dir_fd=dir_fd)
-        except FileNotFoundError:
+        fd = _fs.open_regular(name, dir_fd)
+        if fd < 0:
             return None
         try:
             head = os.pread(fd, _format.DATA_OFFSET, 0)
@@ -337,11 +333,8 @@ class SegmentFiles:
             if dir_fd < 0:
                 yield None
                 return
-            try:
-                fd = os.open(
-                    segment.name, os.O_RDONLY | _fs.OPEN_FILE, dir_fd=dir_fd
-                )
-            except FileNotFoundError:
+            fd = _fs.open_regular(segment.name, dir_fd)
+            if fd < 0:
                 yield None
                 return
             try:

@@ -267,3 +267,43 @@ class TestOneLaneUnwritable:
                 )
             finally:
                 store.close()
+
+
+SWAP_IN_A_FIFO = """
+import os, sys
+from livemon.record import RECORD_DTYPE
+from livemon.spill import SpillReader
+reader = SpillReader(sys.argv[1], sys.argv[2], RECORD_DTYPE)
+[key] = reader.lanes()
+[segment] = reader.segments(*key)
+os.unlink(segment.path)  # listed, then swapped for a FIFO nobody writes
+os.mkfifo(segment.path)
+for step in (lambda: reader.scan(segment), lambda: reader.retire(segment, -1),
+             lambda: reader.published(segment)):
+    try:
+        step()
+    except OSError as exc:  # a retry at the next step: not a hang
+        print(type(exc).__name__)
+print("done", reader.segments(*key))
+"""
+
+
+def test_a_segment_swapped_for_a_fifo_does_not_hang_the_reader(tmp_path):
+    """A segment replaced by a FIFO between its listing and its reading:
+    opening it to read would block until someone writes to it (forever,
+    and the daemon with it); it is an error of that step at most, and
+    the next listing passes it over.  In a process of its own: a hang
+    fails the test rather than stopping it."""
+    spill_dir = tmp_path / "spill"
+    spill = LaneSpill.open(spill_dir, RING, EPOCH, 1, rec.RECORD_DTYPE)
+    spill.put(bytes(rec.RECORD_DTYPE.itemsize))
+    spill.close()
+    run = subprocess.run(
+        [sys.executable, "-c", SWAP_IN_A_FIFO, str(spill_dir), RING],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        cwd=ROOT,
+        check=True,
+    )
+    assert run.stdout.strip().endswith("done []"), run.stdout
