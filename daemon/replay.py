@@ -10,6 +10,7 @@ import logging
 import os
 import sqlite3
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -62,7 +63,8 @@ class SpillReplayer:
     crash anywhere replays nothing twice: a crash between commit and
     unlink finds the rows committed, and ``INSERT OR IGNORE`` covers the
     rest.  Labels are idempotent by id; their HWM is kept in memory only,
-    so a restarted daemon replays them once more, harmlessly.
+    so a restarted daemon replays them once more, harmlessly, as does a
+    replayer whose store was opened anew (it may be a new file).
 
     Hook it into the drain loop *before* ``Drainer.step``: a label spilled
     before an event it names reached the ring is then committed no later
@@ -94,6 +96,10 @@ class SpillReplayer:
         )
         self._store = store
         self._label_hwm: dict[LaneKey, int] = {}
+        # The store the labels' HWM was committed through: a store opened
+        # anew may be a new file (the old one deleted or replaced; inode
+        # numbers are reused at once, so the file's identity cannot tell).
+        self._label_store: weakref.ref[Store] | None = None
         self._retire_at = 0.0
         self._before_unlink: Callable[[], None] | None = None
         self.replayed = 0
@@ -149,6 +155,9 @@ class SpillReplayer:
         store = self.store
         if store is None:
             return 0
+        if self._label_store is None or self._label_store() is not store:
+            self._label_hwm.clear()  # replayed again, harmlessly if known
+            self._label_store = weakref.ref(store)
         label_batches = self._pending_labels(room)
         events = self._pending_events(store, room)
         first = next(events, None)  # no transaction for nothing

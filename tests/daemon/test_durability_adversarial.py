@@ -307,3 +307,41 @@ def test_a_segment_swapped_for_a_fifo_does_not_hang_the_reader(tmp_path):
         check=True,
     )
     assert run.stdout.strip().endswith("done []"), run.stdout
+
+
+def test_labels_still_spilled_go_into_a_new_database_file(tmp_path):
+    """The database deleted and created anew under the daemon (it reopens
+    a fresh file): events still in spill files are replayed into it, and
+    so must the labels still in theirs, else its events name agents and
+    categories whose texts it never gets (the labels' high-water mark is
+    kept in memory: it belongs to the file it was committed into)."""
+    spill_dir, path = tmp_path / "spill", tmp_path / "livemon.db"
+    records, texts = synthetic_records(100, 3, 1_700 * 10**15, 10)
+    labels = LaneSpill.open(
+        spill_dir, RING + ".labels", EPOCH, 1, rec.LABEL_DTYPE
+    )
+    events = LaneSpill.open(spill_dir, RING, EPOCH, 1, rec.RECORD_DTYPE)
+    try:  # producers still running: their segments stay until sealed
+        for text in texts.values():
+            labels.put(rec.label_record(text))
+        for record in records[:50]:
+            events.put(record.tobytes())
+        stores = [Store(str(path))]
+        replayer = SpillReplayer(spill_dir, RING, lambda: stores[-1])
+        assert replayer.step() == 50
+        stores[-1].close()
+        for suffix in ("", "-wal", "-shm"):
+            pathlib.Path(f"{path}{suffix}").unlink(missing_ok=True)
+        stores.append(Store(str(path)))
+        for record in records[50:]:
+            events.put(record.tobytes())
+        assert replayer.step() == 100  # every event, into the new file
+        stored = {
+            text
+            for (text,) in stores[-1].db.execute("SELECT text FROM labels")
+        }
+        assert set(texts.values()) <= stored
+        stores[-1].close()
+    finally:
+        labels.close()
+        events.close()
