@@ -6,10 +6,12 @@ rows, counted and kept in a JSON-lines file beside the database.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable
 
@@ -145,33 +147,55 @@ class Quarantine:
         records: npt.NDArray[np.void],
         reason: str,
     ) -> None:
-        try:
-            if os.path.getsize(self.path) > MAX_FILE_BYTES:
-                return
-        except FileNotFoundError:
-            pass
-        raw = np.ascontiguousarray(records).view(
-            np.dtype(f"V{records.dtype.itemsize}")
-        )
-        lines = [
-            json.dumps(
-                {
-                    "at": time.time(),
-                    "ring": ring,
-                    "lane": lane,
-                    "seq": first_seq + i,
-                    "reason": reason,
-                    "record_hex": bytes(item).hex(),
-                }
-            )
-            + "\n"
-            for i, item in enumerate(raw.tolist())
-        ]
-        fd = os.open(
-            self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, self.mode
-        )
+        fd = _open_own(self.path, self.mode)
         with os.fdopen(fd, "w") as file:
-            file.writelines(lines)
+            if os.fstat(fd).st_size <= MAX_FILE_BYTES:
+                file.writelines(_lines(ring, lane, first_seq, records, reason))
+
+
+def _lines(
+    ring: str,
+    lane: int,
+    first_seq: int,
+    records: npt.NDArray[np.void],
+    reason: str,
+) -> list[str]:
+    """One JSON line per record set aside, its bytes in hex."""
+    raw = np.ascontiguousarray(records).view(
+        np.dtype(f"V{records.dtype.itemsize}")
+    )
+    return [
+        json.dumps(
+            {
+                "at": time.time(),
+                "ring": ring,
+                "lane": lane,
+                "seq": first_seq + i,
+                "reason": reason,
+                "record_hex": bytes(item).hex(),
+            }
+        )
+        + "\n"
+        for i, item in enumerate(raw.tolist())
+    ]
+
+
+def _open_own(path: str, mode: int) -> int:
+    """Open the quarantine file to append, only if it is a regular file
+    (made if missing): a symlink planted in its place is not followed (the
+    daemon may write as root), and a FIFO nobody reads, which would block
+    the drain loop in ``open``, is refused at once.
+
+    Raises:
+        OSError: it is a symlink, a FIFO, a directory, or cannot be
+            opened.
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, mode)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", path)
+    return fd
 
 
 def sane_events(records: npt.NDArray[np.void]) -> npt.NDArray[np.bool_]:

@@ -10,6 +10,7 @@ import logging
 import os
 import sqlite3
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -24,6 +25,7 @@ from daemon.spill_lanes import (
     retire_lane,
 )
 from daemon.store import Store
+from livemon.db.rows import ListLabels
 from livemon.exceptions import SpillConfigError
 from livemon.record import LABEL_DTYPE, RECORD_DTYPE
 from livemon.spill import SpillReader, spill_lane
@@ -61,7 +63,8 @@ class SpillReplayer:
     crash anywhere replays nothing twice: a crash between commit and
     unlink finds the rows committed, and ``INSERT OR IGNORE`` covers the
     rest.  Labels are idempotent by id; their HWM is kept in memory only,
-    so a restarted daemon replays them once more, harmlessly.
+    so a restarted daemon replays them once more, harmlessly, as does a
+    replayer whose store was opened anew (it may be a new file).
 
     Hook it into the drain loop *before* ``Drainer.step``: a label spilled
     before an event it names reached the ring is then committed no later
@@ -93,6 +96,10 @@ class SpillReplayer:
         )
         self._store = store
         self._label_hwm: dict[LaneKey, int] = {}
+        # The store the labels' HWM was committed through: a store opened
+        # anew may be a new file (the old one deleted or replaced; inode
+        # numbers are reused at once, so the file's identity cannot tell).
+        self._label_store: weakref.ref[Store] | None = None
         self._retire_at = 0.0
         self._before_unlink: Callable[[], None] | None = None
         self.replayed = 0
@@ -148,6 +155,9 @@ class SpillReplayer:
         store = self.store
         if store is None:
             return 0
+        if self._label_store is None or self._label_store() is not store:
+            self._label_hwm.clear()  # replayed again, harmlessly if known
+            self._label_store = weakref.ref(store)
         label_batches = self._pending_labels(room)
         events = self._pending_events(store, room)
         first = next(events, None)  # no transaction for nothing
@@ -227,11 +237,15 @@ class SpillReplayer:
                 moved += len(batch.records)
                 yield key, batch
 
-        with store.atomic():  # one transaction; the writes nest inside
-            if label_batches:  # before the events that name them
-                store.write(0, [batch for _, batch in label_batches], [])
-            for epoch, part in _parts(counted(), WRITE_RECORDS):
-                inserted += store.write(epoch, [], part)
+        try:
+            with store.atomic():  # one transaction; the writes nest inside
+                if label_batches:  # before the events that name them
+                    store.write(0, [batch for _, batch in label_batches], [])
+                for epoch, part in _parts(counted(), WRITE_RECORDS):
+                    inserted += store.write(epoch, [], part)
+        except BaseException:
+            _forget_lists(store)
+            raise
         # Committed: now the labels' HWM may move (events' is the rows).
         for key, batch in label_batches:
             hwm = self._label_hwm.get(key, -1)
@@ -331,6 +345,21 @@ def _check_max(max_records: object) -> int:
             f"commits), got {max_records!r}"
         )
     return max_records
+
+
+def _forget_lists(store: Store) -> None:
+    """Have ``store`` forget the agent lists it learned as stored.
+
+    A part's ``Store.write`` succeeds inside the step's transaction and
+    its list cache learns the list labels the part wrote; a COMMIT that
+    then fails (a full disk) rolls them back, and a cache that still
+    called them stored would never write them again: events committed
+    later would name lists that ``labels`` lacks.  ``Store.write`` resets
+    the cache only for a failure of its own (daemon/store.py's
+    ``atomic`` is where this belongs for every nested caller).
+    """
+    if store._db is not None:  # closed: a reopened store starts afresh
+        store._lists = ListLabels(store._db)
 
 
 def _parts(

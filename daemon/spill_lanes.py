@@ -60,7 +60,11 @@ def make_durable(store: Store) -> None:
     Raises:
         OSError: the fsync failed: unlink nothing.
     """
-    for path in (store.path + "-wal", store.path):
+    # SQLite's own name for the file: a database named through a symlink
+    # has its WAL beside the file, not beside the link.
+    main = store.db.execute("PRAGMA database_list").fetchone()[2]
+    database = main or store.path
+    for path in (database + "-wal", database):
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:

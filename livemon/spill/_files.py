@@ -65,6 +65,9 @@ class SegmentFiles:
         self._frame_bytes = _format.frame_bytes_for(dtype.itemsize)
         self._frame_dtype = _format.frame_dtype(dtype.itemsize)
         self.bad_segments = 0
+        # Segments that could not be renamed aside or unlinked (a
+        # read-only filesystem): said once each, then skipped quietly.
+        self._stuck: set[str] = set()
 
     def lanes(self) -> list[tuple[int, int]]:
         """Every (epoch, lane) that has a spill directory, sorted."""
@@ -110,11 +113,8 @@ class SegmentFiles:
         with self._lane_dir(segment) as dir_fd:
             if dir_fd < 0:
                 return 0, 0
-            try:
-                fd = os.open(
-                    segment.name, os.O_RDONLY | _fs.OPEN_FILE, dir_fd=dir_fd
-                )
-            except FileNotFoundError:
+            fd = _fs.open_regular(segment.name, dir_fd)
+            if fd < 0:
                 return 0, 0
             try:
                 head = os.pread(fd, _PEEK_BYTES, 0)
@@ -198,6 +198,9 @@ class SegmentFiles:
                 os.unlink(segment.name, dir_fd=fd)
             except FileNotFoundError:
                 return False
+            except OSError as exc:  # read-only: this lane's trouble only
+                self._cannot(segment.path, "unlink", exc)
+                return False
             if sync:  # the unlink is durable before the caller moves on
                 os.fsync(fd)
         return True
@@ -259,9 +262,8 @@ class SegmentFiles:
             _format.lane_name(lane),
             name,
         )
-        try:
-            fd = os.open(name, os.O_RDONLY | _fs.OPEN_FILE, dir_fd=dir_fd)
-        except FileNotFoundError:
+        fd = _fs.open_regular(name, dir_fd)
+        if fd < 0:
             return None
         try:
             head = os.pread(fd, _format.DATA_OFFSET, 0)
@@ -286,19 +288,37 @@ class SegmentFiles:
             # abandoned, never pull it from under its writer.
             logger.warning("spill segment %s skipped: %s", name, exc)
             return
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.rename(
                 name,
                 name + _format.BAD_SUFFIX,
                 src_dir_fd=dir_fd,
                 dst_dir_fd=dir_fd,
             )
+        except FileNotFoundError:
+            return
+        except OSError as err:  # read-only: skipped at every listing
+            self._cannot(name, f"set aside ({exc})", err)
+            return
+        else:
             self.bad_segments += 1
             logger.warning(
                 "spill segment %s set aside as %s%s: %s",
                 name,
                 name,
                 _format.BAD_SUFFIX,
+                exc,
+            )
+
+    def _cannot(self, name: str, what: str, exc: OSError) -> None:
+        """Say once that a segment cannot be ``what``: it stays, and
+        every other segment and lane goes on."""
+        if name not in self._stuck:
+            self._stuck.add(name)
+            logger.warning(
+                "spill segment %s cannot be %s: %s; it stays where it is",
+                name,
+                what,
                 exc,
             )
 
@@ -313,11 +333,8 @@ class SegmentFiles:
             if dir_fd < 0:
                 yield None
                 return
-            try:
-                fd = os.open(
-                    segment.name, os.O_RDONLY | _fs.OPEN_FILE, dir_fd=dir_fd
-                )
-            except FileNotFoundError:
+            fd = _fs.open_regular(segment.name, dir_fd)
+            if fd < 0:
                 yield None
                 return
             try:

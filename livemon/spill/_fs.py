@@ -145,17 +145,40 @@ def subdirs(
     return found
 
 
+def open_regular(name: str, dir_fd: int) -> int:
+    """Open a file in ``dir_fd`` to read if it is a regular file; -1 if
+    it is missing or anything else.
+
+    Non-blocking: a FIFO renamed over a segment between its listing and
+    its reading would block a plain ``open`` until someone writes to it
+    (forever, and the reader with it).  Symlinks are not followed.
+    """
+    flags = os.O_RDONLY | OPEN_FILE | os.O_NONBLOCK
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return -1
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a symlink swapped in: not followed
+            return -1
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return -1
+    return fd
+
+
 def remove_stale(dir_fd: int, name: str, age_s: float) -> None:
     """Unlink a leftover file if unlocked and older than ``age_s``."""
-    try:
-        fd = os.open(name, os.O_RDONLY | OPEN_FILE, dir_fd=dir_fd)
-    except FileNotFoundError:
+    fd = open_regular(name, dir_fd)
+    if fd < 0:
         return
     try:
-        info = os.fstat(fd)
-        stale = time.time() - info.st_mtime > age_s
-        if stat.S_ISREG(info.st_mode) and stale and not is_locked(fd):
-            with contextlib.suppress(FileNotFoundError):
+        stale = time.time() - os.fstat(fd).st_mtime > age_s
+        if stale and not is_locked(fd):
+            # Gone, or a read-only filesystem: left, never the reader's
+            # failure (the next listing tries again).
+            with contextlib.suppress(OSError):
                 os.unlink(name, dir_fd=dir_fd)
     finally:
         os.close(fd)
