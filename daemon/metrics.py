@@ -204,8 +204,22 @@ def _sink_metrics(sinks: list[Mapping[str, Any]]) -> Iterator[Metric]:
             "Outbox rows a destination accepted.",
             labels=["sink"],
         ),
-        "failures": CounterMetricFamily(
-            "livemon_sink_failures", "Failed shipments.", labels=["sink"]
+        # A counter only from what never goes down: ``failures`` is the
+        # run of failures, back to 0 at the first success.
+        "failed_attempts": CounterMetricFamily(
+            "livemon_sink_failures",
+            "Failed shipments since the daemon started.",
+            labels=["sink"],
+        ),
+        "failures": GaugeMetricFamily(
+            "livemon_sink_consecutive_failures",
+            "Failed shipments in a row; 0 while shipping works.",
+            labels=["sink"],
+        ),
+        "last_error_at": GaugeMetricFamily(
+            "livemon_sink_last_error_timestamp_seconds",
+            "When the last shipment failed (Unix time; status says why).",
+            labels=["sink"],
         ),
         "lag_rows": GaugeMetricFamily(
             "livemon_sink_lag_rows", "Rows not yet shipped.", labels=["sink"]

@@ -437,6 +437,47 @@ class CuttingProxy:
         done.set()
 
 
+def test_failures_counter_never_goes_down(store) -> None:
+    # A collector that answers 503 three times, then takes everything:
+    # /metrics' failure counter keeps the 3 (a counter that fell back to
+    # 0 at the first success reads as a reset: rate() shows no failure).
+    from daemon.forward import Forwarder
+    from daemon.metrics import DaemonCollector
+
+    answers = iter(["503 Busy"] * 3)
+
+    def handle(conn: socket.socket, stop: threading.Event) -> None:
+        answering(next(answers, "200 OK"), b"")(conn, stop)
+
+    with raw_server(handle) as server:
+        forwarder = Forwarder(
+            store.path,
+            _otlp(server.url),
+            backoff=Backoff(base_s=0.01, cap_s=0.02),
+            idle_s=0.02,
+        )
+        forwarder.start()
+        try:
+            deadline = time.monotonic() + 30
+            while forwarder.figures()["shipped_rows"] < 250:
+                assert time.monotonic() < deadline, forwarder.figures()
+                time.sleep(0.02)
+        finally:
+            forwarder.request_stop(time.monotonic() + 5)
+            assert forwarder.join(time.monotonic() + 5)
+    figures = {"published_at": time.time(), "sinks": [forwarder.figures()]}
+    collector = DaemonCollector(lambda: figures, "/nonexistent/advs.db")
+    got = {
+        (sample.name, tuple(sample.labels.values())): sample.value
+        for metric in collector.collect()
+        for sample in metric.samples
+    }
+    assert got[("livemon_sink_failures_total", ("otlp",))] == 3
+    assert got[("livemon_sink_consecutive_failures", ("otlp",))] == 0
+    assert got[("livemon_sink_last_error_timestamp_seconds", ("otlp",))] > 0
+    assert got[("livemon_sink_lag_rows", ("otlp",))] == 0
+
+
 @pytest.mark.clickhouse
 class TestClickHouse:
     @pytest.mark.parametrize(
