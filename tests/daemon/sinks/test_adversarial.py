@@ -224,6 +224,19 @@ class TestCollectorConnections:
                 sink.ship("events", _requests(1))
         assert sink.spans_sent == 0
 
+    def test_endless_100_continue_is_cut_at_the_timeout(self) -> None:
+        # http.client skips 1xx answers in a loop: a server that sends
+        # them for ever never trips a per-read timeout.
+        def handle(conn: socket.socket, stop: threading.Event) -> None:
+            read_request(conn)
+            while not stop.wait(0.01):
+                conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+        with raw_server(handle) as server:
+            sink = _otlp(server.url, timeout_s=0.5)
+            with pytest.raises(DestinationError, match="timed out"):
+                sink.ship("events", _requests(1))
+
     def test_a_collector_that_never_answers(self) -> None:
         def handle(conn: socket.socket, stop: threading.Event) -> None:
             read_request(conn)
