@@ -491,6 +491,55 @@ def test_failures_counter_never_goes_down(store) -> None:
     assert got[("livemon_sink_lag_rows", ("otlp",))] == 0
 
 
+@pytest.fixture
+def ring_name() -> Iterator[str]:
+    """This file's rings are ``advs-*``, unlinked after each test."""
+    import uuid
+
+    from tests.conftest import unlink_rings
+
+    name = f"advs-{uuid.uuid4().hex[:12]}"
+    yield name
+    unlink_rings(name)
+
+
+def test_a_daemon_with_silent_destinations_drains(daemon_env, start_daemon):
+    # A collector that takes the POST and never answers (and a webhook
+    # that would trickle, idle here: the demo raises no alert): the drain
+    # stores every record, status shows nothing shipped, and the stop is
+    # bounded although the OTLP forwarder is inside its POST.
+    from tests.daemon.conftest import coordinators, recorded
+    from tests.daemon.sinks.test_clickhouse import wait_for
+
+    def silent(conn: socket.socket, stop: threading.Event) -> None:
+        read_request(conn)
+        stop.wait(30)
+
+    def trickle(conn: socket.socket, stop: threading.Event) -> None:
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\n")
+        while not stop.wait(0.5):
+            conn.sendall(b"X: y\r\n")
+
+    with raw_server(silent) as otlp, raw_server(trickle) as hook:
+        env = dict(
+            daemon_env,
+            LIVEMON_OTLP_ENDPOINT=otlp.url,
+            LIVEMON_ALERT_WEBHOOK_URL=hook.url + "/hook",
+            LIVEMON_HOST="advs",
+        )
+        run = start_daemon(env)
+        total = recorded(coordinators(env, 2, 300))
+        wait_for(lambda: run.count() == total)
+        sinks = {s["sink"]: s for s in run.status().get("sinks") or []}
+        wait_for(lambda: otlp.connections >= 1)
+        assert set(sinks) == {"otlp", "webhook"}
+        assert sinks["otlp"]["shipped_rows"] == 0
+        started = time.monotonic()
+        assert run.stop() == 0
+        assert time.monotonic() - started < 20
+
+
 @pytest.mark.clickhouse
 class TestClickHouse:
     @pytest.mark.parametrize(
