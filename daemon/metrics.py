@@ -232,7 +232,7 @@ def _sink_metrics(sinks: list[Mapping[str, Any]]) -> Iterator[Metric]:
     }
     refused = CounterMetricFamily(
         "livemon_sink_refused_spans",
-        "Spans a destination refused for good, skipped and logged: "
+        "Spans (alerts) a destination refused for good, skipped and logged: "
         "rejected (partial success), too_large (413 even alone).",
         labels=["sink", "reason"],
     )

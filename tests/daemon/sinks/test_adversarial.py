@@ -11,7 +11,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -20,97 +20,14 @@ from daemon.metrics import MetricsServer
 from daemon.retry import Backoff
 from daemon.sinks.otlp import OtlpDestination
 from daemon.sinks.webhook import WebhookDestination
+from tests.daemon.sinks.adversaries import (
+    answering,
+    raw_server,
+    read_request,
+)
 from tests.daemon.sinks.outbox_rows import columns, request_row
 
 HOST = "node-1"
-Handler = Callable[[socket.socket, threading.Event], None]
-
-
-class RawServer:
-    """A TCP server on loopback that runs ``handler`` on each connection
-    (in its own thread) and counts the requests it read."""
-
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.1)
-        self.port = self.sock.getsockname()[1]
-        self.stop = threading.Event()
-        self.connections = 0
-        self._threads: list[threading.Thread] = []
-        self._accepter = threading.Thread(target=self._accept, daemon=True)
-        self._accepter.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.connections += 1
-            thread = threading.Thread(
-                target=self._serve, args=(conn,), daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn, contextlib.suppress(OSError):
-            self.handler(conn, self.stop)
-
-    def close(self) -> None:
-        self.stop.set()
-        self._accepter.join(2)
-        self.sock.close()
-        for thread in self._threads:
-            thread.join(2)
-
-
-@contextlib.contextmanager
-def raw_server(handler: Handler) -> Iterator[RawServer]:
-    server = RawServer(handler)
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-def read_request(conn: socket.socket) -> bytes:
-    """The whole request (headers and a Content-Length body)."""
-    conn.settimeout(5)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(65536)
-        if not chunk:
-            return data
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    while len(body) < length:
-        body += conn.recv(65536)
-    return head
-
-
-def answering(status: str, body: bytes, *extra: str) -> Handler:
-    """A handler that reads one request and answers it at once."""
-
-    def handle(conn: socket.socket, stop: threading.Event) -> None:
-        read_request(conn)
-        head = [f"HTTP/1.1 {status}", f"Content-Length: {len(body)}"]
-        head += [*extra, "Connection: close", "", ""]
-        conn.sendall("\r\n".join(head).encode() + body)
-
-    return handle
 
 
 def _otlp(url: str, **options: object) -> OtlpDestination:
@@ -311,6 +228,20 @@ class TestWebhook:
         assert sink.posted == 0
         assert all(not taken for taken in sink._taken.values())
 
+    def test_a_row_refused_as_too_large_is_skipped(self) -> None:
+        # One alert refused (413) must not hold every later one for ever.
+        statuses = iter(["413 Payload Too Large"])
+
+        def handle(conn: socket.socket, stop: threading.Event) -> None:
+            answering(next(statuses, "200 OK"), b"")(conn, stop)
+
+        with raw_server(handle) as server:
+            sink = WebhookDestination(server.url + "/hook", HOST, fmt="json")
+            rows = Rows(columns([_alert(i) for i in range(1, 4)]), last_id=3)
+            sink.ship("alerts", rows)
+        assert (sink.posted, sink.refused()) == (2, {"alerts_too_large": 1})
+        assert server.connections == 3
+
 
 class TestMetricsPort:
     def _server(self, port: int = 0) -> MetricsServer:
@@ -408,48 +339,6 @@ class TestMetricsPort:
         assert all(b"livemon_up 1.0" in a for a in answers)
 
 
-class CuttingProxy:
-    """A TCP proxy to ``upstream`` that resets the connection once
-    ``cut_up`` bytes went up (client to server) or ``cut_down`` came down:
-    a ClickHouse whose connection drops mid-insert or mid-answer."""
-
-    def __init__(self, upstream: int, cut_up: int, cut_down: int) -> None:
-        self.upstream, self.cuts = upstream, {"up": cut_up, "down": cut_down}
-        self.server = RawServer(self._handle)
-
-    def _handle(self, client: socket.socket, stop: threading.Event) -> None:
-        with socket.create_connection(("127.0.0.1", self.upstream)) as up:
-            done = threading.Event()
-            pipes = [
-                threading.Thread(
-                    target=self._pipe, args=(a, b, self.cuts[d], done)
-                )
-                for a, b, d in ((client, up, "up"), (up, client, "down"))
-            ]
-            for pipe in pipes:
-                pipe.start()
-            done.wait(10)
-            for sock in (client, up):  # a reset, not a clean close
-                sock.setsockopt(
-                    socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0"
-                )
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-            for pipe in pipes:
-                pipe.join(5)
-
-    @staticmethod
-    def _pipe(
-        src: socket.socket, dst: socket.socket, cut: int, done: threading.Event
-    ) -> None:
-        left = cut
-        with contextlib.suppress(OSError):
-            while left > 0 and (chunk := src.recv(min(65536, left))):
-                dst.sendall(chunk)
-                left -= len(chunk)
-        done.set()
-
-
 def test_failures_counter_never_goes_down(store) -> None:
     # A collector that answers 503 three times, then takes everything:
     # /metrics' failure counter keeps the 3 (a counter that fell back to
@@ -538,119 +427,3 @@ def test_a_daemon_with_silent_destinations_drains(daemon_env, start_daemon):
         started = time.monotonic()
         assert run.stop() == 0
         assert time.monotonic() - started < 20
-
-
-@pytest.mark.clickhouse
-class TestClickHouse:
-    @pytest.mark.parametrize(
-        ("cut_up", "cut_down"),
-        # Cuts in the handshake, the DDL, the data block; in the server's
-        # hello, its DDL answers, the insert's header (this batch's
-        # insert is answered by byte 740).
-        [
-            (40, 10**9),
-            (3000, 10**9),
-            (20_000, 10**9),
-            (10**9, 30),
-            (10**9, 300),
-            (10**9, 738),
-        ],
-    )
-    def test_dropped_mid_insert_then_exactly_once(
-        self, store, clickhouse, cut_up: int, cut_down: int
-    ) -> None:
-        from daemon.forward import read_rows
-        from daemon.sinks.clickhouse import ClickHouseDestination
-
-        rows = read_rows(store.db, "events", 0, 1000)
-        proxy = CuttingProxy(clickhouse.tcp_port, cut_up, cut_down)
-        url = f"clickhouse://127.0.0.1:{proxy.server.port}/cut"
-        cut = ClickHouseDestination(
-            url, "h", connect_timeout_s=2, send_receive_timeout_s=2
-        )
-        try:
-            with contextlib.suppress(DestinationError):  # nothing else
-                cut.ship("events", rows)
-            cut.close()
-        finally:
-            proxy.server.close()
-        whole = ClickHouseDestination(clickhouse.url("cut"), "h")
-        whole.ship("events", rows)
-        whole.close()
-        assert clickhouse.query(
-            "SELECT count(), uniqExact(epoch, lane, seq) FROM cut.events FINAL"
-        ) == [(250, 250)]
-
-    def test_a_table_of_another_shape_is_permanent(self, store, clickhouse):
-        from daemon.forward import read_rows
-        from daemon.sinks.clickhouse import ClickHouseDestination
-
-        clickhouse.query("CREATE DATABASE shape")
-        clickhouse.query(
-            "CREATE TABLE shape.events (id UInt64, host String) "
-            "ENGINE = MergeTree ORDER BY id"
-        )
-        sink = ClickHouseDestination(clickhouse.url("shape"), "h")
-        with pytest.raises(DestinationError) as caught:
-            sink.ship("events", read_rows(store.db, "events", 0, 10))
-        sink.close()
-        assert caught.value.permanent, caught.value
-        assert "table" in str(caught.value)
-
-    def test_times_far_off_ship(self, store, clickhouse):
-        # A host whose clock was far off (or a damaged time): a batch
-        # spanning 1938 to 2200 ships, in inserts the server takes.
-        from daemon.forward import read_rows
-        from daemon.sinks.clickhouse import ClickHouseDestination
-
-        store.db.execute(
-            "UPDATE events SET timestamp_ns = CASE id % 3 WHEN 0 THEN 0 "
-            "WHEN 1 THEN -1000000000000000000 ELSE 7258118400000000000 END"
-        )
-        sink = ClickHouseDestination(clickhouse.url("clock"), "h")
-        sink.ship("events", read_rows(store.db, "events", 0, 1000))
-        sink.close()
-        assert clickhouse.query("SELECT count() FROM clock.events FINAL") == [
-            (250,)
-        ]
-
-    def test_a_read_only_server_is_permanent(self, store, tmp_path):
-        from daemon.forward import read_rows
-        from daemon.sinks.clickhouse import ClickHouseDestination
-        from tests.daemon.sinks.clickhouse_server import ClickHouseServer
-
-        server = ClickHouseServer(tmp_path / "read-only")
-        users = server.dir / "users.xml"
-        users.write_text(
-            users.read_text().replace(
-                "<default></default>",
-                "<default><readonly>1</readonly></default>",
-            )
-        )
-        server.start()
-        try:
-            sink = ClickHouseDestination(server.url(), "h")
-            with pytest.raises(DestinationError) as caught:
-                sink.ship("events", read_rows(store.db, "events", 0, 10))
-            sink.close()
-        finally:
-            server.stop()
-        assert caught.value.permanent, caught.value
-        assert "code 164" in str(caught.value)
-
-    def test_a_list_text_nested_past_the_stack_ships(self, store, clickhouse):
-        # A list column's text the store did not write (a migrated or
-        # damaged database): parsed as one item, not a RecursionError
-        # that would fail this batch on every retry.
-        from daemon.forward import read_rows
-        from daemon.sinks.clickhouse import ClickHouseDestination
-
-        rows = read_rows(store.db, "events", 0, 1000)
-        rows.columns["actual_agents"][0] = "[" * 4000
-        sink = ClickHouseDestination(clickhouse.url("nested"), "h")
-        sink.ship("events", rows)
-        sink.close()
-        assert clickhouse.query(
-            "SELECT count(), max(length(actual_agents[1])) "
-            "FROM nested.events FINAL"
-        ) == [(250, 4000)]
