@@ -154,6 +154,22 @@ class TestCollectorConnections:
             with pytest.raises(DestinationError, match="timed out"):
                 sink.ship("events", _requests(1))
 
+    def test_a_trickling_tls_handshake_is_cut_at_the_timeout(self) -> None:
+        # A TLS record of 16 KiB starting a ServerHello, then a byte every
+        # 0.1 s: no read times out alone; CPython's ssl bounds the whole
+        # handshake by the socket's timeout (before the POST's deadline).
+        def handle(conn: socket.socket, stop: threading.Event) -> None:
+            conn.recv(65536)
+            conn.sendall(b"\x16\x03\x03\x40\x00\x02\x00\x3f\xfc\x03\x03")
+            while not stop.wait(0.1):
+                conn.sendall(b"\x00")
+
+        with raw_server(handle) as server:
+            url = server.url.replace("http:", "https:")
+            sink = _otlp(url, timeout_s=0.5)
+            with pytest.raises(DestinationError, match="timed out"):
+                sink.ship("events", _requests(1))
+
     def test_a_collector_that_never_answers(self) -> None:
         def handle(conn: socket.socket, stop: threading.Event) -> None:
             read_request(conn)
