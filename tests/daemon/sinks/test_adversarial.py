@@ -61,6 +61,22 @@ class TestCollectorAnswers:
         assert server.connections == 1
         assert sink.spans_sent + sink.spans_rejected == 3
 
+    def test_a_2xx_whose_body_is_torn_is_taken_once(self) -> None:
+        # The status line says the collector took the spans; a body cut
+        # short (its partial success unknown) must not post them again.
+        def handle(conn: socket.socket, stop: threading.Event) -> None:
+            read_request(conn)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"40\r\n{"
+            )
+
+        with raw_server(handle) as server:
+            sink = _otlp(server.url)
+            sink.ship("events", _requests(1, 2))
+            sink.ship("events", _requests(1, 2))
+        assert (server.connections, sink.spans_sent) == (1, 2)
+
     def test_partial_success_naming_more_spans_than_sent(self) -> None:
         body = b'{"partialSuccess":{"rejectedSpans":"900","errorMessage":"x"}}'
         with raw_server(answering("200 OK", body)) as server:
