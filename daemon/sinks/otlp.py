@@ -317,7 +317,8 @@ class OtlpDestination:
             )
         except (TypeError, ValueError, OverflowError):  # 1e999: infinity
             rejected = 0
-        message = partial.get("errorMessage") or ""
+        # Short: a collector may say the same 64 KiB on every answer.
+        message = str(partial.get("errorMessage") or "")[:500]
         if rejected or message:
             logger.warning(
                 "%s took %d of %d spans; it refused %d: %s",

@@ -67,8 +67,7 @@ class TestCollectorAnswers:
         def handle(conn: socket.socket, stop: threading.Event) -> None:
             read_request(conn)
             conn.sendall(
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-                b"40\r\n{"
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n40\r\n{"
             )
 
         with raw_server(handle) as server:
@@ -76,6 +75,18 @@ class TestCollectorAnswers:
             sink.ship("events", _requests(1, 2))
             sink.ship("events", _requests(1, 2))
         assert (server.connections, sink.spans_sent) == (1, 2)
+
+    def test_a_partial_success_message_is_logged_short(self, caplog) -> None:
+        # A 60 KB errorMessage on every answer must not put 60 KB in the
+        # log per POST.
+        text = "x" * 60_000
+        body = b'{"partialSuccess":{"errorMessage":"%s"}}' % text.encode()
+        with raw_server(answering("200 OK", body)) as server:
+            sink = _otlp(server.url)
+            with caplog.at_level("WARNING"):
+                sink.ship("events", _requests(1))
+        [record] = [r for r in caplog.records if "refused" in r.getMessage()]
+        assert 0 < len(record.getMessage()) < 1000
 
     def test_partial_success_naming_more_spans_than_sent(self) -> None:
         body = b'{"partialSuccess":{"rejectedSpans":"900","errorMessage":"x"}}'
