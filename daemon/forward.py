@@ -150,6 +150,7 @@ class Forwarder:
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self.failures = 0  # in a row; 0 while shipping works
+        self.failed_attempts = 0  # since start: /metrics' counter
         self._retry_at: float | None = None
         self._delay_s = 0.0
         self._progress = {s: _Progress() for s in destination.sources}
@@ -224,6 +225,7 @@ class Forwarder:
             "lag_s": round(max(p["lag_s"] for p in sources.values()), 1),
             "shipped_rows": sum(p["shipped_rows"] for p in sources.values()),
             "failures": self.failures,
+            "failed_attempts": self.failed_attempts,
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
             "retry_in_s": None
@@ -334,6 +336,7 @@ class Forwarder:
 
     def _fail(self, exc: Exception) -> None:
         self.failures += 1
+        self.failed_attempts += 1
         self._delay_s = self.backoff.delay_s(self.failures, exc)
         self._next.clear()
         if isinstance(exc, OutboxReplaced):

@@ -9,17 +9,19 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import platform
+import socket
+import socketserver
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
     CollectorRegistry,
     ProcessCollector,
     disable_created_metrics,
-    start_http_server,
+    make_wsgi_app,
 )
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -202,8 +204,22 @@ def _sink_metrics(sinks: list[Mapping[str, Any]]) -> Iterator[Metric]:
             "Outbox rows a destination accepted.",
             labels=["sink"],
         ),
-        "failures": CounterMetricFamily(
-            "livemon_sink_failures", "Failed shipments.", labels=["sink"]
+        # A counter only from what never goes down: ``failures`` is the
+        # run of failures, back to 0 at the first success.
+        "failed_attempts": CounterMetricFamily(
+            "livemon_sink_failures",
+            "Failed shipments since the daemon started.",
+            labels=["sink"],
+        ),
+        "failures": GaugeMetricFamily(
+            "livemon_sink_consecutive_failures",
+            "Failed shipments in a row; 0 while shipping works.",
+            labels=["sink"],
+        ),
+        "last_error_at": GaugeMetricFamily(
+            "livemon_sink_last_error_timestamp_seconds",
+            "When the last shipment failed (Unix time; status says why).",
+            labels=["sink"],
         ),
         "lag_rows": GaugeMetricFamily(
             "livemon_sink_lag_rows", "Rows not yet shipped.", labels=["sink"]
@@ -216,7 +232,7 @@ def _sink_metrics(sinks: list[Mapping[str, Any]]) -> Iterator[Metric]:
     }
     refused = CounterMetricFamily(
         "livemon_sink_refused_spans",
-        "Spans a destination refused for good, skipped and logged: "
+        "Spans (alerts) a destination refused for good, skipped and logged: "
         "rejected (partial success), too_large (413 even alone).",
         labels=["sink", "reason"],
     )
@@ -243,6 +259,49 @@ def server_for(config: Config, figures: Figures) -> MetricsServer | None:
     return MetricsServer(address, DaemonCollector(figures, config.db))
 
 
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    """A thread per connection, never joined (``daemon_threads``), as
+    prometheus_client's own server; a client's error is no traceback.
+    Its listen backlog is not the stdlib's 5, so 50 scrapers at once are
+    not left waiting out SYN retries."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        logger.debug("metrics: a scrape from %s failed", client_address)
+
+
+def _serve(
+    address: tuple[str, int], registry: CollectorRegistry, idle_s: float
+) -> tuple[_Server, threading.Thread]:
+    """Serve ``registry`` on ``address`` in a daemon thread.
+
+    What ``prometheus_client.start_http_server`` does, plus a timeout on
+    each connection's reads: a client that connects and sends nothing
+    (or stalls mid-request) gives its thread back after ``idle_s``.
+    """
+    host, port = address
+
+    class Handler(WSGIRequestHandler):
+        timeout = idle_s
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Log nothing per request (scrapes come every few seconds)."""
+
+    class Server(_Server):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    server = make_server(
+        host, port, make_wsgi_app(registry), Server, handler_class=Handler
+    )
+    thread = threading.Thread(
+        target=server.serve_forever, name="livemon-metrics", daemon=True
+    )
+    thread.start()
+    return server, thread
+
+
 class MetricsServer:
     """The HTTP endpoint, started with the daemon and stopped with it.
 
@@ -251,6 +310,8 @@ class MetricsServer:
     """
 
     RETRY_S = 30.0
+    IDLE_TIMEOUT_S = 10.0
+    """A connection that sends nothing for this long is closed."""
 
     def __init__(
         self, address: tuple[str, int], collector: DaemonCollector
@@ -281,8 +342,8 @@ class MetricsServer:
             return
         host, port = self.address
         try:
-            self._server, self._thread = start_http_server(
-                port, addr=host, registry=self.registry
+            self._server, self._thread = _serve(
+                self.address, self.registry, self.IDLE_TIMEOUT_S
             )
         except OSError as exc:
             self._retry_at = time.monotonic() + self.RETRY_S

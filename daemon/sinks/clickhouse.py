@@ -175,7 +175,7 @@ def _parse_list(text: str | None) -> list[str]:
     """A list column's JSON text as the array ClickHouse stores."""
     try:
         parsed = json.loads(text) if text else []
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past the stack: a text
         parsed = [text]
     if not isinstance(parsed, list):
         parsed = [parsed]

@@ -304,7 +304,7 @@ class OtlpDestination:
         """
         try:
             answer: Any = json.loads(body) if body.strip() else {}
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past the stack
             return 0  # a 2xx without a JSON body: everything was taken
         partial = (
             answer.get("partialSuccess") if isinstance(answer, dict) else None
@@ -315,9 +315,10 @@ class OtlpDestination:
             rejected = min(
                 max(int(partial.get("rejectedSpans") or 0), 0), sent
             )
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # 1e999: infinity
             rejected = 0
-        message = partial.get("errorMessage") or ""
+        # Short: a collector may say the same 64 KiB on every answer.
+        message = str(partial.get("errorMessage") or "")[:500]
         if rejected or message:
             logger.warning(
                 "%s took %d of %d spans; it refused %d: %s",

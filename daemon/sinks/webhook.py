@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import logging
 import math
 import threading
 import urllib.parse
@@ -17,10 +18,12 @@ from typing import Any
 
 from daemon.forward import DestinationError, Rows
 from daemon.outbox import row_dicts
-from daemon.sinks._otlp_http import Endpoint, post
+from daemon.sinks._otlp_http import Endpoint, PayloadTooLarge, post
 from livemon import __version__
 from livemon.config import Config
 from livemon.exceptions import ConfigError
+
+logger = logging.getLogger(__name__)
 
 FORMATS = ("auto", "slack", "alertmanager", "json")
 """``alert_webhook_format`` values; ``auto`` picks by URL (``pick_format``)."""
@@ -220,12 +223,22 @@ class WebhookDestination:
     at-most-once would lose the alert of a failed POST; true exactly-once
     needs a receiver that deduplicates, which no sender can provide.
 
+    A row the webhook refuses as too large (413) is counted, logged and
+    skipped: the same body would be refused on every retry, and every
+    later alert would wait behind it.  Any other refusal (a wrong URL or
+    format, credentials) is the configuration's, retried until fixed.
+
     Attributes:
         posted: rows posted.
+        too_large: rows the webhook refused (413), skipped.
     """
 
     name = "webhook"
     sources: tuple[str, ...] = ("alerts", "adjustments")
+
+    def refused(self) -> dict[str, int]:
+        """What status shows of the rows the webhook would not take."""
+        return {"alerts_too_large": self.too_large}
 
     def __init__(
         self,
@@ -254,7 +267,7 @@ class WebhookDestination:
         self._agent = f"livemon/{version}" if version else "livemon"
         self._taken: dict[str, set[int]] = {s: set() for s in self.sources}
         self._lock = threading.Lock()
-        self.posted = 0
+        self.posted = self.too_large = 0
 
     def ship(self, source: str, rows: Rows) -> None:
         """POST each row not yet taken, in ``id`` order.
@@ -282,16 +295,28 @@ class WebhookDestination:
 
     def _post(self, source: str, row: Mapping[str, Any]) -> None:
         body = payload(self.format, self.host, source, row)
-        post(
-            self.endpoint,
-            body,
-            content_type="application/json",
-            timeout_s=self.timeout_s,
-            headers={
-                "Idempotency-Key": alert_id(self.host, source, row),
-                "User-Agent": self._agent,
-            },
-        )
+        try:
+            post(
+                self.endpoint,
+                body,
+                content_type="application/json",
+                timeout_s=self.timeout_s,
+                headers={
+                    "Idempotency-Key": alert_id(self.host, source, row),
+                    "User-Agent": self._agent,
+                },
+            )
+        except PayloadTooLarge as exc:
+            with self._lock:
+                self.too_large += 1
+            logger.warning(
+                "%s; this %s row (outbox id %s) is skipped (counted in "
+                "alerts_too_large): raise the webhook's body limit",
+                exc,
+                source,
+                row.get("id"),
+            )
+            return
         with self._lock:
             self.posted += 1
 

@@ -98,7 +98,8 @@ class TestCollector:
             "drops": {"ring_full": 1, "spill_cap": 2, "disk_full": 3,
                       "io_error": 4, "spilled": 50},
             "sinks": [{"sink": "clickhouse", "shipped_rows": 70,
-                       "lag_rows": 5, "lag_s": 1.5, "failures": 2},
+                       "lag_rows": 5, "lag_s": 1.5, "failures": 2,
+                       "failed_attempts": 2},
                       {"sink": "otlp", "refused": {"spans_rejected": 3,
                                                    "spans_too_large": 1}}],
         }  # fmt: skip
