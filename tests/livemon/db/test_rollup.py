@@ -214,3 +214,31 @@ class TestGroupRows:
         distinct = sorted(set(rows))
         assert [distinct[g] for g in group.tolist()] == rows
         assert [tuple(int(k[i]) for k in keys) for i in one] == distinct
+
+    @pytest.mark.parametrize(
+        "distinct",
+        [
+            pytest.param(12, id="few codes: marked, not sorted"),
+            pytest.param(3000, id="codes past 4 a row: sorted"),
+        ],
+    )
+    def test_large_batches_group_as_sorting_would(self, distinct):
+        """Label-id keys with values the sample misses (one row each, off
+        the sampling stride) and, with many distinct values, more codes
+        than rows: both ways of grouping agree with ``np.unique``."""
+        rng = np.random.default_rng(distinct)
+        rows = 20_000
+        hours = rng.integers(490_000, 490_002, rows)
+        labels = [
+            rng.integers(-(2**62), 2**62, distinct)[
+                rng.integers(0, distinct, rows)
+            ]
+            for _ in range(2)
+        ]
+        for key in labels:
+            key[rng.integers(0, rows, 5) | 1] = rng.integers(1, 2**62, 5)
+        one, group = rollup.group_rows(hours, *labels)
+        keys = np.stack([hours, *labels], axis=1)
+        distinct_keys, inverse = np.unique(keys, axis=0, return_inverse=True)
+        assert (keys[one] == distinct_keys).all()
+        assert (group == inverse.reshape(-1)).all()
