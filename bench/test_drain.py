@@ -17,7 +17,7 @@ from daemon.store import Store
 from livemon.config import load_config
 from livemon.db.rows import INSERT_EVENTS, event_rows, list_columns
 from livemon.ipc import open_rings
-from livemon.record import RECORD_DTYPE
+from livemon.record import RECORD_DTYPE, label_id
 
 pytestmark = pytest.mark.benchmark(group="drain")
 
@@ -26,16 +26,36 @@ BATCH = 20_000
 ROUNDS = 5  # the inserts wait on WAL syncs now and then: a median of 5
 
 
+AGENTS = [label_id(f"agent-{n}") for n in range(12)]
+CATEGORIES = [label_id(f"category-{n}") for n in range(8)]
+ERRORS = [label_id(f"error-{n}") for n in range(20)]
+
+
 def realistic_records(count: int, seed: int) -> np.ndarray:
-    """Records with random hashes and a few distinct agent lists."""
+    """Records as a coordinator writes them: label ids (64-bit hashes) for
+    agents and categories, one to three agents a request, latencies,
+    outcomes, half the requests scored, 5% failed with an error text."""
     rng = np.random.default_rng(seed)
     records = np.zeros(count, RECORD_DTYPE)
     records["timestamp_ns"] = time.time_ns() + np.arange(count)
     records["request_id"] = rng.integers(0, 2**62, count)
     records["query_hash"] = rng.integers(-(2**62), 2**62, count)
+    records["intent_category"] = rng.choice(CATEGORIES, count)
     records["confidence"] = rng.random(count)
-    records["suggested_agents"][:, :2] = rng.integers(1, 6, (count, 2))
-    records["actual_agents"][:, 0] = rng.integers(1, 6, count)
+    records["suggested_agents"][:, :2] = rng.choice(AGENTS, (count, 2))
+    records["actual_agents"][:, 0] = rng.choice(AGENTS, count)
+    for slot, share in ((1, 0.3), (2, 0.1)):
+        more = rng.random(count) < share
+        records["actual_agents"][more, slot] = rng.choice(AGENTS, more.sum())
+    records["execution_time_ms"] = rng.lognormal(6, 1, count)
+    records["success"] = rng.random(count) < 0.95
+    records["accepted"] = rng.choice([-1, 0, 1, 1, 1], count)
+    records["quality_score"] = np.where(
+        rng.random(count) < 0.5, rng.random(count), np.nan
+    )
+    records["token_count"] = rng.integers(50, 4000, count)
+    failed = records["success"] == 0
+    records["error"][failed] = rng.choice(ERRORS, failed.sum())
     return records
 
 
