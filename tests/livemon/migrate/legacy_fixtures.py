@@ -148,16 +148,36 @@ def quality_db(path, good=150, seed=2):
     return good, 3
 
 
+def _stamp_in_order(i: int) -> str:
+    """A row a second from 2026-10-01, as a log appends them."""
+    day, second = divmod(i, 86_400)
+    hour, second = divmod(second, 3600)
+    return (
+        f"2026-10-{1 + day % 28:02d} {hour:02d}:{second // 60:02d}:"
+        f"{second % 60:02d}.000"
+    )
+
+
 def performance_db(
-    path, good=300, seed=3, table="agent_performance", sql=PERFORMANCE_SQL
+    path,
+    good=300,
+    seed=3,
+    table="agent_performance",
+    sql=PERFORMANCE_SQL,
+    in_time_order=False,
 ):
-    """agent_performance.db: ``good`` rows and 3 hostile ones."""
+    """agent_performance.db: ``good`` rows and 3 hostile ones.
+
+    Rows come from 168 hours interleaved (every few rows another hour:
+    the rollups' worst case), or ``in_time_order``, a second apart.
+    """
+    stamp = _stamp_in_order if in_time_order else _stamp
     rng = random.Random(seed)
     db = sqlite3.connect(path)
     db.execute(sql)
     rows = [
         (
-            _stamp(i),
+            stamp(i),
             f"{rng.getrandbits(64):016x}",
             rng.choice(AGENTS),
             round(rng.uniform(10, 9000), 2),
