@@ -52,17 +52,27 @@ def test_read_baseline(benchmark, record, legacy_file):
     record(benchmark, items=ROWS)
 
 
+def migrate_timed(benchmark, record, source, tmp_path, baseline, what):
+    """Migrate ``source`` (1,000,000 rows) once under the benchmark, check
+    it reconciled, keep its per-row figure against ``baseline``."""
+    (report,) = benchmark.pedantic(
+        migrate, args=(str(tmp_path / "unified.db"), [source]), rounds=1
+    )
+    assert report.reconciled and report.migrated == ROWS
+    result = record(benchmark, items=ROWS, baseline=baseline)
+    print(f"\n{what}: {1e6 / result['median_us']:,.0f} rows/s")
+
+
 def test_migrate_million_rows(benchmark, record, legacy_file, tmp_path):
     """livemon migrate of 1,000,000 rows, with validation and reconciling."""
-    reports = benchmark.pedantic(
-        migrate,
-        args=(str(tmp_path / "unified.db"), [legacy_file]),
-        rounds=1,
+    migrate_timed(
+        benchmark,
+        record,
+        legacy_file,
+        tmp_path,
+        "test_read_baseline",
+        "migration",
     )
-    (report,) = reports
-    assert report.reconciled and report.migrated == ROWS
-    result = record(benchmark, items=ROWS, baseline="test_read_baseline")
-    print(f"\nmigration: {1e6 / result['median_us']:,.0f} rows/s")
 
 
 def test_migrate_million_rows_in_time_order(
@@ -70,16 +80,13 @@ def test_migrate_million_rows_in_time_order(
 ):
     """The same migration of rows in time order (a chunk spans hours,
     not every hour): what a real legacy log costs."""
-    reports = benchmark.pedantic(
-        migrate,
-        args=(str(tmp_path / "unified.db"), [legacy_file_in_order]),
-        rounds=1,
-    )
-    (report,) = reports
-    assert report.reconciled and report.migrated == ROWS
-    result = record(benchmark, items=ROWS, baseline="test_read_baseline")
-    print(
-        f"\nmigration in time order: {1e6 / result['median_us']:,.0f} rows/s"
+    migrate_timed(
+        benchmark,
+        record,
+        legacy_file_in_order,
+        tmp_path,
+        "test_read_baseline",
+        "migration in time order",
     )
 
 
@@ -88,16 +95,11 @@ def test_migrate_keeping_indexes(
 ):
     """The same migration with the indexes kept up to date throughout."""
     monkeypatch.setattr(bulk, "DEFER_MIN_ROWS", 10**12)
-    reports = benchmark.pedantic(
-        migrate,
-        args=(str(tmp_path / "unified.db"), [legacy_file]),
-        rounds=1,
-    )
-    (report,) = reports
-    assert report.reconciled and report.migrated == ROWS
-    result = record(
-        benchmark, items=ROWS, baseline="test_migrate_million_rows"
-    )
-    print(
-        f"\nmigration keeping indexes: {1e6 / result['median_us']:,.0f} rows/s"
+    migrate_timed(
+        benchmark,
+        record,
+        legacy_file,
+        tmp_path,
+        "test_migrate_million_rows",
+        "migration keeping indexes",
     )
