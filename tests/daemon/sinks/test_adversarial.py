@@ -295,6 +295,13 @@ class TestMetricsPort:
         )
         return MetricsServer(("127.0.0.1", port), collector)
 
+    def _started(self) -> tuple[MetricsServer, int]:
+        """A metrics server listening on a free port, and that port."""
+        server = self._server()
+        server.upkeep()
+        assert server.url is not None
+        return server, int(server.url.rsplit(":", 1)[1].split("/")[0])
+
     def test_a_taken_port_is_reported_not_raised(self) -> None:
         with socket.create_server(("127.0.0.1", 0)) as taken:
             server = self._server(taken.getsockname()[1])
@@ -307,10 +314,7 @@ class TestMetricsPort:
         # Each connection has a thread: 50 clients that connect and send
         # nothing must not hold 50 threads for ever.
         monkeypatch.setattr(MetricsServer, "IDLE_TIMEOUT_S", 0.5)
-        server = self._server()
-        server.upkeep()
-        assert server.url is not None
-        port = int(server.url.rsplit(":", 1)[1].split("/")[0])
+        server, port = self._started()
         idle = [
             socket.create_connection(("127.0.0.1", port)) for _ in range(50)
         ]
@@ -324,10 +328,7 @@ class TestMetricsPort:
             server.stop()
 
     def test_huge_and_malformed_requests(self) -> None:
-        server = self._server()
-        server.upkeep()
-        assert server.url is not None
-        port = int(server.url.rsplit(":", 1)[1].split("/")[0])
+        server, port = self._started()
         try:
             for request in (
                 b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\n\r\n",
@@ -344,31 +345,16 @@ class TestMetricsPort:
                             answer += chunk
                     assert not answer.startswith(b"HTTP/1.0 200")
             # Still serving after all that.
-            with socket.create_connection(("127.0.0.1", port)) as sock:
-                sock.settimeout(5)
-                sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
-                answer = b""
-                while chunk := sock.recv(65536):
-                    answer += chunk
-            assert b"livemon_up 1.0" in answer
+            assert b"livemon_up 1.0" in _get_metrics(port, timeout_s=5)
         finally:
             server.stop()
 
     def test_fifty_scrapes_at_once(self) -> None:
-        server = self._server()
-        server.upkeep()
-        assert server.url is not None
-        port = int(server.url.rsplit(":", 1)[1].split("/")[0])
+        server, port = self._started()
         answers: list[bytes] = []
 
         def scrape() -> None:
-            with socket.create_connection(("127.0.0.1", port)) as sock:
-                sock.settimeout(10)
-                sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
-                data = b""
-                while chunk := sock.recv(65536):
-                    data += chunk
-                answers.append(data)
+            answers.append(_get_metrics(port, timeout_s=10))
 
         threads = [threading.Thread(target=scrape) for _ in range(50)]
         try:
@@ -380,6 +366,17 @@ class TestMetricsPort:
             server.stop()
         assert len(answers) == 50
         assert all(b"livemon_up 1.0" in a for a in answers)
+
+
+def _get_metrics(port: int, timeout_s: float) -> bytes:
+    """The whole answer to a plain HTTP/1.0 GET of /metrics."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(timeout_s)
+        sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
 
 
 def test_failures_counter_never_goes_down(store) -> None:
