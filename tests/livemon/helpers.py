@@ -1,14 +1,20 @@
 """
 Reading back what a Monitor wrote (events and label texts from the rings),
-and synthetic request records for tests and benchmarks.
+synthetic request records for tests and benchmarks, and a database holding
+them.
 """
 
 from __future__ import annotations
+
+import contextlib
+import sqlite3
 
 import numpy as np
 import numpy.typing as npt
 
 import ringbuf
+from livemon.db import schema
+from livemon.db.rows import ListLabels, insert_events, insert_labels
 from livemon.record import LABEL_DTYPE, RECORD_DTYPE, label_id
 
 
@@ -93,3 +99,23 @@ def synthetic_records(
     records["task_completed"] = records["code_valid"] = -1
     records["tests_passed"] = -1
     return records, {ids[t]: t for t in texts}
+
+
+def write_database(
+    path: str,
+    records: npt.NDArray[np.void],
+    labels: dict[int, str],
+    part: int = 4000,
+) -> None:
+    """A unified database (WAL) at ``path`` holding ``records`` and their
+    label texts, inserted as the daemon does, ``part`` records a batch."""
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("PRAGMA journal_mode = WAL")
+        schema.apply_migrations(db)
+        lists = ListLabels(db)
+        db.execute("BEGIN")
+        insert_labels(db, lists, list(labels.items()))
+        for first in range(0, len(records), part):
+            batch = ringbuf.Batch(0, first, records[first : first + part])
+            insert_events(db, lists, 1, batch)
+        db.execute("COMMIT")

@@ -7,7 +7,6 @@ hang), and nothing a command would trip over later gets through.
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 
@@ -15,12 +14,9 @@ import pytest
 
 from livemon import ipc
 from livemon.config import load_config
-from livemon.db import schema
-from livemon.db.rows import ListLabels, insert_events, insert_labels
 from livemon.exceptions import ConfigError
-from ringbuf import Batch
 from tests import other_users
-from tests.livemon.helpers import synthetic_records
+from tests.livemon.helpers import synthetic_records, write_database
 
 
 def livemon(env, *args, timeout=30):
@@ -136,15 +132,7 @@ def stored(tmp_path):
     """A livemon database with 100 events (schema applied, WAL)."""
     path = str(tmp_path / "unified.db")
     records, labels = synthetic_records(100, 3, 1_790_000_000 * 10**9, 10**9)
-    db = sqlite3.connect(path, isolation_level=None)
-    db.execute("PRAGMA journal_mode = WAL")
-    schema.apply_migrations(db)
-    lists = ListLabels(db)
-    db.execute("BEGIN")
-    insert_labels(db, lists, list(labels.items()))
-    insert_events(db, lists, 1, Batch(0, 0, records))
-    db.execute("COMMIT")
-    db.close()
+    write_database(path, records, labels)
     return path
 
 

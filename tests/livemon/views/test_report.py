@@ -19,12 +19,10 @@ from click.testing import CliRunner
 
 from livemon.cli import cli
 from livemon.db import reading, rollup, schema
-from livemon.db.rows import ListLabels, insert_events, insert_labels
 from livemon.record import RECORD_DTYPE, label_id
 from livemon.views import tail
 from livemon.views.report import build_report
-from ringbuf import Batch
-from tests.livemon.helpers import AGENTS, synthetic_records
+from tests.livemon.helpers import AGENTS, synthetic_records, write_database
 
 HOUR_NS = rollup.NS_PER_HOUR
 COUNT = 20_000
@@ -39,17 +37,7 @@ def stored(tmp_path_factory):
     records, labels = synthetic_records(
         COUNT, 11, START_NS, 30 * HOUR_NS // COUNT
     )
-    db = sqlite3.connect(path, isolation_level=None)
-    db.execute("PRAGMA journal_mode = WAL")
-    schema.apply_migrations(db)
-    lists = ListLabels(db)
-    db.execute("BEGIN")
-    insert_labels(db, lists, list(labels.items()))
-    for first in range(0, COUNT, 4000):
-        part = records[first : first + 4000]
-        insert_events(db, lists, 1, Batch(0, first, part))
-    db.execute("COMMIT")
-    db.close()
+    write_database(path, records, labels)
     return path, records, labels
 
 
@@ -266,15 +254,7 @@ class TestClearErrors:
         records["actual_agents"][0, 0] = label_id("coder")
         records["intent_domains"][0, 0] = label_id("python")
         texts = {label_id(t): t for t in ("coder", "python")}
-        with contextlib.closing(
-            sqlite3.connect(path, isolation_level=None)
-        ) as db:
-            schema.apply_migrations(db)
-            lists = ListLabels(db)
-            db.execute("BEGIN")
-            insert_labels(db, lists, list(texts.items()))
-            insert_events(db, lists, 1, Batch(0, 0, records))
-            db.execute("COMMIT")
+        write_database(path, records, texts)
         result = runner_invoke("tail", "--db", path, "--agent", "nobody")
         assert result.exit_code == 2
         assert "known agents: coder\n" in result.output
