@@ -24,11 +24,22 @@ from livemon.views.report import build_report
 from tests.daemon.sinks.conftest import add_agent_runs, event_batch
 
 
-def ship(store, server, host: str) -> None:
-    """Ship every event of ``store`` as ``host``."""
+def ship(store, server, host: str, table: str = "events") -> None:
+    """Ship every row of ``store``'s ``table`` as ``host``."""
     dest = ClickHouseDestination(server.url(), host)
-    dest.ship("events", read_rows(store.db, "events", 0, 10**6))
+    dest.ship(table, read_rows(store.db, table, 0, 10**6))
     dest.close()
+
+
+def agent_runs_row(server) -> dict:
+    """The ClickHouse report's one agent_runs row, over the last day."""
+    client, database = view.connect(server.url())
+    report = view.build_clickhouse_report(
+        client, database, TimeRange.parse("1d", "now")
+    )
+    [row] = report.table("agent_runs").records()
+    client.disconnect()
+    return row
 
 
 class TestWithoutServer:
@@ -86,18 +97,11 @@ class TestAcrossHosts:
         """Each agent's runs, outcomes and hosts, from agent_runs."""
         add_agent_runs(store.db, 20)
         for host in ("web-1", "web-2"):
-            dest = ClickHouseDestination(clickhouse.url(), host)
-            dest.ship("agent_runs", read_rows(store.db, "agent_runs", 0, 100))
-            dest.close()
-        client, database = view.connect(clickhouse.url())
-        report = view.build_clickhouse_report(
-            client, database, TimeRange.parse("1d", "now")
-        )
-        [row] = report.table("agent_runs").records()
+            ship(store, clickhouse, host, "agent_runs")
+        row = agent_runs_row(clickhouse)
         assert row["agent"] == "coder" and row["runs"] == 40
         assert (row["hosts"], row["merged"], row["selected"]) == (2, 40, 0)
         assert row["success_rate"] == 1.0 and row["tokens"] == 40 * 300
-        client.disconnect()
 
     def test_cancelled_runs_are_censored_as_in_the_local_report(
         self, store, clickhouse
@@ -111,18 +115,11 @@ class TestAcrossHosts:
             "VALUES (2, 0, 0, ?, 99, 42, ?, 3, 9000.0, 0)",
             (time.time_ns(), label_id("coder")),
         )
-        dest = ClickHouseDestination(clickhouse.url(), "web-1")
-        dest.ship("agent_runs", read_rows(store.db, "agent_runs", 0, 100))
-        dest.close()
-        client, database = view.connect(clickhouse.url())
-        report = view.build_clickhouse_report(
-            client, database, TimeRange.parse("1d", "now")
-        )
-        [row] = report.table("agent_runs").records()
+        ship(store, clickhouse, "web-1", "agent_runs")
+        row = agent_runs_row(clickhouse)
         assert (row["runs"], row["cancelled"]) == (5, 1)
         assert row["success_rate"] == 1.0
         assert row["mean_ms"] == 12.5 and row["p95_ms"] == 12.5
-        client.disconnect()
 
     def test_cli_json_and_agent_filter(self, store, clickhouse):
         """The flag gives JSON; an agent nobody used is a usage error."""
