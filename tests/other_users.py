@@ -41,3 +41,30 @@ def interpreter() -> tuple[str, str]:
         f"venv of Python {version} with numpy (here or in {ROOT}/.venv*): "
         "the README's test command makes one"
     )
+
+
+def run(
+    user: int,
+    args: list[str],
+    env: dict[str, str],
+    home: str = "/nonexistent",
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python args...`` as ``user`` (its own group, no others) from
+    /, and capture it; ``env`` gains the PYTHONPATH it needs and HOME."""
+    python, path = interpreter()
+    return subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={user}",
+            f"--regid={user}",
+            "--clear-groups",
+            python,
+            *args,
+        ],
+        env=dict(env, PYTHONPATH=path, HOME=home),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd="/",
+    )

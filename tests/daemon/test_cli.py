@@ -26,22 +26,12 @@ from tests.conftest import unlink_rings
 
 def run_cli(env, *args, user: int | None = None, timeout=60):
     """Run ``livemon-daemon`` (as ``user`` when given) and capture it."""
-    command = [sys.executable, "-m", "daemon", *args]
     if user is not None:
-        python, path = other_users.interpreter()
-        command = [
-            "setpriv",
-            f"--reuid={user}",
-            f"--regid={user}",
-            "--clear-groups",
-            python,
-            "-m",
-            "daemon",
-            *args,
-        ]
-        env = dict(env, PYTHONPATH=path, HOME="/nonexistent")
+        return other_users.run(
+            user, ["-m", "daemon", *args], env, timeout=timeout
+        )
     return subprocess.run(
-        command,
+        [sys.executable, "-m", "daemon", *args],
         env=env,
         capture_output=True,
         text=True,

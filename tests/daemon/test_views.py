@@ -276,24 +276,8 @@ class TestOneLineErrors:
         config = load_config(env=daemon_env)
         ipc.open_ring(config, ipc.events_ring(config)).close()
         ipc.open_ring(config, ipc.labels_ring(config)).close()
-        python, path = other_users.interpreter()
-        env = dict(daemon_env, PYTHONPATH=path, HOME="/")
-        result = subprocess.run(
-            [
-                "setpriv",
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                python,
-                "-m",
-                "livemon",
-                "stats",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd="/",
+        result = other_users.run(
+            65534, ["-m", "livemon", "stats"], daemon_env, home="/"
         )
         assert result.returncode == 1, result.stderr
         assert "permission denied" in result.stderr

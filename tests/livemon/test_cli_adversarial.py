@@ -170,25 +170,17 @@ def test_top_facing_a_ring_of_root_is_one_line(env, ring_name):
     config = load_config(env=env)
     for spec in ipc.all_rings(config):
         ipc.open_ring(config, spec).close()
-    python, path = other_users.interpreter()
-    result = subprocess.run(
+    result = other_users.run(
+        65534,
         [
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            python,
             "-c",
             "from livemon.cli import cli; cli()",
             "top",
             "--iterations",
             "1",
         ],
-        env=dict(env, PYTHONPATH=path, HOME="/nonexistent"),
-        capture_output=True,
-        text=True,
+        env,
         timeout=30,
-        cwd="/",
     )
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
