@@ -25,7 +25,6 @@ from daemon.spill_lanes import (
     retire_lane,
 )
 from daemon.store import Store
-from livemon.db.rows import ListLabels
 from livemon.exceptions import SpillConfigError
 from livemon.record import LABEL_DTYPE, RECORD_DTYPE
 from livemon.spill import SpillReader, spill_lane
@@ -237,15 +236,13 @@ class SpillReplayer:
                 moved += len(batch.records)
                 yield key, batch
 
-        try:
-            with store.atomic():  # one transaction; the writes nest inside
-                if label_batches:  # before the events that name them
-                    store.write(0, [batch for _, batch in label_batches], [])
-                for epoch, part in _parts(counted(), WRITE_RECORDS):
-                    inserted += store.write(epoch, [], part)
-        except BaseException:
-            _forget_lists(store)
-            raise
+        # One transaction; the writes nest inside.  A COMMIT that fails
+        # empties the store's list cache (``Store.atomic``).
+        with store.atomic():
+            if label_batches:  # before the events that name them
+                store.write(0, [batch for _, batch in label_batches], [])
+            for epoch, part in _parts(counted(), WRITE_RECORDS):
+                inserted += store.write(epoch, [], part)
         # Committed: now the labels' HWM may move (events' is the rows).
         for key, batch in label_batches:
             hwm = self._label_hwm.get(key, -1)
@@ -345,21 +342,6 @@ def _check_max(max_records: object) -> int:
             f"commits), got {max_records!r}"
         )
     return max_records
-
-
-def _forget_lists(store: Store) -> None:
-    """Have ``store`` forget the agent lists it learned as stored.
-
-    A part's ``Store.write`` succeeds inside the step's transaction and
-    its list cache learns the list labels the part wrote; a COMMIT that
-    then fails (a full disk) rolls them back, and a cache that still
-    called them stored would never write them again: events committed
-    later would name lists that ``labels`` lacks.  ``Store.write`` resets
-    the cache only for a failure of its own (daemon/store.py's
-    ``atomic`` is where this belongs for every nested caller).
-    """
-    if store._db is not None:  # closed: a reopened store starts afresh
-        store._lists = ListLabels(store._db)
 
 
 def _parts(

@@ -11,6 +11,7 @@ import os
 import sqlite3
 import stat
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from daemon.exceptions import (
@@ -216,11 +217,24 @@ class Store:
         One that may add pages (``grows``, the default) first makes sure
         the WAL stays checkpointable (``keep_checkpointable``).  One that
         only deletes passes False: it may run where adding may not, and
-        it makes room.
+        it makes room.  One that fails (its COMMIT too: a full disk)
+        leaves the agent-list cache empty, since the rollback undid the
+        lists it learned as stored: a list it still called stored would
+        never be written, and later events would name it in vain.
         """
         if grows and not self.db.in_transaction:
             self.keep_checkpointable()
-        return atomic(self.db)
+        return self._forgetting_lists_on_failure()
+
+    @contextlib.contextmanager
+    def _forgetting_lists_on_failure(self) -> Iterator[sqlite3.Connection]:
+        try:
+            with atomic(self.db) as db:
+                yield db
+        except BaseException:
+            if self._db is not None:  # closed: a reopened store starts afresh
+                self._lists = ListLabels(self._db)
+            raise
 
     def keep_checkpointable(self) -> None:
         """Refuse to add where the WAL could no longer be checkpointed.
@@ -296,17 +310,11 @@ class Store:
         Records already stored (same epoch, lane, seq) are ignored, so a
         batch replayed after a crash adds nothing.  Returns events inserted.
         """
-        try:
-            with self.atomic() as db:
-                inserted = insert_records(
-                    db, self._lists, epoch, labels, events, feedback
-                )
-                self.verify()  # raising rolls back: nothing into the void
-        except BaseException:
-            # The list cache learned what the rollback undid: a list it
-            # now calls stored would never be written again.
-            self._lists = ListLabels(self.db)
-            raise
+        with self.atomic() as db:
+            inserted = insert_records(
+                db, self._lists, epoch, labels, events, feedback
+            )
+            self.verify()  # raising rolls back: nothing into the void
         # Moved between the check and the commit: the caller must not
         # advance the tails, so the batch is replayed into the new file.
         self.check_identity()
