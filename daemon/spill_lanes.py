@@ -60,11 +60,9 @@ def make_durable(store: Store) -> None:
     Raises:
         OSError: the fsync failed: unlink nothing.
     """
-    # SQLite's own name for the file: a database named through a symlink
-    # has its WAL beside the file, not beside the link.
-    main = store.db.execute("PRAGMA database_list").fetchone()[2]
-    database = main or store.path
-    for path in (database + "-wal", database):
+    # The file SQLite writes: a database named through a symlink has its
+    # WAL beside the file, not beside the link.
+    for path in (store.file + "-wal", store.file):
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:

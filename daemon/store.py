@@ -194,7 +194,8 @@ class Store:
         # SQLite's own name for the file (a symlink resolved): the WAL is
         # beside the file, not beside the link.
         main = db.execute("PRAGMA database_list").fetchone()[2]
-        self._wal = (main or path) + "-wal"
+        self.file: str = main or path
+        self._wal = self.file + "-wal"
         # The file this store writes: a path that names another file (or
         # none) later must never get a commit into the old one.
         self.identity = file_identity(path)
